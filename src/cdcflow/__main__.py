@@ -1,0 +1,3 @@
+from cdcflow.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""The ingestion worker: source changes -> staging, exactly once (the seed's lifecycle).
+
+Per cycle: read the watermarks; read whole transactions after the lowest active one
+(up to ``CDC_BATCH_MAX_ROWS``, ending at a commit); in one serving transaction stage the
+rows and advance the watermarks; then, and only then, confirm the position to the
+source. More pending: go again at once. Idle: the source waits at most
+``POLL_INTERVAL_SECONDS`` and still advances the watermark to its own position.
+Transient errors (a database going away) are logged and retried with backoff; a gap
+or a schema change stops the affected captures, visibly, without skipping anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+
+import psycopg
+
+from cdcflow import db
+from cdcflow.config import Settings
+from cdcflow.errors import GapError, SchemaDriftError, TerminalError, TransientError
+from cdcflow.positions import format_lsn
+from cdcflow.serving import control
+from cdcflow.serving.staging import StagingWriter
+from cdcflow.sources.base import TableSpec
+
+log = logging.getLogger(__name__)
+
+
+class IngestWorker:
+    """Moves one source's changes into staging. Run :meth:`run` in a thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        source,  # a cdcflow.sources.base.Source
+        serving_dsn: str,
+        stop: threading.Event,
+        staged: threading.Event | None = None,
+        fault_point: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.serving_dsn = serving_dsn
+        self.stop = stop
+        self.staged = staged or threading.Event()
+        self.fault_point = fault_point
+        self.name = f"ingest[{settings.source_name}]"
+        self._serving: psycopg.Connection | None = None
+        self._specs: dict[str, TableSpec] | None = None
+        self._dedupe = False
+        self.batches = 0
+        self.rows = 0
+        self.last_error: str | None = None
+        self.alive = False
+
+    # -- connections ------------------------------------------------------------
+
+    def serving(self) -> psycopg.Connection:
+        if self._serving is None or self._serving.closed:
+            self._serving = db.connect(self.serving_dsn, "serving")
+        return self._serving
+
+    def _drop_connections(self) -> None:
+        if self._serving is not None:
+            try:
+                self._serving.close()
+            except Exception:  # already broken
+                pass
+        self._serving = None
+        self.source.close()
+
+    def specs(self) -> dict[str, TableSpec]:
+        if self._specs is None:
+            self._specs = {s.capture: s for s in self.source.describe_tables()}
+        return self._specs
+
+    # -- one cycle --------------------------------------------------------------
+
+    def cycle(self) -> bool:
+        """Stage one batch. Returns True when the source has more right now."""
+        conn = self.serving()
+        specs = self.specs()
+        cycle_id = uuid.uuid4().hex[:8]
+        try:
+            wms = control.read_watermarks(conn, self.settings.source_name)
+        except psycopg.Error as exc:
+            conn.rollback()
+            raise db.wrap_db_error("reading watermarks", exc) from None
+        active = [c for c in specs if c in wms and wms[c].active]
+        self.source.skip_captures.clear()
+        self.source.skip_captures.update(c for c in specs if c not in active)
+        if not active:
+            conn.rollback()
+            self.stop.wait(self.settings.poll_interval_seconds)
+            return False
+        after = min(wms[c].last_lsn for c in active)
+        writer = StagingWriter(conn, specs, self.settings.source_name, dedupe=self._dedupe)
+        started = time.monotonic()
+        try:
+            result = self.source.read_batch(
+                after, self.settings.cdc_batch_max_rows, writer, self.settings.poll_interval_seconds
+            )
+            if result.end_lsn <= after and result.rows == 0 and not result.truncated:
+                writer.rollback()
+                return False
+            for capture, lsn in result.truncated.items():
+                msg = (
+                    f"TRUNCATE of {specs[capture].qualified} at {format_lsn(self.source.engine, lsn)}: "
+                    f"row-level staging cannot express it; run 'cdcflow resync {capture}'"
+                )
+                log.error(msg)
+                control.set_capture_state(conn, self.settings.source_name, capture, "GAP", msg, wms[capture].last_lsn, lsn)
+            advancing = [c for c in active if c not in result.truncated]
+            writer.commit(result.end_lsn, advancing, result.last_commit_time)
+        except psycopg.errors.UniqueViolation as exc:
+            writer.rollback()
+            self.source.close_stream()
+            self._dedupe = True
+            raise TransientError(
+                f"staging already held rows of this batch ({db.describe_error(exc)}); "
+                "retrying with duplicate filtering"
+            ) from None
+        except psycopg.Error as exc:
+            writer.rollback()
+            self.source.close_stream()
+            raise db.wrap_db_error("staging a batch", exc) from None
+        except BaseException:
+            writer.rollback()
+            raise
+        if self.fault_point == "after_serving_commit":
+            os._exit(17)  # test hook: die between the serving commit and the slot confirm
+        self.source.confirm(result.end_lsn)
+        self._dedupe = False
+        self.batches += 1
+        self.rows += result.rows
+        if result.rows:
+            self.staged.set()
+            log.info(
+                "staged %d rows in %d transactions up to %s (%.0f ms)",
+                result.rows, result.transactions, format_lsn(self.source.engine, result.end_lsn),
+                (time.monotonic() - started) * 1000,
+                extra={"action": "stage_batch", "worker": self.name, "cycle": cycle_id, "rows": result.rows,
+                       "lsn": result.end_lsn},
+            )
+        else:
+            log.debug("idle: watermark advanced to %s", format_lsn(self.source.engine, result.end_lsn))
+        return result.more_pending
+
+    # -- loop -------------------------------------------------------------------
+
+    def _mark(self, state: str, exc: TerminalError, gap_from: int | None = None, gap_to: int | None = None) -> None:
+        try:
+            conn = self.serving()
+            conn.rollback()
+            wms = control.read_watermarks(conn, self.settings.source_name)
+            for capture in self.specs():
+                if capture in wms and wms[capture].active:
+                    control.set_capture_state(
+                        conn, self.settings.source_name, capture, state, str(exc),
+                        gap_from if gap_from is not None else wms[capture].last_lsn, gap_to,
+                    )
+            conn.commit()
+        except (psycopg.Error, TransientError, TerminalError) as inner:
+            log.warning("could not record %s state: %s", state, db.describe_error(inner))
+
+    def _record_error(self, exc: Exception) -> None:
+        try:
+            conn = self.serving()
+            conn.rollback()
+            control.record_error(conn, self.settings.source_name, list(self.specs()), str(exc))
+            conn.commit()
+        except (psycopg.Error, TransientError, TerminalError):
+            pass  # the serving database is what failed; the log line is the record
+
+    def run(self) -> None:
+        self.alive = True
+        backoff = db.Backoff(initial=0.2, maximum=10.0)
+        try:
+            while not self.stop.is_set():
+                try:
+                    more = self.cycle()
+                    backoff.reset()
+                    self.last_error = None
+                    if not more:
+                        continue
+                except TransientError as exc:
+                    self.last_error = str(exc)
+                    delay = backoff.next_delay()
+                    log.warning("%s: %s (retrying in %.1fs)", self.name, exc, delay)
+                    self._drop_connections()
+                    self._record_error(exc)
+                    self.stop.wait(delay)
+                except GapError as exc:
+                    self.last_error = str(exc)
+                    log.error("%s: GAP: %s", self.name, exc)
+                    self._mark("GAP", exc, exc.gap_from, exc.gap_to)
+                    self.source.close_stream()
+                    self.stop.wait(self.settings.poll_interval_seconds)
+                except SchemaDriftError as exc:
+                    self.last_error = str(exc)
+                    log.error("%s: PAUSED: %s", self.name, exc)
+                    self._mark("PAUSED", exc)
+                    self.source.close_stream()
+                    self.stop.wait(self.settings.poll_interval_seconds)
+                except TerminalError as exc:
+                    self.last_error = str(exc)
+                    delay = min(60.0, backoff.next_delay() * 3)
+                    log.error("%s: %s (retrying in %.1fs)", self.name, exc, delay)
+                    self._record_error(exc)
+                    self._drop_connections()
+                    self.stop.wait(delay)
+        finally:
+            self._drop_connections()
+            self.alive = False
+            log.info("%s stopped after %d batches, %d rows", self.name, self.batches, self.rows)

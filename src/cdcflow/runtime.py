@@ -1,0 +1,96 @@
+"""Starting, supervising and stopping workers.
+
+Workers are threads (DuckDB and the drivers release the GIL for their heavy work).
+SIGTERM or SIGINT sets the stop event: each worker finishes its current batch or cycle
+and exits; the process exits 0. A second signal exits at once (every commit is atomic,
+so that is safe too, as is SIGKILL). Handlers are installed by a context manager that
+restores the previous ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+
+from cdcflow import bootstrap as boot
+from cdcflow import projections
+from cdcflow.config import Settings
+from cdcflow.ingest import IngestWorker
+
+log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    name: str
+    alive: bool
+
+    def run(self) -> None: ...
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT: first one stops gracefully, the second exits immediately."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        log.info("%s received: finishing the current batch, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class Runtime:
+    """The workers of one ``cdcflow run``."""
+
+    def __init__(self, settings: Settings, *, fault_point: str | None = None) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.staged = threading.Event()
+        _, serving_dsn = settings.require_dsns()
+        self.workers: list[Worker] = [
+            IngestWorker(settings, boot.make_source(settings), serving_dsn, self.stop, self.staged, fault_point)
+        ]
+        self.workers.extend(projections.build_workers(settings, serving_dsn, self.stop, self.staged))
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for w in self.workers:
+            t = threading.Thread(target=self._guard, args=(w,), name=w.name, daemon=True)
+            t.start()
+            self.threads.append(t)
+        log.info("started %d workers: %s", len(self.workers), ", ".join(w.name for w in self.workers))
+
+    def _guard(self, worker: Worker) -> None:
+        try:
+            worker.run()
+        except BaseException:
+            log.exception("worker %s crashed; stopping", worker.name)
+            self.stop.set()
+
+    def join(self, timeout: float = 30.0) -> bool:
+        for t in self.threads:
+            t.join(timeout)
+        return not any(t.is_alive() for t in self.threads)
+
+    def run_until_stopped(self, duration: float | None = None) -> None:
+        with stop_on_signals(self.stop):
+            self.start()
+            self.stop.wait(duration)
+            self.stop.set()
+            if not self.join():
+                log.warning("some workers did not stop in time")

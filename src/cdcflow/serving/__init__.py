@@ -1,0 +1,1 @@
+"""The serving database: control tables, staging writes, atomic commits."""

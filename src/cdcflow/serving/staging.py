@@ -1,0 +1,176 @@
+"""Staging writes: COPY into ``stg_cdc_*`` and the watermark, in one serving transaction.
+
+:class:`StagingWriter` is the sink a source streams into. Lines are buffered per
+capture and flushed with COPY whenever the buffer passes ``flush_bytes``, so a source
+transaction of any size is staged with bounded memory, all inside one open serving
+transaction that commits together with the new watermarks (invariant 2). Nothing is
+visible, and nothing is confirmed to the source, before that commit.
+
+Normal batches COPY straight into staging: the source never hands over a transaction
+at or below the watermark, so a duplicate cannot arise. If one does anyway (the
+primary key says so), the batch is retried in ``dedupe`` mode, which COPYs into a
+temporary table and inserts with ``ON CONFLICT DO NOTHING`` (invariant 1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from cdcflow import sqlfiles
+from cdcflow.sources.base import META_COLUMNS, TableSpec
+
+log = logging.getLogger(__name__)
+Q = "serving_runtime.sql"
+DEFAULT_FLUSH_BYTES = 8 << 20
+
+
+@dataclass
+class _Pending:
+    lines: list[bytes]
+    size: int = 0
+
+
+class StagingWriter:
+    """Sink for one batch. Use once: add lines, then :meth:`commit` or :meth:`rollback`."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        specs: dict[str, TableSpec],
+        source_name: str,
+        *,
+        dedupe: bool = False,
+        flush_bytes: int = DEFAULT_FLUSH_BYTES,
+    ) -> None:
+        self.conn = conn
+        self.specs = specs
+        self.source_name = source_name
+        self.dedupe = dedupe
+        self.flush_bytes = flush_bytes
+        self._pending: dict[str, _Pending] = {}
+        self._size = 0
+        self._unchanged: dict[str, list[tuple[int, int, int, tuple[str, ...]]]] = {}
+        self.rows_written: dict[str, int] = {}
+        self._copy_sql: dict[str, sql.Composed] = {}
+        self._temp_made: set[str] = set()
+
+    # -- ChangeSink -------------------------------------------------------------
+
+    def add_line(self, capture: str, line: bytes) -> None:
+        p = self._pending.get(capture)
+        if p is None:
+            p = self._pending[capture] = _Pending([])
+        p.lines.append(line)
+        n = len(line)
+        p.size += n
+        self._size += n
+        if self._size >= self.flush_bytes:
+            self.flush()
+
+    def add_unchanged(self, capture: str, line: bytes, columns: tuple[str, ...]) -> None:
+        """Remember a row whose TOAST columns were not resent (staged NULL for now)."""
+        lsn, seqval, op = line.split(b"\t", 3)[:3]
+        self._unchanged.setdefault(capture, []).append((int(lsn), int(seqval), int(op), columns))
+
+    # -- writing ----------------------------------------------------------------
+
+    def _target(self, capture: str) -> sql.Composed:
+        spec = self.specs[capture]
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in (*META_COLUMNS, *spec.column_names))
+        if self.dedupe:
+            return sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier("tmp_" + spec.staging_table), cols)
+        return sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(spec.staging_table), cols)
+
+    def flush(self) -> None:
+        """COPY everything buffered (the transaction stays open)."""
+        for capture, p in self._pending.items():
+            if not p.lines:
+                continue
+            spec = self.specs[capture]
+            if self.dedupe and capture not in self._temp_made:
+                self.conn.execute(
+                    sql.SQL(
+                        "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                    ).format(sql.Identifier("tmp_" + spec.staging_table), sql.Identifier(spec.staging_table))
+                )
+                self._temp_made.add(capture)
+            stmt = self._copy_sql.get(capture)
+            if stmt is None:
+                stmt = self._copy_sql[capture] = self._target(capture)
+            with self.conn.cursor() as cur:
+                with cur.copy(stmt) as copy:
+                    copy.write(b"".join(p.lines))
+            if not self.dedupe:
+                self.rows_written[capture] = self.rows_written.get(capture, 0) + len(p.lines)
+            p.lines = []
+            p.size = 0
+        self._size = 0
+        if self.dedupe:
+            self._merge_temp()
+        self._carry_unchanged()
+
+    def _merge_temp(self) -> None:
+        for capture in self._temp_made:
+            spec = self.specs[capture]
+            cur = self.conn.execute(
+                sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(
+                    sql.Identifier(spec.staging_table), sql.Identifier("tmp_" + spec.staging_table)
+                )
+            )
+            self.rows_written[capture] = self.rows_written.get(capture, 0) + max(cur.rowcount, 0)
+            if cur.rowcount == 0:
+                log.info("replayed rows for %s were already staged; nothing inserted", capture)
+            self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier("tmp_" + spec.staging_table)))
+
+    def _carry_unchanged(self) -> None:
+        for capture, rows in self._unchanged.items():
+            spec = self.specs[capture]
+            table = sql.Identifier(spec.staging_table)
+            key_match = sql.SQL(" AND ").join(
+                sql.SQL("prev.{k} = cur.{k}").format(k=sql.Identifier(k)) for k in spec.key_columns
+            )
+            for lsn, seqval, op, columns in rows:
+                for column in columns:
+                    self.conn.execute(
+                        sqlfiles.query(Q, "carry_unchanged", table=table, column=sql.Identifier(column), key_match=key_match),
+                        {"lsn": lsn, "seqval": seqval, "op": op},
+                    )
+        self._unchanged = {}
+
+    def commit(
+        self,
+        watermark: int,
+        captures: list[str],
+        last_commit_time: dt.datetime | None,
+        *,
+        notify: bool = True,
+    ) -> None:
+        """Flush, advance the watermark of ``captures`` to ``watermark``, commit: one transaction."""
+        self.flush()
+        self.conn.execute(
+            sqlfiles.query(Q, "advance_watermarks"),
+            {
+                "source": self.source_name,
+                "lsn": watermark,
+                "commit_time": last_commit_time,
+                "captures": captures,
+                "rows": [self.rows_written.get(c, 0) for c in captures],
+            },
+        )
+        if notify and any(self.rows_written.values()):
+            self.conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": self.source_name})
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        try:
+            self.conn.rollback()
+        except psycopg.Error:  # the connection is gone; the server rolled back for us
+            pass
+        self._pending.clear()
+        self._unchanged.clear()
+        self._size = 0

@@ -1,0 +1,140 @@
+"""The small protocol every source engine implements, and the table metadata it shares.
+
+A source yields *whole transactions* of row changes after a position, as COPY-ready
+lines handed to a :class:`ChangeSink`; it never ends a batch inside a transaction. The
+ingestion worker commits the sink (rows + watermarks in one serving transaction) and
+only then calls :meth:`Source.confirm`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Operation codes (the seed's SQL Server codes, plus 5 for a snapshot row).
+OP_DELETE = 1
+OP_INSERT = 2
+OP_UPDATE_BEFORE = 3
+OP_UPDATE_AFTER = 4
+OP_SNAPSHOT = 5
+
+# Staging columns cdcflow adds before the table's own columns.
+META_COLUMNS = ("__lsn", "__seqval", "__op", "__commit_time")
+
+_SAFE_TYPE_RE = re.compile(r"^[A-Za-z0-9_ (),.\[\]\"]+$")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_sql: str  # a PostgreSQL type as format_type prints it
+    is_key: bool = False
+
+    def __post_init__(self) -> None:
+        if not _SAFE_TYPE_RE.match(self.type_sql):
+            raise ValueError(f"column {self.name}: unexpected type text {self.type_sql!r}")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A captured table: where it is in the source, and its staging table."""
+
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def capture(self) -> str:
+        """Capture instance name, SQL Server style: ``<schema>_<table>``."""
+        return f"{self.schema}_{self.name}"
+
+    @property
+    def staging_table(self) -> str:
+        return f"stg_cdc_{self.name}"
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.is_key)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+@dataclass
+class BatchResult:
+    """What one read produced."""
+
+    end_lsn: int  # the new watermark: every change with lsn <= end_lsn was handed over
+    rows: int = 0
+    transactions: int = 0
+    rows_by_capture: dict[str, int] = field(default_factory=dict)
+    last_commit_time: dt.datetime | None = None
+    more_pending: bool = False  # the source has more right now: go again at once
+    truncated: dict[str, int] = field(default_factory=dict)  # capture -> LSN of a TRUNCATE
+
+
+class ChangeSink(Protocol):
+    def add_line(self, capture: str, line: bytes) -> None:
+        """One staged row in COPY text format: meta columns then the table's, tab-separated."""
+
+
+class Source(Protocol):
+    engine: str
+
+    def describe_tables(self) -> list[TableSpec]: ...
+
+    def bounds(self) -> tuple[int, int]:
+        """(oldest position the source can still serve, newest position it has)."""
+        ...
+
+    def read_batch(self, after_lsn: int, max_rows: int, sink: ChangeSink, wait_seconds: float) -> BatchResult:
+        """Hand whole transactions committed after ``after_lsn`` to ``sink``."""
+        ...
+
+    def confirm(self, lsn: int) -> None:
+        """The serving database committed everything up to ``lsn``: the source may free it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# -- COPY text format --------------------------------------------------------------
+
+_COPY_ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+_COPY_ESCAPE_RE = re.compile(rb"[\\\t\n\r]")
+_COPY_ESCAPE_BYTES = {b"\\": b"\\\\", b"\t": b"\\t", b"\n": b"\\n", b"\r": b"\\r"}
+
+
+def copy_escape_bytes(value: bytes) -> bytes:
+    """Escape a text-format value for COPY FROM STDIN (text format)."""
+    if _COPY_ESCAPE_RE.search(value) is None:
+        return value
+    return _COPY_ESCAPE_RE.sub(lambda m: _COPY_ESCAPE_BYTES[m.group(0)], value)
+
+
+def copy_text(value: object) -> str:
+    """A Python value as a COPY text field (``\\N`` for None)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, bytes):
+        return "\\\\x" + value.hex()
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return str(value).translate(_COPY_ESCAPES)
+
+
+def copy_line(lsn: int, seqval: int, op: int, commit_time: dt.datetime | None, values: Sequence[object]) -> bytes:
+    """A full staging row as a COPY line, for sources that produce Python values."""
+    parts = [str(lsn), str(seqval), str(op), copy_text(commit_time)]
+    parts.extend(copy_text(v) for v in values)
+    return ("\t".join(parts) + "\n").encode()

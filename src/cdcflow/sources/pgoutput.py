@@ -1,0 +1,292 @@
+"""Decoder for PostgreSQL's ``pgoutput`` logical replication protocol (version 1).
+
+It turns the binary messages of one replication stream into staging rows in COPY text
+format: ``lsn, seqval, op, commit_time, <table columns>``. A change's position is the
+commit LSN of its transaction (``Begin.final_lsn``) and its ordinal inside it.
+pgoutput sends values in their text output format, which is also COPY's input format,
+so a value only needs escaping when it holds a backslash, tab, CR or LF.
+
+Message layouts: https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cdcflow.errors import SchemaDriftError
+from cdcflow.sources.base import (
+    OP_DELETE,
+    OP_INSERT,
+    OP_UPDATE_AFTER,
+    OP_UPDATE_BEFORE,
+    TableSpec,
+    copy_escape_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+_I64 = struct.Struct(">q")
+_U64 = struct.Struct(">Q")
+_I32 = struct.Struct(">i")
+_I16 = struct.Struct(">h")
+_NEEDS_ESCAPE_RE = re.compile(rb"[\\\t\n\r]")
+
+NULL = b"\\N"
+
+
+class Unchanged:
+    """Marker for a TOASTed value the server did not send because it did not change."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = Unchanged()
+
+
+@dataclass
+class Relation:
+    """What a Relation message told us, mapped onto a captured table."""
+
+    relid: int
+    spec: TableSpec | None  # None: not captured (ignored)
+    index: list[int] | None = None  # message column index for each staging column; None = same order
+    key_index: list[int] = field(default_factory=list)  # staging indices of key columns
+
+
+def _read_cstring(buf: bytes, pos: int) -> tuple[str, int]:
+    end = buf.index(0, pos)
+    return buf[pos:end].decode(), end + 1
+
+
+def commit_time_text(pg_micros: int) -> bytes:
+    return (PG_EPOCH + dt.timedelta(microseconds=pg_micros)).isoformat().encode()
+
+
+def decode_tuple(buf: bytes, pos: int) -> tuple[list[bytes | None | Unchanged], int]:
+    """TupleData at ``pos`` -> (values, next position). Text values stay raw bytes."""
+    (ncols,) = _I16.unpack_from(buf, pos)
+    pos += 2
+    values: list[bytes | None | Unchanged] = []
+    append = values.append
+    unpack_i32 = _I32.unpack_from
+    for _ in range(ncols):
+        kind = buf[pos]
+        pos += 1
+        if kind == 116 or kind == 98:  # 't' text / 'b' binary
+            (length,) = unpack_i32(buf, pos)
+            pos += 4
+            append(buf[pos : pos + length])
+            pos += length
+        elif kind == 110:  # 'n' null
+            append(None)
+        elif kind == 117:  # 'u' unchanged TOAST datum
+            append(UNCHANGED)
+        else:
+            raise ValueError(f"unknown tuple column kind {kind!r} at byte {pos - 1}")
+    return values, pos
+
+
+class PgOutputDecoder:
+    """Stateful decoder for one replication stream.
+
+    ``emit(capture, line, unchanged_columns)`` receives each staging row; unchanged
+    columns (TOAST) are staged as NULL and named so the writer can carry the previous
+    value forward.
+    """
+
+    def __init__(
+        self,
+        specs: dict[tuple[str, str], TableSpec],
+        emit: Callable[[str, bytes, tuple[str, ...]], None],
+        skip_captures: set[str] | None = None,
+    ) -> None:
+        self.specs = specs
+        self.emit = emit
+        self.skip_captures = skip_captures if skip_captures is not None else set()
+        self.relations: dict[int, Relation] = {}
+        self.in_txn = False
+        self.skipping = False  # replayed transaction already staged
+        self.commit_lsn = 0
+        self.end_lsn = 0
+        self.commit_time: dt.datetime | None = None
+        self._prefix = b""
+        self._ct = b""
+        self.seq = 0
+        self.rows = 0
+        self.rows_by_capture: dict[str, int] = {}
+        self.truncated: dict[str, int] = {}  # capture -> lsn of a TRUNCATE seen
+        self.warned: set[tuple[str, str]] = set()
+        self.skip_before = 0  # transactions whose commit LSN is below this were staged already
+
+    # -- dispatch ---------------------------------------------------------------
+
+    def feed(self, buf: bytes) -> int:
+        """Decode one message; returns its type byte."""
+        kind = buf[0]
+        if kind == 73:  # 'I'
+            self._insert(buf)
+        elif kind == 85:  # 'U'
+            self._update(buf)
+        elif kind == 68:  # 'D'
+            self._delete(buf)
+        elif kind == 66:  # 'B'
+            self._begin(buf)
+        elif kind == 67:  # 'C'
+            self._commit(buf)
+        elif kind == 82:  # 'R'
+            self._relation(buf)
+        elif kind == 84:  # 'T'
+            self._truncate(buf)
+        # 'Y' type, 'O' origin, 'M' message: nothing to stage
+        return kind
+
+    # -- transaction framing ----------------------------------------------------
+
+    def _begin(self, buf: bytes) -> None:
+        (final_lsn,) = _U64.unpack_from(buf, 1)
+        (ts,) = _I64.unpack_from(buf, 9)
+        self.in_txn = True
+        self.commit_lsn = final_lsn
+        self.skipping = final_lsn < self.skip_before
+        self.seq = 0
+        self.commit_time = PG_EPOCH + dt.timedelta(microseconds=ts)
+        self._ct = self.commit_time.isoformat().encode()
+        self._prefix = b"%d\t" % final_lsn
+
+    def _commit(self, buf: bytes) -> None:
+        (self.end_lsn,) = _U64.unpack_from(buf, 10)
+        self.in_txn = False
+
+    # -- relations --------------------------------------------------------------
+
+    def _relation(self, buf: bytes) -> None:
+        (relid,) = _I32.unpack_from(buf, 1)
+        pos = 5
+        nspname, pos = _read_cstring(buf, pos)
+        relname, pos = _read_cstring(buf, pos)
+        pos += 1  # replica identity setting
+        (ncols,) = _I16.unpack_from(buf, pos)
+        pos += 2
+        names: list[str] = []
+        for _ in range(ncols):
+            pos += 1  # flags
+            name, pos = _read_cstring(buf, pos)
+            names.append(name)
+            pos += 8  # type oid, typmod
+        spec = self.specs.get((nspname, relname))
+        rel = Relation(relid=relid, spec=spec)
+        if spec is not None:
+            staged = list(spec.column_names)
+            missing = [c for c in staged if c not in names]
+            if missing:
+                raise SchemaDriftError(
+                    f"captured table {spec.qualified}: column {missing[0]!r} is gone from the source "
+                    f"(capture {spec.capture} paused; staged rows are kept). Re-create the column, or "
+                    f"re-bootstrap the capture and run 'cdcflow resync {spec.capture}'"
+                )
+            extra = [c for c in names if c not in staged]
+            for col in extra:
+                if (spec.qualified, col) not in self.warned:
+                    self.warned.add((spec.qualified, col))
+                    log.warning(
+                        "new column %s.%s in the source is not captured (staging keeps its columns)",
+                        spec.qualified, col,
+                    )
+            if names != staged:
+                rel.index = [names.index(c) for c in staged]
+            rel.key_index = [i for i, c in enumerate(spec.columns) if c.is_key]
+        self.relations[relid] = rel
+
+    def _rel(self, buf: bytes) -> Relation | None:
+        (relid,) = _I32.unpack_from(buf, 1)
+        rel = self.relations.get(relid)
+        if rel is None:
+            raise ValueError(f"change for relation {relid} before its Relation message")
+        if rel.spec is None or self.skipping or rel.spec.capture in self.skip_captures:
+            return None
+        return rel
+
+    # -- changes ----------------------------------------------------------------
+
+    def _stage(self, rel: Relation, op: int, values: list[bytes | None | Unchanged]) -> None:
+        spec = rel.spec
+        assert spec is not None
+        if rel.index is not None:
+            values = [values[i] for i in rel.index]
+        self.seq += 1
+        unchanged: tuple[str, ...] = ()
+        parts: list[bytes] = []
+        for i, v in enumerate(values):
+            if v is None:
+                parts.append(NULL)
+            elif v is UNCHANGED:
+                parts.append(NULL)
+                unchanged += (spec.columns[i].name,)
+            else:
+                assert isinstance(v, bytes)
+                parts.append(v if _NEEDS_ESCAPE_RE.search(v) is None else copy_escape_bytes(v))
+        line = b"%s%d\t%d\t%s\t%s\n" % (self._prefix, self.seq, op, self._ct, b"\t".join(parts))
+        capture = spec.capture
+        self.emit(capture, line, unchanged)
+        self.rows += 1
+        self.rows_by_capture[capture] = self.rows_by_capture.get(capture, 0) + 1
+
+    def _insert(self, buf: bytes) -> None:
+        rel = self._rel(buf)
+        if rel is None:
+            return
+        values, _ = decode_tuple(buf, 6)  # after relid and 'N'
+        self._stage(rel, OP_INSERT, values)
+
+    def _update(self, buf: bytes) -> None:
+        rel = self._rel(buf)
+        if rel is None:
+            return
+        pos = 5
+        old: list[bytes | None | Unchanged] | None = None
+        old_kind = buf[pos]
+        if old_kind in (75, 79):  # 'K' key / 'O' old row
+            old, pos = decode_tuple(buf, pos + 1)
+        new, _ = decode_tuple(buf, pos + 1)  # skip 'N'
+        if old is not None:
+            if rel.index is not None:
+                old_m = [old[i] for i in rel.index]
+                new_m = [new[i] for i in rel.index]
+            else:
+                old_m, new_m = old, new
+            key_changed = any(old_m[i] != new_m[i] for i in rel.key_index)
+            if key_changed:
+                # The row moved to another key: the old key is gone.
+                self._stage(rel, OP_DELETE, old)
+            elif old_kind == 79:
+                # REPLICA IDENTITY FULL: an unchanged TOAST value can come from the old image.
+                new = [o if n is UNCHANGED and o is not UNCHANGED else n for n, o in zip(new, old, strict=True)]
+                self._stage(rel, OP_UPDATE_BEFORE, old)
+        self._stage(rel, OP_UPDATE_AFTER, new)
+
+    def _delete(self, buf: bytes) -> None:
+        rel = self._rel(buf)
+        if rel is None:
+            return
+        values, _ = decode_tuple(buf, 6)  # after relid and 'K'/'O'
+        self._stage(rel, OP_DELETE, values)
+
+    def _truncate(self, buf: bytes) -> None:
+        (nrels,) = _I32.unpack_from(buf, 1)
+        pos = 6
+        for _ in range(nrels):
+            (relid,) = _I32.unpack_from(buf, pos)
+            pos += 4
+            rel = self.relations.get(relid)
+            if rel is not None and rel.spec is not None and not self.skipping:
+                self.truncated.setdefault(rel.spec.capture, self.commit_lsn)
+                self.skip_captures.add(rel.spec.capture)

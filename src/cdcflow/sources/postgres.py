@@ -1,0 +1,419 @@
+"""PostgreSQL source: logical decoding with ``pgoutput`` over the streaming protocol.
+
+One replication slot and one publication carry every captured table. The stream stays
+open across batches (psycopg2's ``LogicalReplicationConnection``; psycopg 3 has no
+replication support). A batch ends at a transaction boundary once ``max_rows`` are
+read or the stream has nothing more buffered. The slot is confirmed (flush feedback)
+only by :meth:`PostgresSource.confirm`, which the ingestion worker calls after the
+serving commit, so the slot never runs ahead of staging.
+
+Positions: a change's ``lsn`` is its transaction's commit LSN. A watermark ``W`` means
+every change with ``lsn <= W`` is staged; the stream resumes at ``W + 1``, which is also
+what we confirm to the slot. After a transaction that ends at ``E`` (the end of its
+commit record) ``W = E - 1``: the next commit record may start exactly at ``E``. Idle,
+``W = sent - 1`` for the server's decoded position ``sent``. The initial snapshot at
+consistent point ``cp`` is staged at ``lsn = cp - 1`` with ``W = cp - 1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from cdcflow import db, sqlfiles
+from cdcflow.errors import (
+    GapError,
+    SourceConfigError,
+    TerminalError,
+    TransientError,
+)
+from cdcflow.positions import format_pg_lsn, parse_pg_lsn
+from cdcflow.sources.base import BatchResult, ChangeSink, Column, TableSpec
+from cdcflow.sources.pgoutput import PgOutputDecoder
+
+log = logging.getLogger(__name__)
+Q = "source_postgres.sql"
+
+#: How often an idle stream asks the server for a keepalive (which carries its position).
+KEEPALIVE_REQUEST_SECONDS = 0.5
+
+
+def _split(qualified: str) -> tuple[str, str]:
+    schema, _, table = qualified.partition(".")
+    return schema, table
+
+
+@dataclass
+class SlotState:
+    confirmed_flush: int | None
+    restart_lsn: int | None
+    wal_status: str | None
+    active_pid: int | None
+    plugin: str
+    database: str
+
+
+class PostgresSource:
+    """The PostgreSQL implementation of :class:`cdcflow.sources.base.Source`."""
+
+    engine = "postgres"
+
+    def __init__(self, dsn: str, tables: Iterable[str], slot: str, publication: str) -> None:
+        self.dsn = dsn
+        self.tables = tuple(tables)
+        self.slot = slot
+        self.publication = publication
+        self._conn: psycopg.Connection | None = None
+        self._repl = None  # psycopg2 LogicalReplicationConnection
+        self._cur = None
+        self._decoder: PgOutputDecoder | None = None
+        self._specs: list[TableSpec] | None = None
+        self._sink: ChangeSink | None = None
+        self.skip_captures: set[str] = set()
+        self._last_keepalive_request = 0.0
+        self._stream_pos = -1
+
+    # -- regular connection -----------------------------------------------------
+
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.dsn, "source", autocommit=True)
+        return self._conn
+
+    def _one(self, name: str, params: dict | None = None, **idents: sql.Composable):
+        try:
+            return self.conn().execute(sqlfiles.query(Q, name, **idents), params or {}).fetchone()
+        except psycopg.Error as exc:
+            self.close()
+            raise db.wrap_db_error("source query " + name, exc) from None
+
+    def check(self) -> None:
+        """wal_level is logical and the server is new enough; else one line on how to fix."""
+        row = self._one("server_settings")
+        assert row is not None
+        wal_level, version_num, dbname = row
+        if version_num < 140000:
+            raise SourceConfigError(f"source PostgreSQL is version {version_num // 10000}: cdcflow needs 14 or newer")
+        if wal_level != "logical":
+            raise SourceConfigError(
+                f"source database {dbname!r} has wal_level={wal_level}; logical decoding needs "
+                "wal_level=logical: run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL"
+            )
+
+    def describe_tables(self) -> list[TableSpec]:
+        if self._specs is not None:
+            return self._specs
+        specs = []
+        for qualified in self.tables:
+            schema, table = _split(qualified)
+            try:
+                rows = self.conn().execute(
+                    sqlfiles.query(Q, "table_columns"), {"schema": schema, "table": table}
+                ).fetchall()
+            except psycopg.Error as exc:
+                self.close()
+                raise db.wrap_db_error("reading the source catalog", exc) from None
+            if not rows:
+                raise SourceConfigError(
+                    f"captured table {qualified} does not exist in the source database: create it, "
+                    "or remove it from CAPTURE_TABLES"
+                )
+            if not any(r[2] for r in rows):
+                raise SourceConfigError(
+                    f"captured table {qualified} has no primary key or replica identity index: add a "
+                    "primary key (cdcflow needs a key to keep the latest state of each row)"
+                )
+            specs.append(TableSpec(schema, table, tuple(Column(r[0], r[1], bool(r[2])) for r in rows)))
+        names = [s.name for s in specs]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise SourceConfigError(
+                f"CAPTURE_TABLES has two tables named {sorted(dupes)[0]!r} in different schemas; "
+                "staging names are stg_cdc_<table>, so capture only one of them"
+            )
+        self._specs = specs
+        return specs
+
+    def ensure_publication(self) -> None:
+        specs = self.describe_tables()
+        tables = sql.SQL(", ").join(sql.Identifier(s.schema, s.name) for s in specs)
+        pub = sql.Identifier(self.publication)
+        try:
+            exists = self.conn().execute(
+                sqlfiles.query("source/30_enable_cdc.sql", "publication_exists"), {"publication": self.publication}
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise db.wrap_db_error("reading publications", exc) from None
+        name = "alter_publication" if exists else "create_publication"
+        try:
+            self.conn().execute(sqlfiles.query("source/30_enable_cdc.sql", name, publication=pub, tables=tables))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SourceConfigError(
+                f"cannot {'alter' if exists else 'create'} publication {self.publication}: "
+                f"{db.describe_error(exc)}; run bootstrap as the tables' owner, or create the "
+                "publication yourself"
+            ) from None
+        except psycopg.Error as exc:
+            raise db.wrap_db_error("creating the publication", exc) from None
+
+    def slot_state(self) -> SlotState | None:
+        row = self._one("slot_state", {"slot": self.slot})
+        if row is None:
+            return None
+        _, plugin, database, confirmed, restart, wal_status, active_pid = row
+        return SlotState(
+            confirmed_flush=parse_pg_lsn(confirmed) if confirmed else None,
+            restart_lsn=parse_pg_lsn(restart) if restart else None,
+            wal_status=wal_status,
+            active_pid=active_pid,
+            plugin=plugin,
+            database=database,
+        )
+
+    def current_lsn(self) -> int:
+        row = self._one("current_lsn")
+        assert row is not None
+        return parse_pg_lsn(row[0])
+
+    def bounds(self) -> tuple[int, int]:
+        state = self.slot_state()
+        low = state.confirmed_flush if state and state.confirmed_flush is not None else 0
+        return low, self.current_lsn()
+
+    def retained_wal_bytes(self) -> int | None:
+        row = self._one("slot_retained_bytes", {"slot": self.slot})
+        return int(row[0]) if row and row[0] is not None else None
+
+    def drop_slot(self) -> None:
+        self._one("terminate_slot_reader", {"slot": self.slot})
+        for _ in range(50):
+            state = self.slot_state()
+            if state is None or state.active_pid is None:
+                break
+            time.sleep(0.1)
+        self._one("drop_slot", {"slot": self.slot})
+
+    # -- gap detection ----------------------------------------------------------
+
+    def verify_slot(self, watermark: int) -> None:
+        """Raise GapError if the slot cannot serve every change after ``watermark``."""
+        state = self.slot_state()
+        if state is None:
+            raise GapError(
+                f"replication slot {self.slot} is missing: changes after {format_pg_lsn(watermark)} "
+                "cannot be read; run 'cdcflow resync' to re-snapshot",
+                watermark,
+                None,
+            )
+        if state.wal_status == "lost":
+            raise GapError(
+                f"replication slot {self.slot} lost the WAL it needed (wal_status=lost, "
+                "max_slot_wal_keep_size exceeded); run 'cdcflow resync' to re-snapshot",
+                watermark,
+                state.confirmed_flush,
+            )
+        if state.confirmed_flush is not None and state.confirmed_flush > watermark + 1:
+            raise GapError(
+                f"replication slot {self.slot} starts at {format_pg_lsn(state.confirmed_flush)}, after "
+                f"our watermark {format_pg_lsn(watermark)} (re-created or advanced by someone else): "
+                "changes in between are lost; run 'cdcflow resync' to re-snapshot",
+                watermark,
+                state.confirmed_flush,
+            )
+
+    # -- replication connection -------------------------------------------------
+
+    def _replication_connect(self):
+        import psycopg2
+        import psycopg2.extras
+
+        try:
+            return psycopg2.connect(self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+        except psycopg2.Error as exc:
+            raise db.wrap_connect_error("source (replication)", exc) from None
+
+    def create_slot_with_snapshot(self) -> tuple[int, str, object]:
+        """Create the slot over the replication protocol, exporting its snapshot.
+
+        Returns (consistent point, snapshot name, the replication connection). The
+        snapshot stays importable only while that connection is open and idle: the
+        caller reads the tables with ``SET TRANSACTION SNAPSHOT`` and then closes it.
+        """
+        import psycopg2
+
+        conn = self._replication_connect()
+        try:
+            cur = conn.cursor()
+            cur.execute(f"CREATE_REPLICATION_SLOT {_quote_ident(self.slot)} LOGICAL pgoutput EXPORT_SNAPSHOT")
+            _, consistent_point, snapshot_name, _ = cur.fetchone()
+        except psycopg2.Error as exc:
+            conn.close()
+            if "already exists" in str(exc):
+                raise TransientError(f"replication slot {self.slot} was created concurrently") from None
+            raise db.wrap_db_error("creating the replication slot", exc) from None
+        log.info("created replication slot %s at %s", self.slot, consistent_point)
+        return parse_pg_lsn(consistent_point), snapshot_name, conn
+
+    def _start_stream(self, after_lsn: int) -> None:
+        import psycopg2
+
+        self.verify_slot(after_lsn)
+        conn = self._replication_connect()
+        cur = conn.cursor()
+        try:
+            cur.start_replication(
+                slot_name=self.slot,
+                decode=False,
+                start_lsn=after_lsn + 1,
+                options={"proto_version": "1", "publication_names": self.publication},
+                status_interval=5,
+            )
+        except psycopg2.Error as exc:
+            conn.close()
+            text = str(exc)
+            if "is active for PID" in text:
+                # A previous run of ours died and its walsender has not noticed yet.
+                self._one("terminate_slot_reader", {"slot": self.slot})
+                raise TransientError(f"replication slot {self.slot} was still held by an old connection") from None
+            if "publication" in text and "does not exist" in text:
+                raise SourceConfigError(
+                    f"publication {self.publication} does not exist in the source: run 'cdcflow bootstrap'"
+                ) from None
+            raise db.wrap_db_error("starting replication", exc) from None
+        self._repl, self._cur = conn, cur
+        specs = {(s.schema, s.name): s for s in self.describe_tables()}
+        self._decoder = PgOutputDecoder(specs, self._emit, self.skip_captures)
+        self._stream_pos = after_lsn
+        log.info("streaming slot %s from %s", self.slot, format_pg_lsn(after_lsn))
+
+    def _emit(self, capture: str, line: bytes, unchanged: tuple[str, ...]) -> None:
+        assert self._sink is not None
+        self._sink.add_line(capture, line)
+        if unchanged:
+            add_unchanged: Callable | None = getattr(self._sink, "add_unchanged", None)
+            if add_unchanged is None:
+                raise TerminalError("this sink cannot carry unchanged TOAST values forward")
+            add_unchanged(capture, line, unchanged)
+
+    def read_batch(self, after_lsn: int, max_rows: int, sink: ChangeSink, wait_seconds: float) -> BatchResult:
+        """Stream whole transactions after ``after_lsn`` into ``sink``.
+
+        Returns when ``max_rows`` are read (at the next commit), when the stream has
+        nothing more buffered after a commit, or after ``wait_seconds`` idle. When idle,
+        the result's ``end_lsn`` advances to the server's position so the slot can free
+        WAL even if no captured table changes (invariant 7).
+        """
+        import psycopg2
+
+        if self._cur is not None and after_lsn != self._stream_pos:
+            self.close_stream()  # the watermark moved under us (reset, resync): start over there
+        if self._cur is None:
+            self._start_stream(after_lsn)
+        assert self._cur is not None and self._decoder is not None
+        cur, dec = self._cur, self._decoder
+        dec.skip_before = after_lsn + 1  # a replayed transaction is dropped, not staged twice
+        dec.rows = 0
+        dec.rows_by_capture = {}
+        dec.truncated = {}
+        self._sink = sink
+        end_lsn = after_lsn
+        txns = 0
+        last_commit_time = None
+        deadline = time.monotonic() + wait_seconds
+        read_message = cur.read_message
+        feed = dec.feed
+        try:
+            while True:
+                msg = read_message()
+                if msg is not None:
+                    kind = feed(msg.payload)
+                    if kind == 67 and not dec.skipping:  # 'C'
+                        txns += 1
+                        end_lsn = max(end_lsn, dec.end_lsn - 1)
+                        last_commit_time = dec.commit_time
+                        if dec.rows >= max_rows:
+                            return self._result(end_lsn, txns, last_commit_time, more=True)
+                    continue
+                # Nothing buffered.
+                if not dec.in_txn:
+                    if dec.rows > 0 or txns > 0:
+                        return self._result(end_lsn, txns, last_commit_time, more=False)
+                    if cur.wal_end - 1 > end_lsn:
+                        # Idle advance: the server has decoded up to wal_end and sent us
+                        # every transaction whose commit record starts before it.
+                        return self._result(cur.wal_end - 1, 0, None, more=False)
+                    now = time.monotonic()
+                    if now >= deadline:
+                        return self._result(end_lsn, 0, None, more=False)
+                    if now - self._last_keepalive_request >= KEEPALIVE_REQUEST_SECONDS:
+                        cur.send_feedback(reply=True)
+                        self._last_keepalive_request = now
+                    timeout = min(deadline - now, KEEPALIVE_REQUEST_SECONDS)
+                else:
+                    timeout = 1.0
+                select.select([self._repl], [], [], max(0.0, timeout))
+        except psycopg2.Error as exc:
+            self.close_stream()
+            raise db.wrap_db_error("reading the replication stream", exc) from None
+        except Exception:
+            self.close_stream()
+            raise
+        finally:
+            self._sink = None
+
+    def _result(self, end_lsn: int, txns: int, last_commit_time, more: bool) -> BatchResult:
+        dec = self._decoder
+        assert dec is not None
+        self._stream_pos = end_lsn
+        result = BatchResult(
+            end_lsn=end_lsn,
+            rows=dec.rows,
+            transactions=txns,
+            rows_by_capture=dict(dec.rows_by_capture),
+            last_commit_time=last_commit_time,
+            more_pending=more,
+            truncated=dict(dec.truncated),
+        )
+        return result
+
+    def confirm(self, lsn: int) -> None:
+        """Tell the slot everything up to ``lsn`` is safely staged (after the serving commit)."""
+        if self._cur is None:
+            return
+        import psycopg2
+
+        resume = lsn + 1
+        try:
+            self._cur.send_feedback(write_lsn=resume, flush_lsn=resume, apply_lsn=resume, force=True)
+        except psycopg2.Error as exc:
+            self.close_stream()
+            raise db.wrap_db_error("confirming the slot position", exc) from None
+
+    def close_stream(self) -> None:
+        if self._repl is not None:
+            try:
+                self._repl.close()
+            except Exception:  # already broken; closing is best effort
+                pass
+        self._repl = self._cur = None
+        self._decoder = None
+
+    def close(self) -> None:
+        self.close_stream()
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # already broken; closing is best effort
+                pass
+        self._conn = None
+
+
+def _quote_ident(name: str) -> str:
+    """Quote an identifier for the replication protocol's own grammar (no psycopg.sql there)."""
+    return '"' + name.replace('"', '""') + '"'

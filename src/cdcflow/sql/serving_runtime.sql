@@ -1,0 +1,86 @@
+-- Queries the workers run against the serving database.
+
+-- name: ensure_watermark
+-- A control row per capture, created if missing (never reset if present).
+INSERT INTO ctl_ingestion_watermarks (source_name, capture_instance, engine, source_table, staging_table)
+VALUES (%(source)s, %(capture)s, %(engine)s, %(source_table)s, %(staging_table)s)
+ON CONFLICT (source_name, capture_instance) DO NOTHING;
+
+-- name: read_watermarks
+-- Every capture of a source with its position and state.
+SELECT capture_instance, last_lsn, state, gap_from_lsn, gap_to_lsn, last_error, rows_staged,
+       last_commit_time, updated_at, engine, source_table, staging_table
+FROM ctl_ingestion_watermarks
+WHERE source_name = %(source)s
+ORDER BY capture_instance;
+
+-- name: advance_watermarks
+-- After staging a batch: move the watermark of each listed capture and count its rows.
+-- The guard on last_lsn keeps a watermark from ever moving back.
+UPDATE ctl_ingestion_watermarks AS w
+SET last_lsn = %(lsn)s,
+    last_commit_time = coalesce(%(commit_time)s, w.last_commit_time),
+    rows_staged = w.rows_staged + d.rows,
+    state = 'OK',
+    last_error = NULL,
+    updated_at = now()
+FROM unnest(%(captures)s::text[], %(rows)s::bigint[]) AS d(capture, rows)
+WHERE w.source_name = %(source)s
+  AND w.capture_instance = d.capture
+  AND w.last_lsn <= %(lsn)s
+  AND w.state NOT IN ('GAP', 'PAUSED');
+
+-- name: set_capture_state
+-- Record a capture's state (GAP, PAUSED, ERROR, OK) with its reason and range.
+UPDATE ctl_ingestion_watermarks
+SET state = %(state)s, last_error = %(error)s, gap_from_lsn = %(gap_from)s,
+    gap_to_lsn = %(gap_to)s, updated_at = now()
+WHERE source_name = %(source)s AND capture_instance = %(capture)s;
+
+-- name: set_capture_error
+-- A transient failure: keep the state, remember the error for status.
+UPDATE ctl_ingestion_watermarks
+SET last_error = %(error)s, updated_at = now()
+WHERE source_name = %(source)s AND capture_instance = ANY(%(captures)s::text[]);
+
+-- name: notify_staged
+-- Wake projection workers in other processes (delivered at commit).
+SELECT pg_notify('cdcflow_staged', %(source)s);
+
+-- name: carry_unchanged
+-- TOAST: an update that did not resend an unchanged column takes it from the previous
+-- staged version of the same key (placeholders {table}, {column}, {key_match}).
+UPDATE {table} AS cur
+SET {column} = (
+    SELECT prev.{column} FROM {table} AS prev
+    WHERE {key_match}
+      AND (prev.__lsn, prev.__seqval) < (cur.__lsn, cur.__seqval)
+      AND prev.__op <> 3
+    ORDER BY prev.__lsn DESC, prev.__seqval DESC
+    LIMIT 1)
+WHERE cur.__lsn = %(lsn)s AND cur.__seqval = %(seqval)s AND cur.__op = %(op)s;
+
+-- name: create_staging
+-- A staging table for one captured table: cdcflow's position columns, then the
+-- source's columns with their source types. Each change is staged once: the
+-- position (commit LSN, order in the transaction, op) is the primary key.
+CREATE TABLE IF NOT EXISTS {table} (
+    __lsn          numeric(25,0) NOT NULL,
+    __seqval       numeric(25,0) NOT NULL,
+    __op           smallint      NOT NULL,
+    __commit_time  timestamptz,
+    {columns},
+    __staged_at    timestamptz   NOT NULL DEFAULT now(),
+    CONSTRAINT {pk} PRIMARY KEY (__lsn, __seqval, __op)
+);
+
+-- name: create_staging_key_index
+-- Latest version of a key by an index read (projections, TOAST carry-forward).
+CREATE INDEX IF NOT EXISTS {index} ON {table} ({keys}, __lsn DESC, __seqval DESC);
+
+-- name: staging_columns
+-- The columns a staging table has now (to detect a mismatch with the source).
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass(%(table)s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum;

@@ -1,0 +1,51 @@
+-- Queries cdcflow runs against a PostgreSQL source (regular, non-replication connection).
+
+-- name: server_settings
+-- wal_level and server version, checked before anything else.
+SELECT current_setting('wal_level') AS wal_level,
+       current_setting('server_version_num')::int AS version_num,
+       current_database() AS dbname;
+
+-- name: table_columns
+-- Columns of a captured table in attribute order (what pgoutput sends), with key flags:
+-- the primary key, or else the replica identity index.
+SELECT a.attname AS name,
+       format_type(a.atttypid, a.atttypmod) AS type_sql,
+       coalesce(a.attnum = ANY (k.indkey::int2[]), false) AS is_key,
+       c.relreplident AS replident
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN LATERAL (
+    SELECT i.indkey FROM pg_index i
+    WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)
+    ORDER BY i.indisprimary DESC LIMIT 1
+) k ON true
+WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p')
+  AND a.attgenerated = ''
+ORDER BY a.attnum;
+
+-- name: slot_state
+-- The replication slot as the server sees it.
+SELECT slot_name, plugin, database, confirmed_flush_lsn::text AS confirmed_flush,
+       restart_lsn::text AS restart_lsn, wal_status, active_pid
+FROM pg_replication_slots WHERE slot_name = %(slot)s;
+
+-- name: current_lsn
+-- The newest WAL position.
+SELECT pg_current_wal_lsn()::text;
+
+-- name: slot_retained_bytes
+-- WAL the slot keeps on disk.
+SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
+FROM pg_replication_slots WHERE slot_name = %(slot)s;
+
+-- name: terminate_slot_reader
+-- End a leftover walsender still holding our slot (a previous run of ours that died).
+SELECT pg_terminate_backend(active_pid)
+FROM pg_replication_slots WHERE slot_name = %(slot)s AND active_pid IS NOT NULL;
+
+-- name: drop_slot
+-- Drop the slot (only while no position of it was ever staged).
+SELECT pg_drop_replication_slot(%(slot)s)
+WHERE EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %(slot)s);

@@ -1,0 +1,211 @@
+"""``cdcflow status``: what every capture and projection is doing, from the control tables.
+
+Works while the pipeline runs or not; reads the source only for its current position
+and slot. Never prints a secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import psycopg
+
+from cdcflow import db, sqlfiles
+from cdcflow.config import Settings
+from cdcflow.errors import CdcflowError
+from cdcflow.positions import format_lsn
+from cdcflow.serving.control import read_watermarks
+
+HEALTHY_CAPTURE = ("OK",)
+HEALTHY_PROJECTION = ("OK", "INIT")
+
+
+@dataclass
+class CaptureStatus:
+    capture: str
+    table: str
+    state: str
+    watermark: str
+    source_position: str
+    lag_bytes: int | None
+    lag_seconds: float | None
+    rows_staged: int
+    last_error: str | None
+    gap: str | None
+
+
+@dataclass
+class ProjectionStatus:
+    projection: str
+    status: str
+    as_of: str
+    freshness_seconds: float | None
+    built_at: str | None
+    last_error: str | None
+    restated_buckets: int
+
+
+@dataclass
+class Status:
+    source_name: str
+    engine: str
+    source_reachable: bool
+    slot: dict | None
+    captures: list[CaptureStatus] = field(default_factory=list)
+    projections: list[ProjectionStatus] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+def collect(settings: Settings) -> Status:
+    source_dsn, serving_dsn = settings.require_dsns()
+    engine = "postgres"
+    current: int | None = None
+    slot: dict | None = None
+    reachable = True
+    problems: list[str] = []
+    from cdcflow.bootstrap import make_source
+
+    source = make_source(settings)
+    try:
+        current = source.current_lsn()
+        st = source.slot_state()
+        if st is not None:
+            slot = {
+                "name": settings.slot,
+                "confirmed_flush": format_lsn(engine, st.confirmed_flush),
+                "restart_lsn": format_lsn(engine, st.restart_lsn),
+                "wal_status": st.wal_status,
+                "active": st.active_pid is not None,
+                "retained_wal_bytes": source.retained_wal_bytes(),
+            }
+        else:
+            problems.append(f"replication slot {settings.slot} does not exist")
+    except CdcflowError as exc:
+        reachable = False
+        problems.append(f"source unreachable: {exc}")
+    finally:
+        source.close()
+
+    now = dt.datetime.now(dt.UTC)
+    out = Status(settings.source_name, engine, reachable, slot, problems=problems)
+    with db.connect(serving_dsn, "serving", autocommit=True) as conn:
+        try:
+            wms = read_watermarks(conn, settings.source_name)
+            meta = conn.execute(sqlfiles.query("serving_status.sql", "projection_metadata")).fetchall()
+        except psycopg.errors.UndefinedTable:
+            raise CdcflowError("the serving database has no cdcflow tables: run 'cdcflow bootstrap' first") from None
+    for wm in wms.values():
+        lag_bytes = max(0, current - wm.last_lsn) if current is not None and wm.last_lsn else None
+        lag_s = None
+        if wm.last_commit_time is not None and lag_bytes:
+            lag_s = max(0.0, (now - wm.last_commit_time).total_seconds())
+        elif lag_bytes is not None:
+            lag_s = 0.0
+        gap = None
+        if wm.state == "GAP":
+            gap = f"{format_lsn(engine, wm.gap_from)} .. {format_lsn(engine, wm.gap_to)}"
+        out.captures.append(
+            CaptureStatus(
+                wm.capture, wm.source_table, wm.state, format_lsn(engine, wm.last_lsn if wm.last_lsn else None),
+                format_lsn(engine, current), lag_bytes, lag_s, wm.rows_staged, wm.last_error, gap,
+            )
+        )
+        if wm.state not in HEALTHY_CAPTURE:
+            problems.append(f"capture {wm.capture} is {wm.state}" + (f": {wm.last_error}" if wm.last_error else ""))
+    for name, status, as_of_lsn, as_of_time, built_at, last_error, restated in meta:
+        fresh = (now - as_of_time).total_seconds() if as_of_time else None
+        out.projections.append(
+            ProjectionStatus(
+                name, status, format_lsn(engine, int(as_of_lsn) if as_of_lsn is not None else None),
+                fresh, built_at.isoformat() if built_at else None, last_error, int(restated or 0),
+            )
+        )
+        if status not in HEALTHY_PROJECTION:
+            problems.append(f"projection {name} is {status}" + (f": {last_error}" if last_error else ""))
+    return out
+
+
+def render_json(status: Status) -> str:
+    data = asdict(status)
+    data["healthy"] = status.healthy
+    return json.dumps(data, indent=2, default=str)
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def render_text(status: Status) -> str:
+    parts = [f"source {status.source_name} ({status.engine})" + ("" if status.source_reachable else " UNREACHABLE")]
+    if status.slot:
+        s = status.slot
+        parts.append(
+            f"slot {s['name']}: confirmed {s['confirmed_flush']}, restart {s['restart_lsn']}, "
+            f"wal_status {s['wal_status']}, retained {_fmt(s['retained_wal_bytes'])} bytes, "
+            f"{'active' if s['active'] else 'inactive'}"
+        )
+    parts.append("")
+    parts.append(
+        _table(
+            ["CAPTURE", "STATE", "WATERMARK", "SOURCE", "LAG_BYTES", "LAG_S", "ROWS_STAGED"],
+            [
+                [c.capture, c.state, c.watermark, c.source_position, _fmt(c.lag_bytes), _fmt(c.lag_seconds),
+                 str(c.rows_staged)]
+                for c in status.captures
+            ],
+        )
+    )
+    if status.projections:
+        parts.append("")
+        parts.append(
+            _table(
+                ["PROJECTION", "STATUS", "AS_OF", "FRESHNESS_S", "RESTATED"],
+                [[p.projection, p.status, p.as_of, _fmt(p.freshness_seconds), str(p.restated_buckets)]
+                 for p in status.projections],
+            )
+        )
+    if status.problems:
+        parts.append("")
+        parts.extend(f"problem: {p}" for p in status.problems)
+    return "\n".join(parts)
+
+
+def wait_caught_up(settings: Settings, timeout: float, stop: threading.Event | None = None) -> bool:
+    """Wait until every active capture's watermark covers the source's current position."""
+    from cdcflow.bootstrap import make_source
+
+    _, serving_dsn = settings.require_dsns()
+    source = make_source(settings)
+    try:
+        target = source.current_lsn()
+    finally:
+        source.close()
+    deadline = time.monotonic() + timeout
+    with db.connect(serving_dsn, "serving", autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            wms = [w for w in read_watermarks(conn, settings.source_name).values() if w.active]
+            if wms and min(w.last_lsn for w in wms) + 1 >= target:
+                return True
+            if stop is not None and stop.is_set():
+                return False
+            time.sleep(0.05)
+    return False
