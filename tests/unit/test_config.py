@@ -1,0 +1,81 @@
+import pytest
+
+from cdcflow.config import Settings, documented_variables
+from cdcflow.errors import ConfigError
+
+
+def test_defaults_are_the_seeds():
+    s = Settings.from_env({})
+    assert s.source_name == "source1"
+    assert s.poll_interval_seconds == 5
+    assert s.cdc_batch_max_rows == 5000
+    assert s.projection_interval_seconds == 15
+    assert s.projection_recompute_window_minutes == 15
+    assert s.enable_proj_orders_kpi is True
+    assert s.enable_proj_orders_latest is False
+    assert s.log_level == "info"
+    assert s.capture_tables == ("public.customers", "public.orders", "public.payments")
+    assert s.slot == "cdcflow_source1" and s.publication == "cdcflow_source1"
+
+
+def test_values_parse():
+    s = Settings.from_env(
+        {
+            "POLL_INTERVAL_SECONDS": "0.5",
+            "CDC_BATCH_MAX_ROWS": "100",
+            "ENABLE_PROJ_ORDERS_LATEST": "yes",
+            "CAPTURE_TABLES": "orders, sales.items",
+            "LOG_LEVEL": "DEBUG",
+        }
+    )
+    assert s.poll_interval_seconds == 0.5
+    assert s.cdc_batch_max_rows == 100
+    assert s.enable_proj_orders_latest is True
+    assert s.capture_tables == ("public.orders", "sales.items")
+    assert s.log_level == "debug"
+
+
+BAD = [
+    ("SOURCE_NAME", "has space", "letters, digits"),
+    ("POLL_INTERVAL_SECONDS", "soon", "number of seconds"),
+    ("POLL_INTERVAL_SECONDS", "-1", "number of seconds"),
+    ("CDC_BATCH_MAX_ROWS", "0", "whole number"),
+    ("CDC_BATCH_MAX_ROWS", "5k", "whole number"),
+    ("PROJECTION_INTERVAL_SECONDS", "x", "number of seconds"),
+    ("PROJECTION_RECOMPUTE_WINDOW_MINUTES", "1.5", "whole number"),
+    ("ENABLE_PROJ_ORDERS_KPI", "maybe", "true or false"),
+    ("ENABLE_PROJ_ORDERS_LATEST", "2", "true or false"),
+    ("LOG_LEVEL", "loud", "one of"),
+    ("LOG_FORMAT", "xml", "one of"),
+    ("CAPTURE_TABLES", "a.b.c", "[schema.]table"),
+    ("CAPTURE_TABLES", "orders,orders", "listed twice"),
+    ("STARTUP_WAIT_SECONDS", "forever", "number of seconds"),
+    ("SOURCE_SLOT_NAME", "bad-name", "letters, digits"),
+    ("SOURCE_PUBLICATION", "1pub", "letters, digits"),
+]
+
+
+@pytest.mark.parametrize("name,value,expected", BAD)
+def test_bad_value_names_variable_value_and_expectation(name, value, expected):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    msg = str(info.value)
+    assert name in msg and repr(value) in msg and expected in msg
+    assert "\n" not in msg
+
+
+def test_every_variable_has_a_bad_value_case():
+    # A new variable must come with its validation test.
+    tested = {name for name, _, _ in BAD} | {"SOURCE_DSN", "SERVING_DSN"}
+    assert set(documented_variables()) == tested
+
+
+def test_bad_dsn_value_is_redacted():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"SOURCE_DSN": "   "})
+    assert "SOURCE_DSN" in str(info.value)
+
+
+def test_missing_dsn_says_what_to_do():
+    with pytest.raises(ConfigError, match="SOURCE_DSN is not set"):
+        Settings.from_env({}).require_dsns()
