@@ -23,7 +23,7 @@ from cdcflow import db
 from cdcflow.config import Settings
 from cdcflow.errors import GapError, SchemaDriftError, TerminalError, TransientError
 from cdcflow.positions import format_lsn
-from cdcflow.serving import control
+from cdcflow.serving import control, schema
 from cdcflow.serving.staging import StagingWriter
 from cdcflow.sources.base import TableSpec
 
@@ -74,8 +74,23 @@ class IngestWorker:
         self.source.close()
 
     def specs(self) -> dict[str, TableSpec]:
+        """The captured tables as staging holds them (reconciled with the source once per start)."""
         if self._specs is None:
-            self._specs = {s.capture: s for s in self.source.describe_tables()}
+            conn = self.serving()
+            effective = []
+            try:
+                for spec in self.source.describe_tables():
+                    eff, problem = schema.reconcile(conn, spec)
+                    if problem is not None:
+                        log.error("%s", problem)
+                        control.set_capture_state(conn, self.settings.source_name, spec.capture, "PAUSED", problem)
+                    effective.append(eff)
+                conn.commit()
+            except psycopg.Error as exc:
+                conn.rollback()
+                raise db.wrap_db_error("reading staging tables", exc) from None
+            self.source.use_specs(effective)
+            self._specs = {s.capture: s for s in effective}
         return self._specs
 
     # -- one cycle --------------------------------------------------------------
@@ -104,17 +119,19 @@ class IngestWorker:
             result = self.source.read_batch(
                 after, self.settings.cdc_batch_max_rows, writer, self.settings.poll_interval_seconds
             )
-            if result.end_lsn <= after and result.rows == 0 and not result.truncated:
+            if result.end_lsn <= after and result.rows == 0 and not result.truncated and not result.paused:
                 writer.rollback()
                 return False
             for capture, lsn in result.truncated.items():
                 msg = (
                     f"TRUNCATE of {specs[capture].qualified} at {format_lsn(self.source.engine, lsn)}: "
-                    f"row-level staging cannot express it; run 'cdcflow resync {capture}'"
+                    f"row-level staging cannot express it; run 'cdcflow resync'"
                 )
                 log.error(msg)
                 control.set_capture_state(conn, self.settings.source_name, capture, "GAP", msg, wms[capture].last_lsn, lsn)
-            advancing = [c for c in active if c not in result.truncated]
+            for capture, reason in result.paused.items():
+                control.set_capture_state(conn, self.settings.source_name, capture, "PAUSED", reason)
+            advancing = [c for c in active if c not in result.truncated and c not in result.paused]
             writer.commit(result.end_lsn, advancing, result.last_commit_time)
         except psycopg.errors.UniqueViolation as exc:
             writer.rollback()
@@ -153,16 +170,19 @@ class IngestWorker:
     # -- loop -------------------------------------------------------------------
 
     def _mark(self, state: str, exc: TerminalError, gap_from: int | None = None, gap_to: int | None = None) -> None:
+        """Stop the active captures with ``state``. A capture whose watermark moved since the
+        error was seen (a resync just repaired it) is left alone."""
         try:
             conn = self.serving()
             conn.rollback()
             wms = control.read_watermarks(conn, self.settings.source_name)
             for capture in self.specs():
-                if capture in wms and wms[capture].active:
-                    control.set_capture_state(
-                        conn, self.settings.source_name, capture, state, str(exc),
-                        gap_from if gap_from is not None else wms[capture].last_lsn, gap_to,
-                    )
+                wm = wms.get(capture)
+                if wm is None or not wm.active or (gap_from is not None and wm.last_lsn != gap_from):
+                    continue
+                control.set_capture_state(
+                    conn, self.settings.source_name, capture, state, str(exc), wm.last_lsn, gap_to
+                )
             conn.commit()
         except (psycopg.Error, TransientError, TerminalError) as inner:
             log.warning("could not record %s state: %s", state, db.describe_error(inner))

@@ -1,12 +1,19 @@
-"""Consistent initial snapshot for a PostgreSQL capture (invariant 6).
+"""Consistent snapshots of a PostgreSQL source: the initial load (invariant 6) and resync.
 
 The slot is created over the replication protocol with ``EXPORT_SNAPSHOT``; while that
 connection stays open, a regular connection imports the snapshot (``SET TRANSACTION
 SNAPSHOT``) and reads each captured table with COPY. The rows are exactly the state
 before the slot's consistent point ``cp``: every later commit is streamed. They are
 staged as op 5 at ``lsn = cp - 1`` (before any streamed change), seqval = row number,
-with the watermark ``cp - 1``, all in one serving transaction. A crash before that
-commit leaves nothing staged and the next start drops the unused slot and begins again.
+and every capture's watermark becomes ``cp - 1``, all in one serving transaction. Large
+tables stream through the staging writer's COPY chunks (bounded memory), with a progress
+line every 200,000 rows. A crash before the commit leaves nothing staged; the next start
+drops the unused slot and begins again, so nothing is doubled.
+
+Resync (``cdcflow resync``) repairs a gap the same way with a new slot, and also stages a
+delete (op 1) for every key whose latest staged state is live but which the snapshot no
+longer has, so projections equal the source again. All captures of a source share one
+slot, so a resync re-snapshots all of them.
 """
 
 from __future__ import annotations
@@ -17,13 +24,15 @@ import time
 import psycopg
 from psycopg import sql
 
-from cdcflow import db
+from cdcflow import db, sqlfiles
+from cdcflow.positions import format_pg_lsn
 from cdcflow.serving.control import read_watermarks
 from cdcflow.serving.staging import StagingWriter
 from cdcflow.sources.base import OP_SNAPSHOT, TableSpec
 from cdcflow.sources.postgres import PostgresSource
 
 log = logging.getLogger(__name__)
+Q = "serving_runtime.sql"
 PROGRESS_ROWS = 200_000
 
 
@@ -35,47 +44,98 @@ def needs_initial_snapshot(serving: psycopg.Connection, source_name: str, specs:
 
 def initial_snapshot(source: PostgresSource, serving: psycopg.Connection, source_name: str) -> int:
     """Create the slot and stage every captured table's rows. Returns the new watermark."""
+    return take_snapshot(source, serving, source_name, repair=False)
+
+
+def take_snapshot(source: PostgresSource, serving: psycopg.Connection, source_name: str, *, repair: bool) -> int:
     specs = source.describe_tables()
     if source.slot_state() is not None:
-        # Created by a start that died before its snapshot committed: nothing was staged
-        # from it (every capture is INIT), so it is safe to start over.
-        log.warning("dropping replication slot %s: it was created but nothing was staged from it", source.slot)
+        if repair:
+            log.warning("resync: dropping replication slot %s to take a fresh snapshot", source.slot)
+        else:
+            # Created by a start that died before its snapshot committed: nothing was staged
+            # from it (every capture is INIT), so it is safe to start over.
+            log.warning("dropping replication slot %s: it was created but nothing was staged from it", source.slot)
         source.drop_slot()
     cp, snapshot_name, repl = source.create_slot_with_snapshot()
     watermark = cp - 1
     started = time.monotonic()
-    total = 0
+    counts: dict[str, int] = {}
     try:
+        writer = StagingWriter(serving, {s.capture: s for s in specs}, source_name)
         reader = db.connect(source.dsn, "source")
         try:
             reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
-            writer = StagingWriter(serving, {s.capture: s for s in specs}, source_name)
-            prefix_base = b"%d\t" % watermark
             for spec in specs:
-                n = 0
-                cols = sql.SQL(", ").join(sql.Identifier(c) for c in spec.column_names)
-                stmt = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(cols, sql.Identifier(spec.schema, spec.name))
-                with reader.cursor() as cur, cur.copy(stmt) as copy:
-                    for row in copy:
-                        n += 1
-                        writer.add_line(spec.capture, b"%s%d\t%d\t\\N\t%s" % (prefix_base, n, OP_SNAPSHOT, bytes(row)))
-                        if n % PROGRESS_ROWS == 0:
-                            log.info("snapshot of %s: %d rows so far", spec.qualified, n)
-                log.info("snapshot of %s: %d rows", spec.qualified, n)
-                total += n
+                counts[spec.capture] = _copy_table(reader, writer, spec, watermark)
             reader.rollback()
         finally:
             reader.close()
-        writer.commit(watermark, [s.capture for s in specs], None)
+        writer.flush()
+        if repair:
+            for spec in specs:
+                counts[spec.capture] += _stage_vanished(serving, spec, watermark, counts[spec.capture])
+        serving.execute(
+            sqlfiles.query(Q, "watermarks_after_snapshot"),
+            {
+                "source": source_name,
+                "lsn": watermark,
+                "captures": [s.capture for s in specs],
+                "rows": [counts[s.capture] for s in specs],
+            },
+        )
+        serving.execute(sqlfiles.query(Q, "notify_staged"), {"source": source_name})
+        serving.commit()
     except psycopg.Error as exc:
         serving.rollback()
-        raise db.wrap_db_error("initial snapshot", exc) from None
+        raise db.wrap_db_error("snapshot", exc) from None
+    except BaseException:
+        serving.rollback()
+        raise
     finally:
         repl.close()  # type: ignore[attr-defined]
     log.info(
-        "initial snapshot staged %d rows from %d tables in %.1fs; streaming from %X/%X",
-        total, len(specs), time.monotonic() - started, watermark >> 32, watermark & 0xFFFFFFFF,
+        "%s staged %d rows from %d tables in %.1fs; streaming from %s",
+        "resync snapshot" if repair else "initial snapshot",
+        sum(counts.values()), len(specs), time.monotonic() - started, format_pg_lsn(watermark),
     )
     return watermark
 
+
+def _copy_table(reader: psycopg.Connection, writer: StagingWriter, spec: TableSpec, watermark: int) -> int:
+    n = 0
+    prefix = b"%d\t" % watermark
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in spec.column_names)
+    stmt = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(cols, sql.Identifier(spec.schema, spec.name))
+    with reader.cursor() as cur, cur.copy(stmt) as copy:
+        for row in copy:  # one text-format row per block, newline included
+            n += 1
+            writer.add_line(spec.capture, b"%s%d\t%d\t\\N\t%s" % (prefix, n, OP_SNAPSHOT, bytes(row)))
+            if n % PROGRESS_ROWS == 0:
+                log.info("snapshot of %s: %d rows so far", spec.qualified, n)
+    log.info("snapshot of %s: %d rows", spec.qualified, n)
+    return n
+
+
+def _stage_vanished(serving: psycopg.Connection, spec: TableSpec, watermark: int, base: int) -> int:
+    keys = [sql.Identifier(k) for k in spec.key_columns]
+    cur = serving.execute(
+        sqlfiles.query(
+            Q,
+            "stage_vanished_deletes",
+            table=sql.Identifier(spec.staging_table),
+            keys=sql.SQL(", ").join(keys),
+            k_keys=sql.SQL(", ").join(sql.SQL("k.{}").format(k) for k in keys),
+            match=sql.SQL(" AND ").join(sql.SQL("s.{k} = k.{k}").format(k=k) for k in keys),
+        ),
+        {"lsn": watermark, "base": base},
+    )
+    if cur.rowcount:
+        log.info("resync: %s had %d keys deleted during the gap; staged their deletes", spec.qualified, cur.rowcount)
+    return max(cur.rowcount, 0)
+
+
+def resync(source: PostgresSource, serving: psycopg.Connection, source_name: str) -> int:
+    """Repair a gap: fresh slot and snapshot, deletes for vanished keys, captures back to OK."""
+    return take_snapshot(source, serving, source_name, repair=True)

@@ -8,8 +8,14 @@ import psycopg
 from psycopg import sql
 
 from cdcflow import sqlfiles
-from cdcflow.errors import SchemaDriftError
-from cdcflow.sources.base import META_COLUMNS, TableSpec
+from cdcflow.errors import SourceConfigError
+from cdcflow.sources.base import (
+    META_COLUMNS,
+    TableSpec,
+    dropped_column_message,
+    no_key_message,
+    retyped_column_message,
+)
 
 log = logging.getLogger(__name__)
 Q = "serving_runtime.sql"
@@ -22,8 +28,16 @@ def run_scripts(conn: psycopg.Connection, folder: str) -> None:
 
 
 def ensure_staging(conn: psycopg.Connection, spec: TableSpec) -> None:
-    """Create ``stg_cdc_<table>`` if missing; if present, check it still matches the source."""
+    """Create ``stg_cdc_<table>`` if missing (an existing one is left as it is: see reconcile)."""
     table = sql.Identifier(spec.staging_table)
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (spec.staging_table,)).fetchone()
+    if exists and exists[0]:
+        return
+    if not spec.key_columns:
+        raise SourceConfigError(
+            f"captured table {spec.qualified} has no primary key or replica identity index: add a primary key "
+            "(cdcflow keeps the latest state of each row by key), or remove it from CAPTURE_TABLES"
+        )
     columns = sql.SQL(",\n    ").join(
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type_sql)) for c in spec.columns
     )
@@ -39,27 +53,28 @@ def ensure_staging(conn: psycopg.Connection, spec: TableSpec) -> None:
             keys=sql.SQL(", ").join(sql.Identifier(k) for k in spec.key_columns),
         )
     )
+
+
+def reconcile(conn: psycopg.Connection, spec: TableSpec) -> tuple[TableSpec, str | None]:
+    """The spec cdcflow stages with: the staging table's columns, as the source has them now.
+
+    A column the source added is left out (the decoder warns once). A staged column the
+    source dropped or retyped is a problem that pauses the capture; the message says which.
+    """
     have = conn.execute(sqlfiles.query(Q, "staging_columns"), {"table": spec.staging_table}).fetchall()
-    have_cols = [(n, t) for n, t in have if n not in META_COLUMNS and n != "__staged_at"]
-    want_cols = [(c.name, c.type_sql) for c in spec.columns]
-    if have_cols != want_cols:
-        have_map = dict(have_cols)
-        for name, type_sql in want_cols:
-            if name not in have_map:
-                raise SchemaDriftError(
-                    f"staging table {spec.staging_table} has no column {name!r} that {spec.qualified} has: "
-                    f"add it (ALTER TABLE {spec.staging_table} ADD COLUMN ...) or drop and re-bootstrap"
-                )
-            if have_map[name] != type_sql:
-                raise SchemaDriftError(
-                    f"column {spec.qualified}.{name} is {type_sql} in the source but {have_map[name]} in "
-                    f"{spec.staging_table}: alter the staging column to match, then run 'cdcflow run' again"
-                )
-        extra = [n for n, _ in have_cols if n not in dict(want_cols)]
-        raise SchemaDriftError(
-            f"column {spec.qualified}.{extra[0]} is staged but no longer in the source: capture "
-            f"{spec.capture} is paused; restore the column or re-bootstrap this capture"
-        )
+    staged = [(n, t) for n, t in have if n not in META_COLUMNS and n != "__staged_at"]
+    by_name = {c.name: c for c in spec.columns}
+    columns = []
+    problem = None if spec.key_columns else no_key_message(spec)
+    for name, type_sql in staged:
+        col = by_name.get(name)
+        if col is None:
+            problem = problem or dropped_column_message(spec, name)
+            continue
+        if col.type_sql != type_sql:
+            problem = problem or retyped_column_message(spec, name, type_sql, col.type_sql)
+        columns.append(col)
+    return TableSpec(spec.schema, spec.name, tuple(columns)), problem
 
 
 def ensure_control_rows(conn: psycopg.Connection, source_name: str, engine: str, specs: list[TableSpec]) -> None:

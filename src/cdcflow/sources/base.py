@@ -32,6 +32,7 @@ class Column:
     name: str
     type_sql: str  # a PostgreSQL type as format_type prints it
     is_key: bool = False
+    type_oid: int = 0  # the source's type OID (PostgreSQL); 0 when unknown
 
     def __post_init__(self) -> None:
         if not _SAFE_TYPE_RE.match(self.type_sql):
@@ -79,6 +80,7 @@ class BatchResult:
     last_commit_time: dt.datetime | None = None
     more_pending: bool = False  # the source has more right now: go again at once
     truncated: dict[str, int] = field(default_factory=dict)  # capture -> LSN of a TRUNCATE
+    paused: dict[str, str] = field(default_factory=dict)  # capture -> schema drift that stopped it
 
 
 class ChangeSink(Protocol):
@@ -104,6 +106,32 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# -- schema drift messages (one wording wherever it is detected) -------------------
+
+
+def dropped_column_message(spec: TableSpec, column: str) -> str:
+    return (
+        f"captured column {spec.qualified}.{column} was dropped or renamed in the source; capture "
+        f"{spec.capture} is paused (staged rows are kept): restore the column, or re-bootstrap and run "
+        "'cdcflow resync'"
+    )
+
+
+def retyped_column_message(spec: TableSpec, column: str, was: str, now: str) -> str:
+    return (
+        f"captured column {spec.qualified}.{column} changed type ({was} -> {now}); capture {spec.capture} is "
+        f"paused (staged rows are kept): alter {spec.staging_table}.{column} to the new type, then run "
+        "'cdcflow resync'"
+    )
+
+
+def no_key_message(spec: TableSpec) -> str:
+    return (
+        f"captured table {spec.qualified} has no primary key or replica identity index; capture {spec.capture} "
+        "is paused: add a primary key (cdcflow keeps the latest state of each row by key), then run 'cdcflow resync'"
+    )
 
 
 # -- COPY text format --------------------------------------------------------------

@@ -18,7 +18,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cdcflow.errors import SchemaDriftError
 from cdcflow.sources.base import (
     OP_DELETE,
     OP_INSERT,
@@ -26,6 +25,9 @@ from cdcflow.sources.base import (
     OP_UPDATE_BEFORE,
     TableSpec,
     copy_escape_bytes,
+    dropped_column_message,
+    no_key_message,
+    retyped_column_message,
 )
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,7 @@ class PgOutputDecoder:
         self.rows = 0
         self.rows_by_capture: dict[str, int] = {}
         self.truncated: dict[str, int] = {}  # capture -> lsn of a TRUNCATE seen
+        self.paused: dict[str, str] = {}  # capture -> why it stopped (schema drift)
         self.warned: set[tuple[str, str]] = set()
         self.skip_before = 0  # transactions whose commit LSN is below this were staged already
 
@@ -173,38 +176,61 @@ class PgOutputDecoder:
         pos = 5
         nspname, pos = _read_cstring(buf, pos)
         relname, pos = _read_cstring(buf, pos)
-        pos += 1  # replica identity setting
+        replident = chr(buf[pos])
+        pos += 1
         (ncols,) = _I16.unpack_from(buf, pos)
         pos += 2
         names: list[str] = []
+        oids: list[int] = []
+        key_flagged = False
         for _ in range(ncols):
-            pos += 1  # flags
+            key_flagged = key_flagged or bool(buf[pos] & 1)
+            pos += 1
             name, pos = _read_cstring(buf, pos)
             names.append(name)
+            (oid,) = _I32.unpack_from(buf, pos)
+            oids.append(oid)
             pos += 8  # type oid, typmod
         spec = self.specs.get((nspname, relname))
         rel = Relation(relid=relid, spec=spec)
-        if spec is not None:
-            staged = list(spec.column_names)
-            missing = [c for c in staged if c not in names]
-            if missing:
-                raise SchemaDriftError(
-                    f"captured table {spec.qualified}: column {missing[0]!r} is gone from the source "
-                    f"(capture {spec.capture} paused; staged rows are kept). Re-create the column, or "
-                    f"re-bootstrap the capture and run 'cdcflow resync {spec.capture}'"
-                )
-            extra = [c for c in names if c not in staged]
-            for col in extra:
-                if (spec.qualified, col) not in self.warned:
-                    self.warned.add((spec.qualified, col))
-                    log.warning(
-                        "new column %s.%s in the source is not captured (staging keeps its columns)",
-                        spec.qualified, col,
-                    )
-            if names != staged:
-                rel.index = [names.index(c) for c in staged]
-            rel.key_index = [i for i, c in enumerate(spec.columns) if c.is_key]
         self.relations[relid] = rel
+        if spec is None:
+            return
+        problem = self._drift(spec, names, oids, replident, key_flagged)
+        if problem is not None:
+            self.pause(spec.capture, problem)
+            return
+        staged = list(spec.column_names)
+        for col in names:
+            if col not in staged and (spec.qualified, col) not in self.warned:
+                self.warned.add((spec.qualified, col))
+                log.warning(
+                    "new column %s.%s in the source is not captured (staging keeps its columns; "
+                    "re-bootstrap to capture it)", spec.qualified, col,
+                )
+        if names != staged:
+            rel.index = [names.index(c) for c in staged]
+        rel.key_index = [i for i, c in enumerate(spec.columns) if c.is_key]
+
+    @staticmethod
+    def _drift(spec: TableSpec, names: list[str], oids: list[int], replident: str, key_flagged: bool) -> str | None:
+        """Why this Relation message no longer matches staging, or None."""
+        for col in spec.columns:
+            if col.name not in names:
+                return dropped_column_message(spec, col.name)
+            oid = oids[names.index(col.name)]
+            if col.type_oid and oid != col.type_oid:
+                return retyped_column_message(spec, col.name, col.type_sql, f"type oid {oid}")
+        if replident == "n" or (replident == "d" and not key_flagged):
+            return no_key_message(spec)
+        return None
+
+    def pause(self, capture: str, reason: str) -> None:
+        """Stop staging a capture from here on (its watermark stays), and say why once."""
+        if capture not in self.paused:
+            log.error("%s", reason)
+        self.paused.setdefault(capture, reason)
+        self.skip_captures.add(capture)
 
     def _rel(self, buf: bytes) -> Relation | None:
         (relid,) = _I32.unpack_from(buf, 1)

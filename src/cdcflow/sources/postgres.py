@@ -124,12 +124,7 @@ class PostgresSource:
                     f"captured table {qualified} does not exist in the source database: create it, "
                     "or remove it from CAPTURE_TABLES"
                 )
-            if not any(r[2] for r in rows):
-                raise SourceConfigError(
-                    f"captured table {qualified} has no primary key or replica identity index: add a "
-                    "primary key (cdcflow needs a key to keep the latest state of each row)"
-                )
-            specs.append(TableSpec(schema, table, tuple(Column(r[0], r[1], bool(r[2])) for r in rows)))
+            specs.append(TableSpec(schema, table, tuple(Column(r[0], r[1], bool(r[2]), int(r[4])) for r in rows)))
         names = [s.name for s in specs]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
@@ -139,6 +134,11 @@ class PostgresSource:
             )
         self._specs = specs
         return specs
+
+    def use_specs(self, specs: list[TableSpec]) -> None:
+        """Stage these (reconciled) column lists instead of the source catalog's."""
+        self._specs = list(specs)
+        self.close_stream()
 
     def ensure_publication(self) -> None:
         specs = self.describe_tables()
@@ -321,6 +321,7 @@ class PostgresSource:
         dec.rows = 0
         dec.rows_by_capture = {}
         dec.truncated = {}
+        dec.paused = {}
         self._sink = sink
         end_lsn = after_lsn
         txns = 0
@@ -379,6 +380,7 @@ class PostgresSource:
             last_commit_time=last_commit_time,
             more_pending=more,
             truncated=dict(dec.truncated),
+            paused=dict(dec.paused),
         )
         return result
 

@@ -84,3 +84,51 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_attribute a
 WHERE a.attrelid = to_regclass(%(table)s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum;
+
+-- name: watermarks_after_snapshot
+-- A snapshot (initial or resync) staged: every listed capture restarts from its position.
+UPDATE ctl_ingestion_watermarks AS w
+SET last_lsn = %(lsn)s,
+    rows_staged = w.rows_staged + d.rows,
+    state = 'OK', last_error = NULL, gap_from_lsn = NULL, gap_to_lsn = NULL,
+    updated_at = now()
+FROM unnest(%(captures)s::text[], %(rows)s::bigint[]) AS d(capture, rows)
+WHERE w.source_name = %(source)s AND w.capture_instance = d.capture;
+
+-- name: stage_vanished_deletes
+-- Resync: a key whose latest staged state is live but that the fresh snapshot does not
+-- have was deleted during the gap; stage its delete at the snapshot position.
+INSERT INTO {table} (__lsn, __seqval, __op, __commit_time, {keys})
+SELECT %(lsn)s, %(base)s + row_number() OVER (), 1, NULL, {k_keys}
+FROM (
+    SELECT DISTINCT ON ({keys}) {keys}, __op
+    FROM {table}
+    WHERE __lsn < %(lsn)s AND __op <> 3
+    ORDER BY {keys}, __lsn DESC, __seqval DESC
+) AS k
+WHERE k.__op <> 1
+  AND NOT EXISTS (SELECT 1 FROM {table} AS s WHERE s.__lsn = %(lsn)s AND s.__op = 5 AND {match});
+
+-- name: cdcflow_tables
+-- Staging, projection and projection-state tables in the serving database (for reset).
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()
+  AND (left(c.relname, 5) = 'proj_' OR left(c.relname, 4) = 'pst_' OR c.relname = ANY(%(staging)s::text[]))
+ORDER BY 1;
+
+-- name: reset_watermarks
+-- Reset: every capture of the source back to "nothing staged".
+UPDATE ctl_ingestion_watermarks
+SET last_lsn = 0, last_commit_time = NULL, rows_staged = 0, state = 'INIT', last_error = NULL,
+    gap_from_lsn = NULL, gap_to_lsn = NULL, updated_at = now()
+WHERE source_name = %(source)s;
+
+-- name: reset_checkpoints
+-- Reset: projections start over.
+UPDATE ctl_projection_checkpoints SET last_lsn = 0, updated_at = now() WHERE source_name = %(source)s;
+
+-- name: reset_metadata
+-- Reset: projections say INIT until their first cycle.
+UPDATE ctl_projection_metadata
+SET status = 'INIT', as_of_lsn = NULL, as_of_time = NULL, built_at = NULL, last_error = NULL,
+    restated_buckets = 0, updated_at = now();

@@ -12,7 +12,8 @@ SELECT current_setting('wal_level') AS wal_level,
 SELECT a.attname AS name,
        format_type(a.atttypid, a.atttypmod) AS type_sql,
        coalesce(a.attnum = ANY (k.indkey::int2[]), false) AS is_key,
-       c.relreplident AS replident
+       c.relreplident AS replident,
+       a.atttypid::int AS type_oid
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped

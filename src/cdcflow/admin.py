@@ -1,0 +1,89 @@
+"""Operator commands that change state: ``resync`` (repair a gap) and ``reset`` (start over).
+
+Both are safe to run while ``cdcflow run`` is running: the running ingestion worker sees
+the new watermarks and restarts its stream from there.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg import sql
+
+from cdcflow import db, snapshot, sqlfiles
+from cdcflow.bootstrap import bootstrap, make_source
+from cdcflow.config import Settings
+from cdcflow.errors import ConfigError
+from cdcflow.serving.control import read_watermarks
+
+log = logging.getLogger(__name__)
+Q = "serving_runtime.sql"
+
+
+def resync(settings: Settings, captures: list[str] | None) -> int:
+    """Fresh snapshot for the source's captures (they share one slot). Returns the watermark."""
+    _, serving_dsn = settings.require_dsns()
+    source = make_source(settings)
+    try:
+        source.check()
+        specs = source.describe_tables()
+        known = {s.capture for s in specs} | {s.qualified for s in specs}
+        for name in captures or []:
+            if name not in known:
+                raise ConfigError(
+                    f"no capture named {name!r} in source {settings.source_name}: choose from "
+                    + ", ".join(sorted(s.capture for s in specs))
+                )
+        if captures and len(specs) > 1:
+            log.info(
+                "the captures of a PostgreSQL source share one slot: re-snapshotting all of them (%s)",
+                ", ".join(s.capture for s in specs),
+            )
+        source.ensure_publication()
+        with db.connect(serving_dsn, "serving") as serving:
+            wms = read_watermarks(serving, settings.source_name)
+            serving.rollback()
+            for wm in wms.values():
+                if not wm.active:
+                    log.info("capture %s is %s: %s", wm.capture, wm.state, wm.last_error or "")
+            return snapshot.resync(source, serving, settings.source_name)
+    finally:
+        source.close()
+
+
+def reset(settings: Settings) -> None:
+    """The seed's reset: clear staging and projections, reset watermarks and checkpoints.
+
+    The replication slot is dropped too, so the next ``run`` takes a new initial snapshot.
+    """
+    _, serving_dsn = settings.require_dsns()
+    source = make_source(settings)
+    try:
+        specs = source.describe_tables()
+        with db.connect(serving_dsn, "serving") as serving:
+            try:
+                tables = [
+                    r[0]
+                    for r in serving.execute(
+                        sqlfiles.query(Q, "cdcflow_tables"), {"staging": [s.staging_table for s in specs]}
+                    ).fetchall()
+                ]
+                if tables:
+                    serving.execute(
+                        sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(t) for t in tables))
+                    )
+                for name in ("reset_watermarks", "reset_checkpoints", "reset_metadata"):
+                    serving.execute(sqlfiles.query(Q, name), {"source": settings.source_name})
+                serving.commit()
+            except psycopg.Error as exc:
+                serving.rollback()
+                raise db.wrap_db_error("reset", exc) from None
+        if source.slot_state() is not None:
+            source.drop_slot()
+        log.info("reset: cleared %d tables, watermarks and checkpoints; dropped slot %s", len(tables), source.slot)
+    finally:
+        source.close()
+
+
+__all__ = ["bootstrap", "reset", "resync"]
