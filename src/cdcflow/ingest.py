@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import psycopg
 
@@ -25,7 +26,7 @@ from cdcflow.errors import GapError, SchemaDriftError, TerminalError, TransientE
 from cdcflow.positions import format_lsn
 from cdcflow.serving import control, schema
 from cdcflow.serving.staging import StagingWriter
-from cdcflow.sources.base import TableSpec
+from cdcflow.sources.base import BatchResult, TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class IngestWorker:
         self.rows = 0
         self.last_error: str | None = None
         self.alive = False
+        #: Called after each committed batch with (result, seconds); for metrics. Must not raise.
+        self.on_batch: list[Callable[[BatchResult, float], None]] = []
+        #: Called with each error the loop handles; for metrics. Must not raise.
+        self.on_error: list[Callable[[Exception], None]] = []
 
     # -- connections ------------------------------------------------------------
 
@@ -154,12 +159,15 @@ class IngestWorker:
         self._dedupe = False
         self.batches += 1
         self.rows += result.rows
+        elapsed = time.monotonic() - started
+        for hook in self.on_batch:
+            hook(result, elapsed)
         if result.rows:
             self.staged.set()
             log.info(
                 "staged %d rows in %d transactions up to %s (%.0f ms)",
                 result.rows, result.transactions, format_lsn(self.source.engine, result.end_lsn),
-                (time.monotonic() - started) * 1000,
+                elapsed * 1000,
                 extra={"action": "stage_batch", "worker": self.name, "cycle": cycle_id, "rows": result.rows,
                        "lsn": result.end_lsn},
             )
@@ -196,6 +204,11 @@ class IngestWorker:
         except (psycopg.Error, TransientError, TerminalError):
             pass  # the serving database is what failed; the log line is the record
 
+    def _errored(self, exc: Exception) -> None:
+        self.last_error = str(exc)
+        for hook in self.on_error:
+            hook(exc)
+
     def run(self) -> None:
         self.alive = True
         backoff = db.Backoff(initial=0.2, maximum=10.0)
@@ -208,26 +221,26 @@ class IngestWorker:
                     if not more:
                         continue
                 except TransientError as exc:
-                    self.last_error = str(exc)
+                    self._errored(exc)
                     delay = backoff.next_delay()
                     log.warning("%s: %s (retrying in %.1fs)", self.name, exc, delay)
                     self._drop_connections()
                     self._record_error(exc)
                     self.stop.wait(delay)
                 except GapError as exc:
-                    self.last_error = str(exc)
+                    self._errored(exc)
                     log.error("%s: GAP: %s", self.name, exc)
                     self._mark("GAP", exc, exc.gap_from, exc.gap_to)
                     self.source.close_stream()
                     self.stop.wait(self.settings.poll_interval_seconds)
                 except SchemaDriftError as exc:
-                    self.last_error = str(exc)
+                    self._errored(exc)
                     log.error("%s: PAUSED: %s", self.name, exc)
                     self._mark("PAUSED", exc)
                     self.source.close_stream()
                     self.stop.wait(self.settings.poll_interval_seconds)
                 except TerminalError as exc:
-                    self.last_error = str(exc)
+                    self._errored(exc)
                     delay = min(60.0, backoff.next_delay() * 3)
                     log.error("%s: %s (retrying in %.1fs)", self.name, exc, delay)
                     self._record_error(exc)
