@@ -104,11 +104,14 @@ def collect(settings: Settings) -> Status:
             raise CdcflowError("the serving database has no cdcflow tables: run 'cdcflow bootstrap' first") from None
     for wm in wms.values():
         lag_bytes = max(0, current - wm.last_lsn) if current is not None and wm.last_lsn else None
+        # Seconds since the watermark last moved: a running worker moves it at least every
+        # POLL_INTERVAL_SECONDS (idle advance), so this stays small unless ingestion is behind
+        # or stopped; 0 when nothing at all is pending.
         lag_s = None
-        if wm.last_commit_time is not None and lag_bytes:
-            lag_s = max(0.0, (now - wm.last_commit_time).total_seconds())
-        elif lag_bytes is not None:
+        if lag_bytes == 0:
             lag_s = 0.0
+        elif lag_bytes is not None:
+            lag_s = max(0.0, (now - wm.updated_at).total_seconds())
         gap = None
         if wm.state == "GAP":
             gap = f"{format_lsn(engine, wm.gap_from)} .. {format_lsn(engine, wm.gap_to)}"
