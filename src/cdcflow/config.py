@@ -97,6 +97,37 @@ def _dsn(raw: str) -> str:
     return value
 
 
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(raw: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m``, ``24h``, ``7d`` or ``2w``; at most 365 days."""
+    m = _DURATION_RE.match(raw.strip().lower())
+    if not m:
+        raise ValueError("expected a duration such as 3600, 30m, 24h or 7d")
+    value = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    if value > 365 * 86400:
+        raise ValueError("expected a duration such as 3600, 30m, 24h or 7d, at most 365d")
+    return value
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
+
+
+def _address(raw: str) -> str:
+    import ipaddress
+
+    value = raw.strip()
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _HOST_RE.match(value):
+        raise ValueError("expected an IP address to listen on, such as 127.0.0.1 or 0.0.0.0, or a host name")
+    return value
+
+
 def _opt(default: Any, env: str, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -133,6 +164,10 @@ class Settings:
         15, "PROJECTION_RECOMPUTE_WINDOW_MINUTES", _int_range(0, 525_600),
         "Minutes of recent KPI buckets re-derived from state by the self-check.",
     )
+    projection_self_check_seconds: float = _opt(
+        60.0, "PROJECTION_SELF_CHECK_SECONDS", _float_range(0, 86400),
+        "How often the KPI self-check recomputes the recompute window from state (0 turns it off).",
+    )
     enable_proj_orders_kpi: bool = _opt(
         True, "ENABLE_PROJ_ORDERS_KPI", _bool, "Maintain proj_orders_kpi_by_minute_segment."
     )
@@ -153,6 +188,10 @@ class Settings:
         60.0, "STARTUP_WAIT_SECONDS", _float_range(0, 86400),
         "How long start-up waits for the source and serving databases to answer.",
     )
+    lease_seconds: float = _opt(
+        10.0, "LEASE_SECONDS", _float_range(1, 3600),
+        "Lease time for multi-instance runs: a dead owner's work is taken over after at most this long.",
+    )
     slot_name: str | None = _opt(
         None, "SOURCE_SLOT_NAME", _ident,
         "PostgreSQL logical replication slot (default cdcflow_<SOURCE_NAME>).",
@@ -160,6 +199,32 @@ class Settings:
     publication_name: str | None = _opt(
         None, "SOURCE_PUBLICATION", _ident,
         "PostgreSQL publication (default cdcflow_<SOURCE_NAME>).",
+    )
+    metrics_address: str = _opt(
+        "127.0.0.1", "METRICS_ADDRESS", _address,
+        "Address the /metrics and /healthz HTTP endpoint listens on (0.0.0.0 exposes it to the network).",
+    )
+    metrics_port: int = _opt(
+        9466, "METRICS_PORT", _int_range(0, 65535),
+        "Port of the /metrics and /healthz HTTP endpoint (0 turns the endpoint off).",
+    )
+    health_max_freshness_seconds: float = _opt(
+        120.0, "HEALTH_MAX_FRESHNESS_SECONDS", _float_range(0.1, 604800),
+        "/healthz fails while a projection is further behind the source than this "
+        "(keep it above PROJECTION_INTERVAL_SECONDS + POLL_INTERVAL_SECONDS).",
+    )
+    staging_retention: float = _opt(
+        86400.0, "STAGING_RETENTION", _duration,
+        "Staged history older than this (seconds, or 30m, 24h, 7d) and already read by every projection "
+        "is compacted to the latest row per key; 0 compacts as soon as every projection has read it.",
+    )
+    compaction_interval_seconds: float = _opt(
+        300.0, "COMPACTION_INTERVAL_SECONDS", _float_range(0, 86400),
+        "How often the compaction worker of 'cdcflow run' compacts staging (0 turns it off).",
+    )
+    compaction_batch_rows: int = _opt(
+        5000, "COMPACTION_BATCH_ROWS", _int_range(100, 1_000_000),
+        "Staged rows examined per compaction transaction (short transactions never hold up ingestion).",
     )
 
     @property

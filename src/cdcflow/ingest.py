@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from cdcflow import db
+from cdcflow import db, leases
 from cdcflow.config import Settings
 from cdcflow.errors import GapError, SchemaDriftError, TerminalError, TransientError
 from cdcflow.positions import format_lsn
@@ -42,6 +42,7 @@ class IngestWorker:
         stop: threading.Event,
         staged: threading.Event | None = None,
         fault_point: str | None = None,
+        owner: str | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -50,6 +51,8 @@ class IngestWorker:
         self.staged = staged or threading.Event()
         self.fault_point = fault_point
         self.name = f"ingest[{settings.source_name}]"
+        self.lease = leases.Lease(f"ingest:{settings.source_name}", owner or leases.instance_id(), settings.lease_seconds)
+        self.keeper = leases.LeaseKeeper(self.lease, serving_dsn)
         self._serving: psycopg.Connection | None = None
         self._specs: dict[str, TableSpec] | None = None
         self._dedupe = False
@@ -102,6 +105,14 @@ class IngestWorker:
 
     def cycle(self) -> bool:
         """Stage one batch. Returns True when the source has more right now."""
+        token = self.lease.token if self.lease.held else None
+        if token is None:
+            # Another instance owns this stream (or the lease is being renewed): stand by,
+            # without holding the slot.
+            self.source.close_stream()
+            self.keeper.changed.wait(min(1.0, self.settings.lease_seconds / 10))
+            self.keeper.changed.clear()
+            return False
         conn = self.serving()
         specs = self.specs()
         cycle_id = uuid.uuid4().hex[:8]
@@ -122,7 +133,8 @@ class IngestWorker:
         started = time.monotonic()
         try:
             result = self.source.read_batch(
-                after, self.settings.cdc_batch_max_rows, writer, self.settings.poll_interval_seconds
+                after, self.settings.cdc_batch_max_rows, writer,
+                min(self.settings.poll_interval_seconds, self.settings.lease_seconds / 3),
             )
             if result.end_lsn <= after and result.rows == 0 and not result.truncated and not result.paused:
                 writer.rollback()
@@ -137,7 +149,14 @@ class IngestWorker:
             for capture, reason in result.paused.items():
                 control.set_capture_state(conn, self.settings.source_name, capture, "PAUSED", reason)
             advancing = [c for c in active if c not in result.truncated and c not in result.paused]
-            writer.commit(result.end_lsn, advancing, result.last_commit_time)
+            writer.commit(
+                result.end_lsn, advancing, result.last_commit_time,
+                before_commit=lambda c: self.lease.fence(c, token),
+            )
+        except leases.LeaseLost:
+            writer.rollback()
+            self.source.close_stream()
+            raise
         except psycopg.errors.UniqueViolation as exc:
             writer.rollback()
             self.source.close_stream()
@@ -212,6 +231,7 @@ class IngestWorker:
     def run(self) -> None:
         self.alive = True
         backoff = db.Backoff(initial=0.2, maximum=10.0)
+        self.keeper.start()
         try:
             while not self.stop.is_set():
                 try:
@@ -248,5 +268,6 @@ class IngestWorker:
                     self.stop.wait(delay)
         finally:
             self._drop_connections()
+            self.keeper.stop_and_release(10)  # so another instance takes over at once
             self.alive = False
             log.info("%s stopped after %d batches, %d rows", self.name, self.batches, self.rows)

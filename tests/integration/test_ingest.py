@@ -40,9 +40,8 @@ def test_exactly_once_in_commit_order(dbs, seed):
             wl.transaction()
             if i == 60:
                 wl.bulk_transaction(400)  # 800 changes in one commit, batch cap 50
+        end = parse_pg_lsn(src.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
         wait_caught_up(settings)
-        with src.cursor() as cur:
-            end = parse_pg_lsn(cur.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
     with dbs.serving() as serving:
         assert_staging_matches(serving, rec)
         # The bulk transaction was staged whole: one commit LSN for all its rows.

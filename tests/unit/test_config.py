@@ -52,6 +52,15 @@ BAD = [
     ("STARTUP_WAIT_SECONDS", "forever", "number of seconds"),
     ("SOURCE_SLOT_NAME", "bad-name", "letters, digits"),
     ("SOURCE_PUBLICATION", "1pub", "letters, digits"),
+    ("PROJECTION_SELF_CHECK_SECONDS", "hourly", "number of seconds"),
+    ("METRICS_ADDRESS", "not an address!", "IP address"),
+    ("METRICS_PORT", "70000", "whole number"),
+    ("HEALTH_MAX_FRESHNESS_SECONDS", "0", "number of seconds"),
+    ("STAGING_RETENTION", "1 fortnight", "duration"),
+    ("STAGING_RETENTION", "400d", "at most 365d"),
+    ("COMPACTION_INTERVAL_SECONDS", "-3", "number of seconds"),
+    ("COMPACTION_BATCH_ROWS", "10", "whole number"),
+    ("LEASE_SECONDS", "0", "number of seconds"),
 ]
 
 
@@ -68,6 +77,16 @@ def test_every_variable_has_a_bad_value_case():
     # A new variable must come with its validation test.
     tested = {name for name, _, _ in BAD} | {"SOURCE_DSN", "SERVING_DSN"}
     assert set(documented_variables()) == tested
+
+
+def test_operate_settings_parse():
+    s = Settings.from_env({"STAGING_RETENTION": "7d", "METRICS_PORT": "0", "METRICS_ADDRESS": "::1"})
+    assert s.staging_retention == 7 * 86400 and s.metrics_port == 0 and s.metrics_address == "::1"
+    assert Settings.from_env({"STAGING_RETENTION": "90"}).staging_retention == 90
+    assert Settings.from_env({"STAGING_RETENTION": "30m"}).staging_retention == 1800
+    assert Settings.from_env({"STAGING_RETENTION": "0"}).staging_retention == 0
+    d = Settings.from_env({})
+    assert d.metrics_address == "127.0.0.1" and d.staging_retention == 86400
 
 
 def test_bad_dsn_value_is_redacted():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -149,8 +150,11 @@ class StagingWriter:
         last_commit_time: dt.datetime | None,
         *,
         notify: bool = True,
+        before_commit: Callable[[psycopg.Connection], None] | None = None,
     ) -> None:
-        """Flush, advance the watermark of ``captures`` to ``watermark``, commit: one transaction."""
+        """Flush, advance the watermark of ``captures`` to ``watermark``, commit: one transaction.
+
+        ``before_commit`` runs last inside the transaction (the lease fence)."""
         self.flush()
         self.conn.execute(
             sqlfiles.query(Q, "advance_watermarks"),
@@ -164,6 +168,8 @@ class StagingWriter:
         )
         if notify and any(self.rows_written.values()):
             self.conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": self.source_name})
+        if before_commit is not None:
+            before_commit(self.conn)
         self.conn.commit()
 
     def rollback(self) -> None:

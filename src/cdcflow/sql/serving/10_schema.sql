@@ -44,6 +44,17 @@ CREATE TABLE IF NOT EXISTS ctl_projection_metadata (
     updated_at        timestamptz   NOT NULL DEFAULT now()
 );
 
+-- One owner per ingestion stream and per projection across 'cdcflow run' processes
+-- (leases.py): the token grows on every change of owner; commits check it (fencing).
+CREATE TABLE IF NOT EXISTS ctl_leases (
+    resource     text        PRIMARY KEY,
+    owner        text        NOT NULL,
+    token        bigint      NOT NULL,
+    expires_at   timestamptz NOT NULL,
+    acquired_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    renewed_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
 CREATE TABLE IF NOT EXISTS proj_orders_kpi_by_minute_segment (
     minute_bucket      timestamptz   NOT NULL,
     segment            text          NOT NULL,
