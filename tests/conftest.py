@@ -69,12 +69,32 @@ def _system() -> PgServer:
     return _servers["system"]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _drop_stale_slots(server: PgServer) -> None:
+    """Drop slots (and databases) left by test sessions that died; other sessions may be
+    running against the same server, so only those whose pytest process is gone."""
     with server.admin() as conn:
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-            "WHERE slot_name LIKE 'cdct\\_%' AND active_pid IS NULL"
-        )
+        slots = conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'cdct\\_%' AND active_pid IS NULL"
+        ).fetchall()
+        for (name,) in slots:
+            parts = name.split("_")
+            if len(parts) >= 2 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+        dbs = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'cdct\\_%'").fetchall()
+        for (name,) in dbs:
+            parts = name.split("_")
+            if len(parts) >= 3 and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session", params=["embedded", "system"])
@@ -111,6 +131,7 @@ class Databases:
             POLL_INTERVAL_SECONDS=str(self.settings.poll_interval_seconds),
             PROJECTION_INTERVAL_SECONDS=str(self.settings.projection_interval_seconds),
             CDC_BATCH_MAX_ROWS=str(self.settings.cdc_batch_max_rows),
+            METRICS_PORT=str(self.settings.metrics_port),
         )
         env.update(extra)
         return env
@@ -130,6 +151,7 @@ def make_databases(server: PgServer, **overrides) -> Databases:
         publication_name=f"cdct_{n}",
         poll_interval_seconds=0.2,
         projection_interval_seconds=0.5,
+        metrics_port=0,  # many pipelines share this process: no fixed port
     ).replace(**overrides)
     return Databases(server, settings.source_dsn, settings.serving_dsn, settings)  # type: ignore[arg-type]
 

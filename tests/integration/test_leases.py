@@ -1,0 +1,138 @@
+"""Several ``cdcflow run`` processes against one serving database: one owner at a time,
+takeover after the owner dies, and a paused owner that lost its lease cannot commit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+import pytest
+
+from cdcflow import leases
+from cdcflow.bootstrap import bootstrap
+from tests.conftest import wait_caught_up, wait_until
+from tests.workload import Recorder, Workload, assert_staging_matches
+
+
+def test_fence_refuses_a_stale_owner(edbs):
+    bootstrap(edbs.settings, demo=True).source.close()
+    a = leases.Lease("test:fence", "A", ttl=1.0)
+    b = leases.Lease("test:fence", "B", ttl=1.0)
+    with psycopg.connect(edbs.serving_dsn) as ca, psycopg.connect(edbs.serving_dsn) as cb:
+        assert a.acquire(ca)
+        assert not b.acquire(cb)  # held by A
+        token_a = a.token
+        time.sleep(1.2)  # A "paused": no renewal, the lease expires
+        assert b.acquire(cb) and b.token == token_a + 1
+        ca.execute("SELECT 1")
+        with pytest.raises(leases.LeaseLost):
+            a.fence(ca, token_a)
+        ca.rollback()
+        cb.execute("SELECT 1")
+        b.fence(cb, b.token)  # the new owner commits fine
+        cb.commit()
+        assert not a.acquire(ca)  # and A cannot take it back while B renews
+
+
+def _owner(dbs, resource: str) -> tuple[int, int] | None:
+    with dbs.serving() as s:
+        row = s.execute(
+            "SELECT owner, token FROM ctl_leases WHERE resource = %s AND expires_at > clock_timestamp()", (resource,)
+        ).fetchone()
+    if row is None:
+        return None
+    return int(row[0].split(":")[1]), int(row[1])
+
+
+def _start(env, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _load(dbs, rec: Recorder, stop: threading.Event, errors: list) -> None:
+    try:
+        with dbs.source() as src:
+            wl = Workload(src, 5, rec)
+            while not stop.is_set():
+                wl.transaction()
+                time.sleep(0.005)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_three_instances_owner_killed_repeatedly(edbs, tmp_path):
+    dbs = edbs
+    bootstrap(dbs.settings, demo=True).source.close()
+    env = dbs.env(LEASE_SECONDS="2", ENABLE_PROJ_ORDERS_KPI="false", METRICS_PORT="0")
+    resource = f"ingest:{dbs.settings.source_name}"
+    rec, stop, errors = Recorder(), threading.Event(), []
+    loader = threading.Thread(target=_load, args=(dbs, rec, stop, errors))
+    takeovers: list[float] = []
+    with open(tmp_path / "runs.log", "wb") as log:
+        procs = {p.pid: p for p in (_start(env, log) for _ in range(3))}
+        loader.start()
+        try:
+            for _ in range(3):
+                wait_until(lambda: _owner(dbs, resource) is not None, timeout=30, what="an owner")
+                pid, token = _owner(dbs, resource)
+                assert pid in procs
+                procs[pid].send_signal(signal.SIGKILL)
+                procs.pop(pid).wait(10)
+                killed = time.monotonic()
+                wait_until(lambda t=token: (_owner(dbs, resource) or (0, 0))[1] > t, timeout=30, what="a takeover")
+                takeovers.append(time.monotonic() - killed)
+                new = _start(env, log)
+                procs[new.pid] = new
+        finally:
+            stop.set()
+            loader.join(30)
+        try:
+            assert not errors, errors
+            wait_caught_up(dbs.settings, timeout=60)
+        finally:
+            for p in procs.values():
+                p.send_signal(signal.SIGTERM)
+            for p in procs.values():
+                assert p.wait(30) == 0
+    with dbs.serving() as serving:
+        assert_staging_matches(serving, rec)
+    print(f"\ntakeover seconds (LEASE_SECONDS=2): p50 {statistics.median(takeovers):.2f}, "
+          f"max {max(takeovers):.2f}, all {[round(t, 2) for t in takeovers]}")
+    assert max(takeovers) < 2 * 2 + 4  # lease time + renewal period + margin on a shared machine
+
+
+def test_paused_owner_cannot_commit_after_resuming(dbs, tmp_path):
+    bootstrap(dbs.settings, demo=True).source.close()
+    env = dbs.env(LEASE_SECONDS="2", ENABLE_PROJ_ORDERS_KPI="false", METRICS_PORT="0")
+    resource = f"ingest:{dbs.settings.source_name}"
+    rec, stop, errors = Recorder(), threading.Event(), []
+    loader = threading.Thread(target=_load, args=(dbs, rec, stop, errors))
+    with open(tmp_path / "a.log", "wb") as alog, open(tmp_path / "b.log", "wb") as blog:
+        a = _start(env, alog)
+        wait_until(lambda: _owner(dbs, resource) is not None, timeout=30, what="A to own")
+        assert _owner(dbs, resource)[0] == a.pid
+        b = _start(env, blog)
+        loader.start()
+        try:
+            time.sleep(1.0)
+            token = _owner(dbs, resource)[1]
+            os.kill(a.pid, signal.SIGSTOP)  # frozen mid-work, holding whatever it had read
+            wait_until(lambda: (_owner(dbs, resource) or (0, 0)) == (b.pid, token + 1), timeout=30, what="B to take over")
+            time.sleep(1.0)
+            os.kill(a.pid, signal.SIGCONT)
+            time.sleep(3.0)
+        finally:
+            stop.set()
+            loader.join(30)
+        assert not errors, errors
+        wait_caught_up(dbs.settings, timeout=60)
+        for p in (a, b):
+            p.send_signal(signal.SIGTERM)
+        assert a.wait(30) == 0 and b.wait(30) == 0
+    with dbs.serving() as serving:
+        assert_staging_matches(serving, rec)  # A's resumed work added nothing twice
