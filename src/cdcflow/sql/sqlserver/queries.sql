@@ -1,0 +1,88 @@
+-- Queries cdcflow runs against a SQL Server source: the CDC functions and the catalog.
+-- {placeholders} take identifiers validated and bracket-quoted by
+-- cdcflow.sources.mssql_support (never raw text); %(name)s are driver parameters.
+-- LSNs travel as binary(10) both ways.
+
+-- name: server_info
+-- Major version, database, whether CDC is enabled, whether SNAPSHOT isolation is allowed.
+SELECT CAST(SERVERPROPERTY('ProductMajorVersion') AS int) AS major_version,
+       DB_NAME() AS database_name,
+       d.is_cdc_enabled,
+       d.snapshot_isolation_state
+FROM sys.databases AS d
+WHERE d.database_id = DB_ID();
+
+-- name: capture_instances
+-- The capture instances of a source table (at most two), newest first.
+SELECT ct.capture_instance, ct.start_lsn
+FROM cdc.change_tables AS ct
+WHERE ct.source_object_id = OBJECT_ID(QUOTENAME(%(schema)s) + N'.' + QUOTENAME(%(table)s))
+ORDER BY ct.create_date DESC;
+
+-- name: capture_columns
+-- Captured columns in change-table order, with their source types and key flags (the
+-- columns of the unique index the capture instance identifies rows by).
+SELECT cc.column_name,
+       TYPE_NAME(c.system_type_id) AS type_name,
+       c.precision,
+       c.scale,
+       CAST(CASE WHEN ic.column_name IS NULL THEN 0 ELSE 1 END AS bit) AS is_key
+FROM cdc.change_tables AS ct
+JOIN cdc.captured_columns AS cc ON cc.object_id = ct.object_id
+JOIN sys.columns AS c ON c.object_id = ct.source_object_id AND c.name = cc.column_name
+LEFT JOIN cdc.index_columns AS ic ON ic.object_id = ct.object_id AND ic.column_name = cc.column_name
+WHERE ct.capture_instance = %(capture)s
+ORDER BY cc.column_ordinal;
+
+-- name: lsn_bounds
+-- The oldest LSN the capture instance still holds (0x00... if it does not exist or we
+-- may not read it) and the newest LSN the capture job has harvested.
+SELECT sys.fn_cdc_get_min_lsn(%(capture)s) AS min_lsn,
+       sys.fn_cdc_get_max_lsn() AS max_lsn;
+
+-- name: max_lsn
+-- The newest LSN the capture job has harvested (for status and "caught up" checks).
+SELECT sys.fn_cdc_get_max_lsn() AS max_lsn;
+
+-- name: read_window
+-- Bounds plus where the next window starts: the LSN right after the watermark.
+SELECT sys.fn_cdc_get_min_lsn(%(capture)s) AS min_lsn,
+       sys.fn_cdc_get_max_lsn() AS max_lsn,
+       sys.fn_cdc_increment_lsn(%(after_lsn)s) AS from_lsn;
+
+-- name: changes
+-- Changes with from_lsn <= __$start_lsn <= to_lsn in commit order. TOP ... WITH TIES on
+-- __$start_lsn applies the row cap without ever splitting an LSN: the rows that share
+-- the last LSN come along. Error 313 means the window is outside [min_lsn, max_lsn].
+-- Commit time: cdc.lsn_time_mapping holds server local time; shifted to UTC with the
+-- server's current offset.
+SELECT c.[__$start_lsn], c.[__$seqval], c.[__$operation],
+       DATEADD(minute, -DATEPART(TZOFFSET, SYSDATETIMEOFFSET()), m.tran_end_time) AS commit_time,
+       {columns}
+FROM (
+    SELECT TOP (%(max_rows)s) WITH TIES *
+    FROM {changes_fn}(%(from_lsn)s, %(to_lsn)s, N'all')
+    ORDER BY [__$start_lsn]
+) AS c
+LEFT JOIN cdc.lsn_time_mapping AS m ON m.start_lsn = c.[__$start_lsn]
+ORDER BY c.[__$start_lsn], c.[__$seqval], c.[__$operation];
+
+-- name: begin_snapshot_read
+-- The initial snapshot's transaction: one point in time, writers not blocked.
+SET TRANSACTION ISOLATION LEVEL SNAPSHOT;
+BEGIN TRANSACTION;
+
+-- name: begin_read_committed
+-- Fallback when the database does not allow SNAPSHOT isolation (still correct: see
+-- SqlServerSource.snapshot).
+SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+BEGIN TRANSACTION;
+
+-- name: snapshot_rows
+-- Every row of the captured table, captured columns only.
+SELECT {columns} FROM {table};
+
+-- name: end_snapshot_read
+-- Read-only: nothing to keep. Back to the default isolation level for this session.
+ROLLBACK TRANSACTION;
+SET TRANSACTION ISOLATION LEVEL READ COMMITTED;

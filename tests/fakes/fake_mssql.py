@@ -1,0 +1,494 @@
+"""A FAKE SQL Server with CDC, for tests only. It is not SQL Server and runs no T-SQL.
+
+It stands in for the ``pymssql`` module (``FakeCdcServer.driver()`` has ``connect`` and
+the pymssql error classes, errors carry ``args = ((number, message),)``) and implements, in
+Python, the documented behaviour of what cdcflow calls:
+
+* LSNs are 10-byte big-endian values, increasing with each commit (by uneven steps);
+  ``sys.fn_cdc_increment_lsn(x)`` is the next LSN value, ``x + 1``.
+* ``sys.fn_cdc_get_min_lsn(ci)``: the capture instance's ``start_lsn``; 0x00... for an
+  unknown (or empty) name. ``sys.fn_cdc_get_max_lsn()``: the newest LSN in
+  ``cdc.lsn_time_mapping`` (harvested transactions, plus the capture job's idle-scan marks).
+* A transaction's changes share its commit LSN (``__$start_lsn``), ordered by
+  ``__$seqval``; an UPDATE is two change rows, op 3 (before) and op 4 (after), with the
+  same seqval; ``N'all'`` returns op 4 only, ``N'all update old'`` both.
+* ``cdc.fn_cdc_get_all_changes_<ci>(from, to, filter)`` raises error 313 when
+  ``from < min_lsn(ci)``, ``to > max_lsn()`` or ``from > to``.
+* The cleanup job (``cleanup``, or ``sys.sp_cdc_cleanup_change_table``) removes changes
+  below a low water mark and raises the capture instance's ``start_lsn`` to it.
+* The capture job can lag (``auto_harvest = False``): a commit changes the table at once
+  but reaches the change table and ``max_lsn`` only at :meth:`FakeCdcServer.harvest`.
+
+Statements are recognised by matching their text against the named blocks in
+``cdcflow/sql/sqlserver/*.sql`` (an unknown statement is an error), so the Python side's
+queries, parameters and identifier quoting are checked; the T-SQL's own meaning is
+checked only by a real server (tests/integration/test_source_contract.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from cdcflow import sqlfiles
+from cdcflow.sources import mssql_support as ms
+
+
+class Error(Exception):
+    """pymssql.Error's shape: ``args = ((number, message bytes),)``, as pymssql 2.4 raises."""
+
+    def __init__(self, number: int, message: bytes) -> None:
+        super().__init__((number, message))
+
+
+class InterfaceError(Error):
+    pass
+
+
+class DatabaseError(Error):
+    pass
+
+
+class OperationalError(DatabaseError):
+    pass
+
+
+class ProgrammingError(DatabaseError):
+    pass
+
+
+LSN_START = 0x0000002A000001F80001
+ZERO = bytes(10)
+
+
+def lsn_bytes(value: int) -> bytes:
+    return value.to_bytes(10, "big")
+
+
+def lsn_int(raw: bytes | None) -> int:
+    return int.from_bytes(raw, "big") if raw else 0
+
+
+def error_313(instance: str) -> OperationalError:
+    return OperationalError(
+        313,
+        b"An insufficient number of arguments were supplied for the procedure or function "
+        + f"cdc.fn_cdc_get_all_changes_{instance}.".encode(),
+    )
+
+
+@dataclass
+class FakeColumn:
+    name: str
+    type_name: str
+    precision: int | None = None
+    scale: int | None = None
+    is_key: bool = False
+
+
+@dataclass
+class FakeChange:
+    lsn: int
+    seqval: int
+    op: int
+    values: tuple
+
+
+@dataclass
+class FakeTable:
+    schema: str
+    name: str
+    columns: list[FakeColumn]
+    rows: dict[Any, tuple] = field(default_factory=dict)
+    next_id: int = 1
+
+    @property
+    def key_index(self) -> int:
+        return next(i for i, c in enumerate(self.columns) if c.is_key)
+
+
+@dataclass
+class FakeCapture:
+    instance: str
+    table: FakeTable
+    start_lsn: int
+    changes: list[FakeChange] = field(default_factory=list)
+
+
+_TS = ("datetime2", 26, 6)
+DEMO_TABLES = {  # the demo schema of sql/sqlserver/bootstrap/10_schema.sql: (name, type, precision, scale, key)
+    "customers": [("customer_id", "bigint", 19, 0, True), ("segment", "nvarchar", 0, 0, False),
+                  ("is_active", "bit", 1, 0, False), ("updated_at", *_TS, False)],
+    "orders": [("order_id", "bigint", 19, 0, True), ("customer_id", "bigint", 19, 0, False),
+               ("amount", "numeric", 18, 2, False), ("status", "nvarchar", 0, 0, False),
+               ("created_at", *_TS, False), ("updated_at", *_TS, False)],
+    "payments": [("payment_id", "bigint", 19, 0, True), ("order_id", "bigint", 19, 0, False),
+                 ("paid_amount", "numeric", 18, 2, False), ("paid_at", *_TS, False)],
+}
+
+
+class FakeCdcServer:
+    """One fake database with CDC enabled. See the module docstring."""
+
+    def __init__(self, *, seed: int = 0, snapshot_isolation: bool = True) -> None:
+        self.rng = random.Random(seed)
+        self.last_lsn = LSN_START
+        self.mapping: dict[int, dt.datetime] = {}  # cdc.lsn_time_mapping
+        self.tables: dict[tuple[str, str], FakeTable] = {}
+        self.captures: dict[str, FakeCapture] = {}
+        self.pending: list[tuple[int, list[tuple[str, FakeChange]]]] = []
+        self.auto_harvest = True
+        self.snapshot_isolation = snapshot_isolation
+        self.down = False
+        self.statements: list[str] = []
+        self._fail_next: Error | None = None
+        self._seq = 0
+        self._patterns = _patterns()
+
+    # -- administration (what DDL, the capture job and the cleanup job do) -------
+
+    def create_table(self, schema: str, name: str, columns: list[FakeColumn]) -> FakeTable:
+        table = self.tables.setdefault((schema, name), FakeTable(schema, name, list(columns)))
+        return table
+
+    def create_demo_tables(self) -> None:
+        for name, cols in DEMO_TABLES.items():
+            self.create_table("dbo", name, [FakeColumn(*c) for c in cols])
+
+    def enable_table(self, schema: str, name: str, capture_instance: str | None = None) -> FakeCapture:
+        instance = capture_instance or f"{schema}_{name}"
+        if instance not in self.captures:
+            start = self._next_lsn()
+            self.mapping[start] = _now()
+            self.captures[instance] = FakeCapture(instance, self.tables[(schema, name)], start)
+        return self.captures[instance]
+
+    def _next_lsn(self) -> int:
+        self.last_lsn += self.rng.randint(1, 40)
+        return self.last_lsn
+
+    def transaction(self) -> FakeTransaction:
+        return FakeTransaction(self)
+
+    def harvest(self) -> None:
+        """The capture job: move committed changes into change tables and the LSN map."""
+        for lsn, changes in self.pending:
+            self.mapping[lsn] = _now()
+            for instance, change in changes:
+                self.captures[instance].changes.append(change)
+        self.pending = []
+
+    def idle_scan(self) -> int:
+        """The capture job's end-of-scan mark with no changes: max LSN advances."""
+        lsn = self._next_lsn()
+        self.mapping[lsn] = _now()
+        return lsn
+
+    def cleanup(self, instance: str, low_water_mark: int | None = None) -> int:
+        """sys.sp_cdc_cleanup_change_table: drop changes below the mark, raise start_lsn."""
+        cap = self.captures[instance]
+        mark = self.max_lsn() if low_water_mark is None else low_water_mark
+        if mark not in self.mapping:
+            raise OperationalError(22964, b"LSN is not in cdc.lsn_time_mapping")
+        cap.changes = [c for c in cap.changes if c.lsn >= mark]
+        cap.start_lsn = max(cap.start_lsn, mark)
+        return cap.start_lsn
+
+    def fail_next(self, number: int, message: str = "injected failure") -> None:
+        self._fail_next = OperationalError(number, message.encode())
+
+    # -- the documented functions ---------------------------------------------------
+
+    def min_lsn(self, instance: str) -> int:
+        cap = self.captures.get(instance) if instance else None
+        return cap.start_lsn if cap else 0
+
+    def max_lsn(self) -> int:
+        return max(self.mapping, default=0)
+
+    @staticmethod
+    def increment_lsn(lsn: int) -> int:
+        return lsn + 1
+
+    def all_changes(self, instance: str, from_lsn: int, to_lsn: int, row_filter: str = "all") -> list[FakeChange]:
+        cap = self.captures.get(instance)
+        if cap is None:
+            raise ProgrammingError(208, f"Invalid object name 'cdc.fn_cdc_get_all_changes_{instance}'.".encode())
+        if from_lsn < cap.start_lsn or to_lsn > self.max_lsn() or from_lsn > to_lsn:
+            raise error_313(instance)
+        rows = [c for c in cap.changes if from_lsn <= c.lsn <= to_lsn and (c.op != 3 or row_filter != "all")]
+        return sorted(rows, key=lambda c: (c.lsn, c.seqval, c.op))
+
+    # -- the driver --------------------------------------------------------------
+
+    def driver(self) -> SimpleNamespace:
+        return SimpleNamespace(
+            connect=self.connect, Error=Error, InterfaceError=InterfaceError, DatabaseError=DatabaseError,
+            OperationalError=OperationalError, ProgrammingError=ProgrammingError,
+        )
+
+    def connect(self, **kwargs: Any) -> FakeConnection:
+        if self.down:
+            raise OperationalError(20009, b"DB-Lib error message 20009, severity 9: Unable to connect")
+        return FakeConnection(self, kwargs)
+
+    def execute(self, conn: FakeConnection, text: str, params: dict | None) -> tuple[list[str] | None, list[tuple]]:
+        self.statements.append(text)
+        if self.down:
+            raise OperationalError(20006, b"DB-Lib error message 20006: Write to the server failed")
+        if self._fail_next is not None:
+            err, self._fail_next = self._fail_next, None
+            raise err
+        for name, pattern in self._patterns:
+            m = pattern.fullmatch(text.strip())
+            if m:
+                return getattr(self, "_q_" + name)(conn, m.groupdict(), params or {})
+        raise ProgrammingError(102, f"fake SQL Server does not know this statement: {text[:200]}".encode())
+
+    # -- statement handlers (one per named block) -----------------------------------
+
+    def _q_server_info(self, conn, idents, p):
+        return ["major_version", "database_name", "is_cdc_enabled", "snapshot_isolation_state"], [
+            (16, "fakedb", True, 1 if self.snapshot_isolation else 0)
+        ]
+
+    def _q_capture_instances(self, conn, idents, p):
+        rows = [(c.instance, lsn_bytes(c.start_lsn)) for c in self.captures.values()
+                if (c.table.schema, c.table.name) == (p["schema"], p["table"])]
+        return ["capture_instance", "start_lsn"], rows[::-1]
+
+    def _q_capture_columns(self, conn, idents, p):
+        cap = self.captures.get(p["capture"])
+        cols = cap.table.columns if cap else []
+        return ["column_name", "type_name", "precision", "scale", "is_key"], [
+            (c.name, c.type_name, c.precision, c.scale, c.is_key) for c in cols
+        ]
+
+    def _q_lsn_bounds(self, conn, idents, p):
+        return ["min_lsn", "max_lsn"], [(lsn_bytes(self.min_lsn(p["capture"])), lsn_bytes(self.max_lsn()))]
+
+    def _q_max_lsn(self, conn, idents, p):
+        return ["max_lsn"], [(lsn_bytes(self.max_lsn()),)]
+
+    def _q_read_window(self, conn, idents, p):
+        inc = self.increment_lsn(lsn_int(p["after_lsn"]))
+        return ["min_lsn", "max_lsn", "from_lsn"], [
+            (lsn_bytes(self.min_lsn(p["capture"])), lsn_bytes(self.max_lsn()), lsn_bytes(inc))
+        ]
+
+    def _q_changes(self, conn, idents, p):
+        m = re.fullmatch(r"\[cdc\]\.\[fn_cdc_get_all_changes_((?:[^\]]|\]\])+)\]", idents["changes_fn"])
+        assert m, f"changes function not bracket-quoted: {idents['changes_fn']}"
+        instance = m.group(1).replace("]]", "]")
+        changes = self.all_changes(instance, lsn_int(p["from_lsn"]), lsn_int(p["to_lsn"]), "all")
+        n = int(p["max_rows"])
+        if len(changes) > n:  # TOP (n) WITH TIES ... ORDER BY __$start_lsn
+            last = changes[n - 1].lsn
+            changes = [c for c in changes if c.lsn <= last]
+        table = self.captures[instance].table
+        picks = _column_picks(idents["columns"], table, alias="c")
+        rows = [(lsn_bytes(c.lsn), lsn_bytes(c.seqval), c.op, self.mapping.get(c.lsn))
+                + tuple(c.values[i] for i in picks) for c in changes]
+        names = ["__$start_lsn", "__$seqval", "__$operation", "commit_time"] + [table.columns[i].name for i in picks]
+        return names, rows
+
+    def _q_begin_snapshot_read(self, conn, idents, p):
+        if not self.snapshot_isolation:
+            raise OperationalError(3952, b"Snapshot isolation transaction failed accessing database")
+        conn.view = {k: dict(t.rows) for k, t in self.tables.items()}
+        return None, []
+
+    def _q_begin_read_committed(self, conn, idents, p):
+        conn.view = None
+        return None, []
+
+    def _q_snapshot_rows(self, conn, idents, p):
+        m = re.fullmatch(r"\[((?:[^\]]|\]\])+)\]\.\[((?:[^\]]|\]\])+)\]", idents["table"])
+        assert m, f"table not bracket-quoted: {idents['table']}"
+        key = (m.group(1).replace("]]", "]"), m.group(2).replace("]]", "]"))
+        table = self.tables[key]
+        rows = conn.view[key] if conn.view is not None else table.rows
+        picks = _column_picks(idents["columns"], table, alias=None)
+        return [table.columns[i].name for i in picks], [tuple(r[i] for i in picks) for r in rows.values()]
+
+    def _q_end_snapshot_read(self, conn, idents, p):
+        conn.view = None
+        return None, []
+
+    def _q_enable_table(self, conn, idents, p):
+        self.enable_table(p["schema"], p["table"], p["capture"])
+        return None, []
+
+    def _q_cleanup_change_table(self, conn, idents, p):
+        self.cleanup(p["capture"], lsn_int(p["low_water_mark"]))
+        return None, []
+
+    def _q_bootstrap_10_schema(self, conn, idents, p):
+        self.create_demo_tables()
+        return None, []
+
+    def _q_bootstrap_20_seed(self, conn, idents, p):
+        if not self.tables[("dbo", "customers")].rows:
+            with self.transaction() as tx:
+                for seg in ("ENTERPRISE", "SMB", "CONSUMER", "SMB", "CONSUMER"):
+                    tx.insert("customers", segment=seg, is_active=True, updated_at=_now())
+        return None, []
+
+    def _q_bootstrap_noop(self, conn, idents, p):
+        return None, []
+
+
+class FakeTransaction:
+    """Changes to fake tables, committed together at one LSN on ``with`` exit."""
+
+    def __init__(self, server: FakeCdcServer) -> None:
+        self.server = server
+        self.ops: list[tuple[FakeTable, int, tuple, tuple | None]] = []  # table, op, after, before
+
+    def __enter__(self) -> FakeTransaction:
+        return self
+
+    def __exit__(self, exc_type, *_: object) -> None:
+        if exc_type is None:
+            self.commit()
+
+    def _table(self, name: str) -> FakeTable:
+        schema, _, table = name.rpartition(".")
+        return self.server.tables[(schema or "dbo", table)]
+
+    def insert(self, table: str, **values: Any) -> Any:
+        t = self._table(table)
+        key_col = t.columns[t.key_index].name
+        if key_col not in values:
+            values[key_col] = t.next_id
+        t.next_id = max(t.next_id, int(values[key_col]) + 1)
+        row = tuple(values.get(c.name) for c in t.columns)
+        self.ops.append((t, 2, row, None))
+        return values[key_col]
+
+    def update(self, table: str, key: Any, **changes: Any) -> None:
+        t = self._table(table)
+        before = self._current(t, key)
+        after = tuple(changes.get(c.name, before[i]) for i, c in enumerate(t.columns))
+        self.ops.append((t, 4, after, before))
+
+    def delete(self, table: str, key: Any) -> None:
+        t = self._table(table)
+        self.ops.append((t, 1, self._current(t, key), None))
+
+    def live_keys(self, table: str) -> list[Any]:
+        """Keys that exist as this transaction sees them (its own writes included)."""
+        t = self._table(table)
+        keys = dict.fromkeys(t.rows)
+        for tt, op, after, _before in self.ops:
+            if tt is t:
+                if op == 1:
+                    keys.pop(after[t.key_index], None)
+                else:
+                    keys[after[t.key_index]] = None
+        return list(keys)
+
+    def _current(self, t: FakeTable, key: Any) -> tuple:
+        row = t.rows.get(key)
+        for table, _op, after, _before in self.ops:  # read your own writes
+            if table is t and after[t.key_index] == key:
+                row = None if _op == 1 else after
+        if row is None:
+            raise KeyError(f"no row {key!r} in fake table {t.name}")
+        return row
+
+    def commit(self) -> int | None:
+        srv = self.server
+        if not self.ops:
+            return None
+        lsn = srv._next_lsn()
+        changes: list[tuple[str, FakeChange]] = []
+        for t, op, after, before in self.ops:
+            srv._seq += 1
+            key = after[t.key_index]
+            if op == 1:
+                t.rows.pop(key, None)
+            else:
+                t.rows[key] = after
+            for cap in srv.captures.values():
+                if cap.table is t:
+                    if op == 4:  # an update is a 3/4 pair sharing one seqval
+                        changes.append((cap.instance, FakeChange(lsn, srv._seq, 3, before)))  # type: ignore[arg-type]
+                    changes.append((cap.instance, FakeChange(lsn, srv._seq, op, after)))
+        srv.pending.append((lsn, changes))
+        if srv.auto_harvest:
+            srv.harvest()
+        self.ops = []
+        return lsn
+
+
+class FakeConnection:
+    def __init__(self, server: FakeCdcServer, kwargs: dict[str, Any]) -> None:
+        self.server = server
+        self.kwargs = kwargs
+        self.closed = False
+        self.view: dict | None = None
+
+    def cursor(self) -> FakeCursor:
+        if self.closed:
+            raise InterfaceError(0, b"Connection is closed.")
+        return FakeCursor(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeCursor:
+    def __init__(self, conn: FakeConnection) -> None:
+        self.conn = conn
+        self.description: list[tuple] | None = None
+        self._rows: list[tuple] = []
+
+    def execute(self, text: str, params: dict | None = None) -> None:
+        names, rows = self.conn.server.execute(self.conn, text, params)
+        self.description = [(n,) for n in names] if names is not None else None
+        self._rows = list(rows)
+
+    def fetchall(self) -> list[tuple]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    def __iter__(self) -> Iterator[tuple]:
+        while self._rows:
+            yield self._rows.pop(0)
+
+    def close(self) -> None:
+        self._rows = []
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)  # the fake server's local time is UTC
+
+
+def _column_picks(text: str, table: FakeTable, alias: str | None) -> list[int]:
+    prefix = rf"\[{alias}\]\." if alias else ""
+    names = [m.replace("]]", "]") for m in re.findall(prefix + r"\[((?:[^\]]|\]\])+)\]", text)]
+    by_name = {c.name: i for i, c in enumerate(table.columns)}
+    assert names and all(n in by_name for n in names), f"unknown or unquoted columns: {text}"
+    return [by_name[n] for n in names]
+
+
+def _patterns() -> list[tuple[str, re.Pattern[str]]]:
+    """Regexes for every statement cdcflow may send: the named blocks, and bootstrap batches."""
+    out = []
+    for path in (ms.QUERIES, "sqlserver/enable_cdc.sql"):
+        for name, text in sqlfiles.queries(path).items():
+            pattern = re.sub(r"\\\{([a-z_]+)\\\}", r"(?P<\1>.+?)", re.escape(text))
+            out.append((name, re.compile(pattern, re.S)))
+    for script, batches in ms.bootstrap_scripts(demo=True):
+        handler = {"10_schema.sql": "bootstrap_10_schema", "20_seed.sql": "bootstrap_20_seed"}.get(script)
+        for i, batch in enumerate(batches):
+            # The schema script creates all tables in its first batch's handler; the rest are no-ops.
+            name = handler if handler and i == 0 else "bootstrap_noop"
+            out.append((name, re.compile(re.escape(batch), re.S)))
+    return out
