@@ -4,7 +4,6 @@ import struct
 
 import pytest
 
-from cdcflow.errors import SchemaDriftError
 from cdcflow.sources.base import Column, TableSpec
 from cdcflow.sources.pgoutput import PgOutputDecoder, decode_tuple
 
@@ -63,16 +62,31 @@ def delete(*values, relid=16384) -> bytes:
 
 
 class Collect:
-    def __init__(self):
-        self.rows = []
+    """A sink that records what the decoder hands over (drained on each look)."""
 
-    def __call__(self, capture, line, unchanged):
-        self.rows.append((capture, line.decode().rstrip("\n").split("\t"), unchanged))
+    def __init__(self):
+        self._rows = []
+        self._unchanged = {}
+        self.dec = None
+
+    def add_lines(self, capture, lines, nbytes):
+        assert nbytes == sum(map(len, lines))
+        self._rows.extend((capture, line) for line in lines)
+
+    def add_unchanged(self, capture, line, columns):
+        self._unchanged[line] = columns
+
+    @property
+    def rows(self):
+        self.dec.drain(self)
+        return [(c, line.decode().rstrip("\n").split("\t"), self._unchanged.get(line, ())) for c, line in self._rows]
 
 
 def decoder(**kw):
     out = Collect()
-    return PgOutputDecoder({("public", "orders"): SPEC}, out, **kw), out
+    dec = PgOutputDecoder({("public", "orders"): SPEC}, **kw)
+    out.dec = dec
+    return dec, out
 
 
 def test_transaction_rows_get_commit_lsn_and_ordinals():
@@ -156,10 +170,33 @@ def test_reordered_and_new_columns_map_by_name():
     assert out.rows[0][1][4:] == ["7", "s", "n"]
 
 
-def test_dropped_column_is_schema_drift():
+def test_dropped_column_pauses_that_capture_only():
+    dec, out = decoder()
+    dec.feed(relation(cols=("order_id", "status")))
+    assert "public.orders.note was dropped or renamed" in dec.paused["public_orders"]
+    dec.feed(begin(10))
+    dec.feed(insert("1", "x"))
+    dec.feed(commit(10, 20))
+    assert out.rows == []  # nothing staged for a paused capture
+
+
+def test_retyped_column_pauses_capture():
+    spec = TableSpec("public", "orders", (Column("order_id", "bigint", True, 20), Column("status", "text", False, 25),
+                                          Column("note", "text", False, 25)))
+    dec = PgOutputDecoder({("public", "orders"): spec})
+    msg = relation()  # every column announced with type oid 25 (text)
+    dec.feed(msg)
+    assert "public.orders.order_id changed type" in dec.paused["public_orders"]
+
+
+def test_table_without_key_pauses_capture():
     dec, _ = decoder()
-    with pytest.raises(SchemaDriftError, match="public.orders.*'note'"):
-        dec.feed(relation(cols=("order_id", "status")))
+    msg = bytearray(relation())
+    # Clear the key flag of the first column: flags byte follows the column count.
+    header = 1 + 4 + len(b"public\0orders\0") + 1 + 2
+    msg[header] = 0
+    dec.feed(bytes(msg))
+    assert "no primary key or replica identity" in dec.paused["public_orders"]
 
 
 def test_truncate_marks_capture_and_skips_it():

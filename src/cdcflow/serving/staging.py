@@ -73,6 +73,17 @@ class StagingWriter:
         if self._size >= self.flush_bytes:
             self.flush()
 
+    def add_lines(self, capture: str, lines: list[bytes], nbytes: int) -> None:
+        """Many staged rows at once (the decoder's hand-off)."""
+        p = self._pending.get(capture)
+        if p is None:
+            p = self._pending[capture] = _Pending([])
+        p.lines.extend(lines)
+        p.size += nbytes
+        self._size += nbytes
+        if self._size >= self.flush_bytes:
+            self.flush()
+
     def add_unchanged(self, capture: str, line: bytes, columns: tuple[str, ...]) -> None:
         """Remember a row whose TOAST columns were not resent (staged NULL for now)."""
         lsn, seqval, op = line.split(b"\t", 3)[:3]

@@ -78,6 +78,7 @@ class BatchResult:
     transactions: int = 0
     rows_by_capture: dict[str, int] = field(default_factory=dict)
     last_commit_time: dt.datetime | None = None
+    first_commit_time: dt.datetime | None = None  # source commit time of the batch's oldest change
     more_pending: bool = False  # the source has more right now: go again at once
     truncated: dict[str, int] = field(default_factory=dict)  # capture -> LSN of a TRUNCATE
     paused: dict[str, str] = field(default_factory=dict)  # capture -> schema drift that stopped it
@@ -86,6 +87,12 @@ class BatchResult:
 class ChangeSink(Protocol):
     def add_line(self, capture: str, line: bytes) -> None:
         """One staged row in COPY text format: meta columns then the table's, tab-separated."""
+
+    def add_lines(self, capture: str, lines: list[bytes], nbytes: int) -> None:
+        """Many staged rows (``nbytes`` in all) at once."""
+
+    def add_unchanged(self, capture: str, line: bytes, columns: tuple[str, ...]) -> None:
+        """A row already added whose ``columns`` (TOAST) must carry the previous value."""
 
 
 class Source(Protocol):

@@ -15,7 +15,6 @@ import datetime as dt
 import logging
 import re
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cdcflow.sources.base import (
@@ -62,6 +61,7 @@ class Relation:
     spec: TableSpec | None  # None: not captured (ignored)
     index: list[int] | None = None  # message column index for each staging column; None = same order
     key_index: list[int] = field(default_factory=list)  # staging indices of key columns
+    capture: str = ""
 
 
 def _read_cstring(buf: bytes, pos: int) -> tuple[str, int]:
@@ -108,11 +108,9 @@ class PgOutputDecoder:
     def __init__(
         self,
         specs: dict[tuple[str, str], TableSpec],
-        emit: Callable[[str, bytes, tuple[str, ...]], None],
         skip_captures: set[str] | None = None,
     ) -> None:
         self.specs = specs
-        self.emit = emit
         self.skip_captures = skip_captures if skip_captures is not None else set()
         self.relations: dict[int, Relation] = {}
         self.in_txn = False
@@ -124,11 +122,29 @@ class PgOutputDecoder:
         self._ct = b""
         self.seq = 0
         self.rows = 0
-        self.rows_by_capture: dict[str, int] = {}
+        #: Staged rows waiting to be handed to the sink (see drain), per capture.
+        self.buffers: dict[str, list[bytes]] = {}
+        self.buffered_bytes = 0
+        #: Rows whose TOASTed columns were not resent: (capture, line, column names).
+        self.unchanged: list[tuple[str, bytes, tuple[str, ...]]] = []
         self.truncated: dict[str, int] = {}  # capture -> lsn of a TRUNCATE seen
         self.paused: dict[str, str] = {}  # capture -> why it stopped (schema drift)
         self.warned: set[tuple[str, str]] = set()
         self.skip_before = 0  # transactions whose commit LSN is below this were staged already
+
+    def drain(self, sink) -> dict[str, int]:
+        """Hand the buffered rows to ``sink`` (``add_lines``/``add_unchanged``); rows per capture."""
+        counts = {}
+        for capture, lines in self.buffers.items():
+            if lines:
+                counts[capture] = len(lines)
+                sink.add_lines(capture, lines, sum(map(len, lines)))
+        self.buffers = {}
+        self.buffered_bytes = 0
+        for capture, line, columns in self.unchanged:
+            sink.add_unchanged(capture, line, columns)
+        self.unchanged = []
+        return counts
 
     # -- dispatch ---------------------------------------------------------------
 
@@ -192,7 +208,7 @@ class PgOutputDecoder:
             oids.append(oid)
             pos += 8  # type oid, typmod
         spec = self.specs.get((nspname, relname))
-        rel = Relation(relid=relid, spec=spec)
+        rel = Relation(relid=relid, spec=spec, capture=spec.capture if spec else "")
         self.relations[relid] = rel
         if spec is None:
             return
@@ -237,13 +253,22 @@ class PgOutputDecoder:
         rel = self.relations.get(relid)
         if rel is None:
             raise ValueError(f"change for relation {relid} before its Relation message")
-        if rel.spec is None or self.skipping or rel.spec.capture in self.skip_captures:
+        if rel.spec is None or self.skipping or rel.capture in self.skip_captures:
             return None
         return rel
 
     # -- changes ----------------------------------------------------------------
 
+    def _out(self, capture: str, line: bytes) -> None:
+        buf = self.buffers.get(capture)
+        if buf is None:
+            buf = self.buffers[capture] = []
+        buf.append(line)
+        self.buffered_bytes += len(line)
+        self.rows += 1
+
     def _stage(self, rel: Relation, op: int, values: list[bytes | None | Unchanged]) -> None:
+        """General path: any column order, NULLs, unchanged TOAST values, escaping."""
         spec = rel.spec
         assert spec is not None
         if rel.index is not None:
@@ -261,15 +286,36 @@ class PgOutputDecoder:
                 assert isinstance(v, bytes)
                 parts.append(v if _NEEDS_ESCAPE_RE.search(v) is None else copy_escape_bytes(v))
         line = b"%s%d\t%d\t%s\t%s\n" % (self._prefix, self.seq, op, self._ct, b"\t".join(parts))
-        capture = spec.capture
-        self.emit(capture, line, unchanged)
-        self.rows += 1
-        self.rows_by_capture[capture] = self.rows_by_capture.get(capture, 0) + 1
+        self._out(rel.capture, line)
+        if unchanged:
+            self.unchanged.append((rel.capture, line, unchanged))
 
     def _insert(self, buf: bytes) -> None:
         rel = self._rel(buf)
         if rel is None:
             return
+        if rel.index is None and _NEEDS_ESCAPE_RE.search(buf, 8) is None:
+            # Hot path: columns in staging order, nothing to escape anywhere in the message.
+            (ncols,) = _I16.unpack_from(buf, 6)
+            pos = 8
+            parts: list[bytes] = []
+            append = parts.append
+            unpack_i32 = _I32.unpack_from
+            for _ in range(ncols):
+                kind = buf[pos]
+                if kind == 116:  # 't'
+                    start = pos + 5
+                    pos = start + unpack_i32(buf, pos + 1)[0]
+                    append(buf[start:pos])
+                elif kind == 110:  # 'n'
+                    append(NULL)
+                    pos += 1
+                else:
+                    break  # unchanged or binary: general path
+            else:
+                self.seq += 1
+                self._out(rel.capture, b"%s%d\t2\t%s\t%s\n" % (self._prefix, self.seq, self._ct, b"\t".join(parts)))
+                return
         values, _ = decode_tuple(buf, 6)  # after relid and 'N'
         self._stage(rel, OP_INSERT, values)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import select
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psycopg
@@ -30,7 +30,6 @@ from cdcflow import db, sqlfiles
 from cdcflow.errors import (
     GapError,
     SourceConfigError,
-    TerminalError,
     TransientError,
 )
 from cdcflow.positions import format_pg_lsn, parse_pg_lsn
@@ -42,6 +41,8 @@ Q = "source_postgres.sql"
 
 #: How often an idle stream asks the server for a keepalive (which carries its position).
 KEEPALIVE_REQUEST_SECONDS = 0.5
+#: Decoded rows are handed to the sink in chunks of about this size (bounded memory).
+HANDOFF_BYTES = 4 << 20
 
 
 def _split(qualified: str) -> tuple[str, str]:
@@ -288,18 +289,9 @@ class PostgresSource:
             raise db.wrap_db_error("starting replication", exc) from None
         self._repl, self._cur = conn, cur
         specs = {(s.schema, s.name): s for s in self.describe_tables()}
-        self._decoder = PgOutputDecoder(specs, self._emit, self.skip_captures)
+        self._decoder = PgOutputDecoder(specs, self.skip_captures)
         self._stream_pos = after_lsn
         log.info("streaming slot %s from %s", self.slot, format_pg_lsn(after_lsn))
-
-    def _emit(self, capture: str, line: bytes, unchanged: tuple[str, ...]) -> None:
-        assert self._sink is not None
-        self._sink.add_line(capture, line)
-        if unchanged:
-            add_unchanged: Callable | None = getattr(self._sink, "add_unchanged", None)
-            if add_unchanged is None:
-                raise TerminalError("this sink cannot carry unchanged TOAST values forward")
-            add_unchanged(capture, line, unchanged)
 
     def read_batch(self, after_lsn: int, max_rows: int, sink: ChangeSink, wait_seconds: float) -> BatchResult:
         """Stream whole transactions after ``after_lsn`` into ``sink``.
@@ -319,13 +311,14 @@ class PostgresSource:
         cur, dec = self._cur, self._decoder
         dec.skip_before = after_lsn + 1  # a replayed transaction is dropped, not staged twice
         dec.rows = 0
-        dec.rows_by_capture = {}
         dec.truncated = {}
         dec.paused = {}
+        self._counts: dict[str, int] = {}
         self._sink = sink
         end_lsn = after_lsn
         txns = 0
         last_commit_time = None
+        first_commit_time = None
         deadline = time.monotonic() + wait_seconds
         read_message = cur.read_message
         feed = dec.feed
@@ -334,17 +327,21 @@ class PostgresSource:
                 msg = read_message()
                 if msg is not None:
                     kind = feed(msg.payload)
+                    if dec.buffered_bytes >= HANDOFF_BYTES:
+                        self._drain()  # a big transaction streams on into the sink's COPY chunks
                     if kind == 67 and not dec.skipping:  # 'C'
+                        if txns == 0:
+                            first_commit_time = dec.commit_time
                         txns += 1
                         end_lsn = max(end_lsn, dec.end_lsn - 1)
                         last_commit_time = dec.commit_time
                         if dec.rows >= max_rows:
-                            return self._result(end_lsn, txns, last_commit_time, more=True)
+                            return self._result(end_lsn, txns, last_commit_time, more=True, first=first_commit_time)
                     continue
                 # Nothing buffered.
                 if not dec.in_txn:
                     if dec.rows > 0 or txns > 0:
-                        return self._result(end_lsn, txns, last_commit_time, more=False)
+                        return self._result(end_lsn, txns, last_commit_time, more=False, first=first_commit_time)
                     if cur.wal_end - 1 > end_lsn:
                         # Idle advance: the server has decoded up to wal_end and sent us
                         # every transaction whose commit record starts before it.
@@ -368,16 +365,23 @@ class PostgresSource:
         finally:
             self._sink = None
 
-    def _result(self, end_lsn: int, txns: int, last_commit_time, more: bool) -> BatchResult:
+    def _drain(self) -> None:
+        assert self._decoder is not None and self._sink is not None
+        for capture, n in self._decoder.drain(self._sink).items():
+            self._counts[capture] = self._counts.get(capture, 0) + n
+
+    def _result(self, end_lsn: int, txns: int, last_commit_time, more: bool, first=None) -> BatchResult:
         dec = self._decoder
         assert dec is not None
+        self._drain()
         self._stream_pos = end_lsn
         result = BatchResult(
             end_lsn=end_lsn,
             rows=dec.rows,
             transactions=txns,
-            rows_by_capture=dict(dec.rows_by_capture),
+            rows_by_capture=dict(self._counts),
             last_commit_time=last_commit_time,
+            first_commit_time=first,
             more_pending=more,
             truncated=dict(dec.truncated),
             paused=dict(dec.paused),
