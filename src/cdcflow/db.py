@@ -57,11 +57,15 @@ def wrap_db_error(what: str, exc: Exception) -> CdcflowError:
     if isinstance(exc, CdcflowError):
         return exc
     msg = describe_error(exc)
-    transient_types: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+    transient_types: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
     try:
         import psycopg2
 
         transient_types += (psycopg2.OperationalError, psycopg2.InterfaceError)
+        if isinstance(exc, psycopg2.DatabaseError) and not getattr(exc, "pgcode", None):
+            # libpq-level trouble with no server error behind it ("no COPY in progress",
+            # "PGRES_COPY_BOTH and no message"): the connection broke under us.
+            return TransientError(f"{what}: {msg}")
     except ImportError:  # pragma: no cover
         pass
     if isinstance(exc, transient_types + (psycopg.errors.AdminShutdown, OSError)):
@@ -70,6 +74,16 @@ def wrap_db_error(what: str, exc: Exception) -> CdcflowError:
     if sqlstate and (sqlstate.startswith("08") or sqlstate.startswith("57") or sqlstate in ("40001", "40P01", "55006")):
         return TransientError(f"{what}: {msg}")
     return TerminalError(f"{what}: {msg}")
+
+
+def safe_rollback(conn: psycopg.Connection | None) -> None:
+    """Roll back if the connection still works; a lost connection has nothing to roll back."""
+    if conn is None or conn.closed:
+        return
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        pass
 
 
 def connect(dsn: str, what: str, *, autocommit: bool = False, timeout: float = 10) -> psycopg.Connection:

@@ -43,6 +43,7 @@ class IngestWorker:
         staged: threading.Event | None = None,
         fault_point: str | None = None,
         owner: str | None = None,
+        resource: str | None = None,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -50,8 +51,9 @@ class IngestWorker:
         self.stop = stop
         self.staged = staged or threading.Event()
         self.fault_point = fault_point
-        self.name = f"ingest[{settings.source_name}]"
-        self.lease = leases.Lease(f"ingest:{settings.source_name}", owner or leases.instance_id(), settings.lease_seconds)
+        resource = resource or f"ingest:{settings.source_name}"
+        self.name = "ingest[" + resource.split(":", 1)[1] + "]"
+        self.lease = leases.Lease(resource, owner or leases.instance_id(), settings.lease_seconds)
         self.keeper = leases.LeaseKeeper(self.lease, serving_dsn)
         self._serving: psycopg.Connection | None = None
         self._specs: dict[str, TableSpec] | None = None
@@ -95,7 +97,7 @@ class IngestWorker:
                     effective.append(eff)
                 conn.commit()
             except psycopg.Error as exc:
-                conn.rollback()
+                db.safe_rollback(conn)
                 raise db.wrap_db_error("reading staging tables", exc) from None
             self.source.use_specs(effective)
             self._specs = {s.capture: s for s in effective}
@@ -119,13 +121,13 @@ class IngestWorker:
         try:
             wms = control.read_watermarks(conn, self.settings.source_name)
         except psycopg.Error as exc:
-            conn.rollback()
+            db.safe_rollback(conn)
             raise db.wrap_db_error("reading watermarks", exc) from None
         active = [c for c in specs if c in wms and wms[c].active]
         self.source.skip_captures.clear()
         self.source.skip_captures.update(c for c in specs if c not in active)
         if not active:
-            conn.rollback()
+            db.safe_rollback(conn)
             self.stop.wait(self.settings.poll_interval_seconds)
             return False
         after = min(wms[c].last_lsn for c in active)
@@ -201,7 +203,7 @@ class IngestWorker:
         error was seen (a resync just repaired it) is left alone."""
         try:
             conn = self.serving()
-            conn.rollback()
+            db.safe_rollback(conn)
             wms = control.read_watermarks(conn, self.settings.source_name)
             for capture in self.specs():
                 wm = wms.get(capture)
@@ -217,7 +219,7 @@ class IngestWorker:
     def _record_error(self, exc: Exception) -> None:
         try:
             conn = self.serving()
-            conn.rollback()
+            db.safe_rollback(conn)
             control.record_error(conn, self.settings.source_name, list(self.specs()), str(exc))
             conn.commit()
         except (psycopg.Error, TransientError, TerminalError):
@@ -259,6 +261,14 @@ class IngestWorker:
                     self._mark("PAUSED", exc)
                     self.source.close_stream()
                     self.stop.wait(self.settings.poll_interval_seconds)
+                except (psycopg.Error, OSError) as exc:
+                    # A driver error that escaped wrapping: treat like a lost connection.
+                    wrapped = db.wrap_db_error("ingestion", exc)
+                    self._errored(wrapped)
+                    delay = backoff.next_delay()
+                    log.warning("%s: %s (retrying in %.1fs)", self.name, wrapped, delay)
+                    self._drop_connections()
+                    self.stop.wait(delay)
                 except TerminalError as exc:
                     self._errored(exc)
                     delay = min(60.0, backoff.next_delay() * 3)

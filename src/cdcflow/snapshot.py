@@ -88,10 +88,10 @@ def take_snapshot(source: PostgresSource, serving: psycopg.Connection, source_na
         serving.execute(sqlfiles.query(Q, "notify_staged"), {"source": source_name})
         serving.commit()
     except psycopg.Error as exc:
-        serving.rollback()
+        db.safe_rollback(serving)
         raise db.wrap_db_error("snapshot", exc) from None
     except BaseException:
-        serving.rollback()
+        db.safe_rollback(serving)
         raise
     finally:
         repl.close()  # type: ignore[attr-defined]

@@ -41,8 +41,11 @@ Q = "source_postgres.sql"
 
 #: How often an idle stream asks the server for a keepalive (which carries its position).
 KEEPALIVE_REQUEST_SECONDS = 0.5
+#: A stream that answers none of our keepalive requests for this long is presumed dead
+#: (a silent network partition) and reconnected.
+STREAM_SILENCE_SECONDS = 30.0
 #: Decoded rows are handed to the sink in chunks of about this size (bounded memory).
-HANDOFF_BYTES = 4 << 20
+HANDOFF_BYTES = 256 << 10
 
 
 def _split(qualified: str) -> tuple[str, str]:
@@ -79,6 +82,7 @@ class PostgresSource:
         self.skip_captures: set[str] = set()
         self._last_keepalive_request = 0.0
         self._stream_pos = -1
+        self._heard = 0.0
 
     # -- regular connection -----------------------------------------------------
 
@@ -288,6 +292,7 @@ class PostgresSource:
                 ) from None
             raise db.wrap_db_error("starting replication", exc) from None
         self._repl, self._cur = conn, cur
+        self._heard = time.monotonic()
         specs = {(s.schema, s.name): s for s in self.describe_tables()}
         self._decoder = PgOutputDecoder(specs, self.skip_captures)
         self._stream_pos = after_lsn
@@ -326,6 +331,7 @@ class PostgresSource:
             while True:
                 msg = read_message()
                 if msg is not None:
+                    self._heard = time.monotonic()
                     kind = feed(msg.payload)
                     if dec.buffered_bytes >= HANDOFF_BYTES:
                         self._drain()  # a big transaction streams on into the sink's COPY chunks
@@ -355,7 +361,13 @@ class PostgresSource:
                     timeout = min(deadline - now, KEEPALIVE_REQUEST_SECONDS)
                 else:
                     timeout = 1.0
-                select.select([self._repl], [], [], max(0.0, timeout))
+                if select.select([self._repl], [], [], max(0.0, timeout))[0]:
+                    self._heard = time.monotonic()  # data or a keepalive arrived
+                elif not dec.in_txn and time.monotonic() - self._heard > STREAM_SILENCE_SECONDS:
+                    raise TransientError(
+                        f"the replication stream of slot {self.slot} has been silent for "
+                        f"{STREAM_SILENCE_SECONDS:.0f}s despite keepalive requests: reconnecting"
+                    )
         except psycopg2.Error as exc:
             self.close_stream()
             raise db.wrap_db_error("reading the replication stream", exc) from None
