@@ -1,0 +1,1 @@
+"""cdcflow benchmarks (run as scripts, or imported by ``cdcflow bench``)."""
