@@ -155,6 +155,15 @@ class PostgresSource:
             ).fetchone()
         except psycopg.Error as exc:
             raise db.wrap_db_error("reading publications", exc) from None
+        if exists:
+            published = {
+                r[0]
+                for r in self.conn().execute(
+                    sqlfiles.query("source/30_enable_cdc.sql", "publication_tables"), {"publication": self.publication}
+                ).fetchall()
+            }
+            if published == {s.qualified for s in specs}:
+                return  # already right: no ALTER, which only the publication's owner may run
         name = "alter_publication" if exists else "create_publication"
         try:
             self.conn().execute(sqlfiles.query("source/30_enable_cdc.sql", name, publication=pub, tables=tables))

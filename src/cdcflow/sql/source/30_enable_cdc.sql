@@ -15,3 +15,7 @@ CREATE PUBLICATION {publication} FOR TABLE {tables}
 -- name: alter_publication
 -- Re-point an existing publication at exactly the configured tables.
 ALTER PUBLICATION {publication} SET TABLE {tables};
+
+-- name: publication_tables
+-- The tables a publication publishes now (to leave a correct one alone).
+SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %(publication)s;
