@@ -25,6 +25,8 @@ def resync(settings: Settings, captures: list[str] | None) -> int:
     """Fresh snapshot for the source's captures (they share one slot). Returns the watermark."""
     _, serving_dsn = settings.require_dsns()
     source = make_source(settings)
+    if source.engine == "sqlserver":
+        return _resync_sqlserver(settings, source, captures)
     try:
         source.check()
         specs = source.describe_tables()
@@ -48,6 +50,37 @@ def resync(settings: Settings, captures: list[str] | None) -> int:
                 if not wm.active:
                     log.info("capture %s is %s: %s", wm.capture, wm.state, wm.last_error or "")
             return snapshot.resync(source, serving, settings.source_name)
+    finally:
+        source.close()
+
+
+def _resync_sqlserver(settings: Settings, source, captures: list[str] | None) -> int:
+    """SQL Server: each capture instance has its own position, so only the named ones (default:
+    every capture not OK) are re-snapshotted."""
+    from cdcflow.sources.sqlserver import stage_snapshot
+
+    _, serving_dsn = settings.require_dsns()
+    try:
+        source.check()
+        specs = source.describe_tables()
+        known = {s.capture for s in specs} | {s.qualified for s in specs}
+        for name in captures or []:
+            if name not in known:
+                raise ConfigError(
+                    f"no capture named {name!r} in source {settings.source_name}: choose from "
+                    + ", ".join(sorted(s.capture for s in specs))
+                )
+        with db.connect(serving_dsn, "serving") as serving:
+            wms = read_watermarks(serving, settings.source_name)
+            serving.rollback()
+            watermark = 0
+            for one in source.per_capture():
+                (spec,) = one.describe_tables()
+                wanted = spec.capture in (captures or []) or spec.qualified in (captures or [])
+                if wanted or (not captures and (spec.capture not in wms or wms[spec.capture].state != "OK")):
+                    watermark = max(watermark, stage_snapshot(one, serving, settings.source_name, repair=True))
+                one.close()
+            return watermark
     finally:
         source.close()
 
@@ -79,7 +112,7 @@ def reset(settings: Settings) -> None:
             except psycopg.Error as exc:
                 serving.rollback()
                 raise db.wrap_db_error("reset", exc) from None
-        if source.slot_state() is not None:
+        if source.engine == "postgres" and source.slot_state() is not None:
             source.drop_slot()
         log.info("reset: cleared %d tables, watermarks and checkpoints; dropped slot %s", len(tables), source.slot)
     finally:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from cdcflow import db, projections, snapshot
+from cdcflow import db, privileges, projections, snapshot
 from cdcflow.config import Settings
 from cdcflow.serving import schema
 from cdcflow.sources.base import TableSpec
@@ -26,16 +26,32 @@ class Bootstrapped:
 
 
 def make_source(settings: Settings) -> PostgresSource:
+    """The source engine SOURCE_DSN names: mssql:// or sqlserver:// is SQL Server, else PostgreSQL."""
     source_dsn, _ = settings.require_dsns()
+    from cdcflow.sources.mssql_support import is_sqlserver_dsn
+
+    if is_sqlserver_dsn(source_dsn):
+        from cdcflow.sources.sqlserver import SqlServerSource
+
+        # One ingestor per capture instance: callers split it with .per_capture().
+        return SqlServerSource(source_dsn, settings.capture_tables)  # type: ignore[return-value]
     return PostgresSource(source_dsn, settings.capture_tables, settings.slot, settings.publication)
 
 
 def wait_for_databases(settings: Settings, stop: threading.Event | None = None) -> None:
     """Seed step 1: bounded wait for source and serving, one line per attempt."""
-    source_dsn, serving_dsn = settings.require_dsns()
-    for what, dsn in (("source", source_dsn), ("serving", serving_dsn)):
-        conn = db.wait_for(what, lambda d=dsn, w=what: db.connect(d, w, timeout=5), settings.startup_wait_seconds, stop)
-        conn.close()
+    _, serving_dsn = settings.require_dsns()
+
+    def source_up() -> None:
+        source = make_source(settings)
+        try:
+            source.conn()
+        finally:
+            source.close()
+
+    db.wait_for("source", source_up, settings.startup_wait_seconds, stop)
+    db.wait_for("serving", lambda: db.connect(serving_dsn, "serving", timeout=5).close(),
+                settings.startup_wait_seconds, stop)
 
 
 def bootstrap(settings: Settings, *, demo: bool = False, snapshot_now: bool = True) -> Bootstrapped:
@@ -43,13 +59,17 @@ def bootstrap(settings: Settings, *, demo: bool = False, snapshot_now: bool = Tr
     _, serving_dsn = settings.require_dsns()
     source = make_source(settings)
     source.check()
-    if demo:
+    privileges.check(settings, source)  # one line naming each missing privilege
+    if source.engine == "sqlserver":
+        source.bootstrap_source(demo=demo)  # type: ignore[attr-defined]  # demo schema, CDC enablement
+    elif demo:
         conn = source.conn()
         for name, text in _source_scripts(demo=True):
             log.info("source: running %s", name)
             conn.execute(text)  # type: ignore[arg-type]  # packaged script
     specs = source.describe_tables()
-    source.ensure_publication()
+    if source.engine == "postgres":
+        source.ensure_publication()
     with db.connect(serving_dsn, "serving") as serving:
         try:
             schema.run_scripts(serving, "serving")
@@ -61,9 +81,26 @@ def bootstrap(settings: Settings, *, demo: bool = False, snapshot_now: bool = Tr
         except psycopg.Error as exc:
             serving.rollback()
             raise db.wrap_db_error("bootstrapping the serving database", exc) from None
-        if snapshot_now and snapshot.needs_initial_snapshot(serving, settings.source_name, specs):
-            snapshot.initial_snapshot(source, serving, settings.source_name)
+        if snapshot_now:
+            initial_snapshots(source, serving, settings.source_name, specs)
     return Bootstrapped(source, specs)
+
+
+def initial_snapshots(source, serving: psycopg.Connection, source_name: str, specs: list[TableSpec]) -> None:
+    """Stage the rows that existed before capture began, where nothing is staged yet."""
+    if source.engine == "sqlserver":
+        from cdcflow.serving.control import read_watermarks
+        from cdcflow.sources.sqlserver import stage_initial_snapshot
+
+        wms = read_watermarks(serving, source_name)
+        serving.rollback()
+        for one in source.per_capture():
+            (spec,) = one.describe_tables()
+            if wms.get(spec.capture) is not None and wms[spec.capture].state == "INIT":
+                stage_initial_snapshot(one, serving, source_name)
+            one.close()
+    elif snapshot.needs_initial_snapshot(serving, source_name, specs):
+        snapshot.initial_snapshot(source, serving, source_name)
 
 
 def _source_scripts(demo: bool) -> list[tuple[str, str]]:

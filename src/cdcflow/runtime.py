@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from cdcflow import bootstrap as boot
-from cdcflow import projections
+from cdcflow import compaction, metrics, projections
 from cdcflow.config import Settings
 from cdcflow.ingest import IngestWorker
 
@@ -47,6 +47,11 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
         stop.set()
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    import cdcflow
+
+    if cdcflow.EARLY_SIGNALS:  # arrived during start-up
+        log.info("%s received during start-up: stopping", signal.Signals(cdcflow.EARLY_SIGNALS[0]).name)
+        stop.set()
     try:
         yield
     finally:
@@ -62,13 +67,25 @@ class Runtime:
         self.stop = threading.Event()
         self.staged = threading.Event()
         _, serving_dsn = settings.require_dsns()
-        self.workers: list[Worker] = [
-            IngestWorker(settings, boot.make_source(settings), serving_dsn, self.stop, self.staged, fault_point)
-        ]
+        source = boot.make_source(settings)
+        if source.engine == "sqlserver":
+            # The seed's one ingestor per capture instance, each with its own lease.
+            self.workers: list[Worker] = [
+                IngestWorker(settings, one, serving_dsn, self.stop, self.staged, fault_point,
+                             resource=f"ingest:{settings.source_name}:{one.tables[0][0]}_{one.tables[0][1]}")
+                for one in source.per_capture()  # type: ignore[attr-defined]
+            ]
+        else:
+            # One replication slot carries every captured table: one ingestor.
+            self.workers = [IngestWorker(settings, source, serving_dsn, self.stop, self.staged, fault_point)]
         self.workers.extend(projections.build_workers(settings, serving_dsn, self.stop, self.staged))
+        self.workers.extend(compaction.build_workers(settings, self.stop))
         self.threads: list[threading.Thread] = []
+        self.failed = False  # a worker died of an unexpected error
+        self.telemetry = metrics.Telemetry(settings, self.workers, self.stop)  # hooks; /metrics, /healthz
 
     def start(self) -> None:
+        self.threads.extend(self.telemetry.start())
         for w in self.workers:
             t = threading.Thread(target=self._guard, args=(w,), name=w.name, daemon=True)
             t.start()
@@ -79,7 +96,8 @@ class Runtime:
         try:
             worker.run()
         except BaseException:
-            log.exception("worker %s crashed; stopping", worker.name)
+            log.exception("worker %s crashed; stopping the process (exit 1) so a supervisor restarts it", worker.name)
+            self.failed = True
             self.stop.set()
 
     def join(self, timeout: float = 30.0) -> bool:
@@ -88,7 +106,7 @@ class Runtime:
         return not any(t.is_alive() for t in self.threads)
 
     def run_until_stopped(self, duration: float | None = None) -> None:
-        with stop_on_signals(self.stop):
+        with stop_on_signals(self.stop):  # nested inside the CLI's: same handler, restored after
             self.start()
             self.stop.wait(duration)
             self.stop.set()

@@ -65,8 +65,7 @@ class Status:
 
 
 def collect(settings: Settings) -> Status:
-    source_dsn, serving_dsn = settings.require_dsns()
-    engine = "postgres"
+    _, serving_dsn = settings.require_dsns()
     current: int | None = None
     slot: dict | None = None
     reachable = True
@@ -74,10 +73,13 @@ def collect(settings: Settings) -> Status:
     from cdcflow.bootstrap import make_source
 
     source = make_source(settings)
+    engine = source.engine
     try:
         current = source.current_lsn()
-        st = source.slot_state()
-        if st is not None:
+        st = source.slot_state() if engine == "postgres" else None  # type: ignore[attr-defined]
+        if engine != "postgres":
+            pass  # SQL Server CDC has no slot: positions come from the capture instances
+        elif st is not None:
             slot = {
                 "name": settings.slot,
                 "confirmed_flush": format_lsn(engine, st.confirmed_flush),
