@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import psycopg
 
-from cdcflow import db, sqlfiles
+from cdcflow import db, leases, sqlfiles
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError
 from cdcflow.positions import format_lsn
@@ -57,6 +57,7 @@ class Status:
     slot: dict | None
     captures: list[CaptureStatus] = field(default_factory=list)
     projections: list[ProjectionStatus] = field(default_factory=list)
+    owners: list[dict] = field(default_factory=list)  # lease holders (several cdcflow run processes)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -102,6 +103,7 @@ def collect(settings: Settings) -> Status:
         try:
             wms = read_watermarks(conn, settings.source_name)
             meta = conn.execute(sqlfiles.query("serving_status.sql", "projection_metadata")).fetchall()
+            lease_rows = leases.list_leases(conn)
         except psycopg.errors.UndefinedTable:
             raise CdcflowError("the serving database has no cdcflow tables: run 'cdcflow bootstrap' first") from None
     for wm in wms.values():
@@ -125,6 +127,9 @@ def collect(settings: Settings) -> Status:
         )
         if wm.state not in HEALTHY_CAPTURE:
             problems.append(f"capture {wm.capture} is {wm.state}" + (f": {wm.last_error}" if wm.last_error else ""))
+    for resource, owner, token, expires_at, acquired_at, _renewed, live in lease_rows:
+        out.owners.append({"resource": resource, "owner": owner if live else None, "token": int(token),
+                           "expires_at": expires_at, "since": acquired_at if live else None})
     for name, status, as_of_lsn, as_of_time, built_at, last_error, restated in meta:
         fresh = (now - as_of_time).total_seconds() if as_of_time else None
         out.projections.append(
@@ -186,6 +191,15 @@ def render_text(status: Status) -> str:
                 ["PROJECTION", "STATUS", "AS_OF", "FRESHNESS_S", "RESTATED"],
                 [[p.projection, p.status, p.as_of, _fmt(p.freshness_seconds), str(p.restated_buckets)]
                  for p in status.projections],
+            )
+        )
+    if status.owners:
+        parts.append("")
+        parts.append(
+            _table(
+                ["WORK", "OWNER", "SINCE"],
+                [[o["resource"], o["owner"] or "(none: taken over within LEASE_SECONDS)",
+                  o["since"].isoformat(timespec="seconds") if o["since"] else "-"] for o in status.owners],
             )
         )
     if status.problems:

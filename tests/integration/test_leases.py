@@ -123,6 +123,10 @@ def test_paused_owner_cannot_commit_after_resuming(dbs, tmp_path):
             token = _owner(dbs, resource)[1]
             os.kill(a.pid, signal.SIGSTOP)  # frozen mid-work, holding whatever it had read
             wait_until(lambda: (_owner(dbs, resource) or (0, 0)) == (b.pid, token + 1), timeout=30, what="B to take over")
+            from cdcflow import status
+
+            shown = {o["resource"]: o["owner"] for o in status.collect(dbs.settings).owners}
+            assert shown[resource].split(":")[1] == str(b.pid)  # `cdcflow status` says who owns what
             time.sleep(1.0)
             os.kill(a.pid, signal.SIGCONT)
             time.sleep(3.0)
