@@ -25,3 +25,54 @@ def assert_latest_state_equals_source(src: psycopg.Connection, serving: psycopg.
     for table in TABLES:
         want, got = source_rows(src, table), staged_latest_rows(serving, table)
         assert got == want, f"{table}: missing {sorted(want - got)[:3]}, extra {sorted(got - want)[:3]}"
+
+
+# -- projections: the same questions asked of the source tables directly -----------
+
+KPI_ORACLE = """
+WITH o AS (
+    SELECT o.order_id, o.amount, date_trunc('minute', o.created_at) AS m, coalesce(c.segment, 'UNKNOWN') AS seg
+    FROM orders o LEFT JOIN customers c ON c.customer_id = o.customer_id
+), ord AS (
+    SELECT m, seg, count(*) AS n, coalesce(sum(amount), 0) AS amt FROM o GROUP BY m, seg
+), pay AS (
+    SELECT date_trunc('minute', p.paid_at) AS m, o.seg, coalesce(sum(p.paid_amount), 0) AS paid
+    FROM payments p JOIN o ON o.order_id = p.order_id GROUP BY 1, 2
+)
+SELECT coalesce(ord.m, pay.m), coalesce(ord.seg, pay.seg), coalesce(ord.n, 0), coalesce(ord.amt, 0),
+       coalesce(pay.paid, 0)
+FROM ord FULL JOIN pay ON ord.m = pay.m AND ord.seg = pay.seg
+"""
+
+KPI_PROJECTION = """
+SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum
+FROM proj_orders_kpi_by_minute_segment
+"""
+
+LATEST_ORACLE = """
+SELECT o.order_id, o.customer_id, c.segment, o.amount, o.status, o.created_at, o.updated_at
+FROM orders o LEFT JOIN customers c ON c.customer_id = o.customer_id
+"""
+
+LATEST_PROJECTION = """
+SELECT order_id, customer_id, segment, amount, status, created_at, updated_at FROM proj_orders_latest
+"""
+
+
+def _rows(conn: psycopg.Connection, query: str) -> set[tuple]:
+    conn.execute("SET TIME ZONE 'UTC'")
+    return set(conn.execute(query).fetchall())
+
+
+def assert_projections_equal_source(
+    src: psycopg.Connection, serving: psycopg.Connection, *, kpi: bool = True, latest: bool = True
+) -> None:
+    pairs = []
+    if kpi:
+        pairs.append(("proj_orders_kpi_by_minute_segment", KPI_ORACLE, KPI_PROJECTION))
+    if latest:
+        pairs.append(("proj_orders_latest", LATEST_ORACLE, LATEST_PROJECTION))
+    for name, oracle, projection in pairs:
+        want, got = _rows(src, oracle), _rows(serving, projection)
+        assert want, f"{name}: the source has nothing to compare"
+        assert got == want, f"{name}: missing {sorted(want - got)[:3]}, extra {sorted(got - want)[:3]}"

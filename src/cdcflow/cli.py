@@ -46,14 +46,21 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from cdcflow import db
     from cdcflow.bootstrap import bootstrap, wait_for_databases
-    from cdcflow.runtime import Runtime
+    from cdcflow.runtime import Runtime, stop_on_signals
 
-    wait_for_databases(settings)
-    bootstrap(settings, demo=False).source.close()
     runtime = Runtime(settings, fault_point=os.environ.get("CDCFLOW_FAULT_POINT") or None)
-    runtime.run_until_stopped(args.duration)
-    return 0
+    with stop_on_signals(runtime.stop):  # a signal during start-up stops cleanly too
+        wait_for_databases(settings, runtime.stop)
+        if not runtime.stop.is_set():
+            # A database that drops right after the wait is retried the same way.
+            db.wait_for("source or serving", lambda: bootstrap(settings, demo=False).source.close(),
+                        settings.startup_wait_seconds, runtime.stop)
+        if runtime.stop.is_set():
+            return 0
+        runtime.run_until_stopped(args.duration)
+    return EXIT_ERROR if runtime.failed else 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -68,6 +75,176 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from cdcflow.demo import run_demo
 
     return run_demo(args, settings)
+
+
+def cmd_resync(args: argparse.Namespace, settings: Settings) -> int:
+    from cdcflow import admin
+    from cdcflow.bootstrap import wait_for_databases
+    from cdcflow.positions import format_lsn
+
+    wait_for_databases(settings)
+    watermark = admin.resync(settings, args.captures or None)
+    print(f"resynced source {settings.source_name}: fresh snapshot staged, streaming from {format_lsn('postgres', watermark)}")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace, settings: Settings) -> int:
+    from cdcflow import admin
+    from cdcflow.bootstrap import wait_for_databases
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("reset deletes all staged rows and projections: pass --yes to confirm")
+        answer = input(
+            f"This deletes every staged row and projection of source {settings.source_name} and drops slot "
+            f"{settings.slot}. Type 'reset' to go on: "
+        )
+        if answer.strip() != "reset":
+            print("nothing changed")
+            return 1
+    wait_for_databases(settings)
+    admin.reset(settings)
+    print(f"reset source {settings.source_name}: staging, projections, watermarks and checkpoints cleared; "
+          "the next 'cdcflow run' takes a new initial snapshot")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+    import json
+    from pathlib import Path
+
+    out = Path(args.out)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    if settings.log_level == "info":
+        logging.getLogger().setLevel(logging.WARNING)  # the progress lines are the output
+    which = ["sustained", "catchup", "projections"] if args.which == "all" else [args.which]
+    ok = True
+
+    def progress(msg: str) -> None:
+        print(msg, flush=True)
+
+    for name in which:
+        if name == "sustained":
+            from cdcflow.bench import sustained
+
+            rate = args.rate or (1000 if args.quick else 20_000)
+            duration = args.duration or (6 if args.quick else 180)
+            summary = sustained.run(out, changes_per_second=rate, duration=duration,
+                                    warmup=2 if args.quick else 5, progress=progress, stamp=stamp)
+            ok = ok and (summary["pass"] or args.quick)
+        elif name == "catchup":
+            from cdcflow.bench import catchup
+
+            changes = args.changes or (20_000 if args.quick else 1_000_000)
+            res = catchup.run(out / stamp / "catchup", changes, progress)
+            progress(json.dumps({k: v for k, v in res.items() if k in ("ratio", "changes", "stages")}, default=str)[:2000])
+        else:
+            from cdcflow.bench import projection_scaling
+
+            sizes = [int(float(x)) for x in (args.sizes or ("1e4,1e5" if args.quick else "1e5,1e6,1e7")).split(",")]
+            projection_scaling.run(out / stamp / "projection_scaling", sizes, progress)
+    print(f"results in {out / stamp}")
+    return 0 if ok else EXIT_UNHEALTHY
+
+
+# -- loadgen (self-contained block) -------------------------------------------------
+
+
+def cmd_loadgen(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import threading
+
+    from cdcflow import loadgen
+    from cdcflow.runtime import stop_on_signals
+
+    dsn = args.dsn or settings.source_dsn
+    if not dsn:
+        raise ConfigError("loadgen needs a source: set SOURCE_DSN or pass --dsn (a PostgreSQL connection string)")
+    REDACTOR.add_dsn(dsn)
+    profile = loadgen.get_profile(args.profile).replace(
+        rate=args.rate, duration=args.duration, connections=args.connections
+    )
+    stop = threading.Event()
+    last: list[loadgen.LoadStats] = []
+
+    def progress(st: loadgen.LoadStats) -> None:
+        print(loadgen.format_progress(st, last[0] if last else None), file=sys.stderr, flush=True)
+        last[:] = [st]
+
+    with stop_on_signals(stop):
+        stats = loadgen.run_load(
+            dsn, profile, stop, progress, max_changes=args.max_changes,
+            progress_interval=args.progress_interval, seed=args.seed,
+        )
+    print(json.dumps(stats.as_dict()) if args.json else loadgen.format_summary(stats), flush=True)
+    return 0
+
+
+def add_loadgen_parser(sub: argparse._SubParsersAction) -> None:
+    from cdcflow.loadgen import PROFILES
+
+    g = sub.add_parser("loadgen", help="write orders, updates and payments to the source's demo tables at a rate")
+    g.add_argument("--profile", default="moderate", help=f"load shape: {', '.join(PROFILES)} (default moderate)")
+    g.add_argument("--dsn", default=None, help="source database (default: SOURCE_DSN)")
+    g.add_argument("--rate", type=float, default=None, help="orders per second, overriding the profile (0 = max)")
+    g.add_argument("--duration", type=float, default=None, help="seconds, overriding the profile")
+    g.add_argument("--max-changes", type=int, default=None, help="stop after this many row changes")
+    g.add_argument("--connections", type=int, default=None, help="writer connections (threads)")
+    g.add_argument("--progress-interval", type=float, default=2.0, help="seconds between progress lines on stderr")
+    g.add_argument("--seed", type=int, default=1, help="random seed (same seed, same choices)")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+    g.set_defaults(func=cmd_loadgen)
+
+
+# -- rebuild (projections) -----------------------------------------------------
+
+
+def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from cdcflow import projections
+
+    if args.all == bool(args.projection):
+        raise ConfigError("name one projection or pass --all (projections: " + ", ".join(projections.ALL) + ")")
+    for name, result in projections.rebuild(settings, None if args.all else [args.projection]):
+        print(f"rebuilt {name} from staging: {result.rows_changed} rows, as of lsn {result.cutoff} "
+              f"({result.seconds:.1f}s)")
+    return 0
+
+
+def _add_rebuild(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("rebuild", help="recompute a projection (and its state) from staging in one transaction")
+    r.add_argument("projection", nargs="?", help="projection name, e.g. proj_orders_kpi_by_minute_segment")
+    r.add_argument("--all", action="store_true", help="rebuild every projection")
+    r.set_defaults(func=cmd_rebuild)
+
+
+# -- compact (staging compaction, self-contained block) -------------------------------
+
+
+def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
+    from cdcflow.bootstrap import wait_for_databases
+    from cdcflow.compaction import Compactor
+
+    if args.retention is not None:
+        from cdcflow.config import _duration
+
+        try:
+            settings = settings.replace(staging_retention=_duration(args.retention))
+        except ValueError as exc:
+            raise ConfigError(f"--retention={args.retention!r} is not valid: {exc}") from None
+    wait_for_databases(settings)
+    result = Compactor(settings).run_pass()
+    for c in result.captures:
+        print(f"compacted {c.capture}: {c.deleted} rows removed at or below lsn {c.horizon} ({c.batches} batches)")
+    print(f"compaction of source {settings.source_name}: {result.deleted} rows removed in {result.seconds:.1f}s")
+    return 0
+
+
+def _add_compact(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("compact", help="reduce staged history every projection has read to the latest row per key")
+    c.add_argument("--retention", default=None,
+                   help="keep history younger than this (e.g. 0, 90, 30m, 24h, 7d; default STAGING_RETENTION)")
+    c.set_defaults(func=cmd_compact)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,12 +271,40 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the pipeline on an embedded PostgreSQL with sample changes")
     d.add_argument("--data-dir", default=".cdcflow", help="where the embedded server keeps its data (default .cdcflow)")
     d.add_argument("--reset", action="store_true", help="wipe the embedded server's data first")
-    d.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
+    d.add_argument("--duration", type=float, default=None,
+                   help="seconds to run (default: until Ctrl-C with the live view, 20 with --no-live)")
+    d.add_argument("--no-live", action="store_true", help="progress lines instead of the live view (for scripts)")
+    d.add_argument("--rate", type=float, default=200.0, help="orders per second the load generator writes (default 200)")
     d.set_defaults(func=cmd_demo)
+
+    rs = sub.add_parser("resync", help="repair a GAP: fresh snapshot, deletes for rows that vanished, capture back to OK")
+    rs.add_argument("captures", nargs="*", metavar="CAPTURE", help="capture(s) to repair (default: all of the source)")
+    rs.set_defaults(func=cmd_resync)
+
+    bn = sub.add_parser("bench", help="benchmarks: sustained load, catch-up, projection scaling (results under --out)")
+    bn.add_argument("which", nargs="?", default="sustained", choices=["sustained", "catchup", "projections", "all"])
+    bn.add_argument("--quick", action="store_true", help="a short run that shows the tool works (about 10 s each)")
+    bn.add_argument("--out", default="benchmarks/results", help="results folder (a timestamped folder is made in it)")
+    bn.add_argument("--rate", type=float, default=None, help="sustained: changes per second (default 20000)")
+    bn.add_argument("--duration", type=float, default=None, help="sustained: seconds of load (default 180)")
+    bn.add_argument("--changes", type=int, default=None, help="catchup: changes to pre-generate (default 1000000)")
+    bn.add_argument("--sizes", default=None, help="projections: staged rows before the delta (default 1e5,1e6,1e7)")
+    bn.set_defaults(func=cmd_bench)
+
+    rt = sub.add_parser("reset", help="clear staging and projections, reset watermarks and checkpoints, drop the slot")
+    rt.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rt.set_defaults(func=cmd_reset)
+    add_loadgen_parser(sub)
+    _add_rebuild(sub)
+    _add_compact(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    if argv is None:
+        import cdcflow
+
+        cdcflow.catch_early_signals()
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
     try:

@@ -1,53 +1,88 @@
-"""``cdcflow demo``: the pipeline on an embedded PostgreSQL, with sample changes."""
+"""``cdcflow demo``: the whole pipeline on an embedded PostgreSQL, with a live view.
+
+Starts the embedded server (data under ``--data-dir``, reused next time; ``--reset``
+wipes it), creates ``source`` and ``serving`` databases, bootstraps the demo schema with
+seed rows (initial snapshot included), runs ingestion and both projections with the load
+generator at a moderate rate, and shows changes/s, lag, freshness, states and the newest
+KPI rows. Ctrl-C stops everything cleanly; ``--no-live --duration S`` is for scripts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
-import random
+import sys
 import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
+from cdcflow import sqlfiles
 from cdcflow.config import Settings
 
 log = logging.getLogger(__name__)
+Q = "demo.sql"
+CLEAR = "\x1b[H\x1b[2J"
 
 
-def _sample_changes(dsn: str, stop: threading.Event, rate_per_s: float = 20.0) -> int:
-    """A few orders, updates and payments per second until stopped. Returns changes made."""
-    rng = random.Random(7)
-    made = 0
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while not stop.is_set():
-            with conn.transaction():
-                cust = conn.execute("SELECT customer_id FROM customers ORDER BY random() LIMIT 1").fetchone()
-                order_id = conn.execute(
-                    "INSERT INTO orders (customer_id, amount, status) VALUES (%s, %s, 'NEW') RETURNING order_id",
-                    (cust[0] if cust else None, round(rng.uniform(5, 500), 2)),
-                ).fetchone()[0]
-                made += 1
-                if rng.random() < 0.5:
-                    conn.execute("UPDATE orders SET status = 'PAID', updated_at = now() WHERE order_id = %s", (order_id,))
-                    conn.execute(
-                        "INSERT INTO payments (order_id, paid_amount) SELECT order_id, amount FROM orders WHERE order_id = %s",
-                        (order_id,),
-                    )
-                    made += 2
-            stop.wait(1.0 / rate_per_s)
-    return made
+@dataclass
+class Snapshot:
+    at: float
+    staged_total: int
+    captures: list[tuple] = field(default_factory=list)
+    projections: list[tuple] = field(default_factory=list)
+    kpi: list[tuple] = field(default_factory=list)
+
+
+def take(conn: psycopg.Connection, source_name: str) -> Snapshot:
+    caps = conn.execute(sqlfiles.query(Q, "capture_totals"), {"source": source_name}).fetchall()
+    projs = conn.execute(sqlfiles.query(Q, "projections")).fetchall()
+    kpi = conn.execute(sqlfiles.query(Q, "newest_kpi"), {"limit": 6}).fetchall()
+    return Snapshot(time.monotonic(), sum(int(c[2]) for c in caps), caps, projs, kpi)
+
+
+def _age(now: dt.datetime, t: dt.datetime | None) -> str:
+    return "-" if t is None else f"{max(0.0, (now - t).total_seconds()):.2f}s"
+
+
+def render(snap: Snapshot, prev: Snapshot | None, load_rate: float, elapsed: float, where: str) -> str:
+    now = dt.datetime.now(dt.UTC)
+    rate = 0.0
+    if prev is not None and snap.at > prev.at:
+        rate = (snap.staged_total - prev.staged_total) / (snap.at - prev.at)
+    lines = [
+        f"cdcflow demo - embedded PostgreSQL in {where} - {elapsed:.0f}s (Ctrl-C stops)",
+        f"load generator: {load_rate:,.0f} changes/s    staged: {rate:,.0f} changes/s    "
+        f"total staged: {snap.staged_total:,}",
+        "",
+        f"{'CAPTURE':<18} {'STATE':<7} {'ROWS_STAGED':>12} {'LAG':>8}",
+    ]
+    for capture, state, rows, last_commit, _updated in snap.captures:
+        lines.append(f"{capture:<18} {state:<7} {rows:>12,} {_age(now, last_commit) if rate else '0.00s':>8}")
+    lines += ["", f"{'PROJECTION':<36} {'STATUS':<7} {'FRESHNESS':>9}"]
+    for name, status, as_of_time, last_error in snap.projections:
+        lines.append(f"{name:<36} {status:<7} {_age(now, as_of_time):>9}" + (f"  {last_error}" if last_error else ""))
+    lines += ["", "newest KPI rows (proj_orders_kpi_by_minute_segment):",
+              f"{'MINUTE':<17} {'SEGMENT':<11} {'ORDERS':>7} {'AMOUNT':>13} {'PAID':>13}"]
+    for minute, segment, count, amount, paid in snap.kpi:
+        lines.append(f"{minute:%Y-%m-%d %H:%M} {segment:<11} {count:>7,} {amount:>13,.2f} {paid:>13,.2f}")
+    return "\n".join(lines)
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from cdcflow import status
+    from cdcflow import loadgen, status
     from cdcflow.bootstrap import bootstrap
     from cdcflow.embedded import EmbeddedPostgres
     from cdcflow.runtime import Runtime, stop_on_signals
 
+    live = not args.no_live and sys.stdout.isatty()
+    duration = args.duration if args.duration is not None else (None if live else 20.0)
     data_dir = Path(args.data_dir) / "pg"
     if args.reset:
-        print(f"wiping {data_dir}")
+        print(f"wiping {data_dir}", flush=True)
         EmbeddedPostgres.wipe(data_dir)
     print(f"starting embedded PostgreSQL in {data_dir} ...", flush=True)
     pg = EmbeddedPostgres(data_dir)
@@ -61,30 +96,64 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         poll_interval_seconds=min(settings.poll_interval_seconds, 1.0),
         projection_interval_seconds=min(settings.projection_interval_seconds, 1.0),
     )
-    print("bootstrapping the demo schema, publication, slot and initial snapshot ...", flush=True)
+    print("bootstrapping: demo schema and seed rows, publication, slot, initial snapshot ...", flush=True)
     bootstrap(settings, demo=True).source.close()
     runtime = Runtime(settings)
-    made = [0]
-    loader_stop = threading.Event()
-    loader = threading.Thread(
-        target=lambda: made.__setitem__(0, _sample_changes(source_dsn, loader_stop)), daemon=True
-    )
-    print(f"running the pipeline with sample changes for {args.duration:g}s (Ctrl-C stops) ...", flush=True)
+    load_stop = threading.Event()
+    profile = loadgen.get_profile("moderate").replace(rate=args.rate, duration=86400.0)
+    load_stats: list[loadgen.LoadStats] = []
+    load_rate = [0.0]
+
+    def on_progress(st: loadgen.LoadStats) -> None:
+        load_rate[0] = st.changes_per_second
+
+    def load() -> None:
+        try:
+            load_stats.append(loadgen.run_load(source_dsn, profile, load_stop, on_progress, progress_interval=1.0))
+        except Exception as exc:  # shown, then the demo goes on without load
+            log.error("load generator stopped: %s", exc)
+
+    loader = threading.Thread(target=load, name="loadgen", daemon=True)
+    how_long = f"for {duration:g}s" if duration else "until Ctrl-C"
+    print(f"running the pipeline with the load generator ({profile.rate:g} orders/s) {how_long} ...", flush=True)
+    started = time.monotonic()
     with stop_on_signals(runtime.stop):
+        if live:
+            logging.getLogger().setLevel(logging.WARNING)  # the view replaces the log
         runtime.start()
         loader.start()
-        interrupted = runtime.stop.wait(args.duration)
-        loader_stop.set()
-        loader.join(10)
-        if not interrupted:
+        prev: Snapshot | None = None
+        with psycopg.connect(serving_dsn, autocommit=True) as conn:
+            while not runtime.stop.is_set():
+                elapsed = time.monotonic() - started
+                if duration is not None and elapsed >= duration:
+                    break
+                snap = take(conn, settings.source_name)
+                if live:
+                    sys.stdout.write(CLEAR + render(snap, prev, load_rate[0], elapsed, str(data_dir)) + "\n")
+                    sys.stdout.flush()
+                elif prev is None or int(elapsed) // 5 != int(prev.at - started) // 5:
+                    print(render(snap, prev, load_rate[0], elapsed, str(data_dir)).splitlines()[1], flush=True)
+                prev = snap if prev is None or snap.at - prev.at >= 0.9 else prev
+                runtime.stop.wait(1.0)
+        interrupted = runtime.stop.is_set()
+        load_stop.set()
+        loader.join(15)
+        if interrupted:
+            print("\nstopping: finishing the current batches ...", flush=True)
+        else:
             caught_up = status.wait_caught_up(settings, timeout=30, stop=runtime.stop)
             print("ingestion caught up with the source" if caught_up else "ingestion did not catch up in 30s")
+            runtime.stop.wait(2 * settings.projection_interval_seconds)  # one more projection cycle
         runtime.stop.set()
         runtime.join()
     st = status.collect(settings)
     print()
     print(status.render_text(st))
+    made = load_stats[0].changes if load_stats else 0
+    psql = pg.bin_path / "psql"
     print()
-    print(f"made {made[0]} sample changes. Query the results:")
-    print(f"  {pg.bin_path / 'psql'} \"{serving_dsn}\" -c 'SELECT * FROM proj_orders_kpi_by_minute_segment'")
+    print(f"the load generator made {made:,} changes. Query the results:")
+    print(f'  {psql} "{serving_dsn}" -c "SELECT * FROM proj_orders_kpi_by_minute_segment ORDER BY 1 DESC LIMIT 20"')  # noqa: S608
+    print(f'  {psql} "{serving_dsn}" -c "SELECT * FROM proj_orders_latest ORDER BY order_id DESC LIMIT 20"')
     return 0 if st.healthy else 3

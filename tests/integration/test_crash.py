@@ -28,7 +28,7 @@ def _staged_rows(dbs) -> int:
 def test_sigkill_at_random_points_loses_and_doubles_nothing(dbs, tmp_path):
     settings = dbs.settings.replace(cdc_batch_max_rows=20)
     bootstrap(settings, demo=True).source.close()
-    env = dbs.env(CDC_BATCH_MAX_ROWS="20", ENABLE_PROJ_ORDERS_KPI="false", LOG_LEVEL="info")
+    env = dbs.env(CDC_BATCH_MAX_ROWS="20", ENABLE_PROJ_ORDERS_KPI="false", LOG_LEVEL="info", LEASE_SECONDS="3")
     rec = Recorder()
     stop = threading.Event()
     errors: list[BaseException] = []

@@ -3,6 +3,7 @@ takeover after the owner dies, and a paused owner that lost its lease cannot com
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
@@ -50,6 +51,20 @@ def _owner(dbs, resource: str) -> tuple[int, int] | None:
     return int(row[0].split(":")[1]), int(row[1])
 
 
+@contextlib.contextmanager
+def _reaped(procs: list[subprocess.Popen]):
+    """Whatever happens in the test, no pipeline process outlives it (nor stays stopped)."""
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGCONT)
+                    p.kill()
+                p.wait(30)
+
+
 def _start(env, log) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -73,8 +88,10 @@ def test_three_instances_owner_killed_repeatedly(edbs, tmp_path):
     rec, stop, errors = Recorder(), threading.Event(), []
     loader = threading.Thread(target=_load, args=(dbs, rec, stop, errors))
     takeovers: list[float] = []
-    with open(tmp_path / "runs.log", "wb") as log:
+    everything: list[subprocess.Popen] = []
+    with open(tmp_path / "runs.log", "wb") as log, _reaped(everything):
         procs = {p.pid: p for p in (_start(env, log) for _ in range(3))}
+        everything.extend(procs.values())
         loader.start()
         try:
             for _ in range(3):
@@ -88,6 +105,7 @@ def test_three_instances_owner_killed_repeatedly(edbs, tmp_path):
                 takeovers.append(time.monotonic() - killed)
                 new = _start(env, log)
                 procs[new.pid] = new
+                everything.append(new)
         finally:
             stop.set()
             loader.join(30)
@@ -112,11 +130,14 @@ def test_paused_owner_cannot_commit_after_resuming(dbs, tmp_path):
     resource = f"ingest:{dbs.settings.source_name}"
     rec, stop, errors = Recorder(), threading.Event(), []
     loader = threading.Thread(target=_load, args=(dbs, rec, stop, errors))
-    with open(tmp_path / "a.log", "wb") as alog, open(tmp_path / "b.log", "wb") as blog:
+    procs: list[subprocess.Popen] = []
+    with open(tmp_path / "a.log", "wb") as alog, open(tmp_path / "b.log", "wb") as blog, _reaped(procs):
         a = _start(env, alog)
+        procs.append(a)
         wait_until(lambda: _owner(dbs, resource) is not None, timeout=30, what="A to own")
         assert _owner(dbs, resource)[0] == a.pid
         b = _start(env, blog)
+        procs.append(b)
         loader.start()
         try:
             time.sleep(1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import psycopg
@@ -22,9 +23,21 @@ Q = "serving_runtime.sql"
 
 
 def run_scripts(conn: psycopg.Connection, folder: str) -> None:
-    for name, text in sqlfiles.scripts(folder):
+    """Run the numbered scripts of ``sql/<folder>`` unless this exact set already ran.
+
+    Every start bootstraps; skipping scripts already applied means a restart takes no DDL
+    locks, so it never waits behind a running instance's open transaction.
+    """
+    scripts = sqlfiles.scripts(folder)
+    digest = hashlib.sha256("\0".join(f"{n}\0{t}" for n, t in scripts).encode()).hexdigest()
+    conn.execute(sqlfiles.query(Q, "create_schema_version"))
+    row = conn.execute(sqlfiles.query(Q, "schema_digest"), {"folder": folder}).fetchone()
+    if row is not None and row[0] == digest:
+        return
+    for name, text in scripts:
         log.info("running %s/%s", folder, name)
         conn.execute(text)  # type: ignore[arg-type]  # our own packaged scripts
+    conn.execute(sqlfiles.query(Q, "set_schema_digest"), {"folder": folder, "digest": digest})
 
 
 def ensure_staging(conn: psycopg.Connection, spec: TableSpec) -> None:

@@ -33,3 +33,11 @@ WHERE resource = %(resource)s AND owner = %(owner)s;
 -- Who owns what (for status).
 SELECT resource, owner, token, expires_at, acquired_at, renewed_at, expires_at > clock_timestamp() AS live
 FROM ctl_leases ORDER BY resource;
+
+-- name: holder
+-- Who holds the lease now (to see whether it is a dead process on this host).
+SELECT owner FROM ctl_leases WHERE resource = %(resource)s AND expires_at > clock_timestamp();
+
+-- name: expire_owner
+-- The holder is a process of this host that no longer exists: its lease ends now.
+UPDATE ctl_leases SET expires_at = clock_timestamp() WHERE resource = %(resource)s AND owner = %(owner)s;

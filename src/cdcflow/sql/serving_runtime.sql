@@ -132,3 +132,20 @@ UPDATE ctl_projection_checkpoints SET last_lsn = 0, updated_at = now() WHERE sou
 UPDATE ctl_projection_metadata
 SET status = 'INIT', as_of_lsn = NULL, as_of_time = NULL, built_at = NULL, last_error = NULL,
     restated_buckets = 0, updated_at = now();
+
+-- name: create_schema_version
+-- Which version of the serving scripts this database has (so a restart runs no DDL).
+CREATE TABLE IF NOT EXISTS ctl_schema_version (
+    folder      text PRIMARY KEY,
+    digest      text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: schema_digest
+-- The digest of the scripts last applied.
+SELECT digest FROM ctl_schema_version WHERE folder = %(folder)s;
+
+-- name: set_schema_digest
+-- Remember the scripts just applied.
+INSERT INTO ctl_schema_version (folder, digest) VALUES (%(folder)s, %(digest)s)
+ON CONFLICT (folder) DO UPDATE SET digest = excluded.digest, applied_at = now();

@@ -1,0 +1,239 @@
+"""The lifecycle every projection shares (the seed's, made incremental).
+
+One cycle, in one serving transaction:
+
+1. lock the projection's metadata row (``FOR UPDATE``): cycles and ``cdcflow rebuild``
+   of one projection never overlap, even from different processes;
+2. ``cutoff`` = the lowest ingestion watermark over the projection's required captures.
+   A capture in GAP or PAUSED does not advance, so it holds the cutoff, and the
+   projection reports STALE (naming the capture) instead of OK;
+3. read the checkpoints; is there a staged change in ``(checkpoint, cutoff]``? (a
+   primary-key range scan on ``__lsn``);
+4. the projection applies that delta (:meth:`Projection.apply`): DuckDB in process,
+   state read by index, rows written with COPY;
+5. optionally the self-check (:meth:`Projection.self_check`) at its cadence;
+6. checkpoints := cutoff, metadata := OK/STALE with ``as_of_lsn`` = cutoff, commit.
+
+A failure rolls everything back; the metadata then says ERROR with the message (in a
+transaction of its own) and the next cycle tries again from the same checkpoints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import duckdb
+import psycopg
+from psycopg import sql
+
+from cdcflow import db, sqlfiles
+from cdcflow.config import Settings
+from cdcflow.errors import TerminalError
+from cdcflow.serving import control
+
+log = logging.getLogger(__name__)
+Q = "projections/control.sql"
+HELD_STATES = ("GAP", "PAUSED")
+
+
+@dataclass
+class Context:
+    """What :meth:`Projection.apply` works with during one cycle."""
+
+    conn: psycopg.Connection
+    duck: duckdb.DuckDBPyConnection
+    settings: Settings
+    staging: dict[str, str]  # capture -> staging table
+    checkpoints: dict[str, int]
+    cutoff: int
+    fresh: bool = False  # a rebuild: state and rows are empty, the delta is all of staging
+
+    def after(self, capture: str) -> int:
+        return self.checkpoints.get(capture, 0)
+
+
+@dataclass
+class CycleResult:
+    applied: bool = False  # a delta was applied (False: nothing new, or only the position moved)
+    cutoff: int = 0
+    rows_changed: int = 0
+    restated: int = 0
+    status: str = "OK"
+    held: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Projection(ABC):
+    """One projection: its table, the captures it reads, and how it applies a delta."""
+
+    name: str
+    captures: tuple[str, ...]
+
+    @abstractmethod
+    def apply(self, ctx: Context) -> int:
+        """Apply the staged changes in ``(checkpoint, cutoff]``; returns rows changed."""
+
+    @abstractmethod
+    def clear(self, conn: psycopg.Connection) -> None:
+        """Delete the projection's rows and state (a rebuild's first step)."""
+
+    def self_check(self, ctx: Context) -> int:
+        """Recompute recent rows from state, correct differences; returns how many."""
+        return 0
+
+
+def open_connection(dsn: str) -> psycopg.Connection:
+    """A serving connection for projections: transactions, TimeZone UTC."""
+    conn = db.connect(dsn, "serving")
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.commit()
+    return conn
+
+
+def open_duckdb() -> duckdb.DuckDBPyConnection:
+    duck = duckdb.connect(":memory:")
+    duck.execute("SET TimeZone = 'UTC'")
+    return duck
+
+
+def ensure_control_rows(conn: psycopg.Connection, projection: Projection, source_name: str) -> None:
+    conn.execute(sqlfiles.query(Q, "ensure_metadata"), {"projection": projection.name})
+    for capture in projection.captures:
+        conn.execute(
+            sqlfiles.query(Q, "ensure_checkpoint"),
+            {"projection": projection.name, "source": source_name, "capture": capture},
+        )
+
+
+def _lock(conn: psycopg.Connection, projection: Projection, source_name: str) -> str:
+    """Lock the projection's metadata row for this transaction; returns its status."""
+    row = conn.execute(sqlfiles.query(Q, "lock_metadata"), {"projection": projection.name}).fetchone()
+    if row is None:
+        ensure_control_rows(conn, projection, source_name)
+        row = conn.execute(sqlfiles.query(Q, "lock_metadata"), {"projection": projection.name}).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _position(
+    conn: psycopg.Connection, projection: Projection, source_name: str
+) -> tuple[int, dict[str, str], list[str]]:
+    """Cutoff, staging tables and held captures (GAP/PAUSED) for the projection."""
+    wms = control.read_watermarks(conn, source_name)
+    missing = [c for c in projection.captures if c not in wms]
+    if missing:
+        raise TerminalError(
+            f"projection {projection.name} needs capture {missing[0]} of source {source_name}, which is not "
+            f"captured: add its table to CAPTURE_TABLES or disable the projection"
+        )
+    cutoff = min(wms[c].last_lsn for c in projection.captures)
+    held = [c for c in projection.captures if wms[c].state in HELD_STATES]
+    return cutoff, {c: wms[c].staging_table for c in projection.captures}, held
+
+
+def _as_of_time(conn: psycopg.Connection, staging: dict[str, str], cutoff: int) -> dt.datetime | None:
+    times = []
+    for table in staging.values():
+        row = conn.execute(
+            sqlfiles.query(Q, "commit_time_at", table=sql.Identifier(table)), {"upto": cutoff}
+        ).fetchone()
+        if row and row[0] is not None:
+            times.append(row[0])
+    return max(times) if times else None
+
+
+def _finish(
+    conn: psycopg.Connection, projection: Projection, settings: Settings, ctx: Context, result: CycleResult
+) -> None:
+    conn.execute(
+        sqlfiles.query(Q, "write_checkpoints"),
+        {"lsn": ctx.cutoff, "projection": projection.name, "source": settings.source_name,
+         "captures": list(projection.captures)},
+    )
+    error = None
+    if result.held:
+        result.status = "STALE"
+        error = f"capture {', '.join(result.held)} is held (GAP or PAUSED): rows are as of its watermark"
+    conn.execute(
+        sqlfiles.query(Q, "metadata_built"),
+        {"status": result.status, "lsn": ctx.cutoff, "as_of_time": _as_of_time(conn, ctx.staging, ctx.cutoff),
+         "error": error, "rows": result.rows_changed, "restated": result.restated, "projection": projection.name},
+    )
+
+
+def run_cycle(
+    conn: psycopg.Connection,
+    duck: duckdb.DuckDBPyConnection,
+    projection: Projection,
+    settings: Settings,
+    *,
+    self_check: bool = False,
+) -> CycleResult:
+    """One incremental cycle inside the caller's transaction (the caller commits)."""
+    started = time.monotonic()
+    status = _lock(conn, projection, settings.source_name)
+    cutoff, staging, held = _position(conn, projection, settings.source_name)
+    cps: dict[str, int] = {
+        str(r[0]): int(r[1])
+        for r in conn.execute(
+            sqlfiles.query(Q, "read_checkpoints"), {"projection": projection.name, "source": settings.source_name}
+        )
+    }
+    checkpoints = {c: int(cps.get(c, 0)) for c in projection.captures}
+    ctx = Context(conn, duck, settings, staging, checkpoints, cutoff)
+    result = CycleResult(cutoff=cutoff, held=held)
+    moving = [c for c in projection.captures if checkpoints[c] < cutoff]
+    if not moving and not self_check and not held and status not in ("STALE", "ERROR"):
+        return result  # nothing new, nothing to report
+    if moving and any(
+        conn.execute(
+            sqlfiles.query(Q, "delta_exists", table=sql.Identifier(staging[c])),
+            {"after": checkpoints[c], "upto": cutoff},
+        ).fetchone()[0]  # type: ignore[index]
+        for c in moving
+    ):
+        result.rows_changed = projection.apply(ctx)
+        result.applied = True
+    if self_check:
+        result.restated = projection.self_check(ctx)
+    _finish(conn, projection, settings, ctx, result)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def rebuild(
+    conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, projection: Projection, settings: Settings
+) -> CycleResult:
+    """Full rebuild from staging up to the cutoff, inside the caller's transaction."""
+    started = time.monotonic()
+    _lock(conn, projection, settings.source_name)
+    cutoff, staging, held = _position(conn, projection, settings.source_name)
+    projection.clear(conn)
+    conn.execute(
+        sqlfiles.query(Q, "reset_checkpoints"), {"projection": projection.name, "source": settings.source_name}
+    )
+    ctx = Context(conn, duck, settings, staging, dict.fromkeys(projection.captures, 0), cutoff, fresh=True)
+    result = CycleResult(applied=True, cutoff=cutoff, held=held)
+    result.rows_changed = projection.apply(ctx)
+    _finish(conn, projection, settings, ctx, result)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def index_plans(conn: psycopg.Connection, on: bool = True) -> None:
+    """Make delta-with-state joins use the state's indexes (see ``index_plans`` in control.sql)."""
+    conn.execute(sqlfiles.query(Q, "index_plans" if on else "default_plans"))
+
+
+def record_error(conn: psycopg.Connection, projection: Projection, message: str) -> None:
+    """Metadata ERROR with the message, in its own transaction (best effort)."""
+    try:
+        conn.rollback()
+        conn.execute(sqlfiles.query(Q, "metadata_error"), {"error": message, "projection": projection.name})
+        conn.commit()
+    except psycopg.Error as exc:
+        log.warning("could not record the error of %s: %s", projection.name, db.describe_error(exc))

@@ -1,0 +1,183 @@
+"""``proj_orders_kpi_by_minute_segment``, maintained exactly and incrementally.
+
+One row per ``(minute_bucket, segment)``: ``orders_count`` and ``orders_amount_sum`` over
+live orders by ``date_trunc('minute', created_at)`` and the current segment of the
+order's customer (``'UNKNOWN'`` when the customer is absent); ``paid_amount_sum`` over
+live payments of live orders by ``date_trunc('minute', paid_at)``, attributed to the
+segment of the order's customer. NULL amounts count as 0.
+
+How a cycle stays proportional to its delta (never to staged history or the window):
+the projection keeps serving-side state (``sql/serving/20_projections.sql``): the live
+customers, orders (indexed by customer) and payments (indexed by order, including
+payments whose order does not exist yet), and the buckets with a hidden payments count
+so a bucket disappears exactly when nothing contributes to it. Per cycle:
+
+1. read the delta: the latest version per key in ``(checkpoint, cutoff]`` of each
+   staging table (range scan on ``__lsn``);
+2. read the state rows the delta touches, by index: changed orders and the orders of
+   changed customers; changed payments and the payments of those orders; the orders
+   of those payments; the customers of all of them. The loaded set is closed: every
+   row's order and customer are loaded too;
+3. in DuckDB: contributions of the loaded rows after the delta minus before it, per
+   bucket (unaffected rows cancel out), and the new state rows;
+4. in the cycle's transaction: replace the changed state rows, add the bucket
+   differences, rewrite exactly the touched projection rows.
+
+A rebuild is the same path from empty state with the whole of staging as the delta.
+The self-check recomputes the last ``PROJECTION_RECOMPUTE_WINDOW_MINUTES`` minutes from
+the row state and restates any bucket that differs (it should find none).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from cdcflow import sqlfiles
+from cdcflow.projections import base
+from cdcflow.projections.arrowio import BIGINT, BOOL, MONEY, TEXT, TSTZ, column_list, int_array, read_arrow, write_arrow
+
+log = logging.getLogger(__name__)
+PG = "projections/orders_kpi.sql"
+DUCK = "projections/orders_kpi_transform.sql"
+
+CUSTOMERS = "public_customers"
+ORDERS = "public_orders"
+PAYMENTS = "public_payments"
+
+D_CUSTOMERS = pa.schema([("customer_id", BIGINT), ("deleted", BOOL), ("segment", TEXT)])
+D_ORDERS = pa.schema(
+    [("order_id", BIGINT), ("deleted", BOOL), ("customer_id", BIGINT), ("amount", MONEY), ("created_at", TSTZ)]
+)
+D_PAYMENTS = pa.schema(
+    [("payment_id", BIGINT), ("deleted", BOOL), ("order_id", BIGINT), ("paid_amount", MONEY), ("paid_at", TSTZ)]
+)
+S_CUSTOMERS = pa.schema([("customer_id", BIGINT), ("segment", TEXT)])
+S_ORDERS = pa.schema(
+    [("order_id", BIGINT), ("customer_id", BIGINT), ("amount", MONEY), ("created_minute", TSTZ)]
+)
+S_PAYMENTS = pa.schema(
+    [("payment_id", BIGINT), ("order_id", BIGINT), ("paid_amount", MONEY), ("paid_minute", TSTZ)]
+)
+HELD = pa.schema(
+    [("minute_bucket", TSTZ), ("segment", TEXT),
+     ("p_orders_count", BIGINT), ("p_orders_amount_sum", MONEY), ("p_paid_amount_sum", MONEY),
+     ("b_orders_count", BIGINT), ("b_orders_amount_sum", MONEY), ("b_paid_amount_sum", MONEY),
+     ("b_payments_count", BIGINT)]
+)
+
+
+def _q(name: str, **identifiers: sql.Composable) -> sql.Composed:
+    return sqlfiles.query(PG, name, **identifiers)
+
+
+def transform(name: str) -> str:
+    """A DuckDB transform by name (from ``orders_kpi_transform.sql``)."""
+    return sqlfiles.queries(DUCK)[name]
+
+
+class OrdersKpi(base.Projection):
+    name = "proj_orders_kpi_by_minute_segment"
+    captures = (CUSTOMERS, ORDERS, PAYMENTS)
+
+    def _delta(self, ctx: base.Context, capture: str, query: str, schema: pa.Schema) -> pa.Table:
+        return read_arrow(
+            ctx.conn, _q(query, table=sql.Identifier(ctx.staging[capture])), schema,
+            {"after": ctx.after(capture), "upto": ctx.cutoff},
+        )
+
+    def _state(self, ctx: base.Context, d_c: pa.Table, d_o: pa.Table, d_p: pa.Table) -> dict[str, pa.Table]:
+        """The stored rows the delta touches (empty for a rebuild), closed under order/customer."""
+        if ctx.fresh:
+            return {"s_customers": S_CUSTOMERS.empty_table(), "s_orders": S_ORDERS.empty_table(),
+                    "s_payments": S_PAYMENTS.empty_table()}
+        conn = ctx.conn
+        changed_customers = column_list(d_c, "customer_id")
+        s_o = read_arrow(conn, _q("state_orders_touched"), S_ORDERS,
+                         {"orders": int_array(column_list(d_o, "order_id")), "customers": int_array(changed_customers)})
+        touched_orders = set(column_list(d_o, "order_id")) | set(column_list(s_o, "order_id"))
+        s_p = read_arrow(conn, _q("state_payments_touched"), S_PAYMENTS,
+                         {"payments": int_array(column_list(d_p, "payment_id")), "orders": int_array(touched_orders)})
+        pay_orders = (set(column_list(s_p, "order_id")) | set(column_list(d_p, "order_id"))) - set(
+            column_list(s_o, "order_id"))
+        if pay_orders:
+            more = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": int_array(pay_orders)})
+            s_o = pa.concat_tables([s_o, more])
+        customers = (set(column_list(s_o, "customer_id")) | set(column_list(d_o, "customer_id"))
+                     | set(changed_customers))
+        s_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": int_array(customers)})
+        return {"s_customers": s_c, "s_orders": s_o, "s_payments": s_p}
+
+    def apply(self, ctx: base.Context) -> int:
+        d_c = self._delta(ctx, CUSTOMERS, "delta_customers", D_CUSTOMERS)
+        d_o = self._delta(ctx, ORDERS, "delta_orders", D_ORDERS)
+        d_p = self._delta(ctx, PAYMENTS, "delta_payments", D_PAYMENTS)
+        inputs = {"d_customers": d_c, "d_orders": d_o, "d_payments": d_p, **self._state(ctx, d_c, d_o, d_p)}
+        duck = ctx.duck
+        for name, table in inputs.items():
+            duck.register(name, table)
+        try:
+            diff = duck.sql(transform("bucket_diff")).to_arrow_table()
+            new_o = duck.sql(transform("state_orders")).to_arrow_table()
+            new_p = duck.sql(transform("state_payments")).to_arrow_table()
+            new_c = duck.sql(transform("state_customers")).to_arrow_table()
+            deleted = None if ctx.fresh else duck.sql(transform("deleted_keys")).fetchall()[0]
+        finally:
+            for name in inputs:
+                duck.unregister(name)
+        conn = ctx.conn
+        conn.execute(_q("create_temp"))
+        write_arrow(conn, "tmp_kpi_orders", new_o)
+        write_arrow(conn, "tmp_kpi_payments", new_p)
+        write_arrow(conn, "tmp_kpi_customers", new_c)
+        write_arrow(conn, "tmp_kpi_diff", diff)
+        if deleted is not None:
+            base.index_plans(conn)
+            conn.execute(_q("delete_state"), dict(zip(("orders", "payments", "customers"), deleted, strict=True)))
+        conn.execute(_q("insert_state" if ctx.fresh else "upsert_state"))
+        conn.execute(_q("apply_diff"))
+        conn.execute(_q("drop_empty_buckets"))
+        if deleted is not None:
+            base.index_plans(conn, on=False)
+        log.debug("%s: delta %d customers, %d orders, %d payments -> %d buckets", self.name,
+                  d_c.num_rows, d_o.num_rows, d_p.num_rows, diff.num_rows)
+        return diff.num_rows
+
+    def clear(self, conn: psycopg.Connection) -> None:
+        conn.execute(_q("clear"))
+
+    def self_check(self, ctx: base.Context) -> int:
+        minutes = ctx.settings.projection_recompute_window_minutes
+        if minutes <= 0:
+            return 0
+        conn = ctx.conn
+        since = conn.execute(_q("window_start"), {"minutes": minutes}).fetchone()[0]  # type: ignore[index]
+        w_o = read_arrow(conn, _q("window_orders"), S_ORDERS, {"since": since})
+        w_p = read_arrow(conn, _q("window_payments"), S_PAYMENTS, {"since": since})
+        pay_orders = set(column_list(w_p, "order_id"))
+        w_po = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": int_array(pay_orders)})
+        ids = set(column_list(w_o, "customer_id")) | set(column_list(w_po, "customer_id"))
+        w_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": int_array(ids)})
+        w_h = read_arrow(conn, _q("window_buckets"), HELD, {"since": since})
+        inputs = {"w_orders": w_o, "w_payments": w_p, "w_pay_orders": w_po, "w_customers": w_c, "w_held": w_h}
+        for name, table in inputs.items():
+            ctx.duck.register(name, table)
+        try:
+            fixes = ctx.duck.sql(transform("window_recompute")).to_arrow_table()
+        finally:
+            for name in inputs:
+                ctx.duck.unregister(name)
+        if fixes.num_rows == 0:
+            log.debug("%s: self-check of %d minutes found no difference", self.name, minutes)
+            return 0
+        for row in fixes.slice(0, 20).to_pylist():
+            log.warning("%s: self-check restated bucket %s %s to %s", self.name, row["minute_bucket"],
+                        row["segment"], row, extra={"action": "restate", "projection": self.name})
+        conn.execute(_q("create_restate"))
+        write_arrow(conn, "tmp_kpi_diff", fixes)
+        conn.execute(_q("restate"))
+        log.warning("%s: self-check restated %d buckets of the last %d minutes", self.name, fixes.num_rows, minutes)
+        return fixes.num_rows

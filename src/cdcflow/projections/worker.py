@@ -1,0 +1,203 @@
+"""The projection worker loop: wait for new data (or the interval), run a cycle, repeat.
+
+A cycle starts as soon as one of these happens (procrastinate's "new work, timeout, or
+stop"): the in-process ``wake`` event (set by the ingest worker after a commit that
+staged rows), a ``NOTIFY cdcflow_staged`` from an ingest worker in another process
+(this worker LISTENs on its own autocommit connection), or ``PROJECTION_INTERVAL_SECONDS``
+passing. ``stop`` ends the loop after the current cycle.
+
+Errors: a transient one (the serving database went away) is retried with backoff; any
+other failure of a cycle is recorded as ERROR with its message in the metadata and
+retried at the next signal or interval. Each projection has its own worker, so one
+failing projection does not hold up the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+import psycopg
+from psycopg import sql
+
+from cdcflow import db
+from cdcflow.config import Settings
+from cdcflow.errors import CdcflowError, TransientError
+from cdcflow.positions import format_lsn
+from cdcflow.projections import base
+
+log = logging.getLogger(__name__)
+CHANNEL = "cdcflow_staged"
+_SLICE = 0.05
+
+
+class ProjectionWorker:
+    """Keeps one projection up to date. Run :meth:`run` in a thread."""
+
+    def __init__(
+        self,
+        projection: base.Projection,
+        settings: Settings,
+        serving_dsn: str,
+        stop: threading.Event,
+        wake: threading.Event | None = None,
+        *,
+        listen: bool = True,
+    ) -> None:
+        self.projection = projection
+        self.settings = settings
+        self.serving_dsn = serving_dsn
+        self.stop = stop
+        self.wake = wake or threading.Event()
+        self.listen = listen
+        self.name = f"projection[{projection.name}]"
+        self.alive = False
+        self.cycles = 0
+        self.last_error: str | None = None
+        self._conn: psycopg.Connection | None = None
+        self._listener: psycopg.Connection | None = None
+        self._duck = base.open_duckdb()
+        self._last_check = time.monotonic()
+
+    # -- connections ------------------------------------------------------------
+
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = base.open_connection(self.serving_dsn)
+        return self._conn
+
+    def _close(self) -> None:
+        for c in (self._conn, self._listener):
+            if c is not None:
+                try:
+                    c.close()
+                except Exception:  # already broken
+                    pass
+        self._conn = self._listener = None
+
+    def close(self) -> None:
+        """Release connections and the DuckDB instance (``run`` does this when it ends)."""
+        self._close()
+        self._duck.close()
+
+    def _listen_conn(self) -> psycopg.Connection | None:
+        if not self.listen:
+            return None
+        if self._listener is None or self._listener.closed:
+            try:
+                self._listener = db.connect(self.serving_dsn, "serving", autocommit=True)
+                self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            except (psycopg.Error, TransientError) as exc:
+                log.warning("%s: cannot LISTEN (%s); relying on the interval", self.name, db.describe_error(exc))
+                self._listener = None
+        return self._listener
+
+    # -- waiting ----------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Forget queued notifications: the cycle about to start covers them."""
+        if self._listener is not None and not self._listener.closed:
+            try:
+                for _ in self._listener.notifies(timeout=0):
+                    pass
+            except psycopg.Error:
+                self._listener = None
+
+    def wait_for_work(self, timeout: float) -> str:
+        """Block until wake, NOTIFY, stop or ``timeout``; returns which one."""
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set():
+            if self.wake.is_set():
+                return "wake"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "interval"
+            listener = self._listen_conn()
+            if listener is None:
+                if self.wake.wait(min(_SLICE, left)):
+                    return "wake"
+                continue
+            try:
+                for _ in listener.notifies(timeout=min(_SLICE, left), stop_after=1):
+                    return "notify"
+            except psycopg.Error:
+                self._listener = None
+        return "stop"
+
+    # -- one cycle --------------------------------------------------------------
+
+    def _self_check_due(self) -> bool:
+        every = self.settings.projection_self_check_seconds
+        if every <= 0 or self.settings.projection_recompute_window_minutes <= 0:
+            return False
+        return time.monotonic() - self._last_check >= every
+
+    def cycle(self) -> base.CycleResult:
+        conn = self.conn()
+        check = self._self_check_due()
+        try:
+            result = base.run_cycle(conn, self._duck, self.projection, self.settings, self_check=check)
+            conn.commit()
+        except psycopg.Error as exc:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pass
+            raise db.wrap_db_error(f"projection {self.projection.name}", exc) from None
+        except BaseException:
+            conn.rollback()
+            raise
+        if check:
+            self._last_check = time.monotonic()
+        self.cycles += 1
+        if result.applied or result.restated:
+            log.info(
+                "%s: applied changes up to %s: %d rows changed, %d restated (%.0f ms)",
+                self.projection.name, format_lsn("postgres", result.cutoff), result.rows_changed,
+                result.restated, result.seconds * 1000,
+                extra={"action": "projection_cycle", "projection": self.projection.name,
+                       "cycle": uuid.uuid4().hex[:8], "lsn": result.cutoff, "rows": result.rows_changed},
+            )
+        return result
+
+    # -- loop -------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.alive = True
+        backoff = db.Backoff(initial=0.2, maximum=10.0)
+        delay = 0.0
+        try:
+            while not self.stop.is_set():
+                if delay:
+                    self.stop.wait(delay)
+                    delay = 0.0
+                    if self.stop.is_set():
+                        break
+                self.wake.clear()
+                self._drain()
+                try:
+                    self.cycle()
+                    backoff.reset()
+                    self.last_error = None
+                except TransientError as exc:
+                    self.last_error = str(exc)
+                    delay = backoff.next_delay()
+                    log.warning("%s: %s (retrying in %.1fs)", self.name, exc, delay)
+                    self._close()
+                    continue
+                except Exception as exc:  # any failure of this projection: ERROR, retried later
+                    self.last_error = db.describe_error(exc)
+                    log.error("%s: cycle failed: %s", self.name, self.last_error)
+                    try:
+                        base.record_error(self.conn(), self.projection, self.last_error)
+                    except CdcflowError:  # the serving database is what failed; the log line is the record
+                        self._close()
+                    delay = min(self.settings.projection_interval_seconds, backoff.next_delay())
+                    continue
+                self.wait_for_work(self.settings.projection_interval_seconds)
+        finally:
+            self.close()
+            self.alive = False
+            log.info("%s stopped after %d cycles", self.name, self.cycles)

@@ -1,0 +1,152 @@
+-- proj_orders_kpi_by_minute_segment: serving-side reads and writes (PostgreSQL).
+-- {table} is a staging table; deltas are the latest version per key in (after, upto],
+-- read by a range scan on the staging primary key (__lsn, ...), update-befores skipped.
+
+-- name: delta_customers
+-- Latest change per customer in the range.
+SELECT DISTINCT ON (customer_id) customer_id, __op = 1 AS deleted, segment
+FROM {table}
+WHERE __lsn > %(after)s AND __lsn <= %(upto)s AND __op <> 3
+ORDER BY customer_id, __lsn DESC, __seqval DESC;
+
+-- name: delta_orders
+-- Latest change per order in the range.
+SELECT DISTINCT ON (order_id) order_id, __op = 1 AS deleted, customer_id, amount, created_at
+FROM {table}
+WHERE __lsn > %(after)s AND __lsn <= %(upto)s AND __op <> 3
+ORDER BY order_id, __lsn DESC, __seqval DESC;
+
+-- name: delta_payments
+-- Latest change per payment in the range.
+SELECT DISTINCT ON (payment_id) payment_id, __op = 1 AS deleted, order_id, paid_amount, paid_at
+FROM {table}
+WHERE __lsn > %(after)s AND __lsn <= %(upto)s AND __op <> 3
+ORDER BY payment_id, __lsn DESC, __seqval DESC;
+
+-- name: state_orders_touched
+-- Stored orders that changed, or whose customer changed (primary key and customer index).
+SELECT order_id, customer_id, amount, created_minute FROM pst_kpi_orders
+WHERE order_id = ANY(%(orders)s::bigint[]) OR customer_id = ANY(%(customers)s::bigint[]);
+
+-- name: state_payments_touched
+-- Stored payments that changed, or whose order is touched (primary key and order index).
+SELECT payment_id, order_id, paid_amount, paid_minute FROM pst_kpi_payments
+WHERE payment_id = ANY(%(payments)s::bigint[]) OR order_id = ANY(%(orders)s::bigint[]);
+
+-- name: state_orders_by_id
+-- Stored orders by key (the orders of touched payments).
+SELECT order_id, customer_id, amount, created_minute FROM pst_kpi_orders
+WHERE order_id = ANY(%(orders)s::bigint[]);
+
+-- name: state_customers_by_id
+-- Stored customers by key.
+SELECT customer_id, segment FROM pst_kpi_customers WHERE customer_id = ANY(%(customers)s::bigint[]);
+
+-- name: create_temp
+-- Per-cycle scratch tables (dropped at commit or rollback).
+CREATE TEMP TABLE tmp_kpi_orders (LIKE pst_kpi_orders) ON COMMIT DROP;
+CREATE TEMP TABLE tmp_kpi_payments (LIKE pst_kpi_payments) ON COMMIT DROP;
+CREATE TEMP TABLE tmp_kpi_customers (LIKE pst_kpi_customers) ON COMMIT DROP;
+CREATE TEMP TABLE tmp_kpi_diff (LIKE pst_kpi_buckets) ON COMMIT DROP;
+
+-- name: delete_state
+-- Deleted keys leave the state (primary-key lookups).
+WITH o AS (DELETE FROM pst_kpi_orders WHERE order_id = ANY(%(orders)s::bigint[])),
+     p AS (DELETE FROM pst_kpi_payments WHERE payment_id = ANY(%(payments)s::bigint[]))
+DELETE FROM pst_kpi_customers WHERE customer_id = ANY(%(customers)s::bigint[]);
+
+-- name: upsert_state
+-- Changed live keys take their new version (in place: HOT when no indexed column changed).
+INSERT INTO pst_kpi_orders SELECT * FROM tmp_kpi_orders
+ON CONFLICT (order_id) DO UPDATE
+SET customer_id = excluded.customer_id, amount = excluded.amount, created_minute = excluded.created_minute;
+INSERT INTO pst_kpi_payments SELECT * FROM tmp_kpi_payments
+ON CONFLICT (payment_id) DO UPDATE
+SET order_id = excluded.order_id, paid_amount = excluded.paid_amount, paid_minute = excluded.paid_minute;
+INSERT INTO pst_kpi_customers SELECT * FROM tmp_kpi_customers
+ON CONFLICT (customer_id) DO UPDATE SET segment = excluded.segment;
+
+-- name: insert_state
+-- A rebuild: the state is empty, plain inserts.
+INSERT INTO pst_kpi_orders SELECT * FROM tmp_kpi_orders;
+INSERT INTO pst_kpi_payments SELECT * FROM tmp_kpi_payments;
+INSERT INTO pst_kpi_customers SELECT * FROM tmp_kpi_customers;
+
+-- name: apply_diff
+-- Add the bucket differences and rewrite exactly the touched projection rows from the
+-- resulting buckets (a bucket nothing contributes to any more leaves the projection).
+WITH up AS (
+    INSERT INTO pst_kpi_buckets AS b
+    SELECT * FROM tmp_kpi_diff
+    ON CONFLICT (minute_bucket, segment) DO UPDATE
+    SET orders_count = b.orders_count + excluded.orders_count,
+        orders_amount_sum = b.orders_amount_sum + excluded.orders_amount_sum,
+        paid_amount_sum = b.paid_amount_sum + excluded.paid_amount_sum,
+        payments_count = b.payments_count + excluded.payments_count
+    RETURNING b.*),
+gone AS (
+    DELETE FROM proj_orders_kpi_by_minute_segment p USING up
+    WHERE p.minute_bucket = up.minute_bucket AND p.segment = up.segment
+      AND up.orders_count = 0 AND up.payments_count = 0)
+INSERT INTO proj_orders_kpi_by_minute_segment AS p
+    (minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum)
+SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum FROM up
+WHERE orders_count <> 0 OR payments_count <> 0
+ON CONFLICT (minute_bucket, segment) DO UPDATE
+SET orders_count = excluded.orders_count, orders_amount_sum = excluded.orders_amount_sum,
+    paid_amount_sum = excluded.paid_amount_sum, updated_at = now();
+
+-- name: drop_empty_buckets
+-- Buckets nothing contributes to any more leave the state too.
+DELETE FROM pst_kpi_buckets b USING tmp_kpi_diff d
+WHERE b.minute_bucket = d.minute_bucket AND b.segment = d.segment
+  AND b.orders_count = 0 AND b.payments_count = 0;
+
+-- name: clear
+-- A rebuild starts empty (DELETE, not TRUNCATE: readers keep the old rows until commit).
+DELETE FROM proj_orders_kpi_by_minute_segment;
+DELETE FROM pst_kpi_buckets;
+DELETE FROM pst_kpi_orders;
+DELETE FROM pst_kpi_payments;
+DELETE FROM pst_kpi_customers;
+
+-- name: window_start
+-- Self-check: the first minute of the recompute window.
+SELECT date_trunc('minute', now()) - make_interval(mins => %(minutes)s);
+
+-- name: create_restate
+-- Self-check: scratch table for corrected buckets (may exist from this cycle's delta).
+CREATE TEMP TABLE IF NOT EXISTS tmp_kpi_diff (LIKE pst_kpi_buckets) ON COMMIT DROP;
+TRUNCATE tmp_kpi_diff;
+
+-- name: window_orders
+-- Self-check: stored orders created in the window (minute index).
+SELECT order_id, customer_id, amount, created_minute FROM pst_kpi_orders
+WHERE created_minute >= %(since)s;
+
+-- name: window_payments
+-- Self-check: stored payments made in the window (minute index).
+SELECT payment_id, order_id, paid_amount, paid_minute FROM pst_kpi_payments
+WHERE paid_minute >= %(since)s;
+
+-- name: window_buckets
+-- Self-check: what the projection and the bucket state hold for the window.
+SELECT coalesce(p.minute_bucket, b.minute_bucket), coalesce(p.segment, b.segment),
+       p.orders_count, p.orders_amount_sum, p.paid_amount_sum,
+       b.orders_count, b.orders_amount_sum, b.paid_amount_sum, b.payments_count
+FROM (SELECT * FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket >= %(since)s) p
+FULL JOIN (SELECT * FROM pst_kpi_buckets WHERE minute_bucket >= %(since)s) b
+  ON p.minute_bucket = b.minute_bucket AND p.segment = b.segment;
+
+-- name: restate
+-- Self-check: the corrected buckets replace what was there (tmp_kpi_diff holds them
+-- with payments_count -1 for a bucket that must disappear).
+DELETE FROM pst_kpi_buckets b USING tmp_kpi_diff d
+WHERE b.minute_bucket = d.minute_bucket AND b.segment = d.segment;
+DELETE FROM proj_orders_kpi_by_minute_segment p USING tmp_kpi_diff d
+WHERE p.minute_bucket = d.minute_bucket AND p.segment = d.segment;
+INSERT INTO pst_kpi_buckets SELECT * FROM tmp_kpi_diff WHERE payments_count >= 0;
+INSERT INTO proj_orders_kpi_by_minute_segment
+    (minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum)
+SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum
+FROM tmp_kpi_diff WHERE payments_count >= 0;
