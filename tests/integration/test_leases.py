@@ -18,6 +18,7 @@ import pytest
 from cdcflow import leases
 from cdcflow.bootstrap import bootstrap
 from tests.conftest import wait_caught_up, wait_until
+from tests.oracle import assert_projections_equal_source
 from tests.workload import Recorder, Workload, assert_staging_matches
 
 
@@ -65,6 +66,15 @@ def _reaped(procs: list[subprocess.Popen]):
                 p.wait(30)
 
 
+def _projections_caught_up(dbs) -> bool:
+    with dbs.serving() as s:
+        low = s.execute("SELECT max(m) FROM (SELECT max(__lsn) m FROM stg_cdc_orders UNION ALL "
+                        "SELECT max(__lsn) FROM stg_cdc_customers UNION ALL SELECT max(__lsn) FROM stg_cdc_payments) t"
+                        ).fetchone()[0]
+        rows = s.execute("SELECT status, as_of_lsn FROM ctl_projection_metadata").fetchall()
+    return len(rows) == 2 and all(st == "OK" and lsn is not None and lsn >= low for st, lsn in rows)
+
+
 def _start(env, log) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -81,9 +91,11 @@ def _load(dbs, rec: Recorder, stop: threading.Event, errors: list) -> None:
 
 
 def test_three_instances_owner_killed_repeatedly(edbs, tmp_path):
+    """Ingestion and both projections, three processes, owners killed under load: at the end
+    staging holds every change once and both projections equal the oracle."""
     dbs = edbs
-    bootstrap(dbs.settings, demo=True).source.close()
-    env = dbs.env(LEASE_SECONDS="2", ENABLE_PROJ_ORDERS_KPI="false", METRICS_PORT="0")
+    bootstrap(dbs.settings.replace(enable_proj_orders_latest=True), demo=True).source.close()
+    env = dbs.env(LEASE_SECONDS="2", ENABLE_PROJ_ORDERS_KPI="true", ENABLE_PROJ_ORDERS_LATEST="true", METRICS_PORT="0")
     resource = f"ingest:{dbs.settings.source_name}"
     rec, stop, errors = Recorder(), threading.Event(), []
     loader = threading.Thread(target=_load, args=(dbs, rec, stop, errors))
@@ -112,13 +124,17 @@ def test_three_instances_owner_killed_repeatedly(edbs, tmp_path):
         try:
             assert not errors, errors
             wait_caught_up(dbs.settings, timeout=60)
+            wait_until(lambda: _projections_caught_up(dbs), timeout=60, what="projections to catch up")
+            for name in ("projection:proj_orders_kpi_by_minute_segment", "projection:proj_orders_latest"):
+                assert _owner(dbs, name)[0] in procs  # one live process owns each projection
         finally:
             for p in procs.values():
                 p.send_signal(signal.SIGTERM)
             for p in procs.values():
                 assert p.wait(30) == 0
-    with dbs.serving() as serving:
+    with dbs.serving() as serving, dbs.source() as src:
         assert_staging_matches(serving, rec)
+        assert_projections_equal_source(src, serving)
     print(f"\ntakeover seconds (LEASE_SECONDS=2): p50 {statistics.median(takeovers):.2f}, "
           f"max {max(takeovers):.2f}, all {[round(t, 2) for t in takeovers]}")
     assert max(takeovers) < 2 * 2 + 4  # lease time + renewal period + margin on a shared machine

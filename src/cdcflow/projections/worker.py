@@ -18,11 +18,12 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
 
-from cdcflow import db
+from cdcflow import db, leases
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError, TransientError
 from cdcflow.positions import format_lsn
@@ -45,6 +46,7 @@ class ProjectionWorker:
         wake: threading.Event | None = None,
         *,
         listen: bool = True,
+        owner: str | None = None,
     ) -> None:
         self.projection = projection
         self.settings = settings
@@ -60,6 +62,12 @@ class ProjectionWorker:
         self._listener: psycopg.Connection | None = None
         self._duck = base.open_duckdb()
         self._last_check = time.monotonic()
+        #: One owner across 'cdcflow run' processes; every commit is fenced by it.
+        self.lease = leases.Lease(f"projection:{projection.name}", owner or leases.instance_id(), settings.lease_seconds)
+        self.keeper = leases.LeaseKeeper(self.lease, serving_dsn)
+        #: Called after each committed cycle with (result, seconds), and with each error; for metrics.
+        self.on_cycle: list[Callable[[base.CycleResult, float], None]] = []
+        self.on_error: list[Callable[[Exception], None]] = []
 
     # -- connections ------------------------------------------------------------
 
@@ -134,11 +142,15 @@ class ProjectionWorker:
             return False
         return time.monotonic() - self._last_check >= every
 
-    def cycle(self) -> base.CycleResult:
+    def cycle(self, token: int | None = None) -> base.CycleResult:
+        """One cycle, committed. With a lease ``token``, the commit is fenced by it."""
         conn = self.conn()
         check = self._self_check_due()
+        started = time.monotonic()
         try:
             result = base.run_cycle(conn, self._duck, self.projection, self.settings, self_check=check)
+            if token is not None:
+                self.lease.fence(conn, token)
             conn.commit()
         except psycopg.Error as exc:
             try:
@@ -147,11 +159,13 @@ class ProjectionWorker:
                 pass
             raise db.wrap_db_error(f"projection {self.projection.name}", exc) from None
         except BaseException:
-            conn.rollback()
+            db.safe_rollback(conn)
             raise
         if check:
             self._last_check = time.monotonic()
         self.cycles += 1
+        for hook in self.on_cycle:
+            hook(result, time.monotonic() - started)
         if result.applied or result.restated:
             log.info(
                 "%s: applied changes up to %s: %d rows changed, %d restated (%.0f ms)",
@@ -167,6 +181,7 @@ class ProjectionWorker:
     def run(self) -> None:
         self.alive = True
         backoff = db.Backoff(initial=0.2, maximum=10.0)
+        self.keeper.start()
         delay = 0.0
         try:
             while not self.stop.is_set():
@@ -175,19 +190,29 @@ class ProjectionWorker:
                     delay = 0.0
                     if self.stop.is_set():
                         break
+                token = self.lease.token if self.lease.held else None
+                if token is None:
+                    # Another instance owns this projection: stand by.
+                    self.keeper.changed.wait(min(1.0, self.settings.lease_seconds / 10))
+                    self.keeper.changed.clear()
+                    continue
                 self.wake.clear()
                 self._drain()
                 try:
-                    self.cycle()
+                    self.cycle(token)
                     backoff.reset()
                     self.last_error = None
                 except TransientError as exc:
+                    for hook in self.on_error:
+                        hook(exc)
                     self.last_error = str(exc)
                     delay = backoff.next_delay()
                     log.warning("%s: %s (retrying in %.1fs)", self.name, exc, delay)
                     self._close()
                     continue
                 except Exception as exc:  # any failure of this projection: ERROR, retried later
+                    for hook in self.on_error:
+                        hook(exc)
                     self.last_error = db.describe_error(exc)
                     log.error("%s: cycle failed: %s", self.name, self.last_error)
                     try:
@@ -199,5 +224,6 @@ class ProjectionWorker:
                 self.wait_for_work(self.settings.projection_interval_seconds)
         finally:
             self.close()
+            self.keeper.stop_and_release(10)  # after the last commit: another instance takes over at once
             self.alive = False
             log.info("%s stopped after %d cycles", self.name, self.cycles)
