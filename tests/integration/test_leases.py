@@ -106,7 +106,7 @@ def test_three_instances_owner_killed_repeatedly(edbs, tmp_path):
         everything.extend(procs.values())
         loader.start()
         try:
-            for _ in range(3):
+            for _ in range(int(os.environ.get("CDCFLOW_TEST_TAKEOVERS", "3"))):  # 20 for the documented figures
                 wait_until(lambda: _owner(dbs, resource) is not None, timeout=30, what="an owner")
                 pid, token = _owner(dbs, resource)
                 assert pid in procs
@@ -135,8 +135,9 @@ def test_three_instances_owner_killed_repeatedly(edbs, tmp_path):
     with dbs.serving() as serving, dbs.source() as src:
         assert_staging_matches(serving, rec)
         assert_projections_equal_source(src, serving)
-    print(f"\ntakeover seconds (LEASE_SECONDS=2): p50 {statistics.median(takeovers):.2f}, "
-          f"max {max(takeovers):.2f}, all {[round(t, 2) for t in takeovers]}")
+    ranked = sorted(takeovers)
+    print(f"\ntakeover seconds (LEASE_SECONDS=2, {len(ranked)} kills): p50 {statistics.median(ranked):.2f}, "
+          f"p95 {ranked[max(0, -(-95 * len(ranked) // 100) - 1)]:.2f}, max {ranked[-1]:.2f}")
     assert max(takeovers) < 2 * 2 + 4  # lease time + renewal period + margin on a shared machine
 
 
