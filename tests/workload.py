@@ -61,7 +61,8 @@ class Workload:
             custs = self._ids("customers")
             cust = rng.choice(custs) if custs and rng.random() < 0.9 else None
             self._exec(
-                "orders", 2,
+                "orders",
+                2,
                 "INSERT INTO orders (customer_id, amount, status, created_at) "
                 "VALUES (%s, %s, 'NEW', now() - make_interval(mins => %s))",
                 (cust, round(rng.uniform(1, 999), 2) if rng.random() < 0.95 else None, rng.randint(0, 3000)),
@@ -70,19 +71,29 @@ class Workload:
             orders = self._ids("orders")
             if orders:
                 self._exec(
-                    "orders", 4, "UPDATE orders SET status = %s, amount = %s, updated_at = now() WHERE order_id = %s",
+                    "orders",
+                    4,
+                    "UPDATE orders SET status = %s, amount = %s, updated_at = now() WHERE order_id = %s",
                     (rng.choice(("PAID", "SHIPPED", "CANCELLED")), round(rng.uniform(1, 999), 2), rng.choice(orders)),
                 )
         elif r < 0.78:
             orders = self._ids("orders")
             oid = rng.choice(orders) if orders and rng.random() < 0.9 else 10_000_000 + rng.randint(0, 1000)
-            self._exec("payments", 2, "INSERT INTO payments (order_id, paid_amount) VALUES (%s, %s)",
-                       (oid, round(rng.uniform(1, 999), 2)))
+            self._exec(
+                "payments",
+                2,
+                "INSERT INTO payments (order_id, paid_amount) VALUES (%s, %s)",
+                (oid, round(rng.uniform(1, 999), 2)),
+            )
         elif r < 0.85:
             custs = self._ids("customers")
             if custs:
-                self._exec("customers", 4, "UPDATE customers SET segment = %s, updated_at = now() WHERE customer_id = %s",
-                           (rng.choice(SEGMENTS), rng.choice(custs)))
+                self._exec(
+                    "customers",
+                    4,
+                    "UPDATE customers SET segment = %s, updated_at = now() WHERE customer_id = %s",
+                    (rng.choice(SEGMENTS), rng.choice(custs)),
+                )
         elif r < 0.93:
             orders = self._ids("orders")
             if orders:
@@ -103,9 +114,12 @@ class Workload:
     def bulk_transaction(self, rows: int) -> None:
         """One transaction larger than a batch: many inserts and updates in one commit."""
         with self.conn.transaction():
-            self._exec("orders", 2,
-                       "INSERT INTO orders (customer_id, amount, status) SELECT NULL, g, 'BULK' FROM generate_series(1, %s) g",
-                       (rows,))
+            self._exec(
+                "orders",
+                2,
+                "INSERT INTO orders (customer_id, amount, status) SELECT NULL, g, 'BULK' FROM generate_series(1, %s) g",
+                (rows,),
+            )
             self._exec("orders", 4, "UPDATE orders SET status = 'BULK2' WHERE status = 'BULK'")
         self.rec.transactions += 1
 

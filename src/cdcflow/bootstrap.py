@@ -50,8 +50,9 @@ def wait_for_databases(settings: Settings, stop: threading.Event | None = None) 
             source.close()
 
     db.wait_for("source", source_up, settings.startup_wait_seconds, stop)
-    db.wait_for("serving", lambda: db.connect(serving_dsn, "serving", timeout=5).close(),
-                settings.startup_wait_seconds, stop)
+    db.wait_for(
+        "serving", lambda: db.connect(serving_dsn, "serving", timeout=5).close(), settings.startup_wait_seconds, stop
+    )
 
 
 def bootstrap(settings: Settings, *, demo: bool = False, snapshot_now: bool = True) -> Bootstrapped:

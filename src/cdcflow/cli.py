@@ -55,8 +55,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         wait_for_databases(settings, runtime.stop)
         if not runtime.stop.is_set():
             # A database that drops right after the wait is retried the same way.
-            db.wait_for("source or serving", lambda: bootstrap(settings, demo=False).source.close(),
-                        settings.startup_wait_seconds, runtime.stop)
+            db.wait_for(
+                "source or serving",
+                lambda: bootstrap(settings, demo=False).source.close(),
+                settings.startup_wait_seconds,
+                runtime.stop,
+            )
         if runtime.stop.is_set():
             return 0
         runtime.run_until_stopped(args.duration)
@@ -84,7 +88,8 @@ def cmd_resync(args: argparse.Namespace, settings: Settings) -> int:
 
     wait_for_databases(settings)
     watermark = admin.resync(settings, args.captures or None)
-    print(f"resynced source {settings.source_name}: fresh snapshot staged, streaming from {format_lsn('postgres', watermark)}")
+    position = format_lsn("postgres", watermark)
+    print(f"resynced source {settings.source_name}: fresh snapshot staged, streaming from {position}")
     return 0
 
 
@@ -104,8 +109,10 @@ def cmd_reset(args: argparse.Namespace, settings: Settings) -> int:
             return 1
     wait_for_databases(settings)
     admin.reset(settings)
-    print(f"reset source {settings.source_name}: staging, projections, watermarks and checkpoints cleared; "
-          "the next 'cdcflow run' takes a new initial snapshot")
+    print(
+        f"reset source {settings.source_name}: staging, projections, watermarks and checkpoints cleared; "
+        "the next 'cdcflow run' takes a new initial snapshot"
+    )
     return 0
 
 
@@ -130,17 +137,25 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
             rate = args.rate or (1000 if args.quick else 20_000)
             duration = args.duration or (6 if args.quick else 180)
-            summary = sustained.run(out, changes_per_second=rate, duration=duration,
-                                    warmup=2 if args.quick else 5, progress=progress, stamp=stamp)
+            summary = sustained.run(
+                out,
+                changes_per_second=rate,
+                duration=duration,
+                warmup=2 if args.quick else 5,
+                progress=progress,
+                stamp=stamp,
+            )
             ok = ok and (summary["pass"] or args.quick)
         elif name == "catchup":
             from cdcflow.bench import catchup
 
             changes = args.changes or (20_000 if args.quick else 1_000_000)
             res = catchup.run(out / stamp / "catchup", changes, progress)
-            progress(json.dumps({k: v for k, v in res.items() if k in ("ratio", "changes", "stages")}, default=str)[:2000])
+            progress(
+                json.dumps({k: v for k, v in res.items() if k in ("ratio", "changes", "stages")}, default=str)[:2000]
+            )
         else:
-            from cdcflow.bench import projection_scaling
+            import cdcflow.bench.projection_scaling as projection_scaling
 
             sizes = [int(float(x)) for x in (args.sizes or ("1e4,1e5" if args.quick else "1e5,1e6,1e7")).split(",")]
             projection_scaling.run(out / stamp / "projection_scaling", sizes, progress)
@@ -174,8 +189,13 @@ def cmd_loadgen(args: argparse.Namespace, settings: Settings) -> int:
 
     with stop_on_signals(stop):
         stats = loadgen.run_load(
-            dsn, profile, stop, progress, max_changes=args.max_changes,
-            progress_interval=args.progress_interval, seed=args.seed,
+            dsn,
+            profile,
+            stop,
+            progress,
+            max_changes=args.max_changes,
+            progress_interval=args.progress_interval,
+            seed=args.seed,
         )
     print(json.dumps(stats.as_dict()) if args.json else loadgen.format_summary(stats), flush=True)
     return 0
@@ -206,8 +226,10 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     if args.all == bool(args.projection):
         raise ConfigError("name one projection or pass --all (projections: " + ", ".join(projections.ALL) + ")")
     for name, result in projections.rebuild(settings, None if args.all else [args.projection]):
-        print(f"rebuilt {name} from staging: {result.rows_changed} rows, as of lsn {result.cutoff} "
-              f"({result.seconds:.1f}s)")
+        print(
+            f"rebuilt {name} from staging: {result.rows_changed} rows, as of lsn {result.cutoff} "
+            f"({result.seconds:.1f}s)"
+        )
     return 0
 
 
@@ -242,8 +264,11 @@ def cmd_compact(args: argparse.Namespace, settings: Settings) -> int:
 
 def _add_compact(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compact", help="reduce staged history every projection has read to the latest row per key")
-    c.add_argument("--retention", default=None,
-                   help="keep history younger than this (e.g. 0, 90, 30m, 24h, 7d; default STAGING_RETENTION)")
+    c.add_argument(
+        "--retention",
+        default=None,
+        help="keep history younger than this (e.g. 0, 90, 30m, 24h, 7d; default STAGING_RETENTION)",
+    )
     c.set_defaults(func=cmd_compact)
 
 
@@ -256,12 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cdcflow {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("bootstrap", help="create publication, slot, staging/control/projection tables; initial snapshot")
+    b = sub.add_parser(
+        "bootstrap", help="create publication, slot, staging/control/projection tables; initial snapshot"
+    )
     b.add_argument("--demo", action="store_true", help="also create and seed the demo tables in the source")
     b.set_defaults(func=cmd_bootstrap)
 
     r = sub.add_parser("run", help="bootstrap if needed, then stream changes and maintain projections")
-    r.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until signalled)")
+    r.add_argument(
+        "--duration", type=float, default=None, help="stop after this many seconds (default: run until signalled)"
+    )
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="per capture and projection: position, lag, state (exit 3 if unhealthy)")
@@ -271,13 +300,21 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the pipeline on an embedded PostgreSQL with sample changes")
     d.add_argument("--data-dir", default=".cdcflow", help="where the embedded server keeps its data (default .cdcflow)")
     d.add_argument("--reset", action="store_true", help="wipe the embedded server's data first")
-    d.add_argument("--duration", type=float, default=None,
-                   help="seconds to run (default: until Ctrl-C with the live view, 20 with --no-live)")
+    d.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds to run (default: until Ctrl-C with the live view, 20 with --no-live)",
+    )
     d.add_argument("--no-live", action="store_true", help="progress lines instead of the live view (for scripts)")
-    d.add_argument("--rate", type=float, default=200.0, help="orders per second the load generator writes (default 200)")
+    d.add_argument(
+        "--rate", type=float, default=200.0, help="orders per second the load generator writes (default 200)"
+    )
     d.set_defaults(func=cmd_demo)
 
-    rs = sub.add_parser("resync", help="repair a GAP: fresh snapshot, deletes for rows that vanished, capture back to OK")
+    rs = sub.add_parser(
+        "resync", help="repair a GAP: fresh snapshot, deletes for rows that vanished, capture back to OK"
+    )
     rs.add_argument("captures", nargs="*", metavar="CAPTURE", help="capture(s) to repair (default: all of the source)")
     rs.set_defaults(func=cmd_resync)
 

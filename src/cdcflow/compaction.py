@@ -81,15 +81,16 @@ class Compactor:
                 out.setdefault(capture, []).append(p.name)
         return out
 
-    def horizon(self, conn: psycopg.Connection, capture: str, watermark: int, table: str,
-                readers: list[str]) -> int:
+    def horizon(self, conn: psycopg.Connection, capture: str, watermark: int, table: str, readers: list[str]) -> int:
         """The position at or below which this capture's staging may be compacted (0: none)."""
         h = watermark
         if readers:
-            rows: dict[str, int] = dict(conn.execute(
-                sqlfiles.query(Q, "projection_checkpoints"),
-                {"source": self.settings.source_name, "capture": capture, "projections": readers},
-            ).fetchall())
+            rows: dict[str, int] = dict(
+                conn.execute(
+                    sqlfiles.query(Q, "projection_checkpoints"),
+                    {"source": self.settings.source_name, "capture": capture, "projections": readers},
+                ).fetchall()
+            )
             if len(rows) < len(readers):
                 return 0  # a projection that never ran still needs everything
             h = min(h, *(int(v) for v in rows.values()))
@@ -197,10 +198,20 @@ class Compactor:
                     if res.deleted:
                         log.info(
                             "compacted %s: %d rows removed at or below lsn %d in %d batches (%.0f ms)",
-                            wm.staging_table, res.deleted, horizon, res.batches, (time.monotonic() - t0) * 1000,
-                            extra={"action": "compact", "worker": f"compaction[{self.settings.source_name}]",
-                                   "capture": capture, "cycle": cycle, "lsn": horizon, "rows": res.deleted,
-                                   "duration_ms": round((time.monotonic() - t0) * 1000)},
+                            wm.staging_table,
+                            res.deleted,
+                            horizon,
+                            res.batches,
+                            (time.monotonic() - t0) * 1000,
+                            extra={
+                                "action": "compact",
+                                "worker": f"compaction[{self.settings.source_name}]",
+                                "capture": capture,
+                                "cycle": cycle,
+                                "lsn": horizon,
+                                "rows": res.deleted,
+                                "duration_ms": round((time.monotonic() - t0) * 1000),
+                            },
                         )
             except psycopg.Error as exc:
                 try:
@@ -246,8 +257,14 @@ class CompactionWorker:
                         hook(exc)
                     delay = min(self.settings.compaction_interval_seconds, backoff.next_delay())
                     level = logging.WARNING if isinstance(exc, TransientError) else logging.ERROR
-                    log.log(level, "%s: %s (next pass in %.1fs)", self.name, exc, delay,
-                            extra={"action": "compact", "worker": self.name})
+                    log.log(
+                        level,
+                        "%s: %s (next pass in %.1fs)",
+                        self.name,
+                        exc,
+                        delay,
+                        extra={"action": "compact", "worker": self.name},
+                    )
         finally:
             self.alive = False
             log.info("%s stopped after %d passes", self.name, self.passes)

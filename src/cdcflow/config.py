@@ -137,93 +137,125 @@ class Settings:
     """cdcflow's configuration. Each field's ``doc`` is its documentation."""
 
     source_dsn: str | None = _opt(
-        None, "SOURCE_DSN", _dsn,
+        None,
+        "SOURCE_DSN",
+        _dsn,
         "Source database. PostgreSQL: a libpq DSN or URI (postgresql://user:pw@host/db).",
     )
     serving_dsn: str | None = _opt(
-        None, "SERVING_DSN", _dsn,
+        None,
+        "SERVING_DSN",
+        _dsn,
         "Serving PostgreSQL database that receives staging, control and projection tables.",
     )
     source_name: str = _opt(
-        "source1", "SOURCE_NAME", _ident,
+        "source1",
+        "SOURCE_NAME",
+        _ident,
         "Name of this source in the control tables; also names the slot and publication.",
     )
     poll_interval_seconds: float = _opt(
-        5.0, "POLL_INTERVAL_SECONDS", _float_range(0.01, 3600),
+        5.0,
+        "POLL_INTERVAL_SECONDS",
+        _float_range(0.01, 3600),
         "Longest an idle ingestion worker waits before it looks again (an upper bound).",
     )
     cdc_batch_max_rows: int = _opt(
-        5000, "CDC_BATCH_MAX_ROWS", _int_range(1, 10_000_000),
+        5000,
+        "CDC_BATCH_MAX_ROWS",
+        _int_range(1, 10_000_000),
         "Rows after which a batch ends at the next transaction boundary.",
     )
     projection_interval_seconds: float = _opt(
-        15.0, "PROJECTION_INTERVAL_SECONDS", _float_range(0.01, 86400),
+        15.0,
+        "PROJECTION_INTERVAL_SECONDS",
+        _float_range(0.01, 86400),
         "Longest a projection waits when nothing signals new data (an upper bound).",
     )
     projection_recompute_window_minutes: int = _opt(
-        15, "PROJECTION_RECOMPUTE_WINDOW_MINUTES", _int_range(0, 525_600),
+        15,
+        "PROJECTION_RECOMPUTE_WINDOW_MINUTES",
+        _int_range(0, 525_600),
         "Minutes of recent KPI buckets re-derived from state by the self-check.",
     )
     projection_self_check_seconds: float = _opt(
-        60.0, "PROJECTION_SELF_CHECK_SECONDS", _float_range(0, 86400),
+        60.0,
+        "PROJECTION_SELF_CHECK_SECONDS",
+        _float_range(0, 86400),
         "How often the KPI self-check recomputes the recompute window from state (0 turns it off).",
     )
     enable_proj_orders_kpi: bool = _opt(
         True, "ENABLE_PROJ_ORDERS_KPI", _bool, "Maintain proj_orders_kpi_by_minute_segment."
     )
-    enable_proj_orders_latest: bool = _opt(
-        False, "ENABLE_PROJ_ORDERS_LATEST", _bool, "Maintain proj_orders_latest."
-    )
-    log_level: str = _opt(
-        "info", "LOG_LEVEL", _choice("debug", "info", "warning", "error"), "Log verbosity."
-    )
-    log_format: str = _opt(
-        "text", "LOG_FORMAT", _choice("text", "json"), "Log line format: text or json."
-    )
+    enable_proj_orders_latest: bool = _opt(False, "ENABLE_PROJ_ORDERS_LATEST", _bool, "Maintain proj_orders_latest.")
+    log_level: str = _opt("info", "LOG_LEVEL", _choice("debug", "info", "warning", "error"), "Log verbosity.")
+    log_format: str = _opt("text", "LOG_FORMAT", _choice("text", "json"), "Log line format: text or json.")
     capture_tables: tuple[str, ...] = _opt(
-        ("public.customers", "public.orders", "public.payments"), "CAPTURE_TABLES", _tables,
+        ("public.customers", "public.orders", "public.payments"),
+        "CAPTURE_TABLES",
+        _tables,
         "Comma-separated [schema.]table list to capture; staging is stg_cdc_<table>.",
     )
     startup_wait_seconds: float = _opt(
-        60.0, "STARTUP_WAIT_SECONDS", _float_range(0, 86400),
+        60.0,
+        "STARTUP_WAIT_SECONDS",
+        _float_range(0, 86400),
         "How long start-up waits for the source and serving databases to answer.",
     )
     lease_seconds: float = _opt(
-        10.0, "LEASE_SECONDS", _float_range(1, 3600),
+        10.0,
+        "LEASE_SECONDS",
+        _float_range(1, 3600),
         "Lease time for multi-instance runs: a dead owner's work is taken over after at most this long.",
     )
     slot_name: str | None = _opt(
-        None, "SOURCE_SLOT_NAME", _ident,
+        None,
+        "SOURCE_SLOT_NAME",
+        _ident,
         "PostgreSQL logical replication slot (default cdcflow_<SOURCE_NAME>).",
     )
     publication_name: str | None = _opt(
-        None, "SOURCE_PUBLICATION", _ident,
+        None,
+        "SOURCE_PUBLICATION",
+        _ident,
         "PostgreSQL publication (default cdcflow_<SOURCE_NAME>).",
     )
     metrics_address: str = _opt(
-        "127.0.0.1", "METRICS_ADDRESS", _address,
+        "127.0.0.1",
+        "METRICS_ADDRESS",
+        _address,
         "Address the /metrics and /healthz HTTP endpoint listens on (0.0.0.0 exposes it to the network).",
     )
     metrics_port: int = _opt(
-        9466, "METRICS_PORT", _int_range(0, 65535),
+        9466,
+        "METRICS_PORT",
+        _int_range(0, 65535),
         "Port of the /metrics and /healthz HTTP endpoint (0 turns the endpoint off).",
     )
     health_max_freshness_seconds: float = _opt(
-        120.0, "HEALTH_MAX_FRESHNESS_SECONDS", _float_range(0.1, 604800),
+        120.0,
+        "HEALTH_MAX_FRESHNESS_SECONDS",
+        _float_range(0.1, 604800),
         "/healthz fails while a projection is further behind the source than this "
         "(keep it above PROJECTION_INTERVAL_SECONDS + POLL_INTERVAL_SECONDS).",
     )
     staging_retention: float = _opt(
-        86400.0, "STAGING_RETENTION", _duration,
+        86400.0,
+        "STAGING_RETENTION",
+        _duration,
         "Staged history older than this (seconds, or 30m, 24h, 7d) and already read by every projection "
         "is compacted to the latest row per key; 0 compacts as soon as every projection has read it.",
     )
     compaction_interval_seconds: float = _opt(
-        300.0, "COMPACTION_INTERVAL_SECONDS", _float_range(0, 86400),
+        300.0,
+        "COMPACTION_INTERVAL_SECONDS",
+        _float_range(0, 86400),
         "How often the compaction worker of 'cdcflow run' compacts staging (0 turns it off).",
     )
     compaction_batch_rows: int = _opt(
-        5000, "COMPACTION_BATCH_ROWS", _int_range(100, 1_000_000),
+        5000,
+        "COMPACTION_BATCH_ROWS",
+        _int_range(100, 1_000_000),
         "Staged rows examined per compaction transaction (short transactions never hold up ingestion).",
     )
 

@@ -30,7 +30,7 @@ _TERMINAL_CONNECT_MARKERS = (
     "does not exist",  # database or role
     "invalid connection option",
     "invalid dsn",
-    "missing \"=\" after",
+    'missing "=" after',
     "invalid uri",
     "is not permitted to log in",
     "permission denied",

@@ -65,8 +65,11 @@ def render(snap: Snapshot, prev: Snapshot | None, load_rate: float, elapsed: flo
     lines += ["", f"{'PROJECTION':<36} {'STATUS':<7} {'FRESHNESS':>9}"]
     for name, status, as_of_time, last_error in snap.projections:
         lines.append(f"{name:<36} {status:<7} {_age(now, as_of_time):>9}" + (f"  {last_error}" if last_error else ""))
-    lines += ["", "newest KPI rows (proj_orders_kpi_by_minute_segment):",
-              f"{'MINUTE':<17} {'SEGMENT':<11} {'ORDERS':>7} {'AMOUNT':>13} {'PAID':>13}"]
+    lines += [
+        "",
+        "newest KPI rows (proj_orders_kpi_by_minute_segment):",
+        f"{'MINUTE':<17} {'SEGMENT':<11} {'ORDERS':>7} {'AMOUNT':>13} {'PAID':>13}",
+    ]
     for minute, segment, count, amount, paid in snap.kpi:
         lines.append(f"{minute:%Y-%m-%d %H:%M} {segment:<11} {count:>7,} {amount:>13,.2f} {paid:>13,.2f}")
     return "\n".join(lines)
@@ -155,5 +158,5 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     print()
     print(f"the load generator made {made:,} changes. Query the results:")
     print(f'  {psql} "{serving_dsn}" -c "SELECT * FROM proj_orders_kpi_by_minute_segment ORDER BY 1 DESC LIMIT 20"')  # noqa: S608
-    print(f'  {psql} "{serving_dsn}" -c "SELECT * FROM proj_orders_latest ORDER BY order_id DESC LIMIT 20"')
+    print(f'  {psql} "{serving_dsn}" -c "SELECT * FROM proj_orders_latest ORDER BY order_id DESC LIMIT 20"')  # noqa: S608
     return 0 if st.healthy else 3

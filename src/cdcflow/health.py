@@ -75,16 +75,26 @@ def serve(telemetry: Any, address: str, port: int, stop: threading.Event) -> _Se
     try:
         server = _Server((address, port), _Handler)
     except OSError as exc:
-        log.warning("metrics endpoint disabled: cannot listen on %s:%d (%s); set METRICS_PORT to a free port, "
-                  "or 0 to turn it off", address, port, exc, extra={"action": "http_listen"})
+        log.warning(
+            "metrics endpoint disabled: cannot listen on %s:%d (%s); set METRICS_PORT to a free port, "
+            "or 0 to turn it off",
+            address,
+            port,
+            exc,
+            extra={"action": "http_listen"},
+        )
         return None
     server.telemetry = telemetry
     host, bound_port = str(server.server_address[0]), int(server.server_address[1])
     name = f"http[{host}:{bound_port}]"
 
     def loop() -> None:
-        log.info("serving /metrics and /healthz on http://%s:%d", host, bound_port,
-                 extra={"action": "http_listen", "worker": name})
+        log.info(
+            "serving /metrics and /healthz on http://%s:%d",
+            host,
+            bound_port,
+            extra={"action": "http_listen", "worker": name},
+        )
         server.timeout = 0.2
         try:
             while not stop.is_set():

@@ -135,7 +135,9 @@ class IngestWorker:
         started = time.monotonic()
         try:
             result = self.source.read_batch(
-                after, self.settings.cdc_batch_max_rows, writer,
+                after,
+                self.settings.cdc_batch_max_rows,
+                writer,
                 min(self.settings.poll_interval_seconds, self.settings.lease_seconds / 3),
             )
             if result.end_lsn <= after and result.rows == 0 and not result.truncated and not result.paused:
@@ -147,12 +149,16 @@ class IngestWorker:
                     f"row-level staging cannot express it; run 'cdcflow resync'"
                 )
                 log.error(msg)
-                control.set_capture_state(conn, self.settings.source_name, capture, "GAP", msg, wms[capture].last_lsn, lsn)
+                control.set_capture_state(
+                    conn, self.settings.source_name, capture, "GAP", msg, wms[capture].last_lsn, lsn
+                )
             for capture, reason in result.paused.items():
                 control.set_capture_state(conn, self.settings.source_name, capture, "PAUSED", reason)
             advancing = [c for c in active if c not in result.truncated and c not in result.paused]
             writer.commit(
-                result.end_lsn, advancing, result.last_commit_time,
+                result.end_lsn,
+                advancing,
+                result.last_commit_time,
                 before_commit=lambda c: self.lease.fence(c, token),
             )
         except leases.LeaseLost:
@@ -164,8 +170,7 @@ class IngestWorker:
             self.source.close_stream()
             self._dedupe = True
             raise TransientError(
-                f"staging already held rows of this batch ({db.describe_error(exc)}); "
-                "retrying with duplicate filtering"
+                f"staging already held rows of this batch ({db.describe_error(exc)}); retrying with duplicate filtering"
             ) from None
         except psycopg.Error as exc:
             writer.rollback()
@@ -187,10 +192,17 @@ class IngestWorker:
             self.staged.set()
             log.info(
                 "staged %d rows in %d transactions up to %s (%.0f ms)",
-                result.rows, result.transactions, format_lsn(self.source.engine, result.end_lsn),
+                result.rows,
+                result.transactions,
+                format_lsn(self.source.engine, result.end_lsn),
                 elapsed * 1000,
-                extra={"action": "stage_batch", "worker": self.name, "cycle": cycle_id, "rows": result.rows,
-                       "lsn": result.end_lsn},
+                extra={
+                    "action": "stage_batch",
+                    "worker": self.name,
+                    "cycle": cycle_id,
+                    "rows": result.rows,
+                    "lsn": result.end_lsn,
+                },
             )
         else:
             log.debug("idle: watermark advanced to %s", format_lsn(self.source.engine, result.end_lsn))

@@ -113,8 +113,12 @@ class Profile:
     @property
     def changes_per_order(self) -> float:
         return (
-            1 + self.update_ratio + self.payment_ratio + self.delete_ratio
-            + self.new_customer_ratio + self.segment_change_ratio
+            1
+            + self.update_ratio
+            + self.payment_ratio
+            + self.delete_ratio
+            + self.new_customer_ratio
+            + self.segment_change_ratio
         )
 
     def orders_due(self, t: float) -> float:
@@ -132,15 +136,42 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile("smoke", rate=50, duration=10, update_ratio=0.5, payment_ratio=0.8, delete_ratio=0.05,
-                new_customer_ratio=0.05, segment_change_ratio=0.05),
-        Profile("moderate", rate=500, duration=60, update_ratio=0.45, payment_ratio=0.8, delete_ratio=0.02,
-                new_customer_ratio=0.01, segment_change_ratio=0.01, burst_every=20, burst_seconds=3,
-                burst_multiplier=3),
+        Profile(
+            "smoke",
+            rate=50,
+            duration=10,
+            update_ratio=0.5,
+            payment_ratio=0.8,
+            delete_ratio=0.05,
+            new_customer_ratio=0.05,
+            segment_change_ratio=0.05,
+        ),
+        Profile(
+            "moderate",
+            rate=500,
+            duration=60,
+            update_ratio=0.45,
+            payment_ratio=0.8,
+            delete_ratio=0.02,
+            new_customer_ratio=0.01,
+            segment_change_ratio=0.01,
+            burst_every=20,
+            burst_seconds=3,
+            burst_multiplier=3,
+        ),
         # The seed's heavy profile: 10,000 orders/s base, 45 updates and 80 payments per 100 orders.
         Profile("heavy_10k", rate=10_000, duration=180, update_ratio=0.45, payment_ratio=0.80, connections=2),
-        Profile("flat_out", rate=0, duration=30, update_ratio=0.45, payment_ratio=0.80, delete_ratio=0.02,
-                new_customer_ratio=0.01, segment_change_ratio=0.01, connections=2),
+        Profile(
+            "flat_out",
+            rate=0,
+            duration=30,
+            update_ratio=0.45,
+            payment_ratio=0.80,
+            delete_ratio=0.02,
+            new_customer_ratio=0.01,
+            segment_change_ratio=0.01,
+            connections=2,
+        ),
     )
 }
 
@@ -348,9 +379,7 @@ class _Shared:
                 self.reserved -= unused
 
 
-def _thread_main(
-    w: _Writer, shared: _Shared, start: float, stop: threading.Event, rate_share: float
-) -> None:
+def _thread_main(w: _Writer, shared: _Shared, start: float, stop: threading.Event, rate_share: float) -> None:
     p = w.profile
     per_order = p.changes_per_order
     deadline = start + p.duration
@@ -412,8 +441,9 @@ def run_load(
     shared = _Shared(max_changes)
     start = time.monotonic()
     threads = [
-        threading.Thread(target=_thread_main, args=(w, shared, start, inner, 1 / p.connections),
-                         name=f"loadgen-{w.n}", daemon=True)
+        threading.Thread(
+            target=_thread_main, args=(w, shared, start, inner, 1 / p.connections), name=f"loadgen-{w.n}", daemon=True
+        )
         for w in writers
     ]
     for t in threads:
@@ -474,10 +504,7 @@ def _check_schema(dsn: str) -> None:
 
 def format_progress(st: LoadStats, last: LoadStats | None = None) -> str:
     """One progress line: totals, average rate, and the rate since the previous line."""
-    line = (
-        f"loadgen {st.profile}: {st.elapsed:6.1f}s  {st.changes:>10,d} changes  "
-        f"{st.changes_per_second:>9,.0f}/s avg"
-    )
+    line = f"loadgen {st.profile}: {st.elapsed:6.1f}s  {st.changes:>10,d} changes  {st.changes_per_second:>9,.0f}/s avg"
     if last is not None and st.elapsed > last.elapsed:
         line += f"  {(st.changes - last.changes) / (st.elapsed - last.elapsed):>9,.0f}/s now"
     if st.target_orders:
@@ -487,9 +514,7 @@ def format_progress(st: LoadStats, last: LoadStats | None = None) -> str:
 
 def format_summary(st: LoadStats) -> str:
     d = st.as_dict()
-    per = ", ".join(
-        f"{t} +{st.inserts[t]}/~{st.updates[t]}/-{st.deletes[t]}" for t in TABLES
-    )
+    per = ", ".join(f"{t} +{st.inserts[t]}/~{st.updates[t]}/-{st.deletes[t]}" for t in TABLES)
     return (
         f"loadgen {st.profile}: {d['changes']} changes in {d['elapsed_seconds']:.1f}s = "
         f"{d['changes_per_second']:.0f} changes/s ({d['orders_per_second']:.0f} orders/s, "

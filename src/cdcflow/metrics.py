@@ -48,38 +48,70 @@ class Metrics:
         disable_created_metrics()  # no *_created series: they double the page for nothing
         r = self.registry = CollectorRegistry()
         self.capture_lag_seconds = Gauge(
-            "cdcflow_capture_lag_seconds", "Age of the newest source state the capture's watermark covers.",
-            ["source", "capture"], registry=r)
+            "cdcflow_capture_lag_seconds",
+            "Age of the newest source state the capture's watermark covers.",
+            ["source", "capture"],
+            registry=r,
+        )
         self.capture_lag_bytes = Gauge(
-            "cdcflow_capture_lag_bytes", "Source WAL position minus the capture's watermark.",
-            ["source", "capture"], registry=r)
+            "cdcflow_capture_lag_bytes",
+            "Source WAL position minus the capture's watermark.",
+            ["source", "capture"],
+            registry=r,
+        )
         self.capture_state = Gauge(
-            "cdcflow_capture_state", "1 for the capture's current state (INIT, OK, GAP, PAUSED, ERROR).",
-            ["source", "capture", "state"], registry=r)
+            "cdcflow_capture_state",
+            "1 for the capture's current state (INIT, OK, GAP, PAUSED, ERROR).",
+            ["source", "capture", "state"],
+            registry=r,
+        )
         self.changes_staged = Counter(
-            "cdcflow_changes_staged", "Changes staged by this process.", ["source", "capture"], registry=r)
+            "cdcflow_changes_staged", "Changes staged by this process.", ["source", "capture"], registry=r
+        )
         self.batch_duration = Histogram(
-            "cdcflow_batch_duration_seconds", "Time to read and stage one ingestion batch.", ["source"],
-            buckets=_BUCKETS, registry=r)
+            "cdcflow_batch_duration_seconds",
+            "Time to read and stage one ingestion batch.",
+            ["source"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
         self.projection_freshness = Gauge(
-            "cdcflow_projection_freshness_seconds", "Age of the newest source state the projection reflects.",
-            ["projection"], registry=r)
+            "cdcflow_projection_freshness_seconds",
+            "Age of the newest source state the projection reflects.",
+            ["projection"],
+            registry=r,
+        )
         self.projection_cycle_duration = Histogram(
-            "cdcflow_projection_cycle_duration_seconds", "Time of one projection cycle (commit included).",
-            ["projection"], buckets=_BUCKETS, registry=r)
+            "cdcflow_projection_cycle_duration_seconds",
+            "Time of one projection cycle (commit included).",
+            ["projection"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
         self.projection_status = Gauge(
-            "cdcflow_projection_status", "1 for the projection's current status (INIT, OK, STALE, ERROR).",
-            ["projection", "status"], registry=r)
+            "cdcflow_projection_status",
+            "1 for the projection's current status (INIT, OK, STALE, ERROR).",
+            ["projection", "status"],
+            registry=r,
+        )
         self.errors = Counter(
-            "cdcflow_errors", "Errors handled by a worker (retried or recorded).", ["worker", "kind"], registry=r)
+            "cdcflow_errors", "Errors handled by a worker (retried or recorded).", ["worker", "kind"], registry=r
+        )
         self.slot_retained_wal = Gauge(
-            "cdcflow_slot_retained_wal_bytes", "WAL the source keeps for the replication slot.",
-            ["source", "slot"], registry=r)
+            "cdcflow_slot_retained_wal_bytes",
+            "WAL the source keeps for the replication slot.",
+            ["source", "slot"],
+            registry=r,
+        )
         self.database_up = Gauge(
-            "cdcflow_database_up", "1 when the sampler's last query to the database succeeded.", ["database"],
-            registry=r)
+            "cdcflow_database_up",
+            "1 when the sampler's last query to the database succeeded.",
+            ["database"],
+            registry=r,
+        )
         self.compacted_rows = Counter(
-            "cdcflow_compaction_deleted_rows", "Staged rows removed by compaction.", ["capture"], registry=r)
+            "cdcflow_compaction_deleted_rows", "Staged rows removed by compaction.", ["capture"], registry=r
+        )
 
 
 class PositionClock:
@@ -132,8 +164,14 @@ class PositionClock:
 class Sampler:
     """Reads positions and states about once a second; keeps what health needs."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, stop: threading.Event,
-                 projection_names: Sequence[str], interval: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        stop: threading.Event,
+        projection_names: Sequence[str],
+        interval: float | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.stop = stop
@@ -173,16 +211,21 @@ class Sampler:
         self.metrics.errors.labels(self.name, type(exc).__name__).inc()
         if what not in self._down:
             self._down.add(what)
-            log.warning("metrics: cannot read the %s database: %s", what, db.describe_error(exc),
-                        extra={"action": "metrics_sample", "worker": self.name})
+            log.warning(
+                "metrics: cannot read the %s database: %s",
+                what,
+                db.describe_error(exc),
+                extra={"action": "metrics_sample", "worker": self.name},
+            )
         self._close(what)
 
     def _ok(self, what: str) -> None:
         self.metrics.database_up.labels(what).set(1)
         if what in self._down:
             self._down.discard(what)
-            log.info("metrics: the %s database answers again", what, extra={"action": "metrics_sample",
-                                                                              "worker": self.name})
+            log.info(
+                "metrics: the %s database answers again", what, extra={"action": "metrics_sample", "worker": self.name}
+            )
 
     # -- sampling ------------------------------------------------------------
 
@@ -277,8 +320,9 @@ class Sampler:
 class Telemetry:
     """Metrics, sampler and HTTP endpoint of one runtime."""
 
-    def __init__(self, settings: Settings, workers: Sequence[Any], stop: threading.Event,
-                 *, sample_interval: float | None = None) -> None:
+    def __init__(
+        self, settings: Settings, workers: Sequence[Any], stop: threading.Event, *, sample_interval: float | None = None
+    ) -> None:
         self.settings = settings
         self.workers = list(workers)
         self.stop = stop
@@ -327,6 +371,7 @@ class _WorkerCollector:
 def attach(worker: Any, metrics: Metrics, source_name: str) -> None:
     """Hook a worker's events into the metrics (hooks when it has them, else a wrapper)."""
     if hasattr(worker, "on_batch"):
+
         def on_batch(result: Any, seconds: float) -> None:
             metrics.batch_duration.labels(source_name).observe(seconds)
             for capture, rows in (result.rows_by_capture or {}).items():
@@ -335,11 +380,13 @@ def attach(worker: Any, metrics: Metrics, source_name: str) -> None:
 
         worker.on_batch.append(_safe(on_batch))
     if hasattr(worker, "on_error"):
+
         def on_error(exc: Exception) -> None:
             metrics.errors.labels(worker.name, type(exc).__name__).inc()
 
         worker.on_error.append(_safe(on_error))
     if hasattr(worker, "on_cycle"):  # a projection worker with a hook: (result, seconds)
+
         def on_cycle(result: Any, seconds: float) -> None:
             metrics.projection_cycle_duration.labels(worker.projection.name).observe(seconds)
 
@@ -347,6 +394,7 @@ def attach(worker: Any, metrics: Metrics, source_name: str) -> None:
     elif hasattr(worker, "projection") and hasattr(worker, "cycle"):
         _wrap_cycle(worker, metrics)
     if hasattr(worker, "on_compacted"):
+
         def on_compacted(capture: str, rows: int) -> None:
             metrics.compacted_rows.labels(capture).inc(rows)
 

@@ -85,16 +85,22 @@ def serving_problems(conn: psycopg.Connection) -> list[str]:
     if superuser:
         return []
     if schema is None:
-        return [f"role {role} has no schema to create tables in (its search_path names none that exists) in the "
-                f"serving database {dbname}: CREATE SCHEMA cdcflow AUTHORIZATION {role}; "
-                f"ALTER ROLE {role} SET search_path = cdcflow"]
+        return [
+            f"role {role} has no schema to create tables in (its search_path names none that exists) in the "
+            f"serving database {dbname}: CREATE SCHEMA cdcflow AUTHORIZATION {role}; "
+            f"ALTER ROLE {role} SET search_path = cdcflow"
+        ]
     out = []
     if not can_create:
-        out.append(f"role {role} lacks CREATE on schema {schema} of the serving database {dbname}: "
-                   f"GRANT CREATE ON SCHEMA {schema} TO {role}")
+        out.append(
+            f"role {role} lacks CREATE on schema {schema} of the serving database {dbname}: "
+            f"GRANT CREATE ON SCHEMA {schema} TO {role}"
+        )
     for table, owner in conn.execute(sqlfiles.query(Q, "foreign_owned_tables")).fetchall():
-        out.append(f"role {role} does not own {table} (owner {owner}) in the serving database: "
-                   f"ALTER TABLE {table} OWNER TO {role}")
+        out.append(
+            f"role {role} does not own {table} (owner {owner}) in the serving database: "
+            f"ALTER TABLE {table} OWNER TO {role}"
+        )
     return out
 
 

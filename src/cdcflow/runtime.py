@@ -71,8 +71,15 @@ class Runtime:
         if source.engine == "sqlserver":
             # The seed's one ingestor per capture instance, each with its own lease.
             self.workers: list[Worker] = [
-                IngestWorker(settings, one, serving_dsn, self.stop, self.staged, fault_point,
-                             resource=f"ingest:{settings.source_name}:{one.tables[0][0]}_{one.tables[0][1]}")
+                IngestWorker(
+                    settings,
+                    one,
+                    serving_dsn,
+                    self.stop,
+                    self.staged,
+                    fault_point,
+                    resource=f"ingest:{settings.source_name}:{one.tables[0][0]}_{one.tables[0][1]}",
+                )
                 for one in source.per_capture()  # type: ignore[attr-defined]
             ]
         else:

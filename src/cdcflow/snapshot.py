@@ -98,7 +98,10 @@ def take_snapshot(source: PostgresSource, serving: psycopg.Connection, source_na
     log.info(
         "%s staged %d rows from %d tables in %.1fs; streaming from %s",
         "resync snapshot" if repair else "initial snapshot",
-        sum(counts.values()), len(specs), time.monotonic() - started, format_pg_lsn(watermark),
+        sum(counts.values()),
+        len(specs),
+        time.monotonic() - started,
+        format_pg_lsn(watermark),
     )
     return watermark
 

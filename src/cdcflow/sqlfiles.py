@@ -41,9 +41,7 @@ def parse_blocks(text: str) -> dict[str, str]:
     matches = list(_NAME_RE.finditer(text))
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body_lines = [
-            line for line in text[m.end() : end].strip().splitlines() if not line.startswith("--")
-        ]
+        body_lines = [line for line in text[m.end() : end].strip().splitlines() if not line.startswith("--")]
         body = "\n".join(body_lines).strip().rstrip(";").strip()
         if m.group(1) in out:
             raise ValueError(f"duplicate query name {m.group(1)!r}")

@@ -121,21 +121,41 @@ def collect(settings: Settings) -> Status:
             gap = f"{format_lsn(engine, wm.gap_from)} .. {format_lsn(engine, wm.gap_to)}"
         out.captures.append(
             CaptureStatus(
-                wm.capture, wm.source_table, wm.state, format_lsn(engine, wm.last_lsn if wm.last_lsn else None),
-                format_lsn(engine, current), lag_bytes, lag_s, wm.rows_staged, wm.last_error, gap,
+                wm.capture,
+                wm.source_table,
+                wm.state,
+                format_lsn(engine, wm.last_lsn if wm.last_lsn else None),
+                format_lsn(engine, current),
+                lag_bytes,
+                lag_s,
+                wm.rows_staged,
+                wm.last_error,
+                gap,
             )
         )
         if wm.state not in HEALTHY_CAPTURE:
             problems.append(f"capture {wm.capture} is {wm.state}" + (f": {wm.last_error}" if wm.last_error else ""))
     for resource, owner, token, expires_at, acquired_at, _renewed, live in lease_rows:
-        out.owners.append({"resource": resource, "owner": owner if live else None, "token": int(token),
-                           "expires_at": expires_at, "since": acquired_at if live else None})
+        out.owners.append(
+            {
+                "resource": resource,
+                "owner": owner if live else None,
+                "token": int(token),
+                "expires_at": expires_at,
+                "since": acquired_at if live else None,
+            }
+        )
     for name, status, as_of_lsn, as_of_time, built_at, last_error, restated in meta:
         fresh = (now - as_of_time).total_seconds() if as_of_time else None
         out.projections.append(
             ProjectionStatus(
-                name, status, format_lsn(engine, int(as_of_lsn) if as_of_lsn is not None else None),
-                fresh, built_at.isoformat() if built_at else None, last_error, int(restated or 0),
+                name,
+                status,
+                format_lsn(engine, int(as_of_lsn) if as_of_lsn is not None else None),
+                fresh,
+                built_at.isoformat() if built_at else None,
+                last_error,
+                int(restated or 0),
             )
         )
         if status not in HEALTHY_PROJECTION:
@@ -178,8 +198,15 @@ def render_text(status: Status) -> str:
         _table(
             ["CAPTURE", "STATE", "WATERMARK", "SOURCE", "LAG_BYTES", "LAG_S", "ROWS_STAGED"],
             [
-                [c.capture, c.state, c.watermark, c.source_position, _fmt(c.lag_bytes), _fmt(c.lag_seconds),
-                 str(c.rows_staged)]
+                [
+                    c.capture,
+                    c.state,
+                    c.watermark,
+                    c.source_position,
+                    _fmt(c.lag_bytes),
+                    _fmt(c.lag_seconds),
+                    str(c.rows_staged),
+                ]
                 for c in status.captures
             ],
         )
@@ -189,8 +216,10 @@ def render_text(status: Status) -> str:
         parts.append(
             _table(
                 ["PROJECTION", "STATUS", "AS_OF", "FRESHNESS_S", "RESTATED"],
-                [[p.projection, p.status, p.as_of, _fmt(p.freshness_seconds), str(p.restated_buckets)]
-                 for p in status.projections],
+                [
+                    [p.projection, p.status, p.as_of, _fmt(p.freshness_seconds), str(p.restated_buckets)]
+                    for p in status.projections
+                ],
             )
         )
     if status.owners:
@@ -198,8 +227,14 @@ def render_text(status: Status) -> str:
         parts.append(
             _table(
                 ["WORK", "OWNER", "SINCE"],
-                [[o["resource"], o["owner"] or "(none: taken over within LEASE_SECONDS)",
-                  o["since"].isoformat(timespec="seconds") if o["since"] else "-"] for o in status.owners],
+                [
+                    [
+                        o["resource"],
+                        o["owner"] or "(none: taken over within LEASE_SECONDS)",
+                        o["since"].isoformat(timespec="seconds") if o["since"] else "-",
+                    ]
+                    for o in status.owners
+                ],
             )
         )
     if status.problems:

@@ -15,7 +15,11 @@ def test_quick_sustained_bench_writes_samples_and_summary(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCE_", "SERVING_", "CDC_", "ENABLE_PROJ"))}
     proc = subprocess.run(
         [sys.executable, "-m", "cdcflow", "bench", "sustained", "--quick", "--out", str(tmp_path)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "staged" in proc.stdout and "sustained:" in proc.stdout  # progress while it runs

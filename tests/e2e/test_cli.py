@@ -35,8 +35,13 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.parametrize(
     "name,value",
-    [("POLL_INTERVAL_SECONDS", "often"), ("CDC_BATCH_MAX_ROWS", "-5"), ("ENABLE_PROJ_ORDERS_KPI", "perhaps"),
-     ("LOG_LEVEL", "chatty"), ("CAPTURE_TABLES", "x.y.z")],
+    [
+        ("POLL_INTERVAL_SECONDS", "often"),
+        ("CDC_BATCH_MAX_ROWS", "-5"),
+        ("ENABLE_PROJ_ORDERS_KPI", "perhaps"),
+        ("LOG_LEVEL", "chatty"),
+        ("CAPTURE_TABLES", "x.y.z"),
+    ],
 )
 def test_bad_configuration_value_is_one_line_exit_2(name, value):
     proc = cdcflow("status", env=base_env(**{name: value}))
@@ -53,8 +58,11 @@ def test_missing_dsn_is_one_line():
 
 
 def test_unreachable_host_waits_bounded_then_one_clear_error():
-    env = base_env(SOURCE_DSN="postgresql://nobody@127.0.0.1:1/x", SERVING_DSN="postgresql://nobody@127.0.0.1:1/y",
-                   STARTUP_WAIT_SECONDS="2")
+    env = base_env(
+        SOURCE_DSN="postgresql://nobody@127.0.0.1:1/x",
+        SERVING_DSN="postgresql://nobody@127.0.0.1:1/y",
+        STARTUP_WAIT_SECONDS="2",
+    )
     started = time.monotonic()
     proc = cdcflow("run", env=env)
     assert proc.returncode == 1
@@ -113,8 +121,12 @@ def test_missing_captured_table_is_one_line(edbs):
     assert proc.returncode == 1
     assert "captured table public.nope does not exist" in error_line(proc)
     with psycopg.connect(edbs.source_dsn) as c:
-        assert c.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
-                         (edbs.settings.slot,)).fetchone()[0] == 0
+        assert (
+            c.execute(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (edbs.settings.slot,)
+            ).fetchone()[0]
+            == 0
+        )
 
 
 def test_bootstrap_run_status_and_sigterm(edbs):
@@ -122,8 +134,9 @@ def test_bootstrap_run_status_and_sigterm(edbs):
     proc = cdcflow("bootstrap", "--demo", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "public.orders -> stg_cdc_orders" in proc.stdout
-    run = subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cdcflow", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         with edbs.source() as src:
             src.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 12.5)")

@@ -31,7 +31,10 @@ def test_demo_non_interactive_from_empty_data_dir():
     shutil.rmtree(data_dir, ignore_errors=True)
     proc = subprocess.run(
         [sys.executable, "-m", "cdcflow", "demo", "--no-live", "--duration", "8", "--data-dir", str(data_dir)],
-        env=_env(), capture_output=True, text=True, timeout=180,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -48,7 +51,10 @@ def test_demo_non_interactive_from_empty_data_dir():
     # A second run reuses the data dir.
     again = subprocess.run(
         [sys.executable, "-m", "cdcflow", "demo", "--no-live", "--duration", "3", "--data-dir", str(data_dir)],
-        env=_env(), capture_output=True, text=True, timeout=180,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert again.returncode == 0, again.stdout + again.stderr
 
@@ -57,8 +63,9 @@ def test_live_view_under_a_terminal_shows_throughput_and_kpi_rows():
     data_dir = ROOT / ".cdcflow" / "e2e-demo-live"
     pid, fd = pty.fork()
     if pid == 0:  # child: the demo, its stdout a terminal
-        os.execvpe(sys.executable, [sys.executable, "-m", "cdcflow", "demo", "--reset", "--data-dir", str(data_dir)],
-                   _env())
+        os.execvpe(
+            sys.executable, [sys.executable, "-m", "cdcflow", "demo", "--reset", "--data-dir", str(data_dir)], _env()
+        )
     screen = b""
     seen = False
     deadline = time.monotonic() + 90

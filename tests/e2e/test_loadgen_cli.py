@@ -41,7 +41,11 @@ def test_loadgen_runs_reports_progress_and_stops_by_itself(demo_source: Database
     before = _live_orders(demo_source)
     proc = subprocess.run(
         _cmd("--profile", "smoke", "--rate", "200", "--duration", "2", "--progress-interval", "0.5", "--json"),
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=30,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -58,7 +62,10 @@ def test_loadgen_ctrl_c_stops_cleanly(demo_source: Databases) -> None:
     proc = subprocess.Popen(
         _cmd("--profile", "moderate", "--duration", "120", "--dsn", demo_source.source_dsn),
         env={k: v for k, v in demo_source.env().items() if k != "SOURCE_DSN"},
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(2.5)
@@ -79,7 +86,6 @@ def test_loadgen_without_a_source_is_one_line() -> None:
     assert proc.stderr.strip().splitlines() == [
         "cdcflow: error: loadgen needs a source: set SOURCE_DSN or pass --dsn (a PostgreSQL connection string)"
     ]
-
 
 
 def test_loadgen_unknown_profile(capsys: pytest.CaptureFixture[str]) -> None:

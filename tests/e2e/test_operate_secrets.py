@@ -85,17 +85,25 @@ def test_password_never_printed_even_when_connections_fail(secret_role, edbs):
     src_db = psycopg.conninfo.conninfo_to_dict(edbs.source_dsn)["dbname"]
     srv_db = psycopg.conninfo.conninfo_to_dict(edbs.serving_dsn)["dbname"]
     port = free_port()
-    env = edbs.env(SOURCE_DSN=dsn(src_db, password), SERVING_DSN=dsn(srv_db, password), METRICS_PORT=str(port),
-                   LOG_LEVEL="debug", LOG_FORMAT="json", HEALTH_MAX_FRESHNESS_SECONDS="5")
+    env = edbs.env(
+        SOURCE_DSN=dsn(src_db, password),
+        SERVING_DSN=dsn(srv_db, password),
+        METRICS_PORT=str(port),
+        LOG_LEVEL="debug",
+        LOG_FORMAT="json",
+        HEALTH_MAX_FRESHNESS_SECONDS="5",
+    )
     printed: list[str] = []
 
     boot = cdcflow("bootstrap", "--demo", env=env)
     printed += [boot.stdout, boot.stderr]
     assert boot.returncode == 0, boot.stderr
 
-    run = subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "cdcflow", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
+
         def insert_and_wait(n: int) -> None:
             with edbs.source() as src:
                 src.execute("INSERT INTO orders (customer_id, amount) VALUES (1, %s)", (n,))

@@ -122,13 +122,26 @@ class FakeCapture:
 
 _TS = ("datetime2", 26, 6)
 DEMO_TABLES = {  # the demo schema of sql/sqlserver/bootstrap/10_schema.sql: (name, type, precision, scale, key)
-    "customers": [("customer_id", "bigint", 19, 0, True), ("segment", "nvarchar", 0, 0, False),
-                  ("is_active", "bit", 1, 0, False), ("updated_at", *_TS, False)],
-    "orders": [("order_id", "bigint", 19, 0, True), ("customer_id", "bigint", 19, 0, False),
-               ("amount", "numeric", 18, 2, False), ("status", "nvarchar", 0, 0, False),
-               ("created_at", *_TS, False), ("updated_at", *_TS, False)],
-    "payments": [("payment_id", "bigint", 19, 0, True), ("order_id", "bigint", 19, 0, False),
-                 ("paid_amount", "numeric", 18, 2, False), ("paid_at", *_TS, False)],
+    "customers": [
+        ("customer_id", "bigint", 19, 0, True),
+        ("segment", "nvarchar", 0, 0, False),
+        ("is_active", "bit", 1, 0, False),
+        ("updated_at", *_TS, False),
+    ],
+    "orders": [
+        ("order_id", "bigint", 19, 0, True),
+        ("customer_id", "bigint", 19, 0, False),
+        ("amount", "numeric", 18, 2, False),
+        ("status", "nvarchar", 0, 0, False),
+        ("created_at", *_TS, False),
+        ("updated_at", *_TS, False),
+    ],
+    "payments": [
+        ("payment_id", "bigint", 19, 0, True),
+        ("order_id", "bigint", 19, 0, False),
+        ("paid_amount", "numeric", 18, 2, False),
+        ("paid_at", *_TS, False),
+    ],
 }
 
 
@@ -228,8 +241,12 @@ class FakeCdcServer:
 
     def driver(self) -> SimpleNamespace:
         return SimpleNamespace(
-            connect=self.connect, Error=Error, InterfaceError=InterfaceError, DatabaseError=DatabaseError,
-            OperationalError=OperationalError, ProgrammingError=ProgrammingError,
+            connect=self.connect,
+            Error=Error,
+            InterfaceError=InterfaceError,
+            DatabaseError=DatabaseError,
+            OperationalError=OperationalError,
+            ProgrammingError=ProgrammingError,
         )
 
     def connect(self, **kwargs: Any) -> FakeConnection:
@@ -258,8 +275,11 @@ class FakeCdcServer:
         ]
 
     def _q_capture_instances(self, conn, idents, p):
-        rows = [(c.instance, lsn_bytes(c.start_lsn)) for c in self.captures.values()
-                if (c.table.schema, c.table.name) == (p["schema"], p["table"])]
+        rows = [
+            (c.instance, lsn_bytes(c.start_lsn))
+            for c in self.captures.values()
+            if (c.table.schema, c.table.name) == (p["schema"], p["table"])
+        ]
         return ["capture_instance", "start_lsn"], rows[::-1]
 
     def _q_capture_columns(self, conn, idents, p):
@@ -292,8 +312,10 @@ class FakeCdcServer:
             changes = [c for c in changes if c.lsn <= last]
         table = self.captures[instance].table
         picks = _column_picks(idents["columns"], table, alias="c")
-        rows = [(lsn_bytes(c.lsn), lsn_bytes(c.seqval), c.op, self.mapping.get(c.lsn))
-                + tuple(c.values[i] for i in picks) for c in changes]
+        rows = [
+            (lsn_bytes(c.lsn), lsn_bytes(c.seqval), c.op, self.mapping.get(c.lsn)) + tuple(c.values[i] for i in picks)
+            for c in changes
+        ]
         names = ["__$start_lsn", "__$seqval", "__$operation", "commit_time"] + [table.columns[i].name for i in picks]
         return names, rows
 

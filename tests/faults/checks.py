@@ -86,7 +86,8 @@ def wait_caught_up(source_dsn: str, serving_dsn: str, source_name: str, timeout:
                 while time.monotonic() < deadline:
                     rows = conn.execute(
                         "SELECT min(last_lsn), count(*) FILTER (WHERE state NOT IN ('OK', 'INIT')) "
-                        "FROM ctl_ingestion_watermarks WHERE source_name = %s", (source_name,)
+                        "FROM ctl_ingestion_watermarks WHERE source_name = %s",
+                        (source_name,),
                     ).fetchone()
                     last = rows
                     if rows[0] is not None and int(rows[0]) + 1 >= target:
@@ -94,8 +95,9 @@ def wait_caught_up(source_dsn: str, serving_dsn: str, source_name: str, timeout:
                     time.sleep(0.1)
         except psycopg.OperationalError:
             time.sleep(0.2)
-    raise AssertionError(f"ingestion did not catch up within {timeout:.0f}s: target {target}, "
-                         f"(min watermark, captures not OK) = {last}")
+    raise AssertionError(
+        f"ingestion did not catch up within {timeout:.0f}s: target {target}, (min watermark, captures not OK) = {last}"
+    )
 
 
 def wait_projections(serving_dsn: str, source_name: str, timeout: float) -> float:
@@ -104,14 +106,15 @@ def wait_projections(serving_dsn: str, source_name: str, timeout: float) -> floa
     deadline = started + timeout
     last: list = []
     with psycopg.connect(serving_dsn, autocommit=True) as conn:
-        target = conn.execute("SELECT min(last_lsn) FROM ctl_ingestion_watermarks WHERE source_name = %s",
-                              (source_name,)).fetchone()[0]
+        target = conn.execute(
+            "SELECT min(last_lsn) FROM ctl_ingestion_watermarks WHERE source_name = %s", (source_name,)
+        ).fetchone()[0]
         while time.monotonic() < deadline:
-            last = conn.execute("SELECT projection_name, status, as_of_lsn, last_error "
-                                "FROM ctl_projection_metadata ORDER BY 1").fetchall()
+            last = conn.execute(
+                "SELECT projection_name, status, as_of_lsn, last_error FROM ctl_projection_metadata ORDER BY 1"
+            ).fetchall()
             names = {r[0] for r in last}
-            if names >= set(PROJECTIONS) and all(s == "OK" and a is not None and a >= target
-                                                 for _, s, a, _ in last):
+            if names >= set(PROJECTIONS) and all(s == "OK" and a is not None and a >= target for _, s, a, _ in last):
                 return time.monotonic() - started
             time.sleep(0.1)
     raise AssertionError(f"projections not OK as of lsn {target} within {timeout:.0f}s: {last}")
@@ -177,5 +180,7 @@ def check_all(source_dsn: str, serving_dsn: str, rec: Recorder, projections: boo
 
 def _difference(want: list, got: list) -> str:
     w, g = set(want), set(got)
-    return (f"{len(want)} expected rows, {len(got)} rows; missing {sorted(w - g, key=str)[:3]}, "
-            f"unexpected {sorted(g - w, key=str)[:3]}")
+    return (
+        f"{len(want)} expected rows, {len(got)} rows; missing {sorted(w - g, key=str)[:3]}, "
+        f"unexpected {sorted(g - w, key=str)[:3]}"
+    )

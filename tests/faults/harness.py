@@ -55,10 +55,27 @@ class Plan:
         return replace(self, **changes)
 
 
-SHORT = Plan(duration=35, kills=4, serving_restarts=1, source_restarts=1, serving_cuts=2, source_cuts=2,
-             immediate_every=0, rate=100)
-LONG = Plan(duration=900, kills=30, serving_restarts=6, source_restarts=6, serving_cuts=15, source_cuts=15,
-            immediate_every=3, rate=100, bulk_every=400)
+SHORT = Plan(
+    duration=35,
+    kills=4,
+    serving_restarts=1,
+    source_restarts=1,
+    serving_cuts=2,
+    source_cuts=2,
+    immediate_every=0,
+    rate=100,
+)
+LONG = Plan(
+    duration=900,
+    kills=30,
+    serving_restarts=6,
+    source_restarts=6,
+    serving_cuts=15,
+    source_cuts=15,
+    immediate_every=3,
+    rate=100,
+    bulk_every=400,
+)
 
 
 @dataclass
@@ -87,9 +104,12 @@ class Report:
             + ("PASSED" if self.ok else "FAILED"),
             "faults injected: " + ", ".join(f"{k} {v}" for k, v in f.items()),
             "server restarts took (max s): " + ", ".join(f"{k} {v:.2f}" for k, v in self.restart_seconds.items()),
-            "proxy: " + "; ".join(f"{k}: {v['accepted']} connections, {v['connections_cut']} cut, "
-                                 f"{v['refused']} refused, {v['upstream_failures']} upstream down"
-                                 for k, v in self.proxy.items()),
+            "proxy: "
+            + "; ".join(
+                f"{k}: {v['accepted']} connections, {v['connections_cut']} cut, "
+                f"{v['refused']} refused, {v['upstream_failures']} upstream down"
+                for k, v in self.proxy.items()
+            ),
             f"load: {ld['committed']} transactions committed ({ld['bulk_committed']} bulk), "
             f"{ld['changes']} row changes; {ld['failed_before_commit']} failed before COMMIT, "
             f"{ld['commit_unknown_committed']} lost during COMMIT but committed (recorded), "
@@ -102,8 +122,11 @@ class Report:
             f"checked: {c.get('changes_expected')} changes made vs {c.get('changes_staged')} staged over "
             f"{c.get('keys_compared')} keys: {c.get('lost')} lost, {c.get('doubled')} doubled; "
             f"latest state vs source rows {c.get('source_rows_compared')}",
-            (f"projections: kpi {c.get('kpi_rows_compared')} rows, latest {c.get('latest_rows_compared')} rows "
-             f"compared with the oracle; metadata {c.get('metadata')}") if c.get("projections_checked")
+            (
+                f"projections: kpi {c.get('kpi_rows_compared')} rows, latest {c.get('latest_rows_compared')} rows "
+                f"compared with the oracle; metadata {c.get('metadata')}"
+            )
+            if c.get("projections_checked")
             else "projections: not checked",
             "timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()),
             "pipeline log: " + ", ".join(f"{k} {v}" for k, v in self.log_summary.items()) + f" ({self.log_path})",
@@ -129,7 +152,10 @@ class Pipeline:
         self._log.write(f"=== fault harness: start #{self.starts + 1} at {time.time():.3f}\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(  # noqa: S603  # our interpreter, fixed arguments
-            [sys.executable, "-m", "cdcflow", "run"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "cdcflow", "run"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.starts += 1
@@ -182,9 +208,13 @@ def schedule(plan: Plan) -> list[tuple[float, str]]:
     """Fault times: each kind spread over the run (one per equal slot, at a random point in it)."""
     rng = random.Random(plan.seed)
     events: list[tuple[float, str]] = []
-    kinds = (("kill", plan.kills), ("restart_serving", plan.serving_restarts),
-             ("restart_source", plan.source_restarts), ("cut_serving", plan.serving_cuts),
-             ("cut_source", plan.source_cuts))
+    kinds = (
+        ("kill", plan.kills),
+        ("restart_serving", plan.serving_restarts),
+        ("restart_source", plan.source_restarts),
+        ("cut_serving", plan.serving_cuts),
+        ("cut_source", plan.source_cuts),
+    )
     start, end = 0.03 * plan.duration, 0.95 * plan.duration
     for kind, n in kinds:
         slot = (end - start) / max(n, 1)
@@ -249,8 +279,7 @@ def freeze_code(dest: Path) -> tuple[str, str]:
 
 
 class FaultRun:
-    def __init__(self, plan: Plan, source: FaultServer, serving: FaultServer, workdir: Path,
-                 echo=print) -> None:
+    def __init__(self, plan: Plan, source: FaultServer, serving: FaultServer, workdir: Path, echo=print) -> None:
         self.plan = plan
         self.source = source
         self.serving = serving
@@ -265,13 +294,21 @@ class FaultRun:
         self.workdir.mkdir(parents=True, exist_ok=True)
         source_dsn = self.source.fresh_database(SRC_DB)
         serving_dsn = self.serving.fresh_database(SRV_DB)
-        settings = Settings(source_dsn=source_dsn, serving_dsn=serving_dsn, source_name=SOURCE_NAME,
-                            slot_name="cdcflow_faults", publication_name="cdcflow_faults",
-                            enable_proj_orders_latest=True, cdc_batch_max_rows=plan.batch_max_rows)
+        settings = Settings(
+            source_dsn=source_dsn,
+            serving_dsn=serving_dsn,
+            source_name=SOURCE_NAME,
+            slot_name="cdcflow_faults",
+            publication_name="cdcflow_faults",
+            enable_proj_orders_latest=True,
+            cdc_batch_max_rows=plan.batch_max_rows,
+        )
         self.source.drop_slot(settings.slot)
         bootstrap(settings, demo=True).source.close()
-        proxies = {"source": Proxy("source", self.source.socket_path),
-                   "serving": Proxy("serving", self.serving.socket_path)}
+        proxies = {
+            "source": Proxy("source", self.source.socket_path),
+            "serving": Proxy("serving", self.serving.socket_path),
+        }
         load = ResilientLoad(source_dsn, plan.seed, plan.rate, plan.bulk_every, plan.bulk_rows)
         log_path = self.workdir / "pipeline.log"
         rep.log_path = str(log_path)
@@ -284,8 +321,10 @@ class FaultRun:
             pipeline = Pipeline(env, log_path)
             pipeline.start()
             load.start()
-            self.echo(f"fault run: {plan.duration:.0f}s of load with {len(schedule(plan))} scheduled faults; "
-                      f"pipeline log {log_path}")
+            self.echo(
+                f"fault run: {plan.duration:.0f}s of load with {len(schedule(plan))} scheduled faults; "
+                f"pipeline log {log_path}"
+            )
             rep.timings["setup"] = time.monotonic() - t0
             self._inject(pipeline, proxies, t0 + rep.timings["setup"])
             load.finish()
@@ -328,8 +367,10 @@ class FaultRun:
         end = started + self.plan.duration
         while time.monotonic() < end:
             if pipeline.exited_by_itself() is not None:
-                self.echo(f"  {time.monotonic() - started:7.1f}s pipeline exited by itself "
-                          f"({pipeline.unexpected[-1]}); restarting it")
+                self.echo(
+                    f"  {time.monotonic() - started:7.1f}s pipeline exited by itself "
+                    f"({pipeline.unexpected[-1]}); restarting it"
+                )
                 pipeline.start()
             if not events or time.monotonic() - started < events[0][0]:
                 time.sleep(0.02)
@@ -344,8 +385,9 @@ class FaultRun:
                 pipeline.start()
             elif kind.startswith("restart_"):
                 restarts += 1
-                mode = "immediate" if self.plan.immediate_every and restarts % self.plan.immediate_every == 0 \
-                    else "fast"
+                mode = (
+                    "immediate" if self.plan.immediate_every and restarts % self.plan.immediate_every == 0 else "fast"
+                )
                 server = self.serving if kind == "restart_serving" else self.source
                 detail = f" -m {mode}: {server.restart(mode):.2f}s"
                 kind = f"{kind}_{mode}"
@@ -357,8 +399,9 @@ class FaultRun:
             self.counts[kind] += 1
             self.echo(f"  {time.monotonic() - started:7.1f}s {kind}{detail}")
 
-    def _fill(self, checks: CheckResult | None, load: ResilientLoad, pipeline: Pipeline | None,
-              proxies: dict[str, Proxy]) -> None:
+    def _fill(
+        self, checks: CheckResult | None, load: ResilientLoad, pipeline: Pipeline | None, proxies: dict[str, Proxy]
+    ) -> None:
         rep = self.report
         rep.faults = {
             "pipeline SIGKILLs": self.counts["kill"],
@@ -368,9 +411,13 @@ class FaultRun:
             "serving proxy cuts": self.counts["cut_serving"],
             "source proxy cuts": self.counts["cut_source"],
         }
-        planned = {"pipeline SIGKILLs": self.plan.kills, "serving restarts": self.plan.serving_restarts,
-                   "source restarts": self.plan.source_restarts, "serving proxy cuts": self.plan.serving_cuts,
-                   "source proxy cuts": self.plan.source_cuts}
+        planned = {
+            "pipeline SIGKILLs": self.plan.kills,
+            "serving restarts": self.plan.serving_restarts,
+            "source restarts": self.plan.source_restarts,
+            "serving proxy cuts": self.plan.serving_cuts,
+            "source proxy cuts": self.plan.source_cuts,
+        }
         if checks is not None:
             for kind, n in planned.items():
                 if rep.faults[kind] != n:
@@ -379,12 +426,17 @@ class FaultRun:
         rep.proxy = {k: asdict(p.stats) for k, p in proxies.items()}
         rep.load = dict(asdict(load.stats), changes=load.rec.count)
         if pipeline is not None:
-            rep.pipeline.update(starts=pipeline.starts, sigkills=pipeline.sigkills,
-                                unexpected_exits=len(pipeline.unexpected),
-                                exit_codes=dict(collections.Counter(pipeline.unexpected)))
+            rep.pipeline.update(
+                starts=pipeline.starts,
+                sigkills=pipeline.sigkills,
+                unexpected_exits=len(pipeline.unexpected),
+                exit_codes=dict(collections.Counter(pipeline.unexpected)),
+            )
             if pipeline.unexpected:
-                rep.failures.append(f"the pipeline exited by itself {len(pipeline.unexpected)} times "
-                                    f"(exit codes {pipeline.unexpected}); see {pipeline.log_path}")
+                rep.failures.append(
+                    f"the pipeline exited by itself {len(pipeline.unexpected)} times "
+                    f"(exit codes {pipeline.unexpected}); see {pipeline.log_path}"
+                )
         if load.stats.other_errors:
             rep.failures.append(f"load errors that were not connection losses: {load.stats.other_errors[:3]}")
         if checks is not None:

@@ -29,8 +29,10 @@ class SampledWorkload(Workload):
 
     def _ids(self, table: str) -> list[int]:
         key = TABLES[table][0]
-        query = (f"SELECT {key} FROM {table} WHERE {key} >= (SELECT min({key}) + floor(random() * "  # noqa: S608
-                 f"(max({key}) - min({key}) + 1)) FROM {table}) ORDER BY {key} LIMIT 64")
+        query = (
+            f"SELECT {key} FROM {table} WHERE {key} >= (SELECT min({key}) + floor(random() * "  # noqa: S608
+            f"(max({key}) - min({key}) + 1)) FROM {table}) ORDER BY {key} LIMIT 64"
+        )
         return [r[0] for r in self.conn.execute(query).fetchall()]
 
 
@@ -137,9 +139,13 @@ class ResilientLoad:
             conn.execute("BEGIN")
             phase = "statements"
             if bulk:
-                wl._exec("orders", 2,
-                         "INSERT INTO orders (customer_id, amount, status) "
-                         "SELECT NULL, g, 'BULK' FROM generate_series(1, %s) g", (self.bulk_rows,))
+                wl._exec(
+                    "orders",
+                    2,
+                    "INSERT INTO orders (customer_id, amount, status) "
+                    "SELECT NULL, g, 'BULK' FROM generate_series(1, %s) g",
+                    (self.bulk_rows,),
+                )
                 wl._exec("orders", 4, "UPDATE orders SET status = 'BULK2' WHERE status = 'BULK'")
             else:
                 for _ in range(wl.rng.randint(1, 4)):

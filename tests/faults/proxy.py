@@ -129,8 +129,10 @@ class Proxy:
         self.stats.accepted += 1
         pair = (c_writer, u_writer)
         self._pairs.add(pair)
-        tasks = [asyncio.create_task(self._pipe(c_reader, u_writer, pair)),
-                 asyncio.create_task(self._pipe(u_reader, c_writer, pair))]
+        tasks = [
+            asyncio.create_task(self._pipe(c_reader, u_writer, pair)),
+            asyncio.create_task(self._pipe(u_reader, c_writer, pair)),
+        ]
         self._tasks.update(tasks)
         try:
             # Either direction ending ends the connection (PostgreSQL has no half-closed use).
@@ -143,9 +145,6 @@ class Proxy:
             self._holes.discard(pair)
             _abort(c_writer)
             _abort(u_writer)
-
-
-
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pair: tuple) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError, ConnectionError):

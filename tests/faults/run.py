@@ -29,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--immediate-every", type=int, help="every n-th server restart is '-m immediate' (0: none)")
     p.add_argument("--rate", type=float, help="load transactions per second")
     p.add_argument("--seed", type=int, help="random seed (schedule and load)")
-    p.add_argument("--servers", default="faults",
-                   help="data dirs .cdcflow/<SERVERS>-src and -srv (default faults; another name runs beside pytest)")
+    p.add_argument(
+        "--servers",
+        default="faults",
+        help="data dirs .cdcflow/<SERVERS>-src and -srv (default faults; another name runs beside pytest)",
+    )
     args = p.parse_args(argv)
     plan = LONG if args.long else SHORT
     for name, field in (("duration", "duration"), ("kills", "kills"), ("rate", "rate"), ("seed", "seed")):

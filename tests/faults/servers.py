@@ -41,8 +41,7 @@ class FaultServer:
 
     def _pg_ctl(self, *args: str, timeout: float = 90) -> None:
         cmd = [str(self.pg.bin_path / "pg_ctl"), "-D", str(self.data_dir), *args]
-        kwargs: dict = {"cwd": "/tmp", "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
-                        "timeout": timeout}
+        kwargs: dict = {"cwd": "/tmp", "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "timeout": timeout}
         if self._user is not None:
             kwargs["user"] = self._user
             kwargs["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": pwd.getpwnam(self._user).pw_dir}
@@ -88,8 +87,9 @@ class FaultServer:
     def drop_slot(self, slot: str) -> None:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             for _ in range(50):
-                row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
-                                   (slot,)).fetchone()
+                row = conn.execute(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+                ).fetchone()
                 if row is None:
                     return
                 if row[0] is None:

@@ -32,24 +32,35 @@ class Started:
         self.name = name
         self.src_dsn = self.source.fresh_database(f"{name}_src")
         self.srv_dsn = self.serving.fresh_database(f"{name}_srv")
-        self.settings = Settings(source_dsn=self.src_dsn, serving_dsn=self.srv_dsn, source_name=name,
-                                 slot_name=f"cdcflow_{name}", publication_name=f"cdcflow_{name}")
+        self.settings = Settings(
+            source_dsn=self.src_dsn,
+            serving_dsn=self.srv_dsn,
+            source_name=name,
+            slot_name=f"cdcflow_{name}",
+            publication_name=f"cdcflow_{name}",
+        )
         self.source.drop_slot(self.settings.slot)
         bootstrap(self.settings, demo=True).source.close()
         self.src_proxy = Proxy("source", self.source.socket_path)
         self.srv_proxy = Proxy("serving", self.serving.socket_path)
         plan = Plan(duration=0, kills=0, serving_restarts=0, source_restarts=0, serving_cuts=0, source_cuts=0)
         self.env = _pipeline_env(plan, self.settings, self.src_proxy.start(), self.srv_proxy.start())
-        self.env.update(SOURCE_NAME=name,
-                        SOURCE_DSN=self.env["SOURCE_DSN"].replace("faults_src", f"{name}_src"),
-                        SERVING_DSN=self.env["SERVING_DSN"].replace("faults_srv", f"{name}_srv"))
+        self.env.update(
+            SOURCE_NAME=name,
+            SOURCE_DSN=self.env["SOURCE_DSN"].replace("faults_src", f"{name}_src"),
+            SERVING_DSN=self.env["SERVING_DSN"].replace("faults_srv", f"{name}_srv"),
+        )
         self.log_path = tmp_path / "pipeline.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=self.env,  # noqa: S603
-                                         stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cdcflow", "run"],
+                env=self.env,  # noqa: S603
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def assert_running(self) -> None:
         assert self.proc is not None
@@ -142,10 +153,13 @@ def test_silent_source_partition_is_noticed(started):
 
 @pytest.mark.faults
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a silently partitioned serving connection (no FIN/RST, and a peer that still ACKs, "
-                          "as this proxy does) stalls ingestion: no client-side statement timeout; /healthz "
-                          "turns unhealthy on freshness, but nothing reconnects")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="a silently partitioned serving connection (no FIN/RST, and a peer that still ACKs, "
+    "as this proxy does) stalls ingestion: no client-side statement timeout; /healthz "
+    "turns unhealthy on freshness, but nothing reconnects",
+)
 def test_silent_serving_partition_is_noticed(started):
     started.start()
     started.write_and_wait()

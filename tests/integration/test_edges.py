@@ -16,8 +16,10 @@ from tests.workload import Workload
 
 def _states(dbs) -> dict[str, tuple[str, str | None]]:
     with dbs.serving() as c:
-        return {r[0]: (r[1], r[2]) for r in c.execute(
-            "SELECT capture_instance, state, last_error FROM ctl_ingestion_watermarks").fetchall()}
+        return {
+            r[0]: (r[1], r[2])
+            for r in c.execute("SELECT capture_instance, state, last_error FROM ctl_ingestion_watermarks").fetchall()
+        }
 
 
 def _create_demo_tables(dbs) -> None:
@@ -78,8 +80,10 @@ def test_recreated_slot_is_a_gap_and_resync_repairs_it(dbs):
         # (deletes included) happen in between, never to be streamed.
         src.execute("SELECT pg_drop_replication_slot(%s)", (dbs.settings.slot,))
         src.execute("DELETE FROM payments WHERE payment_id IN (SELECT payment_id FROM payments LIMIT 3)")
-        src.execute("DELETE FROM orders WHERE order_id NOT IN (SELECT order_id FROM payments WHERE order_id IS NOT NULL)"
-                    " AND order_id IN (SELECT order_id FROM orders LIMIT 5)")
+        src.execute(
+            "DELETE FROM orders WHERE order_id NOT IN (SELECT order_id FROM payments WHERE order_id IS NOT NULL)"
+            " AND order_id IN (SELECT order_id FROM orders LIMIT 5)"
+        )
         src.execute("UPDATE customers SET segment = 'GAP' WHERE customer_id = 1")
         src.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (dbs.settings.slot,))
         src.execute("INSERT INTO customers (segment) VALUES ('AFTER')")
@@ -99,8 +103,10 @@ def test_recreated_slot_is_a_gap_and_resync_repairs_it(dbs):
             wait_caught_up(dbs.settings)
     with dbs.source() as src, dbs.serving() as serving:
         assert_latest_state_equals_source(src, serving)
-        deletes = serving.execute("SELECT count(*) FROM stg_cdc_orders WHERE __op = 1 AND __seqval > 0 "
-                                  "AND __lsn = (SELECT max(__lsn) FROM stg_cdc_orders WHERE __op = 5)").fetchone()[0]
+        deletes = serving.execute(
+            "SELECT count(*) FROM stg_cdc_orders WHERE __op = 1 AND __seqval > 0 "
+            "AND __lsn = (SELECT max(__lsn) FROM stg_cdc_orders WHERE __op = 5)"
+        ).fetchone()[0]
         assert deletes >= 1
 
 
@@ -117,8 +123,9 @@ def test_invalidated_slot_is_reported_as_gap(edbs):
                     src.execute("INSERT INTO churn SELECT repeat('x', 200) FROM generate_series(1, 60000)")
                     src.execute("SELECT pg_switch_wal()")
                     src.execute("CHECKPOINT")
-                wal_status = src.execute("SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
-                                         (edbs.settings.slot,)).fetchone()[0]
+                wal_status = src.execute(
+                    "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (edbs.settings.slot,)
+                ).fetchone()[0]
             assert wal_status == "lost"
         finally:
             admin_conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
@@ -140,11 +147,17 @@ def test_schema_drift_pauses_only_the_changed_capture(dbs, caplog):
         src.execute("UPDATE orders SET amount = amount + 1 WHERE order_id = 1")
         src.execute("ALTER TABLE payments ALTER COLUMN paid_amount TYPE double precision")
         src.execute("INSERT INTO payments (order_id, paid_amount) VALUES (1, 5)")
-        wait_until(lambda: _states(dbs)["public_orders"][0] == "PAUSED" and _states(dbs)["public_payments"][0] == "PAUSED",
-                   timeout=30, what="orders and payments to pause")
+        wait_until(
+            lambda: _states(dbs)["public_orders"][0] == "PAUSED" and _states(dbs)["public_payments"][0] == "PAUSED",
+            timeout=30,
+            what="orders and payments to pause",
+        )
         src.execute("INSERT INTO customers (segment) VALUES ('LATER')")
-        wait_until(lambda: _count(dbs, "stg_cdc_customers", "segment = 'LATER'") == 1, timeout=30,
-                   what="customers to keep flowing")
+        wait_until(
+            lambda: _count(dbs, "stg_cdc_customers", "segment = 'LATER'") == 1,
+            timeout=30,
+            what="customers to keep flowing",
+        )
     states = _states(dbs)
     assert states["public_customers"][0] == "OK"
     assert "orders.status was dropped or renamed" in states["public_orders"][1]

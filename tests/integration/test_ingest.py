@@ -23,8 +23,10 @@ def _slot_confirmed(dbs) -> int:
 
 def _watermarks(dbs) -> dict[str, tuple[int, str]]:
     with dbs.serving() as c:
-        return {r[0]: (int(r[1]), r[2]) for r in c.execute(
-            "SELECT capture_instance, last_lsn, state FROM ctl_ingestion_watermarks").fetchall()}
+        return {
+            r[0]: (int(r[1]), r[2])
+            for r in c.execute("SELECT capture_instance, last_lsn, state FROM ctl_ingestion_watermarks").fetchall()
+        }
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -151,6 +153,8 @@ def test_toast_value_survives_updates_of_other_columns(dbs):
         wait_caught_up(settings)
     with dbs.serving() as s:
         for t in ("docs", "docs_full"):
-            rows = s.execute(f"SELECT n, body FROM stg_cdc_{t} WHERE __op IN (2, 4) ORDER BY __lsn, __seqval").fetchall()
+            rows = s.execute(
+                f"SELECT n, body FROM stg_cdc_{t} WHERE __op IN (2, 4) ORDER BY __lsn, __seqval"
+            ).fetchall()
             assert [r[0] for r in rows] == [0, 1, 2]
             assert all(r[1] == body for r in rows), t

@@ -68,9 +68,10 @@ def _reaped(procs: list[subprocess.Popen]):
 
 def _projections_caught_up(dbs) -> bool:
     with dbs.serving() as s:
-        low = s.execute("SELECT max(m) FROM (SELECT max(__lsn) m FROM stg_cdc_orders UNION ALL "
-                        "SELECT max(__lsn) FROM stg_cdc_customers UNION ALL SELECT max(__lsn) FROM stg_cdc_payments) t"
-                        ).fetchone()[0]
+        low = s.execute(
+            "SELECT max(m) FROM (SELECT max(__lsn) m FROM stg_cdc_orders UNION ALL "
+            "SELECT max(__lsn) FROM stg_cdc_customers UNION ALL SELECT max(__lsn) FROM stg_cdc_payments) t"
+        ).fetchone()[0]
         rows = s.execute("SELECT status, as_of_lsn FROM ctl_projection_metadata").fetchall()
     return len(rows) == 2 and all(st == "OK" and lsn is not None and lsn >= low for st, lsn in rows)
 
@@ -136,8 +137,10 @@ def test_three_instances_owner_killed_repeatedly(edbs, tmp_path):
         assert_staging_matches(serving, rec)
         assert_projections_equal_source(src, serving)
     ranked = sorted(takeovers)
-    print(f"\ntakeover seconds (LEASE_SECONDS=2, {len(ranked)} kills): p50 {statistics.median(ranked):.2f}, "
-          f"p95 {ranked[max(0, -(-95 * len(ranked) // 100) - 1)]:.2f}, max {ranked[-1]:.2f}")
+    print(
+        f"\ntakeover seconds (LEASE_SECONDS=2, {len(ranked)} kills): p50 {statistics.median(ranked):.2f}, "
+        f"p95 {ranked[max(0, -(-95 * len(ranked) // 100) - 1)]:.2f}, max {ranked[-1]:.2f}"
+    )
     assert max(takeovers) < 2 * 2 + 4  # lease time + renewal period + margin on a shared machine
 
 
@@ -160,7 +163,9 @@ def test_paused_owner_cannot_commit_after_resuming(dbs, tmp_path):
             time.sleep(1.0)
             token = _owner(dbs, resource)[1]
             os.kill(a.pid, signal.SIGSTOP)  # frozen mid-work, holding whatever it had read
-            wait_until(lambda: (_owner(dbs, resource) or (0, 0)) == (b.pid, token + 1), timeout=30, what="B to take over")
+            wait_until(
+                lambda: (_owner(dbs, resource) or (0, 0)) == (b.pid, token + 1), timeout=30, what="B to take over"
+            )
             from cdcflow import status
 
             shown = {o["resource"]: o["owner"] for o in status.collect(dbs.settings).owners}

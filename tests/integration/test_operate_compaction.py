@@ -22,17 +22,24 @@ def hot_updates(src: psycopg.Connection, rounds: int) -> None:
     """The same few orders and customers, updated over and over (history without new keys)."""
     for i in range(rounds):
         with src.transaction():
-            src.execute("UPDATE orders SET amount = amount + 1, updated_at = now() "
-                        "WHERE order_id IN (SELECT order_id FROM orders ORDER BY order_id LIMIT 10)")
-            src.execute("UPDATE customers SET segment = %s WHERE customer_id IN "
-                        "(SELECT customer_id FROM customers ORDER BY customer_id LIMIT 3)",
-                        (("SMB", "ENTERPRISE")[i % 2],))
+            src.execute(
+                "UPDATE orders SET amount = amount + 1, updated_at = now() "
+                "WHERE order_id IN (SELECT order_id FROM orders ORDER BY order_id LIMIT 10)"
+            )
+            src.execute(
+                "UPDATE customers SET segment = %s WHERE customer_id IN "
+                "(SELECT customer_id FROM customers ORDER BY customer_id LIMIT 3)",
+                (("SMB", "ENTERPRISE")[i % 2],),
+            )
 
 
 def test_staging_stays_bounded_under_a_long_run_and_rebuild_is_exact(edbs):
     settings = edbs.settings.replace(
-        enable_proj_orders_latest=True, staging_retention=0.0, compaction_interval_seconds=0.3,
-        compaction_batch_rows=200, metrics_port=0,
+        enable_proj_orders_latest=True,
+        staging_retention=0.0,
+        compaction_interval_seconds=0.3,
+        compaction_batch_rows=200,
+        metrics_port=0,
     )
     bootstrap(settings, demo=True).source.close()
     sizes = []
@@ -58,7 +65,7 @@ def test_staging_stays_bounded_under_a_long_run_and_rebuild_is_exact(edbs):
     assert total > 5 * final, (total, final)
     # Bounded while it ran, not only at the end: without compaction the later samples
     # would reach the total.
-    assert max(sizes[len(sizes) // 2:]) < total / 2, (sizes, total)
+    assert max(sizes[len(sizes) // 2 :]) < total / 2, (sizes, total)
     with edbs.source() as src, edbs.serving() as srv:
         assert_latest_state_equals_source(src, srv)
     rebuilt = cdcflow("rebuild", "--all", env=edbs.env(ENABLE_PROJ_ORDERS_LATEST="true", METRICS_PORT="0"))
@@ -84,8 +91,10 @@ def test_horizon_respects_checkpoints_and_retention(edbs):
         # Retention: nothing staged an hour ago, so nothing goes.
         assert Compactor(settings.replace(staging_retention=3600.0)).run_pass().deleted == 0
         # A projection that has not read orders yet holds that capture (and only that one).
-        srv.execute("UPDATE ctl_projection_checkpoints SET last_lsn = 0 "
-                    "WHERE projection_name = 'proj_orders_latest' AND capture_instance = 'public_orders'")
+        srv.execute(
+            "UPDATE ctl_projection_checkpoints SET last_lsn = 0 "
+            "WHERE projection_name = 'proj_orders_latest' AND capture_instance = 'public_orders'"
+        )
         result = Compactor(settings.replace(staging_retention=0.0)).run_pass()
         by_capture = {c.capture: c.deleted for c in result.captures}
         assert "public_orders" not in by_capture  # horizon 0: skipped

@@ -63,18 +63,32 @@ def test_metrics_page_shows_every_family_and_lag_and_freshness_move(live):
     edbs, settings, port, runtime = live
     wait_caught_up(settings)
     wait_until(lambda: get(port, "/healthz")[0] == 200, timeout=20, what="healthy")
-    wait_until(lambda: "cdcflow_projection_cycle_duration_seconds_bucket" in get(port, "/metrics")[1],
-               timeout=20, what="a projection cycle")
+    wait_until(
+        lambda: "cdcflow_projection_cycle_duration_seconds_bucket" in get(port, "/metrics")[1],
+        timeout=20,
+        what="a projection cycle",
+    )
     kpi = "proj_orders_kpi_by_minute_segment"
-    wait_until(lambda: value(get(port, "/metrics")[1], "cdcflow_projection_status", projection=kpi, status="OK") == 1,
-               timeout=20, what="projection status OK on /metrics")
+    wait_until(
+        lambda: value(get(port, "/metrics")[1], "cdcflow_projection_status", projection=kpi, status="OK") == 1,
+        timeout=20,
+        what="projection status OK on /metrics",
+    )
     status, page = get(port, "/metrics")
     assert status == 200
-    for family in ("cdcflow_capture_lag_seconds", "cdcflow_capture_lag_bytes", "cdcflow_changes_staged_total",
-                   "cdcflow_batch_duration_seconds_bucket", "cdcflow_projection_freshness_seconds",
-                   "cdcflow_projection_cycle_duration_seconds_bucket", "cdcflow_projection_status",
-                   "cdcflow_errors_total", "cdcflow_slot_retained_wal_bytes", "cdcflow_worker_alive",
-                   "cdcflow_database_up"):
+    for family in (
+        "cdcflow_capture_lag_seconds",
+        "cdcflow_capture_lag_bytes",
+        "cdcflow_changes_staged_total",
+        "cdcflow_batch_duration_seconds_bucket",
+        "cdcflow_projection_freshness_seconds",
+        "cdcflow_projection_cycle_duration_seconds_bucket",
+        "cdcflow_projection_status",
+        "cdcflow_errors_total",
+        "cdcflow_slot_retained_wal_bytes",
+        "cdcflow_worker_alive",
+        "cdcflow_database_up",
+    ):
         assert family in page, family
     assert value(page, "cdcflow_projection_status", projection=kpi, status="ERROR") == 0
     assert value(page, "cdcflow_worker_alive", worker=f"ingest[{settings.source_name}]") == 1
@@ -86,8 +100,14 @@ def test_metrics_page_shows_every_family_and_lag_and_freshness_move(live):
     with edbs.source() as src:
         src.execute("INSERT INTO orders (customer_id, amount) SELECT 1, g FROM generate_series(1, 50) g")
     wait_caught_up(settings)
-    wait_until(lambda: (value(get(port, "/metrics")[1], "cdcflow_changes_staged_total", capture="public_orders")
-                        or 0) >= staged0 + 50, timeout=20, what="changes_staged to count the inserts")
+    wait_until(
+        lambda: (
+            (value(get(port, "/metrics")[1], "cdcflow_changes_staged_total", capture="public_orders") or 0)
+            >= staged0 + 50
+        ),
+        timeout=20,
+        what="changes_staged to count the inserts",
+    )
     _, page = get(port, "/metrics")
     assert value(page, "cdcflow_batch_duration_seconds_count") > batches0
     assert value(page, "cdcflow_projection_cycle_duration_seconds_count", projection=kpi) >= 1

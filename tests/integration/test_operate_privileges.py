@@ -83,9 +83,11 @@ def test_bootstrap_names_each_missing_privilege_then_runs_with_least_privilege(r
     msg = error_of(settings)
     assert "lacks SELECT" not in msg and f"role {owner}" not in msg
     # Only the publication is left: the admin creates it, as the message says.
-    create = msg[msg.index("CREATE PUBLICATION"):]
-    assert create.startswith(f"CREATE PUBLICATION {settings.publication} FOR TABLE public.customers, "
-                             "public.orders, public.payments WITH (publish = 'insert, update, delete, truncate')")
+    create = msg[msg.index("CREATE PUBLICATION") :]
+    assert create.startswith(
+        f"CREATE PUBLICATION {settings.publication} FOR TABLE public.customers, "
+        "public.orders, public.payments WITH (publish = 'insert, update, delete, truncate')"
+    )
     grant(edbs.source_dsn, create)
     assert "CREATE PUBLICATION" not in _problems(settings)
 
@@ -104,9 +106,12 @@ def _problems(settings) -> str:
 def test_select_only_role_runs_with_an_admin_made_publication(roles):
     edbs, settings, reader, owner = roles
     grant(edbs.server.admin_dsn, f"ALTER ROLE {reader} REPLICATION")
-    grant(edbs.source_dsn, f"GRANT SELECT ON public.customers, public.orders, public.payments TO {reader}",
-          f"CREATE PUBLICATION {settings.publication} FOR TABLE public.customers, public.orders, public.payments "
-          "WITH (publish = 'insert, update, delete, truncate')")
+    grant(
+        edbs.source_dsn,
+        f"GRANT SELECT ON public.customers, public.orders, public.payments TO {reader}",
+        f"CREATE PUBLICATION {settings.publication} FOR TABLE public.customers, public.orders, public.payments "
+        "WITH (publish = 'insert, update, delete, truncate')",
+    )
     grant(edbs.serving_dsn, f"GRANT CREATE ON SCHEMA public TO {owner}")
     source = make_source(settings)
     try:
@@ -119,9 +124,13 @@ def test_select_only_role_runs_with_an_admin_made_publication(roles):
 def run_and_check(edbs, settings, owner: str) -> None:
     bootstrap(settings).source.close()
     with psycopg.connect(edbs.serving_dsn) as c:
-        owners = {r[0] for r in c.execute(
-            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class WHERE relkind = 'r' AND (relname LIKE 'ctl\\_%' "
-            "OR relname LIKE 'stg\\_cdc\\_%' OR relname LIKE 'proj\\_%')").fetchall()}
+        owners = {
+            r[0]
+            for r in c.execute(
+                "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class WHERE relkind = 'r' "
+                "AND (relname LIKE 'ctl\\_%' OR relname LIKE 'stg\\_cdc\\_%' OR relname LIKE 'proj\\_%')"
+            ).fetchall()
+        }
     assert owners == {owner}
     with RunningPipeline(settings), edbs.source() as src:
         src.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 99.5)")
@@ -129,31 +138,49 @@ def run_and_check(edbs, settings, owner: str) -> None:
         wait_caught_up(settings)
         with edbs.serving() as srv:
             assert_latest_state_equals_source(src, srv)
-            wait_until(lambda: srv.execute("SELECT status FROM ctl_projection_metadata").fetchone()[0] == "OK",
-                       timeout=20, what="projection OK")
+            wait_until(
+                lambda: srv.execute("SELECT status FROM ctl_projection_metadata").fetchone()[0] == "OK",
+                timeout=20,
+                what="projection OK",
+            )
 
 
 def test_publication_missing_a_table_and_foreign_owned_serving_tables(roles):
     edbs, settings, reader, owner = roles
     grant(edbs.server.admin_dsn, f"ALTER ROLE {reader} REPLICATION")
-    grant(edbs.source_dsn, f"GRANT SELECT ON public.customers, public.orders, public.payments TO {reader}",
-          f"CREATE PUBLICATION {settings.publication} FOR TABLE public.orders, public.customers")
-    grant(edbs.serving_dsn, f"GRANT CREATE ON SCHEMA public TO {owner}",
-          "CREATE TABLE ctl_ingestion_watermarks (x int)")  # made by someone else
+    grant(
+        edbs.source_dsn,
+        f"GRANT SELECT ON public.customers, public.orders, public.payments TO {reader}",
+        f"CREATE PUBLICATION {settings.publication} FOR TABLE public.orders, public.customers",
+    )
+    grant(
+        edbs.serving_dsn, f"GRANT CREATE ON SCHEMA public TO {owner}", "CREATE TABLE ctl_ingestion_watermarks (x int)"
+    )  # made by someone else
     msg = error_of(settings)
-    assert (f"publication {settings.publication} (owner postgres) does not publish public.payments: have its owner "
-            f"run ALTER PUBLICATION {settings.publication} ADD TABLE public.payments") in msg
-    assert (f"role {owner} does not own public.ctl_ingestion_watermarks (owner postgres) in the serving database: "
-            f"ALTER TABLE public.ctl_ingestion_watermarks OWNER TO {owner}") in msg
+    assert (
+        f"publication {settings.publication} (owner postgres) does not publish public.payments: have its owner "
+        f"run ALTER PUBLICATION {settings.publication} ADD TABLE public.payments"
+    ) in msg
+    assert (
+        f"role {owner} does not own public.ctl_ingestion_watermarks (owner postgres) in the serving database: "
+        f"ALTER TABLE public.ctl_ingestion_watermarks OWNER TO {owner}"
+    ) in msg
 
 
 def test_role_that_owns_the_tables_lets_bootstrap_create_the_publication(roles):
     edbs, settings, reader, owner = roles
     grant(edbs.server.admin_dsn, f"ALTER ROLE {reader} REPLICATION")
-    grant(edbs.source_dsn, *(f"ALTER TABLE public.{t} OWNER TO {reader}" for t in ("customers", "orders", "payments")),
-          f"GRANT CREATE ON DATABASE {conninfo_to_dict(edbs.source_dsn)['dbname']} TO {reader}")
+    grant(
+        edbs.source_dsn,
+        *(f"ALTER TABLE public.{t} OWNER TO {reader}" for t in ("customers", "orders", "payments")),
+        f"GRANT CREATE ON DATABASE {conninfo_to_dict(edbs.source_dsn)['dbname']} TO {reader}",
+    )
     grant(edbs.serving_dsn, f"GRANT CREATE ON SCHEMA public TO {owner}")
     run_and_check(edbs, settings, owner)
     with edbs.source() as src:
-        assert src.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = %s",
-                           (settings.publication,)).fetchone()[0] == 3
+        assert (
+            src.execute(
+                "SELECT count(*) FROM pg_publication_tables WHERE pubname = %s", (settings.publication,)
+            ).fetchone()[0]
+            == 3
+        )

@@ -62,10 +62,14 @@ KILLS = 5
 PROJ = {
     "proj_orders_kpi_by_minute_segment": (
         "SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum "
-        "FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2", KPI_AT),
+        "FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2",
+        KPI_AT,
+    ),
     "proj_orders_latest": (
         "SELECT order_id, customer_id, segment, amount, status, created_at, updated_at "
-        "FROM proj_orders_latest ORDER BY order_id", LATEST_AT),
+        "FROM proj_orders_latest ORDER BY order_id",
+        LATEST_AT,
+    ),
 }
 
 
@@ -76,10 +80,15 @@ def assert_consistent(serving_dsn: str) -> int:
         conn.execute("SET TimeZone = 'UTC'")
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot for all reads
         for name, (proj_sql, oracle_sql) in PROJ.items():
-            as_of = conn.execute("SELECT as_of_lsn FROM ctl_projection_metadata WHERE projection_name = %s",
-                                 (name,)).fetchone()[0]
-            cps = {r[0] for r in conn.execute(
-                "SELECT last_lsn FROM ctl_projection_checkpoints WHERE projection_name = %s", (name,))}
+            as_of = conn.execute(
+                "SELECT as_of_lsn FROM ctl_projection_metadata WHERE projection_name = %s", (name,)
+            ).fetchone()[0]
+            cps = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT last_lsn FROM ctl_projection_checkpoints WHERE projection_name = %s", (name,)
+                )
+            }
             if as_of is None:
                 assert cps == {0}, f"{name}: checkpoints {cps} moved without metadata"
                 continue
@@ -121,8 +130,9 @@ def test_sigkill_leaves_old_or_new_state_never_a_mix(edbs, tmp_path):
         try:
             for _ in range(KILLS):
                 seen = _last_build(settings.serving_dsn)
-                proc = subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log,
-                                        stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+                )
                 # Kill while it works: once a projection has committed again, at a random moment.
                 wait_until(lambda s=seen: _last_build(settings.serving_dsn) > s, timeout=60, what="a projection commit")
                 time.sleep(rng.uniform(0, 1.0))

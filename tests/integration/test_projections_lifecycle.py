@@ -44,28 +44,41 @@ class Serving:
         self.conn.close()
         self.duck.close()
 
-    def order(self, lsn: int, order_id: int, customer_id: int | None, amount: str | None, op: int = 2,
-              created: dt.datetime = T0) -> None:
+    def order(
+        self,
+        lsn: int,
+        order_id: int,
+        customer_id: int | None,
+        amount: str | None,
+        op: int = 2,
+        created: dt.datetime = T0,
+    ) -> None:
         self.conn.execute(
             "INSERT INTO stg_cdc_orders (__lsn, __seqval, __op, __commit_time, order_id, customer_id, amount, status,"
             " created_at, updated_at) VALUES (%s, 0, %s, now(), %s, %s, %s, 'NEW', %s, %s)",
-            (self.base + lsn, op, order_id, customer_id, amount, created, created))
+            (self.base + lsn, op, order_id, customer_id, amount, created, created),
+        )
 
     def customer(self, lsn: int, customer_id: int, segment: str, op: int = 4) -> None:
         self.conn.execute(
             "INSERT INTO stg_cdc_customers (__lsn, __seqval, __op, __commit_time, customer_id, segment, is_active,"
-            " updated_at) VALUES (%s, 0, %s, now(), %s, %s, true, now())", (self.base + lsn, op, customer_id, segment))
+            " updated_at) VALUES (%s, 0, %s, now(), %s, %s, true, now())",
+            (self.base + lsn, op, customer_id, segment),
+        )
 
     def payment(self, lsn: int, payment_id: int, order_id: int, amount: str, op: int = 2) -> None:
         self.conn.execute(
             "INSERT INTO stg_cdc_payments (__lsn, __seqval, __op, __commit_time, payment_id, order_id, paid_amount,"
             " paid_at) VALUES (%s, 0, %s, now(), %s, %s, %s, %s)",
-            (self.base + lsn, op, payment_id, order_id, amount, T0))
+            (self.base + lsn, op, payment_id, order_id, amount, T0),
+        )
 
     def watermarks(self, **by_table: int) -> None:
         for table, lsn in by_table.items():
-            self.conn.execute("UPDATE ctl_ingestion_watermarks SET last_lsn = %s WHERE capture_instance = %s",
-                              (self.base + lsn, f"public_{table}"))
+            self.conn.execute(
+                "UPDATE ctl_ingestion_watermarks SET last_lsn = %s WHERE capture_instance = %s",
+                (self.base + lsn, f"public_{table}"),
+            )
 
     def cycle(self, projection: base.Projection, *, self_check: bool = False) -> base.CycleResult:
         with base.open_connection(self.settings.serving_dsn) as conn:
@@ -76,20 +89,30 @@ class Serving:
     def kpi(self, minute: dt.datetime = T0) -> dict[str, tuple]:
         rows = self.conn.execute(
             "SELECT segment, orders_count, orders_amount_sum, paid_amount_sum FROM proj_orders_kpi_by_minute_segment"
-            " WHERE minute_bucket = date_trunc('minute', %s::timestamptz)", (minute,)).fetchall()
+            " WHERE minute_bucket = date_trunc('minute', %s::timestamptz)",
+            (minute,),
+        ).fetchall()
         return {r[0]: tuple(r[1:]) for r in rows}
 
     def latest(self, order_id: int) -> tuple | None:
-        return self.conn.execute("SELECT customer_id, segment, amount, __source_lsn FROM proj_orders_latest"
-                                 " WHERE order_id = %s", (order_id,)).fetchone()
+        return self.conn.execute(
+            "SELECT customer_id, segment, amount, __source_lsn FROM proj_orders_latest WHERE order_id = %s", (order_id,)
+        ).fetchone()
 
     def meta(self, name: str) -> tuple:
-        return self.conn.execute("SELECT status, as_of_lsn, last_error, restated_buckets FROM ctl_projection_metadata"
-                                 " WHERE projection_name = %s", (name,)).fetchone()
+        return self.conn.execute(
+            "SELECT status, as_of_lsn, last_error, restated_buckets FROM ctl_projection_metadata"
+            " WHERE projection_name = %s",
+            (name,),
+        ).fetchone()
 
     def checkpoints(self, name: str) -> set[int]:
-        return {int(r[0]) for r in self.conn.execute(
-            "SELECT last_lsn FROM ctl_projection_checkpoints WHERE projection_name = %s", (name,))}
+        return {
+            int(r[0])
+            for r in self.conn.execute(
+                "SELECT last_lsn FROM ctl_projection_checkpoints WHERE projection_name = %s", (name,)
+            )
+        }
 
 
 @pytest.fixture
@@ -101,9 +124,9 @@ def srv(edbs):
 
 def test_cutoff_is_the_lowest_watermark_and_nothing_beyond_it_shows(srv):
     srv.cycle(OrdersKpi()), srv.cycle(OrdersLatest())
-    srv.order(10, 100, 1, "5.00")            # customer 1 is ENTERPRISE in the demo seed
-    srv.customer(20, 1, "LATE")              # beyond the customers watermark
-    srv.order(25, 101, 1, "7.00")            # beyond the cutoff (orders watermark is ahead)
+    srv.order(10, 100, 1, "5.00")  # customer 1 is ENTERPRISE in the demo seed
+    srv.customer(20, 1, "LATE")  # beyond the customers watermark
+    srv.order(25, 101, 1, "7.00")  # beyond the cutoff (orders watermark is ahead)
     srv.watermarks(orders=30, customers=15, payments=30)
     kpi, latest = srv.cycle(OrdersKpi()), srv.cycle(OrdersLatest())
     assert kpi.cutoff == latest.cutoff == srv.base + 15
@@ -141,8 +164,9 @@ def test_transform_failure_sets_error_and_next_good_cycle_sets_ok(srv, monkeypat
     srv.order(10, 100, 1, "5.00")
     srv.watermarks(orders=10, customers=10, payments=10)
     good = orders_kpi.transform
-    monkeypatch.setattr(orders_kpi, "transform", lambda name: "SELECT * FROM no_such_table" if name == "bucket_diff"
-                        else good(name))
+    monkeypatch.setattr(
+        orders_kpi, "transform", lambda name: "SELECT * FROM no_such_table" if name == "bucket_diff" else good(name)
+    )
     with pytest.raises(Exception, match="no_such_table") as info:
         worker.cycle()
     base.record_error(worker.conn(), worker.projection, str(info.value))
@@ -162,9 +186,9 @@ def test_worker_loop_records_error_then_recovers(edbs, pipeline, monkeypatch):
     settings = edbs.settings.replace(projection_interval_seconds=0.2)
     bootstrap(settings, demo=True).source.close()
     good = orders_kpi.transform
-    monkeypatch.setattr(orders_kpi, "transform", lambda name: "SELECT broken(" if name == "bucket_diff"
-                        else good(name))
+    monkeypatch.setattr(orders_kpi, "transform", lambda name: "SELECT broken(" if name == "bucket_diff" else good(name))
     with pipeline(settings), psycopg.connect(settings.serving_dsn, autocommit=True) as conn:
+
         def meta() -> tuple:
             return conn.execute("SELECT status, last_error FROM ctl_projection_metadata").fetchone()
 
@@ -201,16 +225,16 @@ def test_late_and_out_of_order_changes(srv):
     """Payment before its order, an old minute updated late, an order deleted with its payment."""
     srv.cycle(OrdersKpi())
     old = T0 - dt.timedelta(days=1)
-    srv.payment(1, 500, 900, "3.00")                 # order 900 does not exist yet
+    srv.payment(1, 500, 900, "3.00")  # order 900 does not exist yet
     srv.watermarks(orders=1, customers=1, payments=1)
     srv.cycle(OrdersKpi())
     assert srv.kpi() == {}
-    srv.order(2, 900, 2, "10.00", created=old)       # the order arrives (customer 2: SMB)
+    srv.order(2, 900, 2, "10.00", created=old)  # the order arrives (customer 2: SMB)
     srv.watermarks(orders=2, customers=2, payments=2)
     srv.cycle(OrdersKpi())
     assert srv.kpi(old) == {"SMB": (1, Decimal("10.00"), Decimal("0.00"))}
     assert srv.kpi() == {"SMB": (0, Decimal("0.00"), Decimal("3.00"))}
-    srv.order(3, 900, 2, None, op=4, created=old)    # amount set to NULL, a day later
+    srv.order(3, 900, 2, None, op=4, created=old)  # amount set to NULL, a day later
     srv.customer(3, 2, "MOVED")
     srv.watermarks(orders=3, customers=3, payments=3)
     srv.cycle(OrdersKpi())
@@ -221,8 +245,9 @@ def test_late_and_out_of_order_changes(srv):
     srv.watermarks(orders=4, customers=4, payments=4)
     srv.cycle(OrdersKpi())
     assert srv.kpi(old) == {} and srv.kpi() == {}
-    assert srv.conn.execute("SELECT count(*) FROM pst_kpi_buckets WHERE minute_bucket < '2026-01-03'").fetchone()[0] \
-        == 0
+    assert (
+        srv.conn.execute("SELECT count(*) FROM pst_kpi_buckets WHERE minute_bucket < '2026-01-03'").fetchone()[0] == 0
+    )
 
 
 def test_self_check_restates_a_corrupted_window(srv):
@@ -233,19 +258,27 @@ def test_self_check_restates_a_corrupted_window(srv):
     srv.cycle(OrdersKpi(), self_check=True)
     assert srv.meta(OrdersKpi.name)[3] == 0
     good = srv.conn.execute("SELECT * FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2").fetchall()
-    srv.conn.execute("UPDATE proj_orders_kpi_by_minute_segment SET orders_count = orders_count + 5 "
-                     "WHERE segment = 'ENTERPRISE' AND minute_bucket = date_trunc('minute', %s::timestamptz)", (now,))
-    srv.conn.execute("DELETE FROM proj_orders_kpi_by_minute_segment WHERE segment = 'SMB' "
-                     "AND minute_bucket = date_trunc('minute', %s::timestamptz)", (now,))
-    srv.conn.execute("INSERT INTO proj_orders_kpi_by_minute_segment VALUES (date_trunc('minute', now()), 'GHOST', 1, "
-                     "1, 0, now())")
+    srv.conn.execute(
+        "UPDATE proj_orders_kpi_by_minute_segment SET orders_count = orders_count + 5 "
+        "WHERE segment = 'ENTERPRISE' AND minute_bucket = date_trunc('minute', %s::timestamptz)",
+        (now,),
+    )
+    srv.conn.execute(
+        "DELETE FROM proj_orders_kpi_by_minute_segment WHERE segment = 'SMB' "
+        "AND minute_bucket = date_trunc('minute', %s::timestamptz)",
+        (now,),
+    )
+    srv.conn.execute(
+        "INSERT INTO proj_orders_kpi_by_minute_segment VALUES (date_trunc('minute', now()), 'GHOST', 1, 1, 0, now())"
+    )
     srv.conn.execute("INSERT INTO proj_orders_kpi_by_minute_segment VALUES ('2020-01-01', 'OUTSIDE', 1, 1, 0, now())")
     srv.cycle(OrdersKpi(), self_check=False)
     assert srv.meta(OrdersKpi.name)[3] == 0
     srv.cycle(OrdersKpi(), self_check=True)
     assert srv.meta(OrdersKpi.name)[3] == 3
-    fixed = srv.conn.execute("SELECT * FROM proj_orders_kpi_by_minute_segment WHERE segment <> 'OUTSIDE' "
-                             "ORDER BY 1, 2").fetchall()
+    fixed = srv.conn.execute(
+        "SELECT * FROM proj_orders_kpi_by_minute_segment WHERE segment <> 'OUTSIDE' ORDER BY 1, 2"
+    ).fetchall()
     assert [r[:5] for r in fixed] == [r[:5] for r in good]
 
 
@@ -282,8 +315,11 @@ def test_rebuild_command_equals_incremental(srv):
     srv.cycle(OrdersKpi()), srv.cycle(OrdersLatest())
     tables = ("proj_orders_kpi_by_minute_segment", "proj_orders_latest", "pst_kpi_buckets", "pst_kpi_orders")
     before = {t: srv.conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}  # noqa: S608
-    env = {"SOURCE_DSN": srv.settings.source_dsn, "SERVING_DSN": srv.settings.serving_dsn,
-           "SOURCE_NAME": srv.settings.source_name}
+    env = {
+        "SOURCE_DSN": srv.settings.source_dsn,
+        "SERVING_DSN": srv.settings.serving_dsn,
+        "SOURCE_NAME": srv.settings.source_name,
+    }
     out = io.StringIO()
     with redirect_stdout(out):
         assert cli.main(["rebuild", "--all"], env=env) == 0

@@ -92,12 +92,15 @@ class Workload:
     def op(self) -> None:
         r, rng = self.rng.random(), self.rng
         if r < 0.08 or not self.customers:
-            cid = self._x("INSERT INTO customers (segment) VALUES (%s) RETURNING customer_id",
-                          (rng.choice(SEGMENTS),)).fetchone()[0]
+            cid = self._x(
+                "INSERT INTO customers (segment) VALUES (%s) RETURNING customer_id", (rng.choice(SEGMENTS),)
+            ).fetchone()[0]
             self.customers.append(cid)
         elif r < 0.15:
-            self._x("UPDATE customers SET segment = %s, updated_at = now() WHERE customer_id = %s",
-                    (rng.choice(SEGMENTS), self._pick(self.customers)))
+            self._x(
+                "UPDATE customers SET segment = %s, updated_at = now() WHERE customer_id = %s",
+                (rng.choice(SEGMENTS), self._pick(self.customers)),
+            )
         elif r < 0.18:
             cid = self._pick(self.customers)
             self.customers.remove(cid)
@@ -105,20 +108,29 @@ class Workload:
         elif r < 0.36:
             created = self._when()
             customer = self._pick(self.customers) if rng.random() < 0.9 else rng.choice([None, 987654321])
-            oid = self._x("INSERT INTO orders (customer_id, amount, created_at, updated_at) VALUES (%s, %s, %s, now())"
-                          " RETURNING order_id", (customer, self._amount(), created)).fetchone()[0]
+            oid = self._x(
+                "INSERT INTO orders (customer_id, amount, created_at, updated_at) VALUES (%s, %s, %s, now())"
+                " RETURNING order_id",
+                (customer, self._amount(), created),
+            ).fetchone()[0]
             self.orders.append(oid)
             if created < self.now - dt.timedelta(hours=1):
                 self.old_orders.append(oid)
         elif r < 0.44:
-            self._x("UPDATE orders SET amount = %s, updated_at = now() WHERE order_id = %s",
-                    (self._amount(), self._pick(self.orders)))
+            self._x(
+                "UPDATE orders SET amount = %s, updated_at = now() WHERE order_id = %s",
+                (self._amount(), self._pick(self.orders)),
+            )
         elif r < 0.50:  # moved to another customer
-            self._x("UPDATE orders SET customer_id = %s, updated_at = now() WHERE order_id = %s",
-                    (self._pick(self.customers), self._pick(self.orders)))
+            self._x(
+                "UPDATE orders SET customer_id = %s, updated_at = now() WHERE order_id = %s",
+                (self._pick(self.customers), self._pick(self.orders)),
+            )
         elif r < 0.56 and self.old_orders:  # late update of an order created yesterday or before
-            self._x("UPDATE orders SET amount = %s, status = %s, updated_at = now() WHERE order_id = %s",
-                    (self._amount(), rng.choice(["PAID", "SHIPPED", "NEW"]), rng.choice(self.old_orders)))
+            self._x(
+                "UPDATE orders SET amount = %s, status = %s, updated_at = now() WHERE order_id = %s",
+                (self._amount(), rng.choice(["PAID", "SHIPPED", "NEW"]), rng.choice(self.old_orders)),
+            )
         elif r < 0.58:
             self._x("UPDATE orders SET created_at = %s WHERE order_id = %s", (self._when(), self._pick(self.orders)))
         elif r < 0.63 and self.orders:  # an order deleted together with its payments
@@ -129,25 +141,37 @@ class Workload:
             self._x("DELETE FROM payments WHERE order_id = %s", (oid,))
             self._x("DELETE FROM orders WHERE order_id = %s", (oid,))
         elif r < 0.78 and self.orders:
-            pid = self._x("INSERT INTO payments (order_id, paid_amount, paid_at) VALUES (%s, %s, %s) RETURNING"
-                          " payment_id", (rng.choice(self.orders), self._amount(), self._when())).fetchone()[0]
+            pid = self._x(
+                "INSERT INTO payments (order_id, paid_amount, paid_at) VALUES (%s, %s, %s) RETURNING payment_id",
+                (rng.choice(self.orders), self._amount(), self._when()),
+            ).fetchone()[0]
             self.payments.append(pid)
         elif r < 0.82:  # a payment whose order does not exist yet
             self.next_future += 1
             self.future.append(self.next_future)
-            pid = self._x("INSERT INTO payments (order_id, paid_amount, paid_at) VALUES (%s, %s, %s)"
-                          " RETURNING payment_id", (self.next_future, self._amount(), self._when())).fetchone()[0]
+            pid = self._x(
+                "INSERT INTO payments (order_id, paid_amount, paid_at) VALUES (%s, %s, %s) RETURNING payment_id",
+                (self.next_future, self._amount(), self._when()),
+            ).fetchone()[0]
             self.payments.append(pid)
         elif r < 0.86 and self.future:  # ... and the order arrives later
             oid = self.future.pop(rng.randrange(len(self.future)))
-            self._x("INSERT INTO orders (order_id, customer_id, amount, created_at) VALUES (%s, %s, %s, %s)",
-                    (oid, self._pick(self.customers), self._amount(), self._when()))
+            self._x(
+                "INSERT INTO orders (order_id, customer_id, amount, created_at) VALUES (%s, %s, %s, %s)",
+                (oid, self._pick(self.customers), self._amount(), self._when()),
+            )
             self.orders.append(oid)
         elif r < 0.93 and self.payments:
-            self._x("UPDATE payments SET paid_amount = %s, paid_at = %s, order_id = coalesce(%s, order_id)"
-                    " WHERE payment_id = %s", (self._amount(), self._when(),
-                                               self._pick(self.orders) if rng.random() < 0.3 else None,
-                                               rng.choice(self.payments)))
+            self._x(
+                "UPDATE payments SET paid_amount = %s, paid_at = %s, order_id = coalesce(%s, order_id)"
+                " WHERE payment_id = %s",
+                (
+                    self._amount(),
+                    self._when(),
+                    self._pick(self.orders) if rng.random() < 0.3 else None,
+                    rng.choice(self.payments),
+                ),
+            )
         elif r < 0.96 and self.payments:
             pid = rng.choice(self.payments)
             self.payments.remove(pid)
@@ -209,8 +233,10 @@ def test_projections_equal_oracle_with_pipeline_live(dbs, pipeline, seed):
     with dbs.serving() as srv:
         # The self-check ran during the workload and found nothing to restate.
         assert srv.execute("SELECT sum(restated_buckets) FROM ctl_projection_metadata").fetchone()[0] == 0
-        before = {t: srv.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()  # noqa: S608
-                  for t in ("pst_kpi_buckets", "proj_orders_latest")}
+        before = {
+            t: srv.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()  # noqa: S608
+            for t in ("pst_kpi_buckets", "proj_orders_latest")
+        }
     # Rebuild from staging gives what incremental maintenance gave.
     projections.rebuild(settings)
     compare(settings.source_dsn, settings.serving_dsn)

@@ -159,8 +159,13 @@ class PostgresHarness(Harness):
 
     def insert_customers(self, segments):
         values = ", ".join(["(%s)"] * len(segments))
-        return [r[0] for r in self._run(f"INSERT INTO customers (segment) VALUES {values} RETURNING customer_id",  # noqa: S608
-                                        tuple(segments))]
+        return [
+            r[0]
+            for r in self._run(
+                f"INSERT INTO customers (segment) VALUES {values} RETURNING customer_id",  # noqa: S608
+                tuple(segments),
+            )
+        ]
 
     def update_customer(self, key, segment):
         self._run("UPDATE customers SET segment = %s WHERE customer_id = %s", (segment, key))
@@ -225,9 +230,13 @@ class SqlServerHarness(Harness):
             with self.fake.transaction() as tx:
                 return [tx.insert("customers", segment=s, is_active=True) for s in segments]
         values = ", ".join(["(%s)"] * len(segments))
-        return [r[0] for r in self._run(  # one statement: one transaction
-            f"INSERT INTO dbo.customers (segment) OUTPUT inserted.customer_id VALUES {values}",  # noqa: S608
-            tuple(segments))]
+        return [
+            r[0]
+            for r in self._run(  # one statement: one transaction
+                f"INSERT INTO dbo.customers (segment) OUTPUT inserted.customer_id VALUES {values}",  # noqa: S608
+                tuple(segments),
+            )
+        ]
 
     def update_customer(self, key, segment):
         if self.fake is not None:
@@ -270,8 +279,10 @@ class SqlServerHarness(Harness):
         from cdcflow import sqlfiles
         from cdcflow.positions import mssql_lsn_to_bytes
 
-        self._run(sqlfiles.queries("sqlserver/enable_cdc.sql")["cleanup_change_table"],
-                  {"capture": self.capture, "low_water_mark": mssql_lsn_to_bytes(mark)})  # type: ignore[arg-type]
+        self._run(
+            sqlfiles.queries("sqlserver/enable_cdc.sql")["cleanup_change_table"],
+            {"capture": self.capture, "low_water_mark": mssql_lsn_to_bytes(mark)},
+        )  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=["postgres", "sqlserver-fake", "sqlserver"])
@@ -310,7 +321,9 @@ def test_describes_the_table_with_postgresql_types_and_key(harness):
     spec = harness.spec()
     assert spec.name == "customers" and spec.key_columns == ("customer_id",)
     assert [(c.name, c.type_sql) for c in spec.columns] == [
-        ("customer_id", "bigint"), ("segment", "text"), ("is_active", "boolean"),
+        ("customer_id", "bigint"),
+        ("segment", "text"),
+        ("is_active", "boolean"),
         ("updated_at", "timestamp with time zone"),
     ]
 

@@ -61,8 +61,9 @@ class FakeWorker:
 
 def telemetry(workers, fresh: dict[str, float], limit: float = 10.0) -> SimpleNamespace:
     sampler = SimpleNamespace(projection_names=list(fresh), freshness=lambda name: fresh[name])
-    return SimpleNamespace(workers=workers, sampler=sampler, metrics=Metrics(),
-                           settings=Settings(health_max_freshness_seconds=limit))
+    return SimpleNamespace(
+        workers=workers, sampler=sampler, metrics=Metrics(), settings=Settings(health_max_freshness_seconds=limit)
+    )
 
 
 def test_health_needs_live_workers_and_fresh_projections():

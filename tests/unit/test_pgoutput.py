@@ -91,7 +91,13 @@ def decoder(**kw):
 
 def test_transaction_rows_get_commit_lsn_and_ordinals():
     dec, out = decoder()
-    for m in (relation(), begin(1000, ts=1_000_000), insert("1", "NEW", None), insert("2", "NEW", "x"), commit(1000, 1050)):
+    for m in (
+        relation(),
+        begin(1000, ts=1_000_000),
+        insert("1", "NEW", None),
+        insert("2", "NEW", "x"),
+        commit(1000, 1050),
+    ):
         dec.feed(m)
     assert [r[1][:3] for r in out.rows] == [["1000", "1", "2"], ["1000", "2", "2"]]
     assert out.rows[0][1][3] == "2000-01-01T00:00:01+00:00"
@@ -181,8 +187,15 @@ def test_dropped_column_pauses_that_capture_only():
 
 
 def test_retyped_column_pauses_capture():
-    spec = TableSpec("public", "orders", (Column("order_id", "bigint", True, 20), Column("status", "text", False, 25),
-                                          Column("note", "text", False, 25)))
+    spec = TableSpec(
+        "public",
+        "orders",
+        (
+            Column("order_id", "bigint", True, 20),
+            Column("status", "text", False, 25),
+            Column("note", "text", False, 25),
+        ),
+    )
     dec = PgOutputDecoder({("public", "orders"): spec})
     msg = relation()  # every column announced with type oid 25 (text)
     dec.feed(msg)

@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,7 +15,6 @@ from cdcflow.positions import (
     parse_mssql_lsn,
     parse_pg_lsn,
 )
-import pytest
 
 
 def test_pg_lsn_examples():

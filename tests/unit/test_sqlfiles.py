@@ -27,6 +27,10 @@ def test_packaged_files_load():
 
 
 def test_identifiers_are_quoted_by_psycopg():
-    q = sqlfiles.query("source/30_enable_cdc.sql", "alter_publication",
-                       publication=sql.Identifier('we"ird'), tables=sql.Identifier("public", "t"))
+    q = sqlfiles.query(
+        "source/30_enable_cdc.sql",
+        "alter_publication",
+        publication=sql.Identifier('we"ird'),
+        tables=sql.Identifier("public", "t"),
+    )
     assert '"we""ird"' in q.as_string(None)

@@ -211,8 +211,9 @@ def test_fake_never_snapshotted_watermark_zero_is_a_gap(fake):
 def test_fake_min_lsn_is_asked_with_the_capture_name_never_empty(fake):
     source = customers_source(fake)
     source.read_batch(source.snapshot(ListSink()).end_lsn, 10, ListSink(), 0)
-    assert fake.statements and all("fn_cdc_get_min_lsn(%(capture)s)" in s for s in fake.statements
-                                   if "fn_cdc_get_min_lsn" in s)
+    assert fake.statements and all(
+        "fn_cdc_get_min_lsn(%(capture)s)" in s for s in fake.statements if "fn_cdc_get_min_lsn" in s
+    )
 
 
 def test_fake_unknown_capture_instance_is_a_config_error(fake):
@@ -290,7 +291,10 @@ def test_fake_one_ingestor_per_capture(fake):
     assert multi.current_lsn() == fake.max_lsn()  # status works on the whole source
     parts = multi.per_capture()
     assert [[s.capture for s in p.describe_tables()] for p in parts] == [
-        ["dbo_customers"], ["dbo_orders"], ["dbo_payments"]]
+        ["dbo_customers"],
+        ["dbo_orders"],
+        ["dbo_payments"],
+    ]
 
 
 def test_fake_deadlock_is_transient_and_reconnects(fake):

@@ -69,15 +69,18 @@ class Pipeline:
                 schema.ensure_staging(conn, spec)
             schema.ensure_control_rows(conn, "mssql1", "sqlserver", self.specs)
             conn.commit()
-            self.snapshot_w = {s.describe_tables()[0].capture: stage_initial_snapshot(s, conn, "mssql1")
-                               for s in sources}
+            self.snapshot_w = {
+                s.describe_tables()[0].capture: stage_initial_snapshot(s, conn, "mssql1") for s in sources
+            }
         self.sources = {c: RecordingSource(s) for c, s in zip(self.snapshot_w, sources, strict=True)}
         self.stop = threading.Event()
         self.close_later: IngestWorker | None = None
         # One worker per capture instance. IngestWorker's lease is per source ("ingest:<source>"),
         # so the three share one owner here; cycle() takes the lease as run()'s keeper would.
-        self.workers = {c: IngestWorker(self.settings, s, self.serving_dsn, self.stop, owner="fake-test")
-                        for c, s in self.sources.items()}
+        self.workers = {
+            c: IngestWorker(self.settings, s, self.serving_dsn, self.stop, owner="fake-test")
+            for c, s in self.sources.items()
+        }
         self.lease_conn = psycopg.connect(self.serving_dsn)
 
     def close(self) -> None:
@@ -125,7 +128,8 @@ class Pipeline:
     def watermarks(self) -> dict[str, tuple]:
         rows = self.lease_conn.execute(
             "SELECT capture_instance, last_lsn, state, gap_from_lsn, gap_to_lsn FROM ctl_ingestion_watermarks "
-            "WHERE source_name = 'mssql1'").fetchall()
+            "WHERE source_name = 'mssql1'"
+        ).fetchall()
         self.lease_conn.commit()
         return {r[0]: (int(r[1]), r[2], r[3] and int(r[3]), r[4] and int(r[4])) for r in rows}
 
@@ -142,7 +146,8 @@ class Pipeline:
         with psycopg.connect(self.serving_dsn) as c:
             rows = c.execute(
                 f"SELECT DISTINCT ON ({key}) {key}, __op, {_compare_column(table)} FROM stg_cdc_{table} "  # noqa: S608
-                f"WHERE __op <> 3 ORDER BY {key}, __lsn DESC, __seqval DESC").fetchall()
+                f"WHERE __op <> 3 ORDER BY {key}, __lsn DESC, __seqval DESC"
+            ).fetchall()
         return {r[0]: r[2] for r in rows if r[1] != 1}
 
 
@@ -161,11 +166,19 @@ def make_pipeline(edbs):
 
 def _values(table: str, rng: random.Random, now: dt.datetime) -> dict:
     if table == "customers":
-        return {"segment": rng.choice(["SMB", "ENTERPRISE", "CONSUMER", "tab\there"]), "is_active": rng.random() < 0.8,
-                "updated_at": now}
+        return {
+            "segment": rng.choice(["SMB", "ENTERPRISE", "CONSUMER", "tab\there"]),
+            "is_active": rng.random() < 0.8,
+            "updated_at": now,
+        }
     if table == "orders":
-        return {"customer_id": rng.randint(1, 9), "amount": Decimal(rng.randint(1, 99_999)) / 100,
-                "status": rng.choice(["NEW", "PAID", "SHIPPED"]), "created_at": now, "updated_at": now}
+        return {
+            "customer_id": rng.randint(1, 9),
+            "amount": Decimal(rng.randint(1, 99_999)) / 100,
+            "status": rng.choice(["NEW", "PAID", "SHIPPED"]),
+            "created_at": now,
+            "updated_at": now,
+        }
     return {"order_id": rng.randint(1, 9), "paid_amount": Decimal(rng.randint(1, 99_999)) / 100, "paid_at": now}
 
 
@@ -218,8 +231,10 @@ def test_fake_source_exactly_once_whole_lsns_idle_advance_and_replay(make_pipeli
     # Replay: move a watermark back to the snapshot; re-reading stages nothing new.
     counts = {t: len(p.staged(t)) for t in TABLES}
     with psycopg.connect(p.serving_dsn) as c:
-        c.execute("UPDATE ctl_ingestion_watermarks SET last_lsn = %s WHERE capture_instance = 'dbo_orders'",
-                  (p.snapshot_w["dbo_orders"],))
+        c.execute(
+            "UPDATE ctl_ingestion_watermarks SET last_lsn = %s WHERE capture_instance = 'dbo_orders'",
+            (p.snapshot_w["dbo_orders"],),
+        )
     assert p.drain() >= 1  # the re-read met staged rows...
     assert {t: len(p.staged(t)) for t in TABLES} == counts  # ...and inserted none of them again
     assert p.staged("orders") == p.expected("orders")

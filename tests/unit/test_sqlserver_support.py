@@ -33,15 +33,18 @@ def test_dsn_defaults_and_sqlserver_scheme():
     assert ms.is_sqlserver_dsn("MSSQL://x@y/z") and not ms.is_sqlserver_dsn("postgresql://x@y/z")
 
 
-@pytest.mark.parametrize("bad", [
-    "mssql://sa:pw@localhost",  # no database
-    "mssql://sa:pw@/demo",  # no host
-    "mssql://sa:pw@localhost:abc/demo",
-    "mssql://sa:pw@localhost/demo?encrypt=yes",  # unknown option
-    "mssql://sa:pw@localhost/demo?encryption=maybe",
-    "mssql://sa:pw@localhost/demo?timeout=soon",
-    "postgresql://sa:pw@localhost/demo",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "mssql://sa:pw@localhost",  # no database
+        "mssql://sa:pw@/demo",  # no host
+        "mssql://sa:pw@localhost:abc/demo",
+        "mssql://sa:pw@localhost/demo?encrypt=yes",  # unknown option
+        "mssql://sa:pw@localhost/demo?encryption=maybe",
+        "mssql://sa:pw@localhost/demo?timeout=soon",
+        "postgresql://sa:pw@localhost/demo",
+    ],
+)
 def test_dsn_rejects_bad_values_without_the_password(bad):
     with pytest.raises(ConfigError) as info:
         ms.parse_dsn(bad)
@@ -73,7 +76,8 @@ def test_capture_instance_names_are_validated_never_empty():
 
 def test_render_accepts_only_quoted_identifiers():
     assert ms.render("SELECT {columns} FROM t", columns=ms.column_list(["a", "b]"], "c")) == (
-        "SELECT [c].[a], [c].[b]]] FROM t")
+        "SELECT [c].[a], [c].[b]]] FROM t"
+    )
     with pytest.raises(KeyError):
         ms.render("SELECT {columns}", columns="a; DROP TABLE x")  # type: ignore[arg-type]
     with pytest.raises(KeyError):
@@ -97,14 +101,28 @@ def test_script_batches_split_on_go_lines():
 # -- types ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("mssql", "precision", "scale", "pg"), [
-    ("bigint", 19, 0, "bigint"), ("int", 10, 0, "integer"), ("tinyint", 3, 0, "smallint"),
-    ("bit", 1, 0, "boolean"), ("decimal", 18, 2, "numeric(18,2)"), ("numeric", 38, 10, "numeric(38,10)"),
-    ("money", 19, 4, "numeric(19,4)"), ("float", 53, 0, "double precision"), ("nvarchar", 0, 0, "text"),
-    ("datetime2", 27, 7, "timestamp with time zone"), ("datetimeoffset", 34, 7, "timestamp with time zone"),
-    ("date", 10, 0, "date"), ("time", 16, 7, "time without time zone"), ("varbinary", 0, 0, "bytea"),
-    ("uniqueidentifier", 0, 0, "uuid"), ("geography", 0, 0, None), ("sql_variant", 0, 0, None),
-])
+@pytest.mark.parametrize(
+    ("mssql", "precision", "scale", "pg"),
+    [
+        ("bigint", 19, 0, "bigint"),
+        ("int", 10, 0, "integer"),
+        ("tinyint", 3, 0, "smallint"),
+        ("bit", 1, 0, "boolean"),
+        ("decimal", 18, 2, "numeric(18,2)"),
+        ("numeric", 38, 10, "numeric(38,10)"),
+        ("money", 19, 4, "numeric(19,4)"),
+        ("float", 53, 0, "double precision"),
+        ("nvarchar", 0, 0, "text"),
+        ("datetime2", 27, 7, "timestamp with time zone"),
+        ("datetimeoffset", 34, 7, "timestamp with time zone"),
+        ("date", 10, 0, "date"),
+        ("time", 16, 7, "time without time zone"),
+        ("varbinary", 0, 0, "bytea"),
+        ("uniqueidentifier", 0, 0, "uuid"),
+        ("geography", 0, 0, None),
+        ("sql_variant", 0, 0, None),
+    ],
+)
 def test_type_mapping(mssql, precision, scale, pg):
     assert ms.pg_type(mssql, precision, scale) == pg
 

@@ -66,6 +66,7 @@ def _dsn(base: str, dbname: str) -> str:
 
 def _code_version() -> dict:
     """Which cdcflow was measured (read-only git queries)."""
+
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -103,12 +104,17 @@ class Server:
     def describe(self) -> dict:
         with self.admin() as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]
-            settings = dict(conn.execute(
-                "SELECT name, setting FROM pg_settings WHERE name IN "
-                "('shared_buffers','logical_decoding_work_mem','fsync','synchronous_commit','max_wal_size')"
-            ).fetchall())
-        return {"server": "embedded" if self.embedded else redact_dsn(self.admin_dsn), "version": version,
-                "settings": settings}
+            settings = dict(
+                conn.execute(
+                    "SELECT name, setting FROM pg_settings WHERE name IN "
+                    "('shared_buffers','logical_decoding_work_mem','fsync','synchronous_commit','max_wal_size')"
+                ).fetchall()
+            )
+        return {
+            "server": "embedded" if self.embedded else redact_dsn(self.admin_dsn),
+            "version": version,
+            "settings": settings,
+        }
 
 
 def _drop_bench(server: Server) -> None:
@@ -184,7 +190,8 @@ class CpuSampler:
         now = os.times()
         self.self_cpu = (now.user - self.own.user) + (now.system - self.own.system)
         self.children_cpu = (now.children_user - self.own.children_user) + (
-            now.children_system - self.own.children_system)
+            now.children_system - self.own.children_system
+        )
 
     def summary(self, baseline: dict[int, tuple[str, float]]) -> dict[str, float]:
         """CPU seconds by kind, counting only what a process used after ``baseline`` was taken."""
@@ -217,13 +224,22 @@ def generate(source_dsn: str, changes: int, unit: int, progress: Progress) -> di
             ins, upd, dele, txns = ins + row[0], upd + row[1], dele + row[2], txns + n
             if time.monotonic() - last >= 3:
                 last = time.monotonic()
-                progress(f"  generated {ins + upd + dele:,d} changes in {txns:,d} transactions "
-                         f"({(ins + upd + dele) / (last - started):,.0f}/s)")
+                progress(
+                    f"  generated {ins + upd + dele:,d} changes in {txns:,d} transactions "
+                    f"({(ins + upd + dele) / (last - started):,.0f}/s)"
+                )
         conn.execute("DROP PROCEDURE cdcflow_bench_generate")
     elapsed = time.monotonic() - started
     total = ins + upd + dele
-    return {"changes": total, "inserts": ins, "updates": upd, "deletes": dele, "transactions": txns,
-            "seconds": round(elapsed, 3), "changes_per_second": round(total / elapsed)}
+    return {
+        "changes": total,
+        "inserts": ins,
+        "updates": upd,
+        "deletes": dele,
+        "transactions": txns,
+        "seconds": round(elapsed, 3),
+        "changes_per_second": round(total / elapsed),
+    }
 
 
 # -- stages -----------------------------------------------------------------------------
@@ -232,9 +248,25 @@ def generate(source_dsn: str, changes: int, unit: int, progress: Progress) -> di
 def stage_raw(server: Server, source_dsn: str, slot: str, publication: str, target: int) -> float:
     """pg_recvlogical, pgoutput, to /dev/null, until ``target``; returns seconds."""
     cmd = [
-        *server.recvlogical, "-d", source_dsn, "-S", slot, "--start", "--no-loop", "-f", "/dev/null",
-        "-o", "proto_version=1", "-o", f"publication_names={publication}", "-E", format_pg_lsn(target),
-        "-s", "1", "-F", "0",
+        *server.recvlogical,
+        "-d",
+        source_dsn,
+        "-S",
+        slot,
+        "--start",
+        "--no-loop",
+        "-f",
+        "/dev/null",
+        "-o",
+        "proto_version=1",
+        "-o",
+        f"publication_names={publication}",
+        "-E",
+        format_pg_lsn(target),
+        "-s",
+        "1",
+        "-F",
+        "0",
     ]
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=STAGE_TIMEOUT)
@@ -266,8 +298,9 @@ def stage_python(source_dsn: str, slot: str, publication: str, target: int, deco
     messages = 0
     try:
         cur = conn.cursor()
-        cur.start_replication(slot_name=slot, decode=False, start_lsn=0,
-                              options={"proto_version": "1", "publication_names": publication})
+        cur.start_replication(
+            slot_name=slot, decode=False, start_lsn=0, options={"proto_version": "1", "publication_names": publication}
+        )
         read_message, feed = cur.read_message, dec.feed
         deadline = started + STAGE_TIMEOUT
         last_ping = 0.0
@@ -346,8 +379,12 @@ def stage_cdcflow(settings: Settings, target: int, profile_to: Path | None) -> d
             staged += conn.execute(
                 sql.SQL("SELECT count(*) FROM {} WHERE __op <> 5").format(sql.Identifier(table))
             ).fetchone()[0]
-    out = {"seconds": round(elapsed, 3), "rows_staged": staged, "batches": worker.batches,
-           "batch_max_rows": settings.cdc_batch_max_rows}
+    out = {
+        "seconds": round(elapsed, 3),
+        "rows_staged": staged,
+        "batches": worker.batches,
+        "batch_max_rows": settings.cdc_batch_max_rows,
+    }
     if prof is not None and profile_to is not None:
         prof.dump_stats(profile_to / "catchup.prof")
         text = io.StringIO()
@@ -360,8 +397,15 @@ def stage_cdcflow(settings: Settings, target: int, profile_to: Path | None) -> d
 
 
 def _run_stage(
-    stage: str, server: Server, settings: Settings, source_dsn: str, slot: str, target: int, total: int,
-    out: Path, profile: bool,
+    stage: str,
+    server: Server,
+    settings: Settings,
+    source_dsn: str,
+    slot: str,
+    target: int,
+    total: int,
+    out: Path,
+    profile: bool,
 ) -> dict:
     if stage == "raw":
         return {"seconds": round(stage_raw(server, source_dsn, slot, settings.publication, target), 3)}
@@ -400,8 +444,10 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     progress(f"catch-up benchmark: {changes:,d} changes, stages {', '.join(stages)}")
     if os.getloadavg()[0] > 1.0:
-        progress(f"  note: load average is {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: "
-                 "other work on this machine skews the figures")
+        progress(
+            f"  note: load average is {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: "
+            "other work on this machine skews the figures"
+        )
     server = Server(dsn, Path(data_dir), recvlogical)
     _drop_bench(server)
     with server.admin() as conn:
@@ -409,9 +455,15 @@ def run(
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     source_dsn, serving_dsn = _dsn(server.admin_dsn, SRC_DB), _dsn(server.admin_dsn, SRV_DB)
     settings = Settings(
-        source_dsn=source_dsn, serving_dsn=serving_dsn, source_name="bench", slot_name=SLOT_PREFIX + "cdcflow",
-        publication_name="cdcflow_bench", poll_interval_seconds=0.2, cdc_batch_max_rows=batch_rows,
-        enable_proj_orders_kpi=False, enable_proj_orders_latest=False,
+        source_dsn=source_dsn,
+        serving_dsn=serving_dsn,
+        source_name="bench",
+        slot_name=SLOT_PREFIX + "cdcflow",
+        publication_name="cdcflow_bench",
+        poll_interval_seconds=0.2,
+        cdc_batch_max_rows=batch_rows,
+        enable_proj_orders_kpi=False,
+        enable_proj_orders_latest=False,
     )
     result: dict = {
         "benchmark": "catchup",
@@ -439,8 +491,10 @@ def run(
         total = result["generated"]["changes"]
         result["wal_bytes"] = target - start_lsn
         result["target_lsn"] = format_pg_lsn(target)
-        progress(f"generated {total:,d} changes ({result['wal_bytes'] / 1e6:,.0f} MB of WAL) in "
-                 f"{result['generated']['seconds']:.1f}s; decoding up to {format_pg_lsn(target)}")
+        progress(
+            f"generated {total:,d} changes ({result['wal_bytes'] / 1e6:,.0f} MB of WAL) in "
+            f"{result['generated']['seconds']:.1f}s; decoding up to {format_pg_lsn(target)}"
+        )
         result["stages"] = {}
         for stage in stages:
             progress(f"stage {stage} ...")
@@ -455,8 +509,10 @@ def run(
             info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
             result["stages"][stage] = info
             cpu = ", ".join(f"{k} {v:.1f}s" for k, v in info["cpu_seconds"].items())
-            progress(f"  {stage:8s} {info['seconds']:8.2f}s  {info['changes_per_second']:>10,d} changes/s  "
-                     f"(CPU seconds: {cpu})")
+            progress(
+                f"  {stage:8s} {info['seconds']:8.2f}s  {info['changes_per_second']:>10,d} changes/s  "
+                f"(CPU seconds: {cpu})"
+            )
         if "raw" in result["stages"] and "cdcflow" in result["stages"]:
             result["ratio_cdcflow_to_raw"] = round(
                 result["stages"]["cdcflow"]["changes_per_second"] / result["stages"]["raw"]["changes_per_second"], 3
@@ -468,10 +524,14 @@ def run(
             # Load-independent view: CPU seconds the same WAL cost each way (2 cores shared by all of it).
             result["cpu_seconds_raw"], result["cpu_seconds_cdcflow"] = round(cpu_raw, 2), round(cpu_cdc, 2)
             result["cpu_ratio_raw_to_cdcflow"] = round(cpu_raw / cpu_cdc, 3) if cpu_cdc else None
-            progress(f"CPU seconds: pg_recvlogical path {cpu_raw:.1f}, cdcflow path {cpu_cdc:.1f} "
-                     f"(ratio {result['cpu_ratio_raw_to_cdcflow']})")
-            progress(f"cdcflow / pg_recvlogical = {result['ratio_cdcflow_to_raw']:.2f} (target >= 0.5)"
-                     + ("  [profiled run: not representative]" if profile else ""))
+            progress(
+                f"CPU seconds: pg_recvlogical path {cpu_raw:.1f}, cdcflow path {cpu_cdc:.1f} "
+                f"(ratio {result['cpu_ratio_raw_to_cdcflow']})"
+            )
+            progress(
+                f"cdcflow / pg_recvlogical = {result['ratio_cdcflow_to_raw']:.2f} (target >= 0.5)"
+                + ("  [profiled run: not representative]" if profile else "")
+            )
     finally:
         if not keep:
             _drop_bench(server)
@@ -493,10 +553,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the benchmark databases and slots")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<timestamp>)")
     args = p.parse_args(argv)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT / "benchmarks" / "results" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    )
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    run(out, args.changes, dsn=args.dsn, data_dir=args.data_dir, recvlogical=args.recvlogical, unit=args.unit,
-        batch_rows=args.batch_rows, stages=stages, profile=args.profile, keep=args.keep)
+    run(
+        out,
+        args.changes,
+        dsn=args.dsn,
+        data_dir=args.data_dir,
+        recvlogical=args.recvlogical,
+        unit=args.unit,
+        batch_rows=args.batch_rows,
+        stages=stages,
+        profile=args.profile,
+        keep=args.keep,
+    )
     return 0
 
 

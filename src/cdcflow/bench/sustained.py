@@ -68,8 +68,10 @@ def run(
         log_level="warning",
     )
     with psycopg.connect(pg.dsn(), autocommit=True) as admin:
-        admin.execute("SELECT pg_drop_replication_slot('cdcflow_bench') FROM pg_replication_slots "
-                      "WHERE slot_name = 'cdcflow_bench'")
+        admin.execute(
+            "SELECT pg_drop_replication_slot('cdcflow_bench') FROM pg_replication_slots "
+            "WHERE slot_name = 'cdcflow_bench'"
+        )
     bootstrap(settings, demo=True).source.close()
     profile = loadgen.get_profile("heavy_10k")
     orders_rate = changes_per_second / profile.changes_per_order
@@ -100,10 +102,26 @@ def run(
     runtime.start()
     sampler.start()
     load = subprocess.Popen(
-        [sys.executable, "-m", "cdcflow", "loadgen", "--dsn", source_dsn, "--profile", "heavy_10k",
-         "--rate", f"{orders_rate:.3f}", "--duration", f"{duration + warmup:.1f}", "--json",
-         "--progress-interval", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cdcflow",
+            "loadgen",
+            "--dsn",
+            source_dsn,
+            "--profile",
+            "heavy_10k",
+            "--rate",
+            f"{orders_rate:.3f}",
+            "--duration",
+            f"{duration + warmup:.1f}",
+            "--json",
+            "--progress-interval",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         while load.poll() is None:
@@ -144,7 +162,10 @@ def run(
         "ingestion_lag_seconds": percentiles(measured_lag),
         "projection_freshness_seconds": {},
     }
-    ok = summary["ingestion_lag_seconds"]["p95"] is not None and summary["ingestion_lag_seconds"]["p95"] <= LAG_TARGET_P95
+    ok = (
+        summary["ingestion_lag_seconds"]["p95"] is not None
+        and summary["ingestion_lag_seconds"]["p95"] <= LAG_TARGET_P95
+    )
     for name in sorted({n for _, n, _ in fresh}):
         vals = [f for ts, n, f in fresh if n == name and warmup <= ts <= warmup + duration]
         summary["projection_freshness_seconds"][name] = percentiles(vals)
@@ -169,8 +190,10 @@ def run(
     )
     for name, p in summary["projection_freshness_seconds"].items():
         progress(f"  {name}: freshness p50 {_f(p['p50'])} p95 {_f(p['p95'])} max {_f(p['max'])}")
-    progress(f"sustained: {'PASS' if summary['pass'] else 'FAIL'} against lag p95 <= {LAG_TARGET_P95}s, "
-             f"freshness p95 <= {FRESHNESS_TARGET_P95}s, load >= 95% of target")
+    progress(
+        f"sustained: {'PASS' if summary['pass'] else 'FAIL'} against lag p95 <= {LAG_TARGET_P95}s, "
+        f"freshness p95 <= {FRESHNESS_TARGET_P95}s, load >= 95% of target"
+    )
     return summary
 
 

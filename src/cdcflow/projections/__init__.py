@@ -83,8 +83,13 @@ def rebuild(settings: Settings, names: list[str] | None = None) -> list[tuple[st
                 except BaseException:
                     conn.rollback()
                     raise
-                log.info("rebuilt %s up to lsn %d: %d rows (%.1f s)", projection.name, result.cutoff,
-                         result.rows_changed, result.seconds)
+                log.info(
+                    "rebuilt %s up to lsn %d: %d rows (%.1f s)",
+                    projection.name,
+                    result.cutoff,
+                    result.rows_changed,
+                    result.seconds,
+                )
                 out.append((projection.name, result))
     finally:
         duck.close()

@@ -67,9 +67,7 @@ def write_arrow(conn: psycopg.Connection, table: str, data: pa.Table) -> int:
             # UTC by the session (TimeZone = UTC).
             data = data.set_column(i, f.name, data.column(i).cast(pa.timestamp(f.type.unit)))
     out = io.BytesIO()
-    pacsv.write_csv(
-        data, out, write_options=pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
-    )
+    pacsv.write_csv(data, out, write_options=pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in data.schema.names)
     stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(sql.Identifier(table), cols)
     with conn.cursor() as cur:

@@ -151,8 +151,12 @@ def _finish(
 ) -> None:
     conn.execute(
         sqlfiles.query(Q, "write_checkpoints"),
-        {"lsn": ctx.cutoff, "projection": projection.name, "source": settings.source_name,
-         "captures": list(projection.captures)},
+        {
+            "lsn": ctx.cutoff,
+            "projection": projection.name,
+            "source": settings.source_name,
+            "captures": list(projection.captures),
+        },
     )
     error = None
     if result.held:
@@ -160,8 +164,15 @@ def _finish(
         error = f"capture {', '.join(result.held)} is held (GAP or PAUSED): rows are as of its watermark"
     conn.execute(
         sqlfiles.query(Q, "metadata_built"),
-        {"status": result.status, "lsn": ctx.cutoff, "as_of_time": _as_of_time(conn, ctx.staging, ctx.cutoff),
-         "error": error, "rows": result.rows_changed, "restated": result.restated, "projection": projection.name},
+        {
+            "status": result.status,
+            "lsn": ctx.cutoff,
+            "as_of_time": _as_of_time(conn, ctx.staging, ctx.cutoff),
+            "error": error,
+            "rows": result.rows_changed,
+            "restated": result.restated,
+            "projection": projection.name,
+        },
     )
 
 

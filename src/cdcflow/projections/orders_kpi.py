@@ -56,17 +56,20 @@ D_PAYMENTS = pa.schema(
     [("payment_id", BIGINT), ("deleted", BOOL), ("order_id", BIGINT), ("paid_amount", MONEY), ("paid_at", TSTZ)]
 )
 S_CUSTOMERS = pa.schema([("customer_id", BIGINT), ("segment", TEXT)])
-S_ORDERS = pa.schema(
-    [("order_id", BIGINT), ("customer_id", BIGINT), ("amount", MONEY), ("created_minute", TSTZ)]
-)
-S_PAYMENTS = pa.schema(
-    [("payment_id", BIGINT), ("order_id", BIGINT), ("paid_amount", MONEY), ("paid_minute", TSTZ)]
-)
+S_ORDERS = pa.schema([("order_id", BIGINT), ("customer_id", BIGINT), ("amount", MONEY), ("created_minute", TSTZ)])
+S_PAYMENTS = pa.schema([("payment_id", BIGINT), ("order_id", BIGINT), ("paid_amount", MONEY), ("paid_minute", TSTZ)])
 HELD = pa.schema(
-    [("minute_bucket", TSTZ), ("segment", TEXT),
-     ("p_orders_count", BIGINT), ("p_orders_amount_sum", MONEY), ("p_paid_amount_sum", MONEY),
-     ("b_orders_count", BIGINT), ("b_orders_amount_sum", MONEY), ("b_paid_amount_sum", MONEY),
-     ("b_payments_count", BIGINT)]
+    [
+        ("minute_bucket", TSTZ),
+        ("segment", TEXT),
+        ("p_orders_count", BIGINT),
+        ("p_orders_amount_sum", MONEY),
+        ("p_paid_amount_sum", MONEY),
+        ("b_orders_count", BIGINT),
+        ("b_orders_amount_sum", MONEY),
+        ("b_paid_amount_sum", MONEY),
+        ("b_payments_count", BIGINT),
+    ]
 )
 
 
@@ -85,29 +88,42 @@ class OrdersKpi(base.Projection):
 
     def _delta(self, ctx: base.Context, capture: str, query: str, schema: pa.Schema) -> pa.Table:
         return read_arrow(
-            ctx.conn, _q(query, table=sql.Identifier(ctx.staging[capture])), schema,
+            ctx.conn,
+            _q(query, table=sql.Identifier(ctx.staging[capture])),
+            schema,
             {"after": ctx.after(capture), "upto": ctx.cutoff},
         )
 
     def _state(self, ctx: base.Context, d_c: pa.Table, d_o: pa.Table, d_p: pa.Table) -> dict[str, pa.Table]:
         """The stored rows the delta touches (empty for a rebuild), closed under order/customer."""
         if ctx.fresh:
-            return {"s_customers": S_CUSTOMERS.empty_table(), "s_orders": S_ORDERS.empty_table(),
-                    "s_payments": S_PAYMENTS.empty_table()}
+            return {
+                "s_customers": S_CUSTOMERS.empty_table(),
+                "s_orders": S_ORDERS.empty_table(),
+                "s_payments": S_PAYMENTS.empty_table(),
+            }
         conn = ctx.conn
         changed_customers = column_list(d_c, "customer_id")
-        s_o = read_arrow(conn, _q("state_orders_touched"), S_ORDERS,
-                         {"orders": int_array(column_list(d_o, "order_id")), "customers": int_array(changed_customers)})
+        s_o = read_arrow(
+            conn,
+            _q("state_orders_touched"),
+            S_ORDERS,
+            {"orders": int_array(column_list(d_o, "order_id")), "customers": int_array(changed_customers)},
+        )
         touched_orders = set(column_list(d_o, "order_id")) | set(column_list(s_o, "order_id"))
-        s_p = read_arrow(conn, _q("state_payments_touched"), S_PAYMENTS,
-                         {"payments": int_array(column_list(d_p, "payment_id")), "orders": int_array(touched_orders)})
+        s_p = read_arrow(
+            conn,
+            _q("state_payments_touched"),
+            S_PAYMENTS,
+            {"payments": int_array(column_list(d_p, "payment_id")), "orders": int_array(touched_orders)},
+        )
         pay_orders = (set(column_list(s_p, "order_id")) | set(column_list(d_p, "order_id"))) - set(
-            column_list(s_o, "order_id"))
+            column_list(s_o, "order_id")
+        )
         if pay_orders:
             more = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": int_array(pay_orders)})
             s_o = pa.concat_tables([s_o, more])
-        customers = (set(column_list(s_o, "customer_id")) | set(column_list(d_o, "customer_id"))
-                     | set(changed_customers))
+        customers = set(column_list(s_o, "customer_id")) | set(column_list(d_o, "customer_id")) | set(changed_customers)
         s_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": int_array(customers)})
         return {"s_customers": s_c, "s_orders": s_o, "s_payments": s_p}
 
@@ -142,8 +158,14 @@ class OrdersKpi(base.Projection):
         conn.execute(_q("drop_empty_buckets"))
         if deleted is not None:
             base.index_plans(conn, on=False)
-        log.debug("%s: delta %d customers, %d orders, %d payments -> %d buckets", self.name,
-                  d_c.num_rows, d_o.num_rows, d_p.num_rows, diff.num_rows)
+        log.debug(
+            "%s: delta %d customers, %d orders, %d payments -> %d buckets",
+            self.name,
+            d_c.num_rows,
+            d_o.num_rows,
+            d_p.num_rows,
+            diff.num_rows,
+        )
         return diff.num_rows
 
     def clear(self, conn: psycopg.Connection) -> None:
@@ -174,8 +196,14 @@ class OrdersKpi(base.Projection):
             log.debug("%s: self-check of %d minutes found no difference", self.name, minutes)
             return 0
         for row in fixes.slice(0, 20).to_pylist():
-            log.warning("%s: self-check restated bucket %s %s to %s", self.name, row["minute_bucket"],
-                        row["segment"], row, extra={"action": "restate", "projection": self.name})
+            log.warning(
+                "%s: self-check restated bucket %s %s to %s",
+                self.name,
+                row["minute_bucket"],
+                row["segment"],
+                row,
+                extra={"action": "restate", "projection": self.name},
+            )
         conn.execute(_q("create_restate"))
         write_arrow(conn, "tmp_kpi_diff", fixes)
         conn.execute(_q("restate"))

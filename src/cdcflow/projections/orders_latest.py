@@ -46,8 +46,16 @@ CUSTOMERS = "public_customers"
 ORDERS = "public_orders"
 
 D_ORDERS = pa.schema(
-    [("order_id", BIGINT), ("deleted", BOOL), ("customer_id", BIGINT), ("amount", MONEY), ("status", TEXT),
-     ("created_at", TSTZ), ("updated_at", TSTZ), ("__lsn", LSN)]
+    [
+        ("order_id", BIGINT),
+        ("deleted", BOOL),
+        ("customer_id", BIGINT),
+        ("amount", MONEY),
+        ("status", TEXT),
+        ("created_at", TSTZ),
+        ("updated_at", TSTZ),
+        ("__lsn", LSN),
+    ]
 )
 D_CUSTOMERS = pa.schema([("customer_id", BIGINT), ("deleted", BOOL), ("segment", TEXT)])
 S_CUSTOMERS = pa.schema([("customer_id", BIGINT), ("segment", TEXT)])
@@ -68,10 +76,18 @@ class OrdersLatest(base.Projection):
 
     def apply(self, ctx: base.Context) -> int:
         conn = ctx.conn
-        d_o = read_arrow(conn, _q("delta_orders", table=sql.Identifier(ctx.staging[ORDERS])), D_ORDERS,
-                         {"after": ctx.after(ORDERS), "upto": ctx.cutoff})
-        d_c = read_arrow(conn, _q("delta_customers", table=sql.Identifier(ctx.staging[CUSTOMERS])), D_CUSTOMERS,
-                         {"after": ctx.after(CUSTOMERS), "upto": ctx.cutoff})
+        d_o = read_arrow(
+            conn,
+            _q("delta_orders", table=sql.Identifier(ctx.staging[ORDERS])),
+            D_ORDERS,
+            {"after": ctx.after(ORDERS), "upto": ctx.cutoff},
+        )
+        d_c = read_arrow(
+            conn,
+            _q("delta_customers", table=sql.Identifier(ctx.staging[CUSTOMERS])),
+            D_CUSTOMERS,
+            {"after": ctx.after(CUSTOMERS), "upto": ctx.cutoff},
+        )
         if ctx.fresh:
             s_c = S_CUSTOMERS.empty_table()
         else:

@@ -63,7 +63,9 @@ class ProjectionWorker:
         self._duck = base.open_duckdb()
         self._last_check = time.monotonic()
         #: One owner across 'cdcflow run' processes; every commit is fenced by it.
-        self.lease = leases.Lease(f"projection:{projection.name}", owner or leases.instance_id(), settings.lease_seconds)
+        self.lease = leases.Lease(
+            f"projection:{projection.name}", owner or leases.instance_id(), settings.lease_seconds
+        )
         self.keeper = leases.LeaseKeeper(self.lease, serving_dsn)
         #: Called after each committed cycle with (result, seconds), and with each error; for metrics.
         self.on_cycle: list[Callable[[base.CycleResult, float], None]] = []
@@ -169,10 +171,18 @@ class ProjectionWorker:
         if result.applied or result.restated:
             log.info(
                 "%s: applied changes up to %s: %d rows changed, %d restated (%.0f ms)",
-                self.projection.name, format_lsn("postgres", result.cutoff), result.rows_changed,
-                result.restated, result.seconds * 1000,
-                extra={"action": "projection_cycle", "projection": self.projection.name,
-                       "cycle": uuid.uuid4().hex[:8], "lsn": result.cutoff, "rows": result.rows_changed},
+                self.projection.name,
+                format_lsn("postgres", result.cutoff),
+                result.rows_changed,
+                result.restated,
+                result.seconds * 1000,
+                extra={
+                    "action": "projection_cycle",
+                    "projection": self.projection.name,
+                    "cycle": uuid.uuid4().hex[:8],
+                    "lsn": result.cutoff,
+                    "rows": result.rows_changed,
+                },
             )
         return result
 

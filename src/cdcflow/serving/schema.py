@@ -55,7 +55,9 @@ def ensure_staging(conn: psycopg.Connection, spec: TableSpec) -> None:
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type_sql)) for c in spec.columns
     )
     conn.execute(
-        sqlfiles.query(Q, "create_staging", table=table, columns=columns, pk=sql.Identifier(spec.staging_table + "_pkey"))
+        sqlfiles.query(
+            Q, "create_staging", table=table, columns=columns, pk=sql.Identifier(spec.staging_table + "_pkey")
+        )
     )
     conn.execute(
         sqlfiles.query(

@@ -155,9 +155,9 @@ class StagingWriter:
         spec = self.specs[capture]
         if self.dedupe and capture not in self._temp_made:
             self.conn.execute(
-                sql.SQL(
-                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                ).format(sql.Identifier("tmp_" + spec.staging_table), sql.Identifier(spec.staging_table))
+                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS").format(
+                    sql.Identifier("tmp_" + spec.staging_table), sql.Identifier(spec.staging_table)
+                )
             )
             self._temp_made.add(capture)
         stmt = self._copy_sql.get(capture)
@@ -210,7 +210,9 @@ class StagingWriter:
             for lsn, seqval, op, columns in rows:
                 for column in columns:
                     self.conn.execute(
-                        sqlfiles.query(Q, "carry_unchanged", table=table, column=sql.Identifier(column), key_match=key_match),
+                        sqlfiles.query(
+                            Q, "carry_unchanged", table=table, column=sql.Identifier(column), key_match=key_match
+                        ),
                         {"lsn": lsn, "seqval": seqval, "op": op},
                     )
         self._unchanged = {}

@@ -36,8 +36,7 @@ BOOTSTRAP_FOLDER = "sqlserver/bootstrap"
 ERROR_INSUFFICIENT_ARGUMENTS = 313
 #: Lost connections, timeouts, deadlocks, snapshot conflicts, failover: retried.
 TRANSIENT_ERRORS = frozenset(
-    {-2, 233, 1205, 3960, 10053, 10054, 10060, 40197, 40501, 40613,
-     20003, 20004, 20006, 20009, 20017, 20020, 20047}
+    {-2, 233, 1205, 3960, 10053, 10054, 10060, 40197, 40501, 40613, 20003, 20004, 20006, 20009, 20017, 20020, 20047}
 )
 #: Login refused, database missing or not accessible: retrying will not help.
 LOGIN_ERRORS = frozenset({4060, 18452, 18456, 18470, 18486, 18487, 18488})
@@ -112,8 +111,9 @@ def parse_dsn(dsn: str) -> MssqlDsn:
             raise ConfigError(f"SOURCE_DSN: option {name} must be a whole number of seconds")
     if options.get("encryption", "off") not in ("off", "request", "require"):
         raise ConfigError("SOURCE_DSN: option encryption must be off, request or require")
-    return MssqlDsn(parts.hostname, port, database, unquote(parts.username) if parts.username else None,
-                    password, options)
+    return MssqlDsn(
+        parts.hostname, port, database, unquote(parts.username) if parts.username else None, password, options
+    )
 
 
 def load_driver() -> ModuleType:
@@ -193,8 +193,11 @@ def script_batches(text: str) -> list[str]:
         else:
             current.append(line)
     batches.append("\n".join(current))
-    return [b.strip() for b in batches if b.strip() and not all(
-        ln.strip().startswith("--") or not ln.strip() for ln in b.splitlines())]
+    return [
+        b.strip()
+        for b in batches
+        if b.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in b.splitlines())
+    ]
 
 
 def bootstrap_scripts(demo: bool) -> list[tuple[str, list[str]]]:

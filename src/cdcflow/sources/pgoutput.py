@@ -222,7 +222,9 @@ class PgOutputDecoder:
                 self.warned.add((spec.qualified, col))
                 log.warning(
                     "new column %s.%s in the source is not captured (staging keeps its columns; "
-                    "re-bootstrap to capture it)", spec.qualified, col,
+                    "re-bootstrap to capture it)",
+                    spec.qualified,
+                    col,
                 )
         if names != staged:
             rel.index = [names.index(c) for c in staged]

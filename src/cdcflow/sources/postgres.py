@@ -118,9 +118,11 @@ class PostgresSource:
         for qualified in self.tables:
             schema, table = _split(qualified)
             try:
-                rows = self.conn().execute(
-                    sqlfiles.query(Q, "table_columns"), {"schema": schema, "table": table}
-                ).fetchall()
+                rows = (
+                    self.conn()
+                    .execute(sqlfiles.query(Q, "table_columns"), {"schema": schema, "table": table})
+                    .fetchall()
+                )
             except psycopg.Error as exc:
                 self.close()
                 raise db.wrap_db_error("reading the source catalog", exc) from None
@@ -150,17 +152,23 @@ class PostgresSource:
         tables = sql.SQL(", ").join(sql.Identifier(s.schema, s.name) for s in specs)
         pub = sql.Identifier(self.publication)
         try:
-            exists = self.conn().execute(
-                sqlfiles.query("source/30_enable_cdc.sql", "publication_exists"), {"publication": self.publication}
-            ).fetchone()
+            exists = (
+                self.conn()
+                .execute(
+                    sqlfiles.query("source/30_enable_cdc.sql", "publication_exists"), {"publication": self.publication}
+                )
+                .fetchone()
+            )
         except psycopg.Error as exc:
             raise db.wrap_db_error("reading publications", exc) from None
         if exists:
             published = {
                 r[0]
-                for r in self.conn().execute(
+                for r in self.conn()
+                .execute(
                     sqlfiles.query("source/30_enable_cdc.sql", "publication_tables"), {"publication": self.publication}
-                ).fetchall()
+                )
+                .fetchall()
             }
             if published == {s.qualified for s in specs}:
                 return  # already right: no ALTER, which only the publication's owner may run

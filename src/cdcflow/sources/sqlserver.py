@@ -314,7 +314,10 @@ class SqlServerSource:
             if ms.error_number(exc) == ms.ERROR_INSUFFICIENT_ARGUMENTS:
                 min_lsn = self._min_lsn_or_none(instance)
                 raise self._gap(
-                    spec, instance, after_lsn, min_lsn,
+                    spec,
+                    instance,
+                    after_lsn,
+                    min_lsn,
                     f"error 313 for the window {format_mssql_lsn(from_lsn)}..{format_mssql_lsn(to_lsn)} "
                     "(outside what the capture instance holds)",
                 ) from None
@@ -391,8 +394,9 @@ class SqlServerSource:
         snapshot_allowed = bool(info) and info[0][3] == 1  # 1 = ON (2 and 3 are transitions)
         begin = "begin_snapshot_read" if snapshot_allowed else "begin_read_committed"
         if not snapshot_allowed:
-            log.warning("database does not allow SNAPSHOT isolation: snapshot of %s reads under READ COMMITTED",
-                        spec.qualified)
+            log.warning(
+                "database does not allow SNAPSHOT isolation: snapshot of %s reads under READ COMMITTED", spec.qualified
+            )
         table = ms.Quoted(ms.quote_ident(spec.schema) + "." + ms.quote_ident(spec.name))
         drv = self.driver()
         n = 0
@@ -411,8 +415,9 @@ class SqlServerSource:
             raise ms.wrap_error(f"snapshot of {spec.qualified}", exc) from None
         self._run("ending the snapshot transaction", ms.query("end_snapshot_read"))
         log.info("snapshot of %s: %d rows at %s", spec.qualified, n, format_mssql_lsn(w))
-        return BatchResult(end_lsn=w, rows=n, transactions=1 if n else 0,
-                           rows_by_capture={spec.capture: n} if n else {})
+        return BatchResult(
+            end_lsn=w, rows=n, transactions=1 if n else 0, rows_by_capture={spec.capture: n} if n else {}
+        )
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -478,4 +483,3 @@ def stage_snapshot(source: SqlServerSource, serving, source_name: str, *, repair
 def stage_initial_snapshot(source: SqlServerSource, serving, source_name: str) -> int:
     """The initial load of one capture: :func:`stage_snapshot` without repair."""
     return stage_snapshot(source, serving, source_name)
-

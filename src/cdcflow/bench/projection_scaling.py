@@ -1,0 +1,349 @@
+"""Projection scaling benchmark: cycle time for a fixed delta as staged history grows.
+
+For each size (staged rows before the delta: 1e5, 1e6, 1e7 by default) a fresh serving
+database gets staging and control tables, a set-based history written straight into
+staging (``sql/bench/projection_scaling.sql``: 1% customers, 40% orders made 10 a minute, so
+history spans size/25 minutes, 20% order updates, 39% payments, each 30 s after its
+order), and one ``cdcflow rebuild`` of the KPI projection to build its state. Then
+several deltas of exactly 10,000 changes (segment changes, new orders, late updates of
+old orders, deletes, new payments, payments of orders that do not exist yet, payment
+updates and deletes) are staged one after the other; each is applied by one incremental
+KPI cycle (``run_cycle`` + commit, exactly what the worker does), timed; the first is a
+warm-up. Profile ``recent`` (default) sends 80% of updates and deletes to the newest
+50,000 orders/payments and 20% anywhere in history (late updates); ``uniform`` sends all
+of them anywhere (the worst case for caches). For the same delta, the seed's way is timed
+too: every staged row loaded into DuckDB, latest state per key by ``row_number()``, all
+buckets aggregated, the projection rewritten (rolled back, so the incremental state stays in place).
+
+Targets: the cycle at 1e7 takes at most 1.5x the cycle at 1e5, and at least 20x less
+than the full recompute.
+
+    python benchmarks/projection_scaling.py --sizes 1e5,1e6,1e7 [--profiles recent,uniform] [--dsn ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from cdcflow import projections, sqlfiles
+from cdcflow.config import Settings
+from cdcflow.projections import base
+from cdcflow.projections.arrowio import BIGINT, LSN, MONEY, TEXT, TSTZ, read_arrow, write_arrow
+from cdcflow.projections.orders_kpi import OrdersKpi
+from cdcflow.serving import schema
+from cdcflow.sources.base import Column, TableSpec
+
+ROOT = Path.cwd()  # the project folder when run from a checkout: data dir, results
+BLOCKS = sqlfiles.queries("bench/projection_scaling.sql")
+DB = f"cdcflow_bench_projection_{os.getpid()}"  # one per run: runs never drop each other's database
+DELTA = 10_000
+DELTAS = 5  # the first is a warm-up
+RECENT = 50_000  # profile "recent": updates and deletes hit the newest 50,000 orders/payments (plus late ones)
+PROFILES = ("recent", "uniform")
+ANCHOR = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)  # history ends here; deltas follow it, 5 minutes apart
+
+Progress = Callable[[str], None]
+
+_TS = "timestamp with time zone"
+SPECS = [
+    TableSpec(
+        "public",
+        "customers",
+        (
+            Column("customer_id", "bigint", True),
+            Column("segment", "text"),
+            Column("is_active", "boolean"),
+            Column("updated_at", _TS),
+        ),
+    ),
+    TableSpec(
+        "public",
+        "orders",
+        (
+            Column("order_id", "bigint", True),
+            Column("customer_id", "bigint"),
+            Column("amount", "numeric(18,2)"),
+            Column("status", "text"),
+            Column("created_at", _TS),
+            Column("updated_at", _TS),
+        ),
+    ),
+    TableSpec(
+        "public",
+        "payments",
+        (
+            Column("payment_id", "bigint", True),
+            Column("order_id", "bigint"),
+            Column("paid_amount", "numeric(18,2)"),
+            Column("paid_at", _TS),
+        ),
+    ),
+]
+ALL_SCHEMAS = {
+    "customers": pa.schema(
+        [("__lsn", LSN), ("__seqval", LSN), ("__op", BIGINT), ("customer_id", BIGINT), ("segment", TEXT)]
+    ),
+    "orders": pa.schema(
+        [
+            ("__lsn", LSN),
+            ("__seqval", LSN),
+            ("__op", BIGINT),
+            ("order_id", BIGINT),
+            ("customer_id", BIGINT),
+            ("amount", MONEY),
+            ("created_at", TSTZ),
+        ]
+    ),
+    "payments": pa.schema(
+        [
+            ("__lsn", LSN),
+            ("__seqval", LSN),
+            ("__op", BIGINT),
+            ("payment_id", BIGINT),
+            ("order_id", BIGINT),
+            ("paid_amount", MONEY),
+            ("paid_at", TSTZ),
+        ]
+    ),
+}
+
+
+def _dsn(base_dsn: str, dbname: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(base_dsn)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+def _run_block(conn: psycopg.Connection, name: str, params: dict) -> None:
+    for stmt in BLOCKS[name].split(";\n"):
+        if stmt.strip():
+            conn.execute(stmt, params)  # type: ignore[arg-type]  # our own benchmark SQL
+
+
+class Scenario:
+    """One serving database holding ``size`` staged rows of history."""
+
+    def __init__(self, admin_dsn: str, size: int, progress: Progress, profile: str = PROFILES[0]) -> None:
+        self.size = size
+        self.profile = profile
+        self.progress = progress
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+        self.dsn = _dsn(admin_dsn, DB)
+        self.settings = Settings(serving_dsn=self.dsn, source_dsn=self.dsn, projection_self_check_seconds=0)
+        self.customers = max(100, size // 100)
+        self.orders = size * 40 // 100
+        self.order_updates = size * 20 // 100
+        self.payments = size - self.customers - self.orders - self.order_updates
+        self.lsn = 0
+        self.next_order = self.orders + 1_000_000_000
+        self.next_payment = self.payments + 1_000_000_000
+        self.deltas = 0
+
+    def load_history(self) -> dict[str, float]:
+        t0 = time.monotonic()
+        with psycopg.connect(self.dsn) as conn:
+            schema.run_scripts(conn, "serving")
+            for spec in SPECS:
+                schema.ensure_staging(conn, spec)
+            schema.ensure_control_rows(conn, self.settings.source_name, "postgres", SPECS)
+            projections.bootstrap(conn, self.settings)
+            _run_block(conn, "history_customers", {"n": self.customers, "t": ANCHOR})
+            _run_block(
+                conn,
+                "history_orders",
+                {
+                    "n": self.orders,
+                    "upd": self.order_updates,
+                    "base": self.customers,
+                    "customers": self.customers,
+                    "t": ANCHOR,
+                },
+            )
+            base_p = self.customers + self.orders + self.order_updates
+            _run_block(
+                conn, "history_payments", {"n": self.payments, "base": base_p, "orders": self.orders, "t": ANCHOR}
+            )
+            self.lsn = base_p + self.payments
+            _run_block(conn, "advance", {"lsn": self.lsn})
+            conn.commit()
+        loaded = time.monotonic() - t0
+        self.progress(f"  {self.size:.0e}: history of {self.lsn:,} staged rows in {loaded:.1f}s; rebuilding state")
+        t1 = time.monotonic()
+        projections.rebuild(self.settings, [OrdersKpi.name])
+        rebuilt = time.monotonic() - t1
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        self.progress(f"  {self.size:.0e}: rebuild {rebuilt:.1f}s")
+        return {"load_s": round(loaded, 2), "rebuild_s": round(rebuilt, 2)}
+
+    def stage_delta(self, seed: float) -> None:
+        with psycopg.connect(self.dsn) as conn:
+            recent = self.profile == "recent"
+            self.deltas += 1
+            now = ANCHOR + dt.timedelta(minutes=5 * self.deltas)
+            _run_block(
+                conn,
+                "delta",
+                {
+                    "seed": seed,
+                    "base": self.lsn,
+                    "customers": self.customers,
+                    "t": ANCHOR,
+                    "now": now,
+                    "orders": self.orders,
+                    "payments": self.payments,
+                    "span_o": min(self.orders, RECENT) if recent else self.orders,
+                    "span_p": min(self.payments, RECENT) if recent else self.payments,
+                    "next_order": self.next_order,
+                    "next_payment": self.next_payment,
+                },
+            )
+            self.lsn += DELTA
+            self.next_order += 200_000
+            self.next_payment += 10_000
+            _run_block(conn, "advance", {"lsn": self.lsn})
+            conn.commit()
+
+    def incremental_cycle(self) -> float:
+        duck = base.open_duckdb()
+        with base.open_connection(self.dsn) as conn:
+            t0 = time.monotonic()
+            result = base.run_cycle(conn, duck, OrdersKpi(), self.settings)
+            conn.commit()
+            took = time.monotonic() - t0
+        duck.close()
+        assert result.applied and result.cutoff == self.lsn, "the cycle did not apply the delta"
+        return took
+
+    def full_recompute(self) -> float:
+        """The seed's way for the same data: load everything staged, recompute, rewrite (rolled back)."""
+        duck = base.open_duckdb()
+        with base.open_connection(self.dsn) as conn:
+            t0 = time.monotonic()
+            for name, schema_ in ALL_SCHEMAS.items():
+                cols = sql.SQL(", ").join(sql.Identifier(c) for c in schema_.names)
+                query = sql.SQL("SELECT {} FROM {} WHERE __lsn <= %(upto)s AND __op <> 3").format(
+                    cols, sql.Identifier(f"stg_cdc_{name}")
+                )
+                duck.register(f"all_{name}", read_arrow(conn, query, schema_, {"upto": self.lsn}))
+            rows = duck.sql(BLOCKS["full_recompute"]).to_arrow_table()
+            conn.execute("DELETE FROM proj_orders_kpi_by_minute_segment")
+            write_arrow(conn, "proj_orders_kpi_by_minute_segment", rows)
+            took = time.monotonic() - t0
+            conn.rollback()
+        duck.close()
+        return took
+
+
+def _measure(sc: Scenario, profile: str, first_seed: float, progress: Progress) -> dict:
+    """Stage DELTAS deltas of one profile, one cycle each; the first is a warm-up."""
+    sc.profile = profile
+    cycles = []
+    for i in range(DELTAS):
+        sc.stage_delta(first_seed + i / 100)
+        cycle = sc.incremental_cycle()
+        progress(
+            f"  {sc.size:.0e} {profile}: delta {i}: incremental cycle {cycle * 1000:.0f} ms"
+            + (" (warm-up)" if i == 0 else "")
+        )
+        if i:
+            cycles.append(cycle)
+    return {
+        "cycle_s": [round(c, 3) for c in cycles],
+        "cycle_median_s": round(statistics.median(cycles), 3),
+        "cycle_min_s": round(min(cycles), 3),
+    }
+
+
+def run(
+    out_dir: Path,
+    sizes: list[int],
+    progress: Progress = print,
+    dsn: str | None = None,
+    profiles: tuple[str, ...] = PROFILES,
+) -> dict:
+    """Run the benchmark for each size and delta profile; write ``projection_scaling.json`` into ``out_dir``."""
+    bad = [p for p in profiles if p not in PROFILES]
+    if bad:
+        raise ValueError(f"unknown delta profile {bad[0]!r}: expected one of {', '.join(PROFILES)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    if dsn is None:
+        from cdcflow.embedded import EmbeddedPostgres
+
+        server = EmbeddedPostgres(ROOT / ".cdcflow" / "bench-pg")
+        dsn = server.dsn("postgres")
+    results: dict = {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "delta_changes": DELTA,
+        "profiles": list(profiles),
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "server": "embedded" if server else "dsn",
+        "sizes": [],
+    }
+    with psycopg.connect(dsn) as conn:
+        results["server_version"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    for size in sizes:
+        progress(f"size {size:.0e}: generating history")
+        sc = Scenario(dsn, size, progress)
+        entry: dict = {"staged_rows": size, **sc.load_history()}
+        for n, profile in enumerate(profiles):
+            entry[profile] = _measure(sc, profile, 0.1 + n / 10, progress)
+        entry["full_recompute_s"] = round(sc.full_recompute(), 3)
+        for profile in profiles:
+            entry[profile]["speedup"] = round(entry["full_recompute_s"] / entry[profile]["cycle_median_s"], 1)
+            progress(
+                f"  {size:.0e} {profile}: cycle {entry[profile]['cycle_median_s'] * 1000:.0f} ms (median), "
+                f"full recompute {entry['full_recompute_s']:.2f} s ({entry[profile]['speedup']}x)"
+            )
+        results["sizes"].append(entry)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+        (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
+    first, last = results["sizes"][0], results["sizes"][-1]
+    results["growth_largest_vs_smallest"] = {
+        p: round(last[p]["cycle_median_s"] / first[p]["cycle_median_s"], 2) for p in profiles
+    }
+    (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1e5,1e6,1e7", help="staged rows before the delta, comma-separated")
+    p.add_argument("--dsn", default=None, help="admin DSN of the PostgreSQL to use (default: embedded server)")
+    p.add_argument(
+        "--profiles",
+        default=",".join(PROFILES),
+        help="delta profiles, comma-separated: recent (80%% of updates on recent rows), uniform (anywhere)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<timestamp>)")
+    args = p.parse_args(argv)
+    sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    profiles = tuple(p.strip() for p in args.profiles.split(",") if p.strip())
+    res = run(out, sizes, lambda m: print(m, file=sys.stderr, flush=True), args.dsn, profiles)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
