@@ -24,6 +24,7 @@ import pytest
 from psycopg import sql
 
 from cdcflow.config import Settings
+from cdcflow.leases import _pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
@@ -67,16 +68,6 @@ def _system() -> PgServer:
         _servers["system"] = PgServer("system", dsn)
         _drop_stale_slots(_servers["system"])
     return _servers["system"]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _drop_stale_slots(server: PgServer) -> None:

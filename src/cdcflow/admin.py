@@ -29,14 +29,7 @@ def resync(settings: Settings, captures: list[str] | None) -> int:
         return _resync_sqlserver(settings, source, captures)
     try:
         source.check()
-        specs = source.describe_tables()
-        known = {s.capture for s in specs} | {s.qualified for s in specs}
-        for name in captures or []:
-            if name not in known:
-                raise ConfigError(
-                    f"no capture named {name!r} in source {settings.source_name}: choose from "
-                    + ", ".join(sorted(s.capture for s in specs))
-                )
+        specs = _checked_specs(source, settings, captures)
         if captures and len(specs) > 1:
             log.info(
                 "the captures of a PostgreSQL source share one slot: re-snapshotting all of them (%s)",
@@ -54,6 +47,19 @@ def resync(settings: Settings, captures: list[str] | None) -> int:
         source.close()
 
 
+def _checked_specs(source, settings: Settings, captures: list[str] | None) -> list:
+    """The source's captured tables; a named capture that is not one of them is a ConfigError."""
+    specs = source.describe_tables()
+    known = {s.capture for s in specs} | {s.qualified for s in specs}
+    for name in captures or []:
+        if name not in known:
+            raise ConfigError(
+                f"no capture named {name!r} in source {settings.source_name}: choose from "
+                + ", ".join(sorted(s.capture for s in specs))
+            )
+    return specs
+
+
 def _resync_sqlserver(settings: Settings, source, captures: list[str] | None) -> int:
     """SQL Server: each capture instance has its own position, so only the named ones (default:
     every capture not OK) are re-snapshotted."""
@@ -62,14 +68,7 @@ def _resync_sqlserver(settings: Settings, source, captures: list[str] | None) ->
     _, serving_dsn = settings.require_dsns()
     try:
         source.check()
-        specs = source.describe_tables()
-        known = {s.capture for s in specs} | {s.qualified for s in specs}
-        for name in captures or []:
-            if name not in known:
-                raise ConfigError(
-                    f"no capture named {name!r} in source {settings.source_name}: choose from "
-                    + ", ".join(sorted(s.capture for s in specs))
-                )
+        _checked_specs(source, settings, captures)
         with db.connect(serving_dsn, "serving") as serving:
             wms = read_watermarks(serving, settings.source_name)
             serving.rollback()

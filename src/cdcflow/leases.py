@@ -32,6 +32,7 @@ class LeaseLost(TransientError):
 
 
 def _pid_alive(pid: int) -> bool:
+    """Does a process with this PID exist on this host?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
