@@ -202,6 +202,7 @@ class IngestWorker:
                     "cycle": cycle_id,
                     "rows": result.rows,
                     "lsn": result.end_lsn,
+                    "duration_ms": round(elapsed * 1000, 1),
                 },
             )
         else:

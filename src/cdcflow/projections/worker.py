@@ -177,6 +177,8 @@ class ProjectionWorker:
                 result.restated,
                 result.seconds * 1000,
                 extra={
+                    "worker": self.name,
+                    "duration_ms": round(result.seconds * 1000, 1),
                     "action": "projection_cycle",
                     "projection": self.projection.name,
                     "cycle": uuid.uuid4().hex[:8],
