@@ -76,6 +76,28 @@ def wrap_db_error(what: str, exc: Exception) -> CdcflowError:
     return TerminalError(f"{what}: {msg}")
 
 
+#: libpq settings that notice a peer gone silently (a network partition) on TCP connections:
+#: keepalive probes after 10 s idle, and unacknowledged data for 30 s closes the connection.
+#: libpq ignores them on Unix sockets. An explicit value in a DSN overrides them.
+TCP_LIVENESS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+
+
+def with_liveness(dsn: str) -> str:
+    """``dsn`` with the TCP_LIVENESS settings it does not set itself."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(dsn)
+    for key, value in TCP_LIVENESS.items():
+        params.setdefault(key, value)
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
 def safe_rollback(conn: psycopg.Connection | None) -> None:
     """Roll back if the connection still works; a lost connection has nothing to roll back."""
     if conn is None or conn.closed:
@@ -89,7 +111,7 @@ def safe_rollback(conn: psycopg.Connection | None) -> None:
 def connect(dsn: str, what: str, *, autocommit: bool = False, timeout: float = 10) -> psycopg.Connection:
     """A psycopg connection, or a wrapped error naming which database failed."""
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=max(1, int(timeout)))
+        return psycopg.connect(with_liveness(dsn), autocommit=autocommit, connect_timeout=max(1, int(timeout)))
     except psycopg.Error as exc:
         raise wrap_connect_error(what, exc) from None
 

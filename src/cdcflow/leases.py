@@ -20,7 +20,7 @@ import uuid
 
 import psycopg
 
-from cdcflow import sqlfiles
+from cdcflow import db, sqlfiles
 from cdcflow.errors import TransientError
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,9 @@ class LeaseKeeper:
                 had = self.lease.held
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(self.dsn, connect_timeout=max(1, int(self.lease.ttl / 3)))
+                        conn = psycopg.connect(
+                            db.with_liveness(self.dsn), connect_timeout=max(1, int(self.lease.ttl / 3))
+                        )
                     self.lease.acquire(conn)
                 except psycopg.Error as exc:
                     log.warning("lease %s: renewal failed (%s)", self.lease.resource, " ".join(str(exc).split()))

@@ -256,7 +256,9 @@ class PostgresSource:
         import psycopg2.extras
 
         try:
-            return psycopg2.connect(self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+            return psycopg2.connect(
+                db.with_liveness(self.dsn), connection_factory=psycopg2.extras.LogicalReplicationConnection
+            )
         except psycopg2.Error as exc:
             raise db.wrap_connect_error("source (replication)", exc) from None
 
