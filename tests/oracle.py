@@ -46,16 +46,16 @@ FROM ord FULL JOIN pay ON ord.m = pay.m AND ord.seg = pay.seg
 
 KPI_PROJECTION = """
 SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum
-FROM proj_orders_kpi_by_minute_segment
+FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2
 """
 
 LATEST_ORACLE = """
 SELECT o.order_id, o.customer_id, c.segment, o.amount, o.status, o.created_at, o.updated_at
-FROM orders o LEFT JOIN customers c ON c.customer_id = o.customer_id
+FROM orders o LEFT JOIN customers c ON c.customer_id = o.customer_id ORDER BY o.order_id
 """
 
 LATEST_PROJECTION = """
-SELECT order_id, customer_id, segment, amount, status, created_at, updated_at FROM proj_orders_latest
+SELECT order_id, customer_id, segment, amount, status, created_at, updated_at FROM proj_orders_latest ORDER BY 1
 """
 
 

@@ -98,6 +98,16 @@ def with_liveness(dsn: str) -> str:
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 
+def close_quietly(conn: object | None) -> None:
+    """Close a connection (psycopg, psycopg2 or a driver's) that may already be broken."""
+    if conn is None:
+        return
+    try:
+        conn.close()  # type: ignore[attr-defined]
+    except Exception:  # already broken; closing is best effort
+        pass
+
+
 def safe_rollback(conn: psycopg.Connection | None) -> None:
     """Roll back if the connection still works; a lost connection has nothing to roll back."""
     if conn is None or conn.closed:

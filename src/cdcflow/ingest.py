@@ -75,11 +75,7 @@ class IngestWorker:
         return self._serving
 
     def _drop_connections(self) -> None:
-        if self._serving is not None:
-            try:
-                self._serving.close()
-            except Exception:  # already broken
-                pass
+        db.close_quietly(self._serving)
         self._serving = None
         self.source.close()
 

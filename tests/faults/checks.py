@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from tests.oracle import KPI_PROJECTION as PROJ_KPI
+from tests.oracle import LATEST_ORACLE as ORACLE_LATEST
+from tests.oracle import LATEST_PROJECTION as PROJ_LATEST
 from tests.oracle import assert_latest_state_equals_source, source_rows
 from tests.workload import TABLES, Recorder, assert_staging_matches, staged_changes
 
@@ -34,17 +37,6 @@ SELECT coalesce(a.minute_bucket, b.minute_bucket) AS minute_bucket, coalesce(a.s
        coalesce(b.paid_amount_sum, 0)::numeric(18,2)
 FROM by_order a FULL JOIN by_payment b ON a.minute_bucket = b.minute_bucket AND a.segment = b.segment
 ORDER BY 1, 2
-"""
-PROJ_KPI = """
-SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum
-FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2
-"""
-ORACLE_LATEST = """
-SELECT o.order_id, o.customer_id, c.segment, o.amount, o.status, o.created_at, o.updated_at
-FROM orders o LEFT JOIN customers c ON c.customer_id = o.customer_id ORDER BY o.order_id
-"""
-PROJ_LATEST = """
-SELECT order_id, customer_id, segment, amount, status, created_at, updated_at FROM proj_orders_latest ORDER BY 1
 """
 LATEST_LSN_MISMATCH = """
 SELECT count(*) FROM proj_orders_latest p

@@ -17,6 +17,9 @@ import pytest
 from cdcflow import projections
 from cdcflow.bootstrap import bootstrap
 from tests.conftest import wait_caught_up, wait_until
+from tests.oracle import KPI_PROJECTION as PROJ_KPI
+from tests.oracle import LATEST_ORACLE as ORACLE_LATEST
+from tests.oracle import LATEST_PROJECTION as PROJ_LATEST
 
 SEGMENTS = ("ENTERPRISE", "SMB", "CONSUMER", "MIDMARKET")
 FUTURE_BASE = 5_000_000  # order ids that payments reference before the order exists
@@ -33,18 +36,6 @@ u AS (
     FROM payments p JOIN o ON o.order_id = p.order_id)
 SELECT m, seg, sum(n)::bigint, sum(amount)::numeric(18,2), sum(paid)::numeric(18,2)
 FROM u GROUP BY m, seg ORDER BY m, seg
-"""
-PROJ_KPI = """
-SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum
-FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2
-"""
-ORACLE_LATEST = """
-SELECT o.order_id, o.customer_id, c.segment, o.amount, o.status, o.created_at, o.updated_at
-FROM orders o LEFT JOIN customers c ON c.customer_id = o.customer_id ORDER BY o.order_id
-"""
-PROJ_LATEST = """
-SELECT order_id, customer_id, segment, amount, status, created_at, updated_at
-FROM proj_orders_latest ORDER BY order_id
 """
 # __source_lsn: the commit LSN of the order's latest staged change (read from staging).
 SOURCE_LSN_MISMATCH = """

@@ -12,8 +12,9 @@ def test_liveness_settings_are_added_but_never_override_the_dsn():
 
 
 def test_wrong_password_is_terminal_and_refused_connection_transient():
-    assert isinstance(db.wrap_connect_error("source", Exception('password authentication failed for user "x"')),
-                      TerminalError)
+    assert isinstance(
+        db.wrap_connect_error("source", Exception('password authentication failed for user "x"')), TerminalError
+    )
     assert isinstance(db.wrap_connect_error("source", Exception("Connection refused")), TransientError)
 
 

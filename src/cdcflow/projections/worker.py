@@ -80,11 +80,7 @@ class ProjectionWorker:
 
     def _close(self) -> None:
         for c in (self._conn, self._listener):
-            if c is not None:
-                try:
-                    c.close()
-                except Exception:  # already broken
-                    pass
+            db.close_quietly(c)
         self._conn = self._listener = None
 
     def close(self) -> None:

@@ -433,21 +433,13 @@ class PostgresSource:
             raise db.wrap_db_error("confirming the slot position", exc) from None
 
     def close_stream(self) -> None:
-        if self._repl is not None:
-            try:
-                self._repl.close()
-            except Exception:  # already broken; closing is best effort
-                pass
+        db.close_quietly(self._repl)
         self._repl = self._cur = None
         self._decoder = None
 
     def close(self) -> None:
         self.close_stream()
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # already broken; closing is best effort
-                pass
+        db.close_quietly(self._conn)
         self._conn = None
 
 

@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
+from cdcflow import db
 from cdcflow.errors import CdcflowError, GapError, SourceConfigError, TerminalError, TransientError
 from cdcflow.positions import format_mssql_lsn, mssql_lsn_from_bytes, mssql_lsn_to_bytes
 from cdcflow.sources import mssql_support as ms
@@ -428,11 +429,7 @@ class SqlServerSource:
         """No stream is held between reads."""
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # already broken; closing is best effort
-                pass
+        db.close_quietly(self._conn)
         self._conn = None
 
 
