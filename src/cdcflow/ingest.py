@@ -25,7 +25,7 @@ from cdcflow.config import Settings
 from cdcflow.errors import GapError, SchemaDriftError, TerminalError, TransientError
 from cdcflow.positions import format_lsn
 from cdcflow.serving import control, schema
-from cdcflow.serving.staging import StagingWriter
+from cdcflow.serving.staging import CopyLane, StagingWriter
 from cdcflow.sources.base import BatchResult, TableSpec
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,14 @@ class IngestWorker:
         self._serving: psycopg.Connection | None = None
         self._specs: dict[str, TableSpec] | None = None
         self._dedupe = False
+        #: The serving connection's staging work, in order (COPY chunks, queued commits).
+        self._lane = CopyLane()
+        #: (lease token, watermark, active captures) of a batch whose commit is queued.
+        self._follow: tuple[int, int, list[str]] | None = None
+        #: Queue a backlog batch's commit and read on (False: commit each batch before the next).
+        self.queue_commits = True
+        self._committed_lsn = 0  # highest watermark committed by this process
+        self._confirmed = 0  # highest position confirmed to the source
         self.batches = 0
         self.rows = 0
         self.last_error: str | None = None
@@ -75,6 +83,8 @@ class IngestWorker:
         return self._serving
 
     def _drop_connections(self) -> None:
+        self._follow = None
+        self._lane.reset()  # nothing may still be running on the connection we close
         db.close_quietly(self._serving)
         self._serving = None
         self.source.close()
@@ -83,6 +93,8 @@ class IngestWorker:
         """The captured tables as staging holds them (reconciled with the source once per start)."""
         if self._specs is None:
             conn = self.serving()
+            if hasattr(self.source, "serving_version"):  # PostgreSQL: binary transfer needs the same major
+                self.source.serving_version = conn.info.server_version
             effective = []
             try:
                 for spec in self.source.describe_tables():
@@ -102,11 +114,19 @@ class IngestWorker:
     # -- one cycle --------------------------------------------------------------
 
     def cycle(self) -> bool:
-        """Stage one batch. Returns True when the source has more right now."""
+        """Stage one batch. Returns True when the source has more right now.
+
+        A batch with rows has its commit queued on the serving lane, and the next batch is
+        read at once, from where this one ended; the slot is confirmed as the lane reports
+        each commit (at the latest after the next read, which waits at most the poll
+        interval). A batch that also records a state (TRUNCATE, schema drift), an idle
+        advance, or one retried with duplicate filtering is committed here and now, after
+        every queued one (see :meth:`_settle`)."""
         token = self.lease.token if self.lease.held else None
         if token is None:
             # Another instance owns this stream (or the lease is being renewed): stand by,
             # without holding the slot.
+            self._settle_mapped()
             self.source.close_stream()
             self.keeper.changed.wait(min(1.0, self.settings.lease_seconds / 10))
             self.keeper.changed.clear()
@@ -114,20 +134,28 @@ class IngestWorker:
         conn = self.serving()
         specs = self.specs()
         cycle_id = uuid.uuid4().hex[:8]
-        try:
-            wms = control.read_watermarks(conn, self.settings.source_name)
-        except psycopg.Error as exc:
-            db.safe_rollback(conn)
-            raise db.wrap_db_error("reading watermarks", exc) from None
-        active = [c for c in specs if c in wms and wms[c].active]
-        self.source.skip_captures.clear()
-        self.source.skip_captures.update(c for c in specs if c not in active)
-        if not active:
-            db.safe_rollback(conn)
-            self.stop.wait(self.settings.poll_interval_seconds)
-            return False
-        after = min(wms[c].last_lsn for c in active)
-        writer = StagingWriter(conn, specs, self.settings.source_name, dedupe=self._dedupe)
+        follow, self._follow = self._follow, None
+        if follow is not None and follow[0] == token:
+            # Continuing a backlog: the previous batch's commit is queued, not done yet.
+            _, after, active = follow
+            expected = [after] * len(active)
+        else:
+            self._settle_mapped()
+            try:
+                wms = control.read_watermarks(conn, self.settings.source_name)
+            except psycopg.Error as exc:
+                db.safe_rollback(conn)
+                raise db.wrap_db_error("reading watermarks", exc) from None
+            active = [c for c in specs if c in wms and wms[c].active]
+            self.source.skip_captures.clear()
+            self.source.skip_captures.update(c for c in specs if c not in active)
+            if not active:
+                db.safe_rollback(conn)
+                self.stop.wait(self.settings.poll_interval_seconds)
+                return False
+            after = min(wms[c].last_lsn for c in active)
+            expected = [wms[c].last_lsn for c in active]
+        writer = StagingWriter(conn, specs, self.settings.source_name, dedupe=self._dedupe, lane=self._lane)
         started = time.monotonic()
         try:
             result = self.source.read_batch(
@@ -136,27 +164,50 @@ class IngestWorker:
                 writer,
                 min(self.settings.poll_interval_seconds, self.settings.lease_seconds / 3),
             )
+            self._confirm_committed()
             if result.end_lsn <= after and result.rows == 0 and not result.truncated and not result.paused:
+                writer.flush()  # a queued commit that failed says so here, not never
                 writer.rollback()
                 return False
-            for capture, lsn in result.truncated.items():
-                msg = (
-                    f"TRUNCATE of {specs[capture].qualified} at {format_lsn(self.source.engine, lsn)}: "
-                    f"row-level staging cannot express it; run 'cdcflow resync'"
-                )
-                log.error(msg)
-                control.set_capture_state(
-                    conn, self.settings.source_name, capture, "GAP", msg, wms[capture].last_lsn, lsn
-                )
-            for capture, reason in result.paused.items():
-                control.set_capture_state(conn, self.settings.source_name, capture, "PAUSED", reason)
+            before = dict(zip(active, expected, strict=True))
             advancing = [c for c in active if c not in result.truncated and c not in result.paused]
+            adv_expected = [e for c, e in zip(active, expected, strict=True) if c in advancing]
+
+            def committed() -> None:
+                self._committed(result, started, cycle_id)
+
+            queue = (
+                self.queue_commits
+                and result.rows > 0
+                and advancing == active
+                and not self._dedupe
+                and not self.stop.is_set()
+            )
+            if not queue:
+                writer.flush()  # every queued commit is done: this thread may use the connection
+                for capture, lsn in result.truncated.items():
+                    msg = (
+                        f"TRUNCATE of {specs[capture].qualified} at {format_lsn(self.source.engine, lsn)}: "
+                        f"row-level staging cannot express it; run 'cdcflow resync'"
+                    )
+                    log.error(msg)
+                    control.set_capture_state(
+                        conn, self.settings.source_name, capture, "GAP", msg, before[capture], lsn
+                    )
+                for capture, reason in result.paused.items():
+                    control.set_capture_state(conn, self.settings.source_name, capture, "PAUSED", reason)
             writer.commit(
                 result.end_lsn,
                 advancing,
                 result.last_commit_time,
                 before_commit=lambda c: self.lease.fence(c, token),
+                expected=adv_expected,
+                wait=not queue,
+                then=committed if queue else None,
             )
+            if queue:
+                self._follow = (token, result.end_lsn, active)
+                return True
         except leases.LeaseLost:
             writer.rollback()
             self.source.close_stream()
@@ -174,11 +225,19 @@ class IngestWorker:
             raise db.wrap_db_error("staging a batch", exc) from None
         except BaseException:
             writer.rollback()
+            self.source.close_stream()
             raise
         if self.fault_point == "after_serving_commit":
             os._exit(17)  # test hook: die between the serving commit and the slot confirm
         self.source.confirm(result.end_lsn)
+        self._confirmed = max(self._confirmed, result.end_lsn)
         self._dedupe = False
+        committed()
+        return result.more_pending
+
+    def _committed(self, result: BatchResult, started: float, cycle_id: str) -> None:
+        """A batch's serving transaction committed (on the lane's thread when it was queued)."""
+        self._committed_lsn = max(self._committed_lsn, result.end_lsn)
         self.batches += 1
         self.rows += result.rows
         elapsed = time.monotonic() - started
@@ -203,7 +262,42 @@ class IngestWorker:
             )
         else:
             log.debug("idle: watermark advanced to %s", format_lsn(self.source.engine, result.end_lsn))
-        return result.more_pending
+
+    def _confirm_committed(self) -> None:
+        """Confirm to the slot what the lane has committed since the last confirmation."""
+        lsn = self._committed_lsn
+        if lsn > self._confirmed:
+            if self.fault_point == "after_serving_commit":
+                os._exit(17)  # test hook: die between the serving commit and the slot confirm
+            self.source.confirm(lsn)
+            self._confirmed = lsn
+
+    def _settle_mapped(self) -> None:
+        """:meth:`_settle`, with a failed queued commit reported as :meth:`cycle` reports errors."""
+        try:
+            self._settle()
+        except psycopg.errors.UniqueViolation as exc:
+            self._dedupe = True
+            raise TransientError(
+                f"staging already held rows of this batch ({db.describe_error(exc)}); retrying with duplicate filtering"
+            ) from None
+        except psycopg.Error as exc:
+            raise db.wrap_db_error("staging a batch", exc) from None
+
+    def _settle(self) -> None:
+        """Wait until every queued batch committed (raising a failure) and confirm it."""
+        self._follow = None
+        if self._lane.busy or self._committed_lsn > self._confirmed:
+            try:
+                self._lane.wait()
+            except BaseException:
+                self._lane.reset()
+                if self._serving is not None:
+                    db.safe_rollback(self._serving)
+                self.source.close_stream()
+                raise
+            self._confirm_committed()
+        self._committed_lsn = self._confirmed = 0  # the next run of queued commits counts afresh
 
     # -- loop -------------------------------------------------------------------
 
@@ -286,7 +380,12 @@ class IngestWorker:
                     self._drop_connections()
                     self.stop.wait(delay)
         finally:
+            try:
+                self._settle()  # queued commits finish, and are confirmed, before we stop
+            except Exception as exc:  # noqa: BLE001 - the batch is rolled back and read again next start
+                log.warning("%s: the last queued batch did not commit: %s", self.name, db.describe_error(exc))
             self._drop_connections()
+            self._lane.close()
             self.keeper.stop_and_release(10)  # so another instance takes over at once
             self.alive = False
             log.info("%s stopped after %d batches, %d rows", self.name, self.batches, self.rows)

@@ -35,7 +35,10 @@ READ_DEADLINE = 60.0  # a real SQL Server's capture job harvests every few secon
 
 
 class Lines:
-    """A sink that keeps the lines and forwards them to a staging writer."""
+    """A sink that keeps the lines and forwards them to a staging writer (text format: the
+    PostgreSQL source streams in text unless told the serving version, which this does not)."""
+
+    copy_format = "text"
 
     def __init__(self, writer: StagingWriter | None = None) -> None:
         self.writer = writer
@@ -118,7 +121,7 @@ class Harness:
                     assert after < row[0] <= result.end_lsn, "a line outside (after, end_lsn]"
                 assert result.end_lsn >= after
                 if stage:
-                    writer.commit(result.end_lsn, [self.capture], result.last_commit_time)
+                    writer.commit(result.end_lsn, [self.capture], result.last_commit_time, expected=[after])
                 else:
                     writer.rollback()
                 lines.rows.extend(batch.rows)

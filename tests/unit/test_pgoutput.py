@@ -1,9 +1,13 @@
 """The pgoutput decoder on hand-built protocol messages (layouts from the PostgreSQL docs)."""
 
+import os
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cdcflow.sources import pgoutput
 from cdcflow.sources.base import Column, TableSpec
 from cdcflow.sources.pgoutput import PgOutputDecoder, decode_tuple
 
@@ -25,7 +29,8 @@ def relation(relid=16384, cols=("order_id", "status", "note"), ns="public", name
     return out
 
 
-def tup(*values) -> bytes:
+def tup(*values, kind: bytes = b"t") -> bytes:
+    """A TupleData: text values (or raw bytes with ``kind=b"b"``), None ('n'), "<u>" (unchanged)."""
     out = struct.pack(">h", len(values))
     for v in values:
         if v is None:
@@ -33,8 +38,8 @@ def tup(*values) -> bytes:
         elif v == "<u>":
             out += b"u"
         else:
-            b = v.encode()
-            out += b"t" + struct.pack(">i", len(b)) + b
+            b = v.encode() if isinstance(v, str) else v
+            out += kind + struct.pack(">i", len(b)) + b
     return out
 
 
@@ -73,17 +78,35 @@ class Collect:
         assert nbytes == sum(map(len, lines))
         self._rows.extend((capture, line) for line in lines)
 
-    def add_unchanged(self, capture, line, columns):
-        self._unchanged[line] = columns
+    def add_unchanged(self, capture, position, columns):
+        self._unchanged[position] = columns
 
     @property
     def rows(self):
         self.dec.drain(self)
-        return [(c, line.decode().rstrip("\n").split("\t"), self._unchanged.get(line, ())) for c, line in self._rows]
+        out = []
+        for c, line in self._rows:
+            fields = line.decode().rstrip("\n").split("\t")
+            position = (int(fields[0]), int(fields[1]), int(fields[2]))
+            out.append((c, fields, self._unchanged.get(position, ())))
+        return out
+
+
+_ACCELERATED = [True]
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def implementation(request):
+    """Every test runs against both the C hot path and the pure-Python decoder."""
+    if request.param == "c" and not pgoutput.ACCELERATED:
+        pytest.skip("the C decoder is not built here (no compiler at install time)")
+    _ACCELERATED[0] = request.param == "c"
+    return request.param
 
 
 def decoder(**kw):
     out = Collect()
+    kw.setdefault("accelerated", _ACCELERATED[0])
     dec = PgOutputDecoder({("public", "orders"): SPEC}, **kw)
     out.dec = dec
     return dec, out
@@ -226,3 +249,157 @@ def test_truncate_marks_capture_and_skips_it():
 def test_decode_tuple_rejects_unknown_kind():
     with pytest.raises(ValueError, match="unknown tuple column kind"):
         decode_tuple(struct.pack(">h", 1) + b"z", 0)
+
+
+def test_c_decoder_is_built_where_ci_requires_it():
+    """CI installs with a compiler: a build that silently fell back to Python fails here."""
+    if os.environ.get("CDCFLOW_REQUIRE_C_DECODER") != "1":
+        pytest.skip("CDCFLOW_REQUIRE_C_DECODER is not set (CI sets it)")
+    assert pgoutput.ACCELERATED, "cdcflow._pgoutput_c was not built: check the install log for compiler errors"
+
+
+_value = st.one_of(
+    st.none(),
+    st.just("<u>"),
+    st.text(alphabet=st.sampled_from(list("ab\t\n\r\\ é0")), max_size=12),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from("IUD"), st.lists(_value, min_size=3, max_size=3)), max_size=8))
+def test_c_and_python_paths_stage_identical_rows(rows):
+    """The C row builder and the Python decoder produce the same bytes for any tuple:
+    text with every character COPY escapes, NULLs, unchanged TOAST values (which take the
+    general path in both), inserts, updates and deletes."""
+    if not pgoutput.ACCELERATED:
+        pytest.skip("the C decoder is not built here")
+    outputs = []
+    for accelerated in (True, False):
+        dec, out = decoder(accelerated=accelerated)
+        dec.feed(relation())
+        dec.feed(begin(5000, ts=123_456_789))
+        for kind, values in rows:
+            values = ["1" if values[0] in (None, "<u>") else values[0], *values[1:]]  # a key is always sent
+            msg = {"I": insert, "U": lambda *v: update(v), "D": delete}[kind](*values)
+            dec.feed(msg)
+        dec.feed(commit(5000, 5100))
+        dec.drain(out)
+        outputs.append((out._rows, out._unchanged))
+    assert outputs[0] == outputs[1]
+
+
+def test_c_path_declines_short_or_odd_tuples():
+    """A tuple cut short, or with a kind it does not handle, goes to the Python path (None)."""
+    if not pgoutput.ACCELERATED:
+        pytest.skip("the C decoder is not built here")
+    from cdcflow._pgoutput_c import copy_line
+
+    good = tup("1", None, "x")
+    assert copy_line(good, 0, b"7\t", 1, 2, b"T\t") == b"7\t1\t2\tT\t1\t\\N\tx\n"
+    assert copy_line(good[:-1], 0, b"7\t", 1, 2, b"T\t") is None  # last value cut short
+    assert copy_line(tup("1", "<u>", "x"), 0, b"", 1, 2, b"") is None  # unchanged TOAST
+    binary = struct.pack(">h", 1) + b"b" + struct.pack(">i", 1) + b"\x01"
+    assert copy_line(binary, 0, b"", 1, 2, b"") is None
+    assert copy_line(b"", 0, b"", 1, 2, b"") is None
+
+
+def btup(*values) -> bytes:
+    """A binary-mode TupleData: raw bytes per value ('b'), None ('n'), "<u>" (unchanged)."""
+    return tup(*values, kind=b"b")
+
+
+def parse_binary_row(row: bytes) -> list:
+    """One COPY binary tuple -> its fields (bytes, or None for NULL)."""
+    (n,) = struct.unpack_from(">h", row, 0)
+    pos, fields = 2, []
+    for _ in range(n):
+        (length,) = struct.unpack_from(">i", row, pos)
+        pos += 4
+        if length < 0:
+            fields.append(None)
+        else:
+            fields.append(row[pos : pos + length])
+            pos += length
+    assert pos == len(row), "trailing bytes after the last field"
+    return fields
+
+
+def test_numeric_field_matches_postgres_numeric_send():
+    """numeric_field(v) is what numeric_send produces for v (digits base 10000, weight,
+    positive sign, scale 0), so COPY BINARY into numeric(25,0) reads v back."""
+    from cdcflow.sources.pgoutput import numeric_field
+
+    assert numeric_field(0) == struct.pack(">ihhhh", 8, 0, 0, 0, 0)
+    assert numeric_field(7) == struct.pack(">ihhhhh", 10, 1, 0, 0, 0, 7)
+    assert numeric_field(123_456_789) == struct.pack(">ihhhhhhh", 14, 3, 2, 0, 0, 1, 2345, 6789)
+    assert numeric_field(2**64 - 1)[4:8] == struct.pack(">hh", 5, 4)
+
+
+@pytest.mark.parametrize("kind", ["I", "U", "D"])
+def test_binary_mode_rows_are_copy_binary_tuples(kind):
+    """In binary mode each row is a COPY binary tuple: position fields (lsn and seqval as
+    numeric, op as smallint, commit time as int64 microseconds) and the values as sent."""
+    from cdcflow.sources.pgoutput import numeric_field
+
+    dec, out = decoder(binary=True)
+    dec.feed(relation())
+    dec.feed(begin(5000, ts=987_654))
+    values = (struct.pack(">q", 42), b"PAID", None)
+    msg = {
+        "I": lambda: b"I" + struct.pack(">i", 16384) + b"N" + btup(*values),
+        "U": lambda: b"U" + struct.pack(">i", 16384) + b"N" + btup(*values),
+        "D": lambda: b"D" + struct.pack(">i", 16384) + b"K" + btup(*values),
+    }[kind]()
+    dec.feed(msg)
+    dec.feed(commit(5000, 5100))
+    dec.drain(out)
+    ((capture, row),) = out._rows
+    op = {"I": 2, "U": 4, "D": 1}[kind]
+    assert parse_binary_row(row) == [
+        numeric_field(5000)[4:],
+        numeric_field(1)[4:],
+        struct.pack(">h", op),
+        struct.pack(">q", 987_654),
+        *values,
+    ]
+
+
+_bvalue = st.one_of(st.none(), st.just("<u>"), st.binary(max_size=12))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from("IUD"), st.lists(_bvalue, min_size=3, max_size=3)), max_size=8))
+def test_c_and_python_paths_stage_identical_binary_rows(rows):
+    """Binary mode: the C row builder and the Python path produce the same COPY binary
+    tuples and the same TOAST carry-over records, for any bytes, NULLs and unchanged values."""
+    if not pgoutput.ACCELERATED:
+        pytest.skip("the C decoder is not built here")
+    outputs = []
+    for accelerated in (True, False):
+        dec, out = decoder(accelerated=accelerated, binary=True)
+        dec.feed(relation())
+        dec.feed(begin(7000, ts=-5))
+        for kind, values in rows:
+            values = [b"k" if values[0] in (None, "<u>") else values[0], *values[1:]]
+            body = btup(*values)
+            prefix = {"I": b"I", "U": b"U", "D": b"D"}[kind] + struct.pack(">i", 16384)
+            dec.feed(prefix + (b"K" if kind == "D" else b"N") + body)
+        dec.feed(commit(7000, 7100))
+        dec.drain(out)
+        outputs.append((out._rows, out._unchanged))
+    assert outputs[0] == outputs[1]
+    for _, row in outputs[0][0]:
+        assert len(parse_binary_row(row)) == 7
+
+
+def test_c_binary_path_declines_text_values_and_short_tuples():
+    if not pgoutput.ACCELERATED:
+        pytest.skip("the C decoder is not built here")
+    from cdcflow._pgoutput_c import copy_row_binary
+
+    good = btup(b"\x01", None)
+    row = copy_row_binary(good, 0, 6, b"L", 3, b"O", b"T")
+    assert row[:2] == struct.pack(">h", 6) and row.endswith(b"\x00\x00\x00\x01\x01\xff\xff\xff\xff")
+    assert copy_row_binary(good[:-2], 0, 6, b"", 1, b"", b"") is None  # cut short
+    assert copy_row_binary(tup("1"), 0, 5, b"", 1, b"", b"") is None  # a text value in a binary stream
+    assert copy_row_binary(btup("<u>"), 0, 5, b"", 1, b"", b"") is None  # unchanged TOAST

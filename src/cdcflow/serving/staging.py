@@ -6,10 +6,13 @@ transaction of any size is staged with bounded memory, all inside one open servi
 transaction that commits together with the new watermarks (invariant 2). Nothing is
 visible, and nothing is confirmed to the source, before that commit.
 
-A batch that outgrows one chunk (``chunk_bytes``) is written by a background thread on
-the same connection while the source keeps decoding, so the serving database's COPY work
-overlaps with ours; the queue between them is bounded, and so is memory. Small batches are
-written at commit, in the caller's thread, with no thread at all.
+A batch that outgrows one chunk (``chunk_bytes``) is written by a background thread (a
+:class:`CopyLane`) on the same connection while the source keeps decoding, so the serving
+database's COPY work overlaps with ours; the queue between them is bounded, and so is
+memory. The ingestion worker keeps one lane for all its batches and, while a backlog
+lasts, queues each batch's commit on it too (``commit(wait=False)``): the next batch is
+decoded while the previous one commits, and the slot is confirmed once the lane reports
+the commit. Transactions still commit one at a time, in stream order.
 
 Normal batches COPY straight into staging: the source never hands over a transaction
 at or below the watermark, so a duplicate cannot arise. If one does anyway (the
@@ -30,12 +33,20 @@ import psycopg
 from psycopg import sql
 
 from cdcflow import db, sqlfiles
+from cdcflow.errors import TransientError
 from cdcflow.sources.base import META_COLUMNS, TableSpec
 
 log = logging.getLogger(__name__)
 Q = "serving_runtime.sql"
 DEFAULT_CHUNK_BYTES = 512 << 10
 QUEUE_CHUNKS = 8  # at most this many chunks wait for the writer thread
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # signature, flags, no extension
+_BINARY_TRAILER = b"\xff\xff"
+
+
+class WatermarkMoved(TransientError):
+    """A watermark changed between reading it and committing a batch after it (a reset or a
+    resync ran meanwhile): the batch is rolled back and the worker starts over from there."""
 
 
 @dataclass
@@ -44,8 +55,82 @@ class _Pending:
     size: int = 0
 
 
+class CopyLane:
+    """One thread that runs a serving connection's staging work in order.
+
+    COPY chunks and batch commits are queued here, so the serving database works while the
+    caller keeps decoding. A lane is shared by the batches of one ingestion worker: batch
+    N+1's chunks queue behind batch N's commit, on the same connection, so transactions
+    still commit one after the other in stream order. The queue is bounded (memory).
+
+    After a job fails, later jobs are skipped until :meth:`reset`; the failure is raised in
+    the caller's thread by the next :meth:`submit`, :meth:`wait` or :meth:`check`.
+    """
+
+    def __init__(self, max_items: int = QUEUE_CHUNKS) -> None:
+        self._max_items = max_items
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.check()
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=self._max_items)
+            self._thread = threading.Thread(target=self._run, name="staging-copy", daemon=True)
+            self._thread.start()
+        assert self._queue is not None
+        self._queue.put(job)  # blocks when the serving database is behind
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        q = self._queue
+        while True:
+            job = q.get()
+            try:
+                if job is None:
+                    return
+                if self._error is None:
+                    job()
+            except BaseException as exc:  # surfaced in the caller's thread
+                self._error = exc
+            finally:
+                q.task_done()
+
+    @property
+    def busy(self) -> bool:
+        return self._queue is not None and self._queue.unfinished_tasks > 0
+
+    def wait(self) -> None:
+        """Block until every queued job ran (or was skipped); raise the first failure."""
+        if self._queue is not None:
+            self._queue.join()
+        self.check()
+
+    def reset(self) -> None:
+        """Wait for the queue to empty and forget a failure (after the caller rolled back)."""
+        if self._queue is not None:
+            self._queue.join()
+        self._error = None
+
+    def close(self) -> None:
+        if self._thread is not None:
+            assert self._queue is not None
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+            self._queue = None
+
+
 class StagingWriter:
-    """Sink for one batch. Use once: add lines, then :meth:`commit` or :meth:`rollback`."""
+    """Sink for one batch. Use once: add lines, then :meth:`commit` or :meth:`rollback`.
+
+    ``lane`` is the worker's :class:`CopyLane` (shared across its batches); without one the
+    writer makes a private lane for a batch that outgrows a chunk."""
 
     def __init__(
         self,
@@ -55,6 +140,7 @@ class StagingWriter:
         *,
         dedupe: bool = False,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        lane: CopyLane | None = None,
     ) -> None:
         self.conn = conn
         self.specs = specs
@@ -67,9 +153,12 @@ class StagingWriter:
         self._copy_sql: dict[str, sql.Composed] = {}
         self._temp_made: set[str] = set()
         self.chunk_bytes = chunk_bytes
-        self._queue: queue.Queue | None = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        #: "text" (lines in COPY text format) or "binary" (tuples in COPY binary format, no
+        #: header: each COPY gets one). The source sets it before it adds any row.
+        self.copy_format = "text"
+        self._own_lane = lane is None
+        self._lane = lane
+        self._used_lane = False
 
     # -- ChangeSink -------------------------------------------------------------
 
@@ -95,61 +184,38 @@ class StagingWriter:
         if p.size >= self.chunk_bytes:
             self._send(capture, p)
 
-    def add_unchanged(self, capture: str, line: bytes, columns: tuple[str, ...]) -> None:
-        """Remember a row whose TOAST columns were not resent (staged NULL for now)."""
-        lsn, seqval, op = line.split(b"\t", 3)[:3]
-        self._unchanged.setdefault(capture, []).append((int(lsn), int(seqval), int(op), columns))
+    def add_unchanged(self, capture: str, position: tuple[int, int, int], columns: tuple[str, ...]) -> None:
+        """Remember a row, at (lsn, seqval, op), whose TOAST columns were not resent (staged NULL for now)."""
+        lsn, seqval, op = position
+        self._unchanged.setdefault(capture, []).append((lsn, seqval, op, columns))
 
     # -- writing ----------------------------------------------------------------
 
     def _target(self, capture: str) -> sql.Composed:
         spec = self.specs[capture]
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in (*META_COLUMNS, *spec.column_names))
-        if self.dedupe:
-            return sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier("tmp_" + spec.staging_table), cols)
-        return sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(spec.staging_table), cols)
+        table = sql.Identifier(("tmp_" if self.dedupe else "") + spec.staging_table)
+        if self.copy_format == "binary":
+            return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(table, cols)
+        return sql.SQL("COPY {} ({}) FROM STDIN").format(table, cols)
 
-    # -- the COPY work, in the background for big batches --------------------------
+    # -- the COPY work, on the lane's thread ----------------------------------------
 
     def _send(self, capture: str, p: _Pending) -> None:
-        """Hand a full chunk to the writer thread (started on first use)."""
-        self._raise_background_error()
-        if self._thread is None:
-            self._queue = queue.Queue(maxsize=QUEUE_CHUNKS)
-            self._thread = threading.Thread(target=self._writer, name="staging-copy", daemon=True)
-            self._thread.start()
-        assert self._queue is not None
-        self._queue.put((capture, b"".join(p.lines), len(p.lines)))  # blocks when the writer is behind
+        """Queue a chunk on the lane (made on first use when the writer has none)."""
+        if self._lane is None:
+            self._lane = CopyLane()
+        data, rows = b"".join(p.lines), len(p.lines)
+        self._lane.submit(lambda: self._copy(capture, data, rows))
+        self._used_lane = True
         self._size -= p.size
         p.lines = []
         p.size = 0
 
-    def _writer(self) -> None:
-        assert self._queue is not None
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                if self._error is None:
-                    self._copy(*item)
-            except BaseException as exc:  # surfaced in the caller's thread
-                self._error = exc
-            finally:
-                self._queue.task_done()
-
-    def _raise_background_error(self) -> None:
-        if self._error is not None:
-            exc, self._error = self._error, None
-            raise exc
-
-    def _stop_writer(self) -> None:
-        if self._thread is not None:
-            assert self._queue is not None
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-            self._queue = None
+    def _close_own_lane(self) -> None:
+        if self._own_lane and self._lane is not None:
+            self._lane.close()
+            self._lane = None
 
     def _copy(self, capture: str, data: bytes, rows: int) -> None:
         spec = self.specs[capture]
@@ -165,18 +231,33 @@ class StagingWriter:
             stmt = self._copy_sql[capture] = self._target(capture)
         with self.conn.cursor() as cur:
             with cur.copy(stmt) as copy:
-                copy.write(data)
+                if self.copy_format == "binary":
+                    copy.write(_BINARY_HEADER)
+                    copy.write(data)
+                    copy.write(_BINARY_TRAILER)
+                else:
+                    copy.write(data)
         if not self.dedupe:
             self.rows_written[capture] = self.rows_written.get(capture, 0) + rows
 
     def flush(self) -> None:
-        """COPY everything buffered and wait for the writer thread (the transaction stays open)."""
-        if self._thread is not None:
-            for capture, p in self._pending.items():
-                if p.lines:
-                    self._send(capture, p)
-            self._stop_writer()
-            self._raise_background_error()
+        """COPY everything buffered and wait for the lane (the transaction stays open).
+
+        A shared lane is waited for even when this batch never used it: a queued commit of
+        the previous batch must be done before this thread touches the connection."""
+        if self._lane is not None:
+            if self._used_lane:
+                for capture, p in self._pending.items():
+                    if p.lines:
+                        self._send(capture, p)
+            try:
+                self._lane.wait()
+            finally:
+                self._close_own_lane()
+        self._finish_copies()
+
+    def _finish_copies(self) -> None:
+        """What is left of the batch, in the calling thread: the last chunks, TOAST carry-over."""
         for capture, p in self._pending.items():
             if p.lines:
                 self._copy(capture, b"".join(p.lines), len(p.lines))
@@ -225,12 +306,50 @@ class StagingWriter:
         *,
         notify: bool = True,
         before_commit: Callable[[psycopg.Connection], None] | None = None,
+        expected: list[int],
+        wait: bool = True,
+        then: Callable[[], None] | None = None,
     ) -> None:
         """Flush, advance the watermark of ``captures`` to ``watermark``, commit: one transaction.
 
-        ``before_commit`` runs last inside the transaction (the lease fence)."""
-        self.flush()
-        self.conn.execute(
+        ``before_commit`` runs last inside the transaction (the lease fence). ``expected``
+        (one per capture) is each watermark as it was read before the batch: if any moved
+        meanwhile, or its capture stopped (GAP, PAUSED), :class:`WatermarkMoved` is raised
+        and nothing commits.
+
+        With ``wait=False`` (needs a shared lane) the commit is queued behind the batch's
+        COPY chunks and the call returns at once; ``then`` runs on the lane's thread right
+        after the commit. A failure surfaces at the lane's next use; the caller must then
+        :meth:`rollback`.
+        """
+
+        def finish() -> None:
+            self._finish_copies()
+            self._advance(watermark, captures, last_commit_time, expected)
+            if notify and any(self.rows_written.values()):
+                self.conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": self.source_name})
+            if before_commit is not None:
+                before_commit(self.conn)
+            self.conn.commit()
+            if then is not None:
+                then()
+
+        if wait:
+            self.flush()
+            finish()
+            return
+        if self._own_lane:
+            raise ValueError("commit(wait=False) needs the worker's shared CopyLane")
+        assert self._lane is not None
+        for capture, p in self._pending.items():
+            if p.lines:
+                self._send(capture, p)
+        self._lane.submit(finish)
+
+    def _advance(
+        self, watermark: int, captures: list[str], last_commit_time: dt.datetime | None, expected: list[int]
+    ) -> None:
+        cur = self.conn.execute(
             sqlfiles.query(Q, "advance_watermarks"),
             {
                 "source": self.source_name,
@@ -238,19 +357,23 @@ class StagingWriter:
                 "commit_time": last_commit_time,
                 "captures": captures,
                 "rows": [self.rows_written.get(c, 0) for c in captures],
+                "expected": expected,
             },
         )
-        if notify and any(self.rows_written.values()):
-            self.conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": self.source_name})
-        if before_commit is not None:
-            before_commit(self.conn)
-        self.conn.commit()
+        if cur.rowcount != len(captures):
+            raise WatermarkMoved(
+                "a watermark changed while a batch was being staged (reset or resync?): "
+                "the batch is rolled back and ingestion restarts from the new watermark"
+            )
 
     def rollback(self) -> None:
+        """Drop this batch: wait for the lane (a queued commit of an earlier batch still
+        commits), forget its failure, roll the transaction back."""
         try:
-            self._stop_writer()
+            if self._lane is not None:
+                self._lane.reset()
         finally:
-            self._error = None
+            self._close_own_lane()
         db.safe_rollback(self.conn)  # a lost connection was rolled back by the server
         self._pending.clear()
         self._unchanged.clear()

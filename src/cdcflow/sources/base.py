@@ -85,14 +85,17 @@ class BatchResult:
 
 
 class ChangeSink(Protocol):
+    #: "text" (the default) or "binary": the format of the rows a source adds (it sets it first).
+    copy_format: str
+
     def add_line(self, capture: str, line: bytes) -> None:
         """One staged row in COPY text format: meta columns then the table's, tab-separated."""
 
     def add_lines(self, capture: str, lines: list[bytes], nbytes: int) -> None:
         """Many staged rows (``nbytes`` in all) at once."""
 
-    def add_unchanged(self, capture: str, line: bytes, columns: tuple[str, ...]) -> None:
-        """A row already added whose ``columns`` (TOAST) must carry the previous value."""
+    def add_unchanged(self, capture: str, position: tuple[int, int, int], columns: tuple[str, ...]) -> None:
+        """The row already added at (lsn, seqval, op) whose ``columns`` (TOAST) must carry the previous value."""
 
 
 class Source(Protocol):

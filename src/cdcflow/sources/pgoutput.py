@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass, field
 
 from cdcflow.sources.base import (
+    META_COLUMNS,
     OP_DELETE,
     OP_INSERT,
     OP_UPDATE_AFTER,
@@ -29,7 +30,17 @@ from cdcflow.sources.base import (
     retyped_column_message,
 )
 
+try:  # the C build of the hot path (setup.py); optional: the Python code below does the same
+    from cdcflow._pgoutput_c import copy_line as _c_copy_line
+    from cdcflow._pgoutput_c import copy_row_binary as _c_copy_row_binary
+except ImportError:  # pragma: no cover - depends on the install
+    _c_copy_line = None
+    _c_copy_row_binary = None
+
 log = logging.getLogger(__name__)
+
+#: True when the C hot path is installed (see setup.py); status and the benchmarks say so.
+ACCELERATED = _c_copy_line is not None
 
 PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _I64 = struct.Struct(">q")
@@ -39,6 +50,27 @@ _I16 = struct.Struct(">h")
 _NEEDS_ESCAPE_RE = re.compile(rb"[\\\t\n\r]")
 
 NULL = b"\\N"
+NULL_FIELD = b"\xff\xff\xff\xff"  # a NULL in COPY's binary format (length -1)
+_TIME_FIELD = struct.pack(">i", 8)
+
+
+def numeric_field(value: int) -> bytes:
+    """A non-negative integer as a COPY binary field of type numeric (scale 0):
+    int32 length, then ndigits, weight, sign, dscale and base-10000 digits, all int16."""
+    digits: list[int] = []
+    while value:
+        value, d = divmod(value, 10000)
+        digits.append(d)
+    digits.reverse()
+    n = len(digits)
+    return struct.pack(f">ihhhh{n}h", 8 + 2 * n, n, n - 1 if n else 0, 0, 0, *digits)
+
+
+def _op_field(op: int) -> bytes:
+    return struct.pack(">ih", 2, op)
+
+
+OP_FIELDS = {op: _op_field(op) for op in (OP_DELETE, OP_INSERT, OP_UPDATE_BEFORE, OP_UPDATE_AFTER)}
 
 
 class Unchanged:
@@ -109,8 +141,16 @@ class PgOutputDecoder:
         self,
         specs: dict[tuple[str, str], TableSpec],
         skip_captures: set[str] | None = None,
+        *,
+        accelerated: bool = True,
+        binary: bool = False,
     ) -> None:
         self.specs = specs
+        #: The stream is in pgoutput's binary mode: rows come out in COPY's binary format.
+        self.binary = binary
+        #: The C row builder, or None for the pure-Python path (``accelerated=False``, or not built).
+        self._fast = _c_copy_line if accelerated else None
+        self._fast_binary = _c_copy_row_binary if accelerated else None
         self.skip_captures = skip_captures if skip_captures is not None else set()
         self.relations: dict[int, Relation] = {}
         self.in_txn = False
@@ -120,13 +160,16 @@ class PgOutputDecoder:
         self.commit_time: dt.datetime | None = None
         self._prefix = b""
         self._ct = b""
+        self._ct_tab = b""
+        self._lsn_field = b""
+        self._ct_field = b""
         self.seq = 0
         self.rows = 0
         #: Staged rows waiting to be handed to the sink (see drain), per capture.
         self.buffers: dict[str, list[bytes]] = {}
         self.buffered_bytes = 0
-        #: Rows whose TOASTed columns were not resent: (capture, line, column names).
-        self.unchanged: list[tuple[str, bytes, tuple[str, ...]]] = []
+        #: Rows whose TOASTed columns were not resent: (capture, (lsn, seqval, op), column names).
+        self.unchanged: list[tuple[str, tuple[int, int, int], tuple[str, ...]]] = []
         self.truncated: dict[str, int] = {}  # capture -> lsn of a TRUNCATE seen
         self.paused: dict[str, str] = {}  # capture -> why it stopped (schema drift)
         self.warned: set[tuple[str, str]] = set()
@@ -141,8 +184,8 @@ class PgOutputDecoder:
                 sink.add_lines(capture, lines, sum(map(len, lines)))
         self.buffers = {}
         self.buffered_bytes = 0
-        for capture, line, columns in self.unchanged:
-            sink.add_unchanged(capture, line, columns)
+        for capture, position, columns in self.unchanged:
+            sink.add_unchanged(capture, position, columns)
         self.unchanged = []
         return counts
 
@@ -179,7 +222,11 @@ class PgOutputDecoder:
         self.seq = 0
         self.commit_time = PG_EPOCH + dt.timedelta(microseconds=ts)
         self._ct = self.commit_time.isoformat().encode()
+        self._ct_tab = self._ct + b"\t"
         self._prefix = b"%d\t" % final_lsn
+        if self.binary:
+            self._lsn_field = numeric_field(final_lsn)
+            self._ct_field = _TIME_FIELD + _I64.pack(ts)
 
     def _commit(self, buf: bytes) -> None:
         (self.end_lsn,) = _U64.unpack_from(buf, 10)
@@ -278,48 +325,109 @@ class PgOutputDecoder:
         self.seq += 1
         unchanged: tuple[str, ...] = ()
         parts: list[bytes] = []
-        for i, v in enumerate(values):
-            if v is None:
-                parts.append(NULL)
-            elif v is UNCHANGED:
-                parts.append(NULL)
-                unchanged += (spec.columns[i].name,)
-            else:
-                assert isinstance(v, bytes)
-                parts.append(v if _NEEDS_ESCAPE_RE.search(v) is None else copy_escape_bytes(v))
-        line = b"%s%d\t%d\t%s\t%s\n" % (self._prefix, self.seq, op, self._ct, b"\t".join(parts))
+        if self.binary:
+            # Values are in their types' send format: a COPY binary field is length + bytes.
+            for i, v in enumerate(values):
+                if v is None:
+                    parts.append(NULL_FIELD)
+                elif v is UNCHANGED:
+                    parts.append(NULL_FIELD)
+                    unchanged += (spec.columns[i].name,)
+                else:
+                    assert isinstance(v, bytes)
+                    parts.append(_I32.pack(len(v)) + v)
+            line = b"".join(
+                (
+                    _I16.pack(len(META_COLUMNS) + len(values)),
+                    self._lsn_field,
+                    numeric_field(self.seq),
+                    OP_FIELDS[op],
+                    self._ct_field,
+                    *parts,
+                )
+            )
+        else:
+            for i, v in enumerate(values):
+                if v is None:
+                    parts.append(NULL)
+                elif v is UNCHANGED:
+                    parts.append(NULL)
+                    unchanged += (spec.columns[i].name,)
+                else:
+                    assert isinstance(v, bytes)
+                    parts.append(v if _NEEDS_ESCAPE_RE.search(v) is None else copy_escape_bytes(v))
+            line = b"%s%d\t%d\t%s\t%s\n" % (self._prefix, self.seq, op, self._ct, b"\t".join(parts))
         self._out(rel.capture, line)
         if unchanged:
-            self.unchanged.append((rel.capture, line, unchanged))
+            self.unchanged.append((rel.capture, (self.commit_lsn, self.seq, op), unchanged))
 
     def _insert(self, buf: bytes) -> None:
         rel = self._rel(buf)
         if rel is None:
             return
-        if rel.index is None and _NEEDS_ESCAPE_RE.search(buf, 8) is None:
-            # Hot path: columns in staging order, nothing to escape anywhere in the message.
-            (ncols,) = _I16.unpack_from(buf, 6)
-            pos = 8
-            parts: list[bytes] = []
-            append = parts.append
-            unpack_i32 = _I32.unpack_from
-            for _ in range(ncols):
-                kind = buf[pos]
-                if kind == 116:  # 't'
-                    start = pos + 5
-                    pos = start + unpack_i32(buf, pos + 1)[0]
-                    append(buf[start:pos])
-                elif kind == 110:  # 'n'
-                    append(NULL)
-                    pos += 1
+        if self.binary:
+            if not self._fast_single(rel, buf, OP_INSERT):
+                values, _ = decode_tuple(buf, 6)
+                self._stage(rel, OP_INSERT, values)
+            return
+        if rel.index is None:
+            fast = self._fast
+            if fast is not None:
+                line = fast(buf, 6, self._prefix, self.seq + 1, OP_INSERT, self._ct_tab)
+                if line is not None:
+                    self.seq += 1
+                    self._out(rel.capture, line)
+                    return
+            elif _NEEDS_ESCAPE_RE.search(buf, 8) is None:
+                # Python hot path: columns in staging order, nothing to escape anywhere in the message.
+                (ncols,) = _I16.unpack_from(buf, 6)
+                pos = 8
+                parts: list[bytes] = []
+                append = parts.append
+                unpack_i32 = _I32.unpack_from
+                for _ in range(ncols):
+                    kind = buf[pos]
+                    if kind == 116:  # 't'
+                        start = pos + 5
+                        pos = start + unpack_i32(buf, pos + 1)[0]
+                        append(buf[start:pos])
+                    elif kind == 110:  # 'n'
+                        append(NULL)
+                        pos += 1
+                    else:
+                        break  # unchanged or binary: general path
                 else:
-                    break  # unchanged or binary: general path
-            else:
-                self.seq += 1
-                self._out(rel.capture, b"%s%d\t2\t%s\t%s\n" % (self._prefix, self.seq, self._ct, b"\t".join(parts)))
-                return
+                    self.seq += 1
+                    self._out(rel.capture, b"%s%d\t2\t%s\t%s\n" % (self._prefix, self.seq, self._ct, b"\t".join(parts)))
+                    return
         values, _ = decode_tuple(buf, 6)  # after relid and 'N'
         self._stage(rel, OP_INSERT, values)
+
+    def _fast_single(self, rel: Relation, buf: bytes, op: int) -> bool:
+        """A message with one tuple at byte 6 staged by the C path; False: use the general one."""
+        if rel.index is not None or rel.spec is None:
+            return False
+        if self.binary:
+            if self._fast_binary is None:
+                return False
+            line = self._fast_binary(
+                buf,
+                6,
+                len(META_COLUMNS) + len(rel.spec.columns),
+                self._lsn_field,
+                self.seq + 1,
+                OP_FIELDS[op],
+                self._ct_field,
+            )
+        elif self._fast is None:
+            return False
+        else:
+            line = self._fast(buf, 6, self._prefix, self.seq + 1, op, self._ct_tab)
+        if line is None:
+            return False
+        self.seq += 1
+        self._out(rel.capture, line)
+        return True
 
     def _update(self, buf: bytes) -> None:
         rel = self._rel(buf)
@@ -328,6 +436,8 @@ class PgOutputDecoder:
         pos = 5
         old: list[bytes | None | Unchanged] | None = None
         old_kind = buf[pos]
+        if old_kind == 78 and self._fast_single(rel, buf, OP_UPDATE_AFTER):  # 'N': no old image
+            return
         if old_kind in (75, 79):  # 'K' key / 'O' old row
             old, pos = decode_tuple(buf, pos + 1)
         new, _ = decode_tuple(buf, pos + 1)  # skip 'N'
@@ -350,6 +460,8 @@ class PgOutputDecoder:
     def _delete(self, buf: bytes) -> None:
         rel = self._rel(buf)
         if rel is None:
+            return
+        if self._fast_single(rel, buf, OP_DELETE):
             return
         values, _ = decode_tuple(buf, 6)  # after relid and 'K'/'O'
         self._stage(rel, OP_DELETE, values)

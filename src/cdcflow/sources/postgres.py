@@ -34,7 +34,7 @@ from cdcflow.errors import (
 )
 from cdcflow.positions import format_pg_lsn, parse_pg_lsn
 from cdcflow.sources.base import BatchResult, ChangeSink, Column, TableSpec
-from cdcflow.sources.pgoutput import PgOutputDecoder
+from cdcflow.sources.pgoutput import ACCELERATED, PgOutputDecoder
 
 log = logging.getLogger(__name__)
 Q = "source_postgres.sql"
@@ -44,6 +44,8 @@ KEEPALIVE_REQUEST_SECONDS = 0.5
 #: A stream that answers none of our keepalive requests for this long is presumed dead
 #: (a silent network partition) and reconnected.
 STREAM_SILENCE_SECONDS = 30.0
+#: Types with OIDs below this are built in: the same OID in every database.
+FIRST_NORMAL_OID = 16384
 #: Decoded rows are handed to the sink in chunks of about this size (bounded memory).
 HANDOFF_BYTES = 256 << 10
 
@@ -83,6 +85,11 @@ class PostgresSource:
         self._last_keepalive_request = 0.0
         self._stream_pos = -1
         self._heard = 0.0
+        #: The serving server's ``server_version_num``, told by the ingestion worker: binary
+        #: transfer is used only between servers of the same major version.
+        self.serving_version: int | None = None
+        self._binary = False  # the open stream is in pgoutput's binary mode
+        self.allow_binary = True  # False: always text (the benchmark's A/B)
 
     # -- regular connection -----------------------------------------------------
 
@@ -284,10 +291,40 @@ class PostgresSource:
         log.info("created replication slot %s at %s", self.slot, consistent_point)
         return parse_pg_lsn(consistent_point), snapshot_name, conn
 
+    def binary_transfer(self) -> tuple[bool, str]:
+        """Whether to stream in pgoutput's binary mode, and why (or why not).
+
+        Binary rows go into staging with COPY's binary format: no value is printed as text
+        by the walsender and parsed back by the serving database. That needs the C decoder,
+        servers of the same major version (binary formats are the types' own), and captured
+        columns of built-in types with binary send and receive functions only (a custom
+        type's OID differs between databases). Otherwise the stream stays in text mode.
+        """
+        if not ACCELERATED:
+            return False, "text transfer: the C decoder is not built"
+        if not self.allow_binary:
+            return False, "text transfer: binary transfer turned off"
+        row = self._one("server_settings")
+        assert row is not None
+        version = int(row[1])
+        if self.serving_version is None or self.serving_version // 10000 != version // 10000:
+            return False, "text transfer: source and serving are not the same PostgreSQL major version"
+        oids = sorted({c.type_oid for s in self.describe_tables() for c in s.columns})
+        if not oids or oids[0] <= 0 or oids[-1] >= FIRST_NORMAL_OID:
+            return False, "text transfer: a captured column has a type that is not built in"
+        row = self._one("types_without_binary_io", {"oids": oids})
+        if row is None or row[0]:
+            return False, "text transfer: a captured column's type has no binary send/receive function"
+        return True, "binary transfer"
+
     def _start_stream(self, after_lsn: int) -> None:
         import psycopg2
 
         self.verify_slot(after_lsn)
+        binary, why = self.binary_transfer()
+        options = {"proto_version": "1", "publication_names": self.publication}
+        if binary:
+            options["binary"] = "true"
         conn = self._replication_connect()
         cur = conn.cursor()
         try:
@@ -295,7 +332,7 @@ class PostgresSource:
                 slot_name=self.slot,
                 decode=False,
                 start_lsn=after_lsn + 1,
-                options={"proto_version": "1", "publication_names": self.publication},
+                options=options,
                 status_interval=5,
             )
         except psycopg2.Error as exc:
@@ -313,9 +350,16 @@ class PostgresSource:
         self._repl, self._cur = conn, cur
         self._heard = time.monotonic()
         specs = {(s.schema, s.name): s for s in self.describe_tables()}
-        self._decoder = PgOutputDecoder(specs, self.skip_captures)
+        self._decoder = PgOutputDecoder(specs, self.skip_captures, binary=binary)
+        self._binary = binary
         self._stream_pos = after_lsn
-        log.info("streaming slot %s from %s", self.slot, format_pg_lsn(after_lsn))
+        log.info(
+            "streaming slot %s from %s (decoder: %s; %s)",
+            self.slot,
+            format_pg_lsn(after_lsn),
+            "C hot path" if ACCELERATED else "pure Python, install with a C compiler for faster catch-up",
+            why,
+        )
 
     def read_batch(self, after_lsn: int, max_rows: int, sink: ChangeSink, wait_seconds: float) -> BatchResult:
         """Stream whole transactions after ``after_lsn`` into ``sink``.
@@ -333,6 +377,7 @@ class PostgresSource:
             self._start_stream(after_lsn)
         assert self._cur is not None and self._decoder is not None
         cur, dec = self._cur, self._decoder
+        sink.copy_format = "binary" if self._binary else "text"
         dec.skip_before = after_lsn + 1  # a replayed transaction is dropped, not staged twice
         dec.rows = 0
         dec.truncated = {}

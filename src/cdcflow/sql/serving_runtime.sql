@@ -15,8 +15,11 @@ WHERE source_name = %(source)s
 ORDER BY capture_instance;
 
 -- name: advance_watermarks
--- After staging a batch: move the watermark of each listed capture and count its rows.
--- The guard on last_lsn keeps a watermark from ever moving back.
+-- After staging a batch: move the watermark of each listed capture and count its rows,
+-- but only from the watermark the batch was read after (%(expected)s, one per capture):
+-- one that moved meanwhile (reset, resync) or was stopped (GAP, PAUSED) is left alone,
+-- and the caller, counting the rows updated, rolls the batch back. The guard on last_lsn
+-- keeps a watermark from ever moving back.
 UPDATE ctl_ingestion_watermarks AS w
 SET last_lsn = %(lsn)s,
     last_commit_time = coalesce(%(commit_time)s, w.last_commit_time),
@@ -24,9 +27,10 @@ SET last_lsn = %(lsn)s,
     state = 'OK',
     last_error = NULL,
     updated_at = now()
-FROM unnest(%(captures)s::text[], %(rows)s::bigint[]) AS d(capture, rows)
+FROM unnest(%(captures)s::text[], %(rows)s::bigint[], %(expected)s::numeric[]) AS d(capture, rows, expected)
 WHERE w.source_name = %(source)s
   AND w.capture_instance = d.capture
+  AND w.last_lsn = d.expected
   AND w.last_lsn <= %(lsn)s
   AND w.state NOT IN ('GAP', 'PAUSED');
 

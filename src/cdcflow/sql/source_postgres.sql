@@ -50,3 +50,8 @@ FROM pg_replication_slots WHERE slot_name = %(slot)s AND active_pid IS NOT NULL;
 -- Drop the slot (only while no position of it was ever staged).
 SELECT pg_drop_replication_slot(%(slot)s)
 WHERE EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %(slot)s);
+
+-- name: types_without_binary_io
+-- Of these type OIDs, how many cannot travel in binary (no send or receive function).
+SELECT count(*) FROM pg_type
+WHERE oid = ANY(%(oids)s::oid[]) AND (typsend::oid = 0 OR typreceive::oid = 0);
