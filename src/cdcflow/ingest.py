@@ -59,7 +59,7 @@ class IngestWorker:
         self._specs: dict[str, TableSpec] | None = None
         self._dedupe = False
         #: The serving connection's staging work, in order (COPY chunks, queued commits).
-        self._lane = CopyLane()
+        self._lane = CopyLane(name=self.name + ":copy")
         #: (lease token, watermark, active captures) of a batch whose commit is queued.
         self._follow: tuple[int, int, list[str]] | None = None
         #: Queue a backlog batch's commit and read on (False: commit each batch before the next).

@@ -67,8 +67,9 @@ class CopyLane:
     the caller's thread by the next :meth:`submit`, :meth:`wait` or :meth:`check`.
     """
 
-    def __init__(self, max_items: int = QUEUE_CHUNKS) -> None:
+    def __init__(self, max_items: int = QUEUE_CHUNKS, name: str = "staging-copy") -> None:
         self._max_items = max_items
+        self._name = name  # the thread's name (log lines written from it carry it)
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -81,7 +82,7 @@ class CopyLane:
         self.check()
         if self._thread is None:
             self._queue = queue.Queue(maxsize=self._max_items)
-            self._thread = threading.Thread(target=self._run, name="staging-copy", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
         assert self._queue is not None
         self._queue.put(job)  # blocks when the serving database is behind
