@@ -52,8 +52,9 @@ SRC_DB, SRV_DB = "cdcflow_bench_source", "cdcflow_bench_serving"
 SLOT_PREFIX = "cdcflow_bench_"
 STAGES = ("raw", "read", "decode", "cdcflow", "raw_after")
 #: Not run by default: cdcflow with every batch committed before the next is read (no
-#: queued commits), for an A/B of what overlapping the serving commit buys.
-EXTRA_STAGES = ("cdcflow_serial",)
+#: queued commits), for an A/B of what overlapping the serving commit buys; and
+#: pg_recvlogical in pgoutput's text mode whatever cdcflow uses (shown, never the baseline).
+EXTRA_STAGES = ("cdcflow_serial", "raw_text")
 #: The baseline runs first and again last; the ratio takes the faster of the two, so a
 #: baseline slowed by whatever ran before it cannot flatter cdcflow.
 RAW_STAGES = ("raw", "raw_after")
@@ -424,7 +425,8 @@ def _run_stage(
     restage: bool = False,
     binary: bool = False,
 ) -> dict:
-    if stage in RAW_STAGES:
+    if stage in RAW_STAGES or stage == "raw_text":
+        binary = binary and stage != "raw_text"
         return {"seconds": round(stage_raw(server, source_dsn, slot, settings.publication, target, binary), 3)}
     if stage in ("read", "decode"):
         secs, count = stage_python(source_dsn, slot, settings.publication, target, stage == "decode")

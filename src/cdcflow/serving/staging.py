@@ -42,6 +42,8 @@ DEFAULT_CHUNK_BYTES = 512 << 10
 QUEUE_CHUNKS = 8  # at most this many chunks wait for the writer thread
 _BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # signature, flags, no extension
 _BINARY_TRAILER = b"\xff\xff"
+#: COPY statements, composed once per (table, columns, format, dedupe) for the process.
+_COPY_SQL: dict[tuple[str, tuple[str, ...], str, bool], bytes] = {}
 
 
 class WatermarkMoved(TransientError):
@@ -151,7 +153,6 @@ class StagingWriter:
         self._size = 0
         self._unchanged: dict[str, list[tuple[int, int, int, tuple[str, ...]]]] = {}
         self.rows_written: dict[str, int] = {}
-        self._copy_sql: dict[str, sql.Composed] = {}
         self._temp_made: set[str] = set()
         self.chunk_bytes = chunk_bytes
         #: "text" (lines in COPY text format) or "binary" (tuples in COPY binary format, no
@@ -162,6 +163,11 @@ class StagingWriter:
         self._used_lane = False
 
     # -- ChangeSink -------------------------------------------------------------
+
+    def backlogged(self) -> bool:
+        """The serving side still has queued work (COPY chunks, an earlier batch's commit):
+        a source may read on instead of ending the batch, since a commit now would wait."""
+        return self._lane is not None and self._lane.busy
 
     def add_line(self, capture: str, line: bytes) -> None:
         p = self._pending.get(capture)
@@ -227,9 +233,10 @@ class StagingWriter:
                 )
             )
             self._temp_made.add(capture)
-        stmt = self._copy_sql.get(capture)
+        key = (spec.staging_table, spec.column_names, self.copy_format, self.dedupe)
+        stmt = _COPY_SQL.get(key)
         if stmt is None:
-            stmt = self._copy_sql[capture] = self._target(capture)
+            stmt = _COPY_SQL[key] = self._target(capture).as_bytes(self.conn)
         with self.conn.cursor() as cur:
             with cur.copy(stmt) as copy:
                 if self.copy_format == "binary":
@@ -326,11 +333,18 @@ class StagingWriter:
 
         def finish() -> None:
             self._finish_copies()
-            self._advance(watermark, captures, last_commit_time, expected)
-            if notify and any(self.rows_written.values()):
-                self.conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": self.source_name})
-            if before_commit is not None:
-                before_commit(self.conn)
+            # One round trip for the watermark update, the notification and the fence.
+            with self.conn.pipeline():
+                advanced = self._advance(watermark, captures, last_commit_time, expected)
+                if notify and any(self.rows_written.values()):
+                    self.conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": self.source_name})
+                if before_commit is not None:
+                    before_commit(self.conn)
+            if advanced.rowcount != len(captures):
+                raise WatermarkMoved(
+                    "a watermark changed while a batch was being staged (reset or resync?): "
+                    "the batch is rolled back and ingestion restarts from the new watermark"
+                )
             self.conn.commit()
             if then is not None:
                 then()
@@ -349,8 +363,9 @@ class StagingWriter:
 
     def _advance(
         self, watermark: int, captures: list[str], last_commit_time: dt.datetime | None, expected: list[int]
-    ) -> None:
-        cur = self.conn.execute(
+    ) -> psycopg.Cursor:
+        """Queue the watermark update; its cursor's rowcount says how many captures moved."""
+        return self.conn.execute(
             sqlfiles.query(Q, "advance_watermarks"),
             {
                 "source": self.source_name,
@@ -361,11 +376,6 @@ class StagingWriter:
                 "expected": expected,
             },
         )
-        if cur.rowcount != len(captures):
-            raise WatermarkMoved(
-                "a watermark changed while a batch was being staged (reset or resync?): "
-                "the batch is rolled back and ingestion restarts from the new watermark"
-            )
 
     def rollback(self) -> None:
         """Drop this batch: wait for the lane (a queued commit of an earlier batch still

@@ -50,6 +50,14 @@ FIRST_NORMAL_OID = 16384
 HANDOFF_BYTES = 256 << 10
 
 
+#: While the serving side is busy, how often a batch that found the stream empty looks again.
+BACKLOG_POLL_SECONDS = 0.002
+
+
+def _never() -> bool:
+    return False
+
+
 def _split(qualified: str) -> tuple[str, str]:
     schema, _, table = qualified.partition(".")
     return schema, table
@@ -391,6 +399,7 @@ class PostgresSource:
         deadline = time.monotonic() + wait_seconds
         read_message = cur.read_message
         feed = dec.feed
+        backlogged = getattr(sink, "backlogged", _never)
         try:
             while True:
                 msg = read_message()
@@ -410,8 +419,14 @@ class PostgresSource:
                     continue
                 # Nothing buffered.
                 if not dec.in_txn:
-                    if dec.rows > 0 or txns > 0:
+                    if (dec.rows > 0 or txns > 0) and not (dec.rows < max_rows and backlogged()):
                         return self._result(end_lsn, txns, last_commit_time, more=False, first=first_commit_time)
+                    if dec.rows > 0 or txns > 0:
+                        # The serving side is still busy with earlier batches: a commit now
+                        # would only queue. Read on (a bigger batch, fewer commits) until it
+                        # is free, more data comes, or the batch is full.
+                        select.select([self._repl], [], [], BACKLOG_POLL_SECONDS)
+                        continue
                     if cur.wal_end - 1 > end_lsn:
                         # Idle advance: the server has decoded up to wal_end and sent us
                         # every transaction whose commit record starts before it.
