@@ -353,8 +353,10 @@ def run(
         progress(f"size {size:.0e}: generating history")
         sc = Scenario(dsn, size, progress)
         entry: dict = {"staged_rows": size, **sc.load_history()}
+        entry["load_average_before"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 minutes
         for n, profile in enumerate(profiles):
             entry[profile] = _measure(sc, profile, 0.1 + n / 10, progress)
+        entry["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         entry["full_recompute_s"] = round(sc.full_recompute(), 3)
         for profile in profiles:
             entry[profile]["speedup"] = round(entry["full_recompute_s"] / entry[profile]["cycle_median_s"], 1)
