@@ -20,7 +20,7 @@ than the full recompute.
 
 The embedded server is sized like a serving database for its working set:
 ``shared_buffers`` = ``--shared-buffers`` (default ``SHARED_BUFFERS``, enough to hold the
-KPI state at 1e7, about 1.3 GB) and ``max_wal_size`` = ``--max-wal-size`` (default
+KPI state at 1e7, about 1.2 GB) and ``max_wal_size`` = ``--max-wal-size`` (default
 ``MAX_WAL_SIZE``: with PostgreSQL's 1GB a 1e7 cycle's WAL forces a checkpoint every few
 cycles, and the server logs that checkpoints occur too frequently). ``--shared-buffers
 128MB --max-wal-size 1GB`` are PostgreSQL's stock values. The settings in force are
@@ -65,7 +65,7 @@ PROFILES = ("recent", "uniform")
 # Its own embedded server: the sizing below persists in the data dir (ALTER SYSTEM), so it
 # must not change the server other benchmarks (catch-up: .cdcflow/bench-pg) measure on.
 DATA_DIR = ROOT / ".cdcflow" / "bench-pg-projections"
-SHARED_BUFFERS = "2GB"  # embedded server: holds the KPI state at 1e7 (~1.5 GB)
+SHARED_BUFFERS = "2GB"  # embedded server: holds the KPI state at 1e7 (~1.2 GB)
 MAX_WAL_SIZE = "8GB"  # embedded server: at 1e7 a cycle writes 50-250 MB of WAL; 1GB checkpoints every few cycles
 SERVER_SETTINGS = ("shared_buffers", "effective_cache_size", "work_mem", "max_wal_size", "fsync", "wal_compression")
 ANCHOR = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)  # history ends here; deltas follow it, 5 minutes apart
