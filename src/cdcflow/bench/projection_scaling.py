@@ -9,7 +9,8 @@ several deltas of exactly 10,000 changes (segment changes, new orders, late upda
 old orders, deletes, new payments, payments of orders that do not exist yet, payment
 updates and deletes) are staged one after the other; each is applied by one incremental
 KPI cycle (``run_cycle`` + commit, exactly what the worker does), timed; the first is a
-warm-up. Profile ``recent`` (default) sends 80% of updates and deletes to the newest
+warm-up. All sizes are set up first and then take turns, delta by delta, so that the
+sizes compared ran under the same load of a shared machine. Profile ``recent`` (default) sends 80% of updates and deletes to the newest
 50,000 orders/payments and 20% anywhere in history (late updates); ``uniform`` sends all
 of them anywhere (the worst case for caches). For the same delta, the seed's way is timed
 too: every staged row loaded into DuckDB, latest state per key by ``row_number()``, all
@@ -57,7 +58,7 @@ from cdcflow.sources.base import Column, TableSpec
 
 ROOT = Path.cwd()  # the project folder when run from a checkout: data dir, results
 BLOCKS = sqlfiles.queries("bench/projection_scaling.sql")
-DB = f"cdcflow_bench_projection_{os.getpid()}"  # one per run: runs never drop each other's database
+DB = f"cdcflow_bench_projection_{os.getpid()}"  # one per run and size: runs never drop each other's database
 DELTA = 10_000
 DELTAS = 5  # the first is a warm-up
 RECENT = 50_000  # profile "recent": updates and deletes hit the newest 50,000 orders/payments (plus late ones)
@@ -157,10 +158,11 @@ class Scenario:
         self.size = size
         self.profile = profile
         self.progress = progress
+        self.admin_dsn, self.db = admin_dsn, f"{DB}_{size}"
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-        self.dsn = _dsn(admin_dsn, DB)
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db)))
+        self.dsn = _dsn(admin_dsn, self.db)
         self.settings = Settings(serving_dsn=self.dsn, source_dsn=self.dsn, projection_self_check_seconds=0)
         self.customers = max(100, size // 100)
         self.orders = size * 40 // 100
@@ -205,13 +207,21 @@ class Scenario:
         rebuilt = time.monotonic() - t1
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
+        self.progress(f"  {self.size:.0e}: rebuild {rebuilt:.1f}s")
+        return {"load_s": round(loaded, 2), "rebuild_s": round(rebuilt, 2)}
+
+    def prepare(self) -> None:
+        """Right before the measured cycles: warm the state, flush the set-up's writes."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
             _run_block(conn, "warm_state", {})
             # The set-up's writes are flushed now, not during the measured cycles; from here
             # each cycle pays the full-page images its first touch of a page after a
             # checkpoint costs, as on a running server.
             conn.execute("CHECKPOINT")
-        self.progress(f"  {self.size:.0e}: rebuild {rebuilt:.1f}s")
-        return {"load_s": round(loaded, 2), "rebuild_s": round(rebuilt, 2)}
+
+    def drop(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db)))
 
     def stage_delta(self, seed: float) -> None:
         with psycopg.connect(self.dsn) as conn:
@@ -277,26 +287,35 @@ class Scenario:
         return took
 
 
-def _measure(sc: Scenario, profile: str, first_seed: float, progress: Progress) -> dict:
-    """Stage DELTAS deltas of one profile, one cycle each; the first is a warm-up."""
-    sc.profile = profile
-    cycles, wal = [], []
+def _measure(scenarios: list[Scenario], profile: str, first_seed: float, progress: Progress) -> list[dict]:
+    """Stage DELTAS deltas of one profile, one cycle each; the first is a warm-up.
+
+    The sizes take turns, delta by delta, so that each size's cycles run under the same
+    load of the (shared) machine: what is compared is the ratio between sizes.
+    """
+    cycles: list[list[float]] = [[] for _ in scenarios]
+    wal: list[list[float]] = [[] for _ in scenarios]
     for i in range(DELTAS):
-        sc.stage_delta(first_seed + i / 100)
-        cycle, wal_mb = sc.incremental_cycle()
-        progress(
-            f"  {sc.size:.0e} {profile}: delta {i}: incremental cycle {cycle * 1000:.0f} ms, WAL {wal_mb:.1f} MB"
-            + (" (warm-up)" if i == 0 else "")
-        )
-        if i:
-            cycles.append(cycle)
-            wal.append(wal_mb)
-    return {
-        "cycle_s": [round(c, 3) for c in cycles],
-        "wal_mb": [round(w, 1) for w in wal],
-        "cycle_median_s": round(statistics.median(cycles), 3),
-        "cycle_min_s": round(min(cycles), 3),
-    }
+        for n, sc in enumerate(scenarios):
+            sc.profile = profile
+            sc.stage_delta(first_seed + i / 100)
+            cycle, wal_mb = sc.incremental_cycle()
+            progress(
+                f"  {sc.size:.0e} {profile}: delta {i}: incremental cycle {cycle * 1000:.0f} ms, WAL {wal_mb:.1f} MB"
+                + (" (warm-up)" if i == 0 else "")
+            )
+            if i:
+                cycles[n].append(cycle)
+                wal[n].append(wal_mb)
+    return [
+        {
+            "cycle_s": [round(c, 3) for c in cs],
+            "wal_mb": [round(w, 1) for w in ws],
+            "cycle_median_s": round(statistics.median(cs), 3),
+            "cycle_min_s": round(min(cs), 3),
+        }
+        for cs, ws in zip(cycles, wal, strict=True)
+    ]
 
 
 def run(
@@ -349,25 +368,33 @@ def run(
     progress(
         f"server {results['server_version']}: " + ", ".join(f"{k}={v}" for k, v in results["server_settings"].items())
     )
-    for size in sizes:
-        progress(f"size {size:.0e}: generating history")
-        sc = Scenario(dsn, size, progress)
-        entry: dict = {"staged_rows": size, **sc.load_history()}
-        entry["load_average_before"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 minutes
+    scenarios: list[Scenario] = []
+    try:
+        for size in sizes:
+            progress(f"size {size:.0e}: generating history")
+            sc = Scenario(dsn, size, progress)
+            scenarios.append(sc)
+            results["sizes"].append({"staged_rows": size, **sc.load_history()})
+        for sc in scenarios:
+            sc.prepare()
+        results["load_average_before"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 minutes
         for n, profile in enumerate(profiles):
-            entry[profile] = _measure(sc, profile, 0.1 + n / 10, progress)
-        entry["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-        entry["full_recompute_s"] = round(sc.full_recompute(), 3)
-        for profile in profiles:
-            entry[profile]["speedup"] = round(entry["full_recompute_s"] / entry[profile]["cycle_median_s"], 1)
-            progress(
-                f"  {size:.0e} {profile}: cycle {entry[profile]['cycle_median_s'] * 1000:.0f} ms (median), "
-                f"full recompute {entry['full_recompute_s']:.2f} s ({entry[profile]['speedup']}x)"
-            )
-        results["sizes"].append(entry)
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
+            measured = _measure(scenarios, profile, 0.1 + n / 10, progress)
+            for entry, one in zip(results["sizes"], measured, strict=True):
+                entry[profile] = one
+        results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        for entry, sc in zip(results["sizes"], scenarios, strict=True):
+            entry["full_recompute_s"] = round(sc.full_recompute(), 3)
+            for profile in profiles:
+                entry[profile]["speedup"] = round(entry["full_recompute_s"] / entry[profile]["cycle_median_s"], 1)
+                progress(
+                    f"  {sc.size:.0e} {profile}: cycle {entry[profile]['cycle_median_s'] * 1000:.0f} ms (median), "
+                    f"full recompute {entry['full_recompute_s']:.2f} s ({entry[profile]['speedup']}x)"
+                )
+            (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
+    finally:
+        for sc in scenarios:
+            sc.drop()
     first, last = results["sizes"][0], results["sizes"][-1]
     results["growth_largest_vs_smallest"] = {
         p: round(last[p]["cycle_median_s"] / first[p]["cycle_median_s"], 2) for p in profiles
