@@ -10,11 +10,12 @@ old orders, deletes, new payments, payments of orders that do not exist yet, pay
 updates and deletes) are staged one after the other; each is applied by one incremental
 KPI cycle (``run_cycle`` + commit, exactly what the worker does), timed; the first is a
 warm-up. All sizes are set up first and then take turns, delta by delta, so that the
-sizes compared ran under the same load of a shared machine. Profile ``recent`` (default) sends 80% of updates and deletes to the newest
-50,000 orders/payments and 20% anywhere in history (late updates); ``uniform`` sends all
-of them anywhere (the worst case for caches). For the same delta, the seed's way is timed
-too: every staged row loaded into DuckDB, latest state per key by ``row_number()``, all
-buckets aggregated, the projection rewritten (rolled back, so the incremental state stays in place).
+sizes compared ran under the same load of a shared machine. Profile ``recent`` (default)
+sends 80% of updates and deletes to the newest 50,000 orders/payments and 20% anywhere in
+history (late updates); ``uniform`` sends all of them anywhere (the worst case for
+caches). For the same delta, the seed's way is timed too: every staged row loaded into
+DuckDB, latest state per key by ``row_number()``, all buckets aggregated, the projection
+rewritten (rolled back, so the incremental state stays in place).
 
 Targets: the cycle at 1e7 takes at most 1.5x the cycle at 1e5, and at least 20x less
 than the full recompute.
