@@ -36,16 +36,16 @@ WITH o AS (
 ), ord AS (
     SELECT m, seg, count(*) AS n, coalesce(sum(amount), 0) AS amt FROM o GROUP BY m, seg
 ), pay AS (
-    SELECT date_trunc('minute', p.paid_at) AS m, o.seg, coalesce(sum(p.paid_amount), 0) AS paid
+    SELECT date_trunc('minute', p.paid_at) AS m, o.seg, coalesce(sum(p.paid_amount), 0) AS paid, count(*) AS n
     FROM payments p JOIN o ON o.order_id = p.order_id GROUP BY 1, 2
 )
 SELECT coalesce(ord.m, pay.m), coalesce(ord.seg, pay.seg), coalesce(ord.n, 0), coalesce(ord.amt, 0),
-       coalesce(pay.paid, 0)
+       coalesce(pay.paid, 0), coalesce(pay.n, 0)
 FROM ord FULL JOIN pay ON ord.m = pay.m AND ord.seg = pay.seg
 """
 
 KPI_PROJECTION = """
-SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum
+SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count
 FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2
 """
 

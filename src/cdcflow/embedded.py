@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,14 @@ SETTINGS = {
 class EmbeddedPostgres:
     """A started embedded server. ``dsn(dbname)`` gives a libpq URI for a database on it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, settings: Mapping[str, str] | None = None) -> None:
+        """Start (or attach to) the server on ``data_dir``.
+
+        ``settings`` (e.g. ``{"shared_buffers": "2GB"}``) are written with ``ALTER SYSTEM``
+        and the server is restarted when one of them needs it, so the data dir runs with
+        exactly what the caller asked, whatever an earlier run set. Without ``settings``
+        the server keeps what its data dir has (the stock defaults plus ``SETTINGS``).
+        """
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers); pgserver copes.
             warnings.simplefilter("ignore")
@@ -50,6 +58,28 @@ class EmbeddedPostgres:
         server.start()
         self._server = server
         self.bin_path = Path(server.bin_path)
+        if settings:
+            self._apply(settings)
+
+    def _apply(self, settings: Mapping[str, str]) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            for name, value in settings.items():
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+            conn.execute("SELECT pg_reload_conf()")
+            # pg_file_settings reads the files when queried (no race with the reload): a
+            # value that only a restart can apply shows up there with an error.
+            restart = conn.execute(
+                "SELECT count(*) FROM pg_file_settings WHERE name = ANY(%s) AND NOT applied AND error IS NOT NULL",
+                (list(settings),),
+            ).fetchone()
+        if restart and restart[0]:
+            log.info("restarting the embedded server for %s", ", ".join(settings))
+            self._server._stop()
+            self._server._postmaster_info = None
+            self._server.start()
 
     @property
     def socket_dir(self) -> str:

@@ -15,7 +15,8 @@ from tests.oracle import assert_latest_state_equals_source, source_rows
 from tests.workload import TABLES, Recorder, assert_staging_matches, staged_changes
 
 # KPI per (minute of created_at, customer's current segment): live orders; plus the paid
-# amounts of live payments of live orders per (minute of paid_at, that order's segment).
+# amounts (and the number) of live payments of live orders per (minute of paid_at, that
+# order's segment).
 # A bucket exists when at least one order or one payment contributes to it.
 ORACLE_KPI = """
 WITH live_orders AS (
@@ -29,12 +30,12 @@ by_order AS (
 ),
 by_payment AS (
     SELECT date_trunc('minute', p.paid_at) AS minute_bucket, lo.segment,
-           coalesce(sum(p.paid_amount), 0) AS paid_amount_sum
+           coalesce(sum(p.paid_amount), 0) AS paid_amount_sum, count(*) AS payments_count
     FROM payments p JOIN live_orders lo ON lo.order_id = p.order_id GROUP BY 1, 2
 )
 SELECT coalesce(a.minute_bucket, b.minute_bucket) AS minute_bucket, coalesce(a.segment, b.segment) AS segment,
        coalesce(a.orders_count, 0)::bigint, coalesce(a.orders_amount_sum, 0)::numeric(18,2),
-       coalesce(b.paid_amount_sum, 0)::numeric(18,2)
+       coalesce(b.paid_amount_sum, 0)::numeric(18,2), coalesce(b.payments_count, 0)::bigint
 FROM by_order a FULL JOIN by_payment b ON a.minute_bucket = b.minute_bucket AND a.segment = b.segment
 ORDER BY 1, 2
 """

@@ -24,6 +24,7 @@ from cdcflow.projections import base, orders_kpi
 from cdcflow.projections.orders_kpi import OrdersKpi
 from cdcflow.projections.orders_latest import OrdersLatest
 from cdcflow.projections.worker import ProjectionWorker
+from cdcflow.serving import schema
 from tests.conftest import wait_until
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 30, tzinfo=dt.UTC)
@@ -86,13 +87,19 @@ class Serving:
             conn.commit()
         return result
 
-    def kpi(self, minute: dt.datetime = T0) -> dict[str, tuple]:
-        rows = self.conn.execute(
-            "SELECT segment, orders_count, orders_amount_sum, paid_amount_sum FROM proj_orders_kpi_by_minute_segment"
+    def _buckets(self, columns: str, minute: dt.datetime) -> list[tuple]:
+        return self.conn.execute(
+            f"SELECT segment, {columns} FROM proj_orders_kpi_by_minute_segment"
             " WHERE minute_bucket = date_trunc('minute', %s::timestamptz)",
             (minute,),
         ).fetchall()
+
+    def kpi(self, minute: dt.datetime = T0) -> dict[str, tuple]:
+        rows = self._buckets("orders_count, orders_amount_sum, paid_amount_sum", minute)
         return {r[0]: tuple(r[1:]) for r in rows}
+
+    def payments_count(self, minute: dt.datetime = T0) -> dict[str, int]:
+        return {r[0]: r[1] for r in self._buckets("payments_count", minute)}
 
     def latest(self, order_id: int) -> tuple | None:
         return self.conn.execute(
@@ -234,6 +241,7 @@ def test_late_and_out_of_order_changes(srv):
     srv.cycle(OrdersKpi())
     assert srv.kpi(old) == {"SMB": (1, Decimal("10.00"), Decimal("0.00"))}
     assert srv.kpi() == {"SMB": (0, Decimal("0.00"), Decimal("3.00"))}
+    assert srv.payments_count() == {"SMB": 1}  # keeps the payments-only bucket alive
     srv.order(3, 900, 2, None, op=4, created=old)  # amount set to NULL, a day later
     srv.customer(3, 2, "MOVED")
     srv.watermarks(orders=3, customers=3, payments=3)
@@ -245,9 +253,8 @@ def test_late_and_out_of_order_changes(srv):
     srv.watermarks(orders=4, customers=4, payments=4)
     srv.cycle(OrdersKpi())
     assert srv.kpi(old) == {} and srv.kpi() == {}
-    assert (
-        srv.conn.execute("SELECT count(*) FROM pst_kpi_buckets WHERE minute_bucket < '2026-01-03'").fetchone()[0] == 0
-    )
+    old_rows = "SELECT count(*) FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket < '2026-01-03'"
+    assert srv.conn.execute(old_rows).fetchone()[0] == 0
 
 
 def test_self_check_restates_a_corrupted_window(srv):
@@ -313,7 +320,7 @@ def test_rebuild_command_equals_incremental(srv):
     srv.payment(12, 100, 100, "1.25")
     srv.watermarks(orders=20, customers=20, payments=20)
     srv.cycle(OrdersKpi()), srv.cycle(OrdersLatest())
-    tables = ("proj_orders_kpi_by_minute_segment", "proj_orders_latest", "pst_kpi_buckets", "pst_kpi_orders")
+    tables = ("proj_orders_kpi_by_minute_segment", "proj_orders_latest", "pst_kpi_orders", "pst_kpi_payments")
     before = {t: srv.conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}  # noqa: S608
     env = {
         "SOURCE_DSN": srv.settings.source_dsn,
@@ -327,8 +334,47 @@ def test_rebuild_command_equals_incremental(srv):
     for t in tables:
         rows = srv.conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()  # noqa: S608
         if t.startswith("proj_orders_kpi"):
-            rows, before[t] = [r[:5] for r in rows], [r[:5] for r in before[t]]  # updated_at differs
+            rows, before[t] = [r[:5] + r[6:] for r in rows], [r[:5] + r[6:] for r in before[t]]  # not updated_at
         assert rows == before[t], t
     assert srv.meta(OrdersKpi.name)[:2] == ("OK", srv.base + 20)
     assert cli.main(["rebuild", "no_such_projection"], env=env) == 2
     assert projections.resolve(["orders_latest"])[0].name == "proj_orders_latest"
+
+
+def test_an_existing_deployment_moves_its_bucket_counts_into_the_projection(srv):
+    """A serving database of the previous release kept the payments counts in pst_kpi_buckets."""
+    srv.order(10, 100, 1, "5.00")
+    srv.payment(11, 100, 100, "2.50")
+    srv.payment(12, 101, 100, "1.00")
+    srv.watermarks(orders=20, customers=20, payments=20)
+    srv.cycle(OrdersKpi())
+    rows = "SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count "
+    rows += "FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2"
+    good = srv.conn.execute(rows).fetchall()
+    assert srv.payments_count() == {"ENTERPRISE": 2}
+    # Back to the previous release's layout, as its bootstrap left it.
+    srv.conn.execute(
+        "CREATE TABLE pst_kpi_buckets (minute_bucket timestamptz NOT NULL, segment text NOT NULL,"
+        " orders_count bigint NOT NULL, orders_amount_sum numeric(18,2) NOT NULL,"
+        " paid_amount_sum numeric(18,2) NOT NULL, payments_count bigint NOT NULL,"
+        " PRIMARY KEY (minute_bucket, segment))"
+    )
+    srv.conn.execute(f"INSERT INTO pst_kpi_buckets {rows}")  # noqa: S608
+    srv.conn.execute("ALTER TABLE proj_orders_kpi_by_minute_segment DROP COLUMN payments_count")
+    srv.conn.execute("DELETE FROM ctl_schema_version WHERE folder = 'serving'")
+    with psycopg.connect(srv.settings.serving_dsn) as conn:
+        schema.run_scripts(conn, "serving")
+        conn.commit()
+    assert srv.conn.execute(rows).fetchall() == good
+    assert srv.conn.execute("SELECT to_regclass('pst_kpi_buckets')").fetchone()[0] is None
+    srv.conn.execute("DELETE FROM ctl_schema_version WHERE folder = 'serving'")
+    with psycopg.connect(srv.settings.serving_dsn) as conn:
+        schema.run_scripts(conn, "serving")  # again: the scripts are idempotent
+        conn.commit()
+    assert srv.conn.execute(rows).fetchall() == good
+    # The migrated counts are the ones cycles go on from: the last payment leaves, the bucket stays.
+    srv.payment(21, 100, 100, "2.50", op=1)
+    srv.watermarks(orders=22, customers=22, payments=22)
+    srv.cycle(OrdersKpi())
+    assert srv.payments_count() == {"ENTERPRISE": 1}
+    assert srv.kpi() == {"ENTERPRISE": (1, Decimal("5.00"), Decimal("1.00"))}

@@ -9,16 +9,27 @@ several deltas of exactly 10,000 changes (segment changes, new orders, late upda
 old orders, deletes, new payments, payments of orders that do not exist yet, payment
 updates and deletes) are staged one after the other; each is applied by one incremental
 KPI cycle (``run_cycle`` + commit, exactly what the worker does), timed; the first is a
-warm-up. Profile ``recent`` (default) sends 80% of updates and deletes to the newest
-50,000 orders/payments and 20% anywhere in history (late updates); ``uniform`` sends all
-of them anywhere (the worst case for caches). For the same delta, the seed's way is timed
-too: every staged row loaded into DuckDB, latest state per key by ``row_number()``, all
-buckets aggregated, the projection rewritten (rolled back, so the incremental state stays in place).
+warm-up. All sizes are set up first and then take turns, delta by delta, so that the
+sizes compared ran under the same load of a shared machine. Profile ``recent`` (default)
+sends 80% of updates and deletes to the newest 50,000 orders/payments and 20% anywhere in
+history (late updates); ``uniform`` sends all of them anywhere (the worst case for
+caches). For the same delta, the seed's way is timed too: every staged row loaded into
+DuckDB, latest state per key by ``row_number()``, all buckets aggregated, the projection
+rewritten (rolled back, so the incremental state stays in place).
 
 Targets: the cycle at 1e7 takes at most 1.5x the cycle at 1e5, and at least 20x less
 than the full recompute.
 
-    python benchmarks/projection_scaling.py --sizes 1e5,1e6,1e7 [--profiles recent,uniform] [--dsn ...]
+The embedded server is sized like a serving database for its working set:
+``shared_buffers`` = ``--shared-buffers`` (default ``SHARED_BUFFERS``, enough to hold the
+KPI state at 1e7, about 1.2 GB) and ``max_wal_size`` = ``--max-wal-size`` (default
+``MAX_WAL_SIZE``: with PostgreSQL's 1GB a 1e7 cycle's WAL forces a checkpoint every few
+cycles, and the server logs that checkpoints occur too frequently). ``--shared-buffers
+128MB --max-wal-size 1GB`` are PostgreSQL's stock values. The settings in force are
+recorded in the results, also for ``--dsn`` (whose server is used as it is configured).
+
+    python benchmarks/projection_scaling.py --sizes 1e5,1e6,1e7 [--profiles recent,uniform]
+        [--shared-buffers 2GB] [--max-wal-size 8GB] [--data-dir .cdcflow/bench-pg-projections] [--dsn ...]
 """
 
 from __future__ import annotations
@@ -48,11 +59,17 @@ from cdcflow.sources.base import Column, TableSpec
 
 ROOT = Path.cwd()  # the project folder when run from a checkout: data dir, results
 BLOCKS = sqlfiles.queries("bench/projection_scaling.sql")
-DB = f"cdcflow_bench_projection_{os.getpid()}"  # one per run: runs never drop each other's database
+DB = f"cdcflow_bench_projection_{os.getpid()}"  # one per run and size: runs never drop each other's database
 DELTA = 10_000
 DELTAS = 5  # the first is a warm-up
 RECENT = 50_000  # profile "recent": updates and deletes hit the newest 50,000 orders/payments (plus late ones)
 PROFILES = ("recent", "uniform")
+# Its own embedded server: the sizing below persists in the data dir (ALTER SYSTEM), so it
+# must not change the server other benchmarks (catch-up: .cdcflow/bench-pg) measure on.
+DATA_DIR = ROOT / ".cdcflow" / "bench-pg-projections"
+SHARED_BUFFERS = "2GB"  # embedded server: holds the KPI state at 1e7 (~1.2 GB)
+MAX_WAL_SIZE = "8GB"  # embedded server: at 1e7 a cycle writes 50-250 MB of WAL; 1GB checkpoints every few cycles
+SERVER_SETTINGS = ("shared_buffers", "effective_cache_size", "work_mem", "max_wal_size", "fsync", "wal_compression")
 ANCHOR = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)  # history ends here; deltas follow it, 5 minutes apart
 
 Progress = Callable[[str], None]
@@ -142,10 +159,11 @@ class Scenario:
         self.size = size
         self.profile = profile
         self.progress = progress
+        self.admin_dsn, self.db = admin_dsn, f"{DB}_{size}"
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-        self.dsn = _dsn(admin_dsn, DB)
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db)))
+        self.dsn = _dsn(admin_dsn, self.db)
         self.settings = Settings(serving_dsn=self.dsn, source_dsn=self.dsn, projection_self_check_seconds=0)
         self.customers = max(100, size // 100)
         self.orders = size * 40 // 100
@@ -193,6 +211,19 @@ class Scenario:
         self.progress(f"  {self.size:.0e}: rebuild {rebuilt:.1f}s")
         return {"load_s": round(loaded, 2), "rebuild_s": round(rebuilt, 2)}
 
+    def prepare(self) -> None:
+        """Right before the measured cycles: warm the state, flush the set-up's writes."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            _run_block(conn, "warm_state", {})
+            # The set-up's writes are flushed now, not during the measured cycles; from here
+            # each cycle pays the full-page images its first touch of a page after a
+            # checkpoint costs, as on a running server.
+            conn.execute("CHECKPOINT")
+
+    def drop(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db)))
+
     def stage_delta(self, seed: float) -> None:
         with psycopg.connect(self.dsn) as conn:
             recent = self.profile == "recent"
@@ -221,16 +252,21 @@ class Scenario:
             _run_block(conn, "advance", {"lsn": self.lsn})
             conn.commit()
 
-    def incremental_cycle(self) -> float:
+    def incremental_cycle(self) -> tuple[float, float]:
+        """Seconds one cycle takes, and the MB of WAL it wrote."""
         duck = base.open_duckdb()
         with base.open_connection(self.dsn) as conn:
+            wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # type: ignore[index]
+            conn.commit()
             t0 = time.monotonic()
             result = base.run_cycle(conn, duck, OrdersKpi(), self.settings)
             conn.commit()
             took = time.monotonic() - t0
+            wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (wal0,)).fetchone()[0]  # type: ignore[index]
+            conn.commit()
         duck.close()
         assert result.applied and result.cutoff == self.lsn, "the cycle did not apply the delta"
-        return took
+        return took, float(wal) / 1e6
 
     def full_recompute(self) -> float:
         """The seed's way for the same data: load everything staged, recompute, rewrite (rolled back)."""
@@ -252,24 +288,35 @@ class Scenario:
         return took
 
 
-def _measure(sc: Scenario, profile: str, first_seed: float, progress: Progress) -> dict:
-    """Stage DELTAS deltas of one profile, one cycle each; the first is a warm-up."""
-    sc.profile = profile
-    cycles = []
+def _measure(scenarios: list[Scenario], profile: str, first_seed: float, progress: Progress) -> list[dict]:
+    """Stage DELTAS deltas of one profile, one cycle each; the first is a warm-up.
+
+    The sizes take turns, delta by delta, so that each size's cycles run under the same
+    load of the (shared) machine: what is compared is the ratio between sizes.
+    """
+    cycles: list[list[float]] = [[] for _ in scenarios]
+    wal: list[list[float]] = [[] for _ in scenarios]
     for i in range(DELTAS):
-        sc.stage_delta(first_seed + i / 100)
-        cycle = sc.incremental_cycle()
-        progress(
-            f"  {sc.size:.0e} {profile}: delta {i}: incremental cycle {cycle * 1000:.0f} ms"
-            + (" (warm-up)" if i == 0 else "")
-        )
-        if i:
-            cycles.append(cycle)
-    return {
-        "cycle_s": [round(c, 3) for c in cycles],
-        "cycle_median_s": round(statistics.median(cycles), 3),
-        "cycle_min_s": round(min(cycles), 3),
-    }
+        for n, sc in enumerate(scenarios):
+            sc.profile = profile
+            sc.stage_delta(first_seed + i / 100)
+            cycle, wal_mb = sc.incremental_cycle()
+            progress(
+                f"  {sc.size:.0e} {profile}: delta {i}: incremental cycle {cycle * 1000:.0f} ms, WAL {wal_mb:.1f} MB"
+                + (" (warm-up)" if i == 0 else "")
+            )
+            if i:
+                cycles[n].append(cycle)
+                wal[n].append(wal_mb)
+    return [
+        {
+            "cycle_s": [round(c, 3) for c in cs],
+            "wal_mb": [round(w, 1) for w in ws],
+            "cycle_median_s": round(statistics.median(cs), 3),
+            "cycle_min_s": round(min(cs), 3),
+        }
+        for cs, ws in zip(cycles, wal, strict=True)
+    ]
 
 
 def run(
@@ -278,8 +325,17 @@ def run(
     progress: Progress = print,
     dsn: str | None = None,
     profiles: tuple[str, ...] = PROFILES,
+    data_dir: Path | str | None = None,
+    shared_buffers: str | None = None,
+    max_wal_size: str | None = None,
 ) -> dict:
-    """Run the benchmark for each size and delta profile; write ``projection_scaling.json`` into ``out_dir``."""
+    """Run the benchmark for each size and delta profile; write ``projection_scaling.json`` into ``out_dir``.
+
+    Without ``dsn`` an embedded server on ``data_dir`` (default :data:`DATA_DIR`) runs
+    with ``shared_buffers`` and ``max_wal_size`` (defaults :data:`SHARED_BUFFERS`,
+    :data:`MAX_WAL_SIZE`); a server given by ``dsn`` is used as it is configured (both
+    must then be None).
+    """
     bad = [p for p in profiles if p not in PROFILES]
     if bad:
         raise ValueError(f"unknown delta profile {bad[0]!r}: expected one of {', '.join(PROFILES)}")
@@ -289,8 +345,11 @@ def run(
     if dsn is None:
         from cdcflow.embedded import EmbeddedPostgres
 
-        server = EmbeddedPostgres(ROOT / ".cdcflow" / "bench-pg")
+        sizing = {"shared_buffers": shared_buffers or SHARED_BUFFERS, "max_wal_size": max_wal_size or MAX_WAL_SIZE}
+        server = EmbeddedPostgres(Path(data_dir or DATA_DIR), sizing)
         dsn = server.dsn("postgres")
+    elif shared_buffers is not None or max_wal_size is not None:
+        raise ValueError("shared_buffers and max_wal_size apply to the embedded server: configure the one at --dsn")
     results: dict = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "delta_changes": DELTA,
@@ -301,23 +360,42 @@ def run(
     }
     with psycopg.connect(dsn) as conn:
         results["server_version"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-    for size in sizes:
-        progress(f"size {size:.0e}: generating history")
-        sc = Scenario(dsn, size, progress)
-        entry: dict = {"staged_rows": size, **sc.load_history()}
+        results["server_settings"] = dict(
+            conn.execute(  # type: ignore[arg-type]
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+                (list(SERVER_SETTINGS),),
+            ).fetchall()
+        )
+    progress(
+        f"server {results['server_version']}: " + ", ".join(f"{k}={v}" for k, v in results["server_settings"].items())
+    )
+    scenarios: list[Scenario] = []
+    try:
+        for size in sizes:
+            progress(f"size {size:.0e}: generating history")
+            sc = Scenario(dsn, size, progress)
+            scenarios.append(sc)
+            results["sizes"].append({"staged_rows": size, **sc.load_history()})
+        for sc in scenarios:
+            sc.prepare()
+        results["load_average_before"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 minutes
         for n, profile in enumerate(profiles):
-            entry[profile] = _measure(sc, profile, 0.1 + n / 10, progress)
-        entry["full_recompute_s"] = round(sc.full_recompute(), 3)
-        for profile in profiles:
-            entry[profile]["speedup"] = round(entry["full_recompute_s"] / entry[profile]["cycle_median_s"], 1)
-            progress(
-                f"  {size:.0e} {profile}: cycle {entry[profile]['cycle_median_s'] * 1000:.0f} ms (median), "
-                f"full recompute {entry['full_recompute_s']:.2f} s ({entry[profile]['speedup']}x)"
-            )
-        results["sizes"].append(entry)
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
+            measured = _measure(scenarios, profile, 0.1 + n / 10, progress)
+            for entry, one in zip(results["sizes"], measured, strict=True):
+                entry[profile] = one
+        results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        for entry, sc in zip(results["sizes"], scenarios, strict=True):
+            entry["full_recompute_s"] = round(sc.full_recompute(), 3)
+            for profile in profiles:
+                entry[profile]["speedup"] = round(entry["full_recompute_s"] / entry[profile]["cycle_median_s"], 1)
+                progress(
+                    f"  {sc.size:.0e} {profile}: cycle {entry[profile]['cycle_median_s'] * 1000:.0f} ms (median), "
+                    f"full recompute {entry['full_recompute_s']:.2f} s ({entry[profile]['speedup']}x)"
+                )
+            (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
+    finally:
+        for sc in scenarios:
+            sc.drop()
     first, last = results["sizes"][0], results["sizes"][-1]
     results["growth_largest_vs_smallest"] = {
         p: round(last[p]["cycle_median_s"] / first[p]["cycle_median_s"], 2) for p in profiles
@@ -335,12 +413,32 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(PROFILES),
         help="delta profiles, comma-separated: recent (80%% of updates on recent rows), uniform (anywhere)",
     )
+    p.add_argument(
+        "--shared-buffers",
+        default=None,
+        help=f"embedded server's shared_buffers (default {SHARED_BUFFERS}: holds the state at 1e7; 128MB = stock)",
+    )
+    p.add_argument(
+        "--max-wal-size",
+        default=None,
+        help=f"embedded server's max_wal_size (default {MAX_WAL_SIZE}; 1GB = stock)",
+    )
+    p.add_argument("--data-dir", default=None, help=f"embedded server's data dir (default {DATA_DIR})")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<timestamp>)")
     args = p.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     profiles = tuple(p.strip() for p in args.profiles.split(",") if p.strip())
-    res = run(out, sizes, lambda m: print(m, file=sys.stderr, flush=True), args.dsn, profiles)
+    res = run(
+        out,
+        sizes,
+        lambda m: print(m, file=sys.stderr, flush=True),
+        args.dsn,
+        profiles,
+        data_dir=args.data_dir,
+        shared_buffers=args.shared_buffers,
+        max_wal_size=args.max_wal_size,
+    )
     print(json.dumps(res, indent=2))
     return 0
 

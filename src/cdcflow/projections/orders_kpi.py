@@ -9,8 +9,8 @@ segment of the order's customer. NULL amounts count as 0.
 How a cycle stays proportional to its delta (never to staged history or the window):
 the projection keeps serving-side state (``sql/serving/20_projections.sql``): the live
 customers, orders (indexed by customer) and payments (indexed by order, including
-payments whose order does not exist yet), and the buckets with a hidden payments count
-so a bucket disappears exactly when nothing contributes to it. Per cycle:
+payments whose order does not exist yet); the projection's rows carry a payments count
+beside the sums, so a bucket disappears exactly when nothing contributes to it. Per cycle:
 
 1. read the delta: the latest version per key in ``(checkpoint, cutoff]`` of each
    staging table (range scan on ``__lsn``);
@@ -21,7 +21,8 @@ so a bucket disappears exactly when nothing contributes to it. Per cycle:
 3. in DuckDB: contributions of the loaded rows after the delta minus before it, per
    bucket (unaffected rows cancel out), and the new state rows;
 4. in the cycle's transaction: replace the changed state rows, add the bucket
-   differences, rewrite exactly the touched projection rows.
+   differences to exactly the touched projection rows (one upsert per bucket), delete
+   the buckets that became empty.
 
 A rebuild is the same path from empty state with the whole of staging as the delta.
 The self-check recomputes the last ``PROJECTION_RECOMPUTE_WINDOW_MINUTES`` minutes from
@@ -62,13 +63,10 @@ HELD = pa.schema(
     [
         ("minute_bucket", TSTZ),
         ("segment", TEXT),
-        ("p_orders_count", BIGINT),
-        ("p_orders_amount_sum", MONEY),
-        ("p_paid_amount_sum", MONEY),
-        ("b_orders_count", BIGINT),
-        ("b_orders_amount_sum", MONEY),
-        ("b_paid_amount_sum", MONEY),
-        ("b_payments_count", BIGINT),
+        ("orders_count", BIGINT),
+        ("orders_amount_sum", MONEY),
+        ("paid_amount_sum", MONEY),
+        ("payments_count", BIGINT),
     ]
 )
 

@@ -47,7 +47,8 @@ SELECT customer_id, segment FROM pst_kpi_customers WHERE customer_id = ANY(%(cus
 CREATE TEMP TABLE tmp_kpi_orders (LIKE pst_kpi_orders) ON COMMIT DROP;
 CREATE TEMP TABLE tmp_kpi_payments (LIKE pst_kpi_payments) ON COMMIT DROP;
 CREATE TEMP TABLE tmp_kpi_customers (LIKE pst_kpi_customers) ON COMMIT DROP;
-CREATE TEMP TABLE tmp_kpi_diff (LIKE pst_kpi_buckets) ON COMMIT DROP;
+CREATE TEMP TABLE tmp_kpi_diff (LIKE proj_orders_kpi_by_minute_segment INCLUDING DEFAULTS) ON COMMIT DROP;
+CREATE TEMP TABLE tmp_kpi_empty (minute_bucket timestamptz, segment text) ON COMMIT DROP;
 
 -- name: delete_state
 -- Deleted keys leave the state (primary-key lookups).
@@ -73,39 +74,32 @@ INSERT INTO pst_kpi_payments SELECT * FROM tmp_kpi_payments;
 INSERT INTO pst_kpi_customers SELECT * FROM tmp_kpi_customers;
 
 -- name: apply_diff
--- Add the bucket differences and rewrite exactly the touched projection rows from the
--- resulting buckets (a bucket nothing contributes to any more leaves the projection).
+-- Add the bucket differences to the projection's rows (a new bucket starts from the
+-- difference) and list the buckets nothing contributes to any more.
 WITH up AS (
-    INSERT INTO pst_kpi_buckets AS b
-    SELECT * FROM tmp_kpi_diff
+    INSERT INTO proj_orders_kpi_by_minute_segment AS p
+        (minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count)
+    SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count
+    FROM tmp_kpi_diff
     ON CONFLICT (minute_bucket, segment) DO UPDATE
-    SET orders_count = b.orders_count + excluded.orders_count,
-        orders_amount_sum = b.orders_amount_sum + excluded.orders_amount_sum,
-        paid_amount_sum = b.paid_amount_sum + excluded.paid_amount_sum,
-        payments_count = b.payments_count + excluded.payments_count
-    RETURNING b.*),
-gone AS (
-    DELETE FROM proj_orders_kpi_by_minute_segment p USING up
-    WHERE p.minute_bucket = up.minute_bucket AND p.segment = up.segment
-      AND up.orders_count = 0 AND up.payments_count = 0)
-INSERT INTO proj_orders_kpi_by_minute_segment AS p
-    (minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum)
-SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum FROM up
-WHERE orders_count <> 0 OR payments_count <> 0
-ON CONFLICT (minute_bucket, segment) DO UPDATE
-SET orders_count = excluded.orders_count, orders_amount_sum = excluded.orders_amount_sum,
-    paid_amount_sum = excluded.paid_amount_sum, updated_at = now();
+    SET orders_count = p.orders_count + excluded.orders_count,
+        orders_amount_sum = p.orders_amount_sum + excluded.orders_amount_sum,
+        paid_amount_sum = p.paid_amount_sum + excluded.paid_amount_sum,
+        payments_count = p.payments_count + excluded.payments_count,
+        updated_at = now()
+    RETURNING p.minute_bucket, p.segment, p.orders_count, p.payments_count)
+INSERT INTO tmp_kpi_empty SELECT minute_bucket, segment FROM up WHERE orders_count = 0 AND payments_count = 0;
 
 -- name: drop_empty_buckets
--- Buckets nothing contributes to any more leave the state too.
-DELETE FROM pst_kpi_buckets b USING tmp_kpi_diff d
-WHERE b.minute_bucket = d.minute_bucket AND b.segment = d.segment
-  AND b.orders_count = 0 AND b.payments_count = 0;
+-- Buckets nothing contributes to any more leave the projection (apply_diff listed them:
+-- usually a handful, so this does not probe every touched bucket again).
+DELETE FROM proj_orders_kpi_by_minute_segment p USING tmp_kpi_empty e
+WHERE p.minute_bucket = e.minute_bucket AND p.segment = e.segment
+  AND p.orders_count = 0 AND p.payments_count = 0;
 
 -- name: clear
 -- A rebuild starts empty (DELETE, not TRUNCATE: readers keep the old rows until commit).
 DELETE FROM proj_orders_kpi_by_minute_segment;
-DELETE FROM pst_kpi_buckets;
 DELETE FROM pst_kpi_orders;
 DELETE FROM pst_kpi_payments;
 DELETE FROM pst_kpi_customers;
@@ -116,7 +110,7 @@ SELECT date_trunc('minute', now()) - make_interval(mins => %(minutes)s);
 
 -- name: create_restate
 -- Self-check: scratch table for corrected buckets (may exist from this cycle's delta).
-CREATE TEMP TABLE IF NOT EXISTS tmp_kpi_diff (LIKE pst_kpi_buckets) ON COMMIT DROP;
+CREATE TEMP TABLE IF NOT EXISTS tmp_kpi_diff (LIKE proj_orders_kpi_by_minute_segment INCLUDING DEFAULTS) ON COMMIT DROP;
 TRUNCATE tmp_kpi_diff;
 
 -- name: window_orders
@@ -130,23 +124,16 @@ SELECT payment_id, order_id, paid_amount, paid_minute FROM pst_kpi_payments
 WHERE paid_minute >= %(since)s;
 
 -- name: window_buckets
--- Self-check: what the projection and the bucket state hold for the window.
-SELECT coalesce(p.minute_bucket, b.minute_bucket), coalesce(p.segment, b.segment),
-       p.orders_count, p.orders_amount_sum, p.paid_amount_sum,
-       b.orders_count, b.orders_amount_sum, b.paid_amount_sum, b.payments_count
-FROM (SELECT * FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket >= %(since)s) p
-FULL JOIN (SELECT * FROM pst_kpi_buckets WHERE minute_bucket >= %(since)s) b
-  ON p.minute_bucket = b.minute_bucket AND p.segment = b.segment;
+-- Self-check: what the projection holds for the window.
+SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count
+FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket >= %(since)s;
 
 -- name: restate
 -- Self-check: the corrected buckets replace what was there (tmp_kpi_diff holds them
 -- with payments_count -1 for a bucket that must disappear).
-DELETE FROM pst_kpi_buckets b USING tmp_kpi_diff d
-WHERE b.minute_bucket = d.minute_bucket AND b.segment = d.segment;
 DELETE FROM proj_orders_kpi_by_minute_segment p USING tmp_kpi_diff d
 WHERE p.minute_bucket = d.minute_bucket AND p.segment = d.segment;
-INSERT INTO pst_kpi_buckets SELECT * FROM tmp_kpi_diff WHERE payments_count >= 0;
 INSERT INTO proj_orders_kpi_by_minute_segment
-    (minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum)
-SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum
+    (minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count)
+SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count
 FROM tmp_kpi_diff WHERE payments_count >= 0;

@@ -15,12 +15,12 @@
 -- name: state_orders
 -- New state rows of the changed live orders.
 SELECT order_id, customer_id, amount, date_trunc('minute', created_at) AS created_minute
-FROM d_orders WHERE NOT deleted;
+FROM d_orders WHERE NOT deleted ORDER BY order_id;
 
 -- name: state_payments
 -- New state rows of the changed live payments.
 SELECT payment_id, order_id, paid_amount, date_trunc('minute', paid_at) AS paid_minute
-FROM d_payments WHERE NOT deleted;
+FROM d_payments WHERE NOT deleted ORDER BY payment_id;
 
 -- name: state_customers
 -- New state rows of the changed live customers.
@@ -68,12 +68,13 @@ SELECT minute_bucket, segment,
        CAST(sum(sign * payments) AS BIGINT) AS payments_count
 FROM contrib
 GROUP BY minute_bucket, segment
-HAVING sum(sign * orders) <> 0 OR sum(sign * amount) <> 0 OR sum(sign * paid) <> 0 OR sum(sign * payments) <> 0;
+HAVING sum(sign * orders) <> 0 OR sum(sign * amount) <> 0 OR sum(sign * paid) <> 0 OR sum(sign * payments) <> 0
+ORDER BY minute_bucket, segment;
 
 -- name: window_recompute
 -- Self-check: the buckets of the window recomputed from stored rows, compared with what
--- the projection (p_*) and the bucket state (b_*) hold; one row per bucket that differs,
--- with the correct values (payments_count -1: the bucket must not exist).
+-- the projection holds; one row per bucket that differs, with the correct values
+-- (payments_count -1: the bucket must not exist).
 -- Inputs: w_orders, w_payments (in the window), w_pay_orders (their orders),
 -- w_customers, w_held (window_buckets).
 WITH
@@ -97,10 +98,7 @@ SELECT coalesce(t.minute_bucket, h.minute_bucket) AS minute_bucket, coalesce(t.s
        coalesce(t.payments_count, -1) AS payments_count
 FROM truth t FULL JOIN w_held h ON t.minute_bucket = h.minute_bucket AND t.segment = h.segment
 WHERE t.minute_bucket IS NULL OR h.minute_bucket IS NULL
-   OR t.orders_count IS DISTINCT FROM h.p_orders_count
-   OR t.orders_amount_sum IS DISTINCT FROM h.p_orders_amount_sum
-   OR t.paid_amount_sum IS DISTINCT FROM h.p_paid_amount_sum
-   OR t.orders_count IS DISTINCT FROM h.b_orders_count
-   OR t.orders_amount_sum IS DISTINCT FROM h.b_orders_amount_sum
-   OR t.paid_amount_sum IS DISTINCT FROM h.b_paid_amount_sum
-   OR t.payments_count IS DISTINCT FROM h.b_payments_count;
+   OR t.orders_count IS DISTINCT FROM h.orders_count
+   OR t.orders_amount_sum IS DISTINCT FROM h.orders_amount_sum
+   OR t.paid_amount_sum IS DISTINCT FROM h.paid_amount_sum
+   OR t.payments_count IS DISTINCT FROM h.payments_count;

@@ -29,18 +29,8 @@ CREATE TABLE IF NOT EXISTS pst_kpi_payments (
 CREATE INDEX IF NOT EXISTS pst_kpi_payments_order_idx ON pst_kpi_payments (order_id);
 CREATE INDEX IF NOT EXISTS pst_kpi_payments_minute_idx ON pst_kpi_payments (paid_minute);
 
--- The KPI buckets with the hidden count of contributing payments: a bucket exists
--- exactly while an order or a payment contributes to it.
-CREATE TABLE IF NOT EXISTS pst_kpi_buckets (
-    minute_bucket      timestamptz   NOT NULL,
-    segment            text          NOT NULL,
-    orders_count       bigint        NOT NULL,
-    orders_amount_sum  numeric(18,2) NOT NULL,
-    paid_amount_sum    numeric(18,2) NOT NULL,
-    payments_count     bigint        NOT NULL,
-    PRIMARY KEY (minute_bucket, segment)
-) WITH (fillfactor = 80);
--- Room on each page for in-place (HOT) updates of the projection's counters too.
+-- The KPI buckets themselves are the projection's rows (with their payments_count:
+-- 30_kpi_payments_count.sql). Room on each page for in-place (HOT) counter updates.
 ALTER TABLE proj_orders_kpi_by_minute_segment SET (fillfactor = 80);
 
 -- proj_orders_latest: its own rows are its order state; it adds the customers.
