@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 
 import psycopg
+from psycopg import sql
 
 from cdcflow import db, leases
 from cdcflow.config import Settings
@@ -79,8 +80,26 @@ class IngestWorker:
 
     def serving(self) -> psycopg.Connection:
         if self._serving is None or self._serving.closed:
-            self._serving = db.connect(self.serving_dsn, "serving")
+            conn = db.connect(self.serving_dsn, "serving")
+            try:
+                # A batch's transaction holds the lease fence's row lock from the fence to its
+                # commit. If this process freezes in between (SIGSTOP, a paused VM), the server
+                # ends the session after this long, so another instance can take over.
+                conn.execute(
+                    sql.SQL("SET idle_in_transaction_session_timeout = {}").format(
+                        sql.Literal(f"{self.idle_in_transaction_ms()}ms")
+                    )
+                )
+                conn.commit()
+            except psycopg.Error as exc:
+                db.close_quietly(conn)
+                raise db.wrap_db_error("configuring the serving connection", exc) from None
+            self._serving = conn
         return self._serving
+
+    def idle_in_transaction_ms(self) -> int:
+        """How long the serving side lets a batch's transaction sit idle: 3 leases, at least 10 s."""
+        return int(max(10.0, 3 * self.settings.lease_seconds) * 1000)
 
     def _drop_connections(self) -> None:
         self._follow = None

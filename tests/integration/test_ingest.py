@@ -312,3 +312,21 @@ def test_every_type_stages_exactly_in_binary_and_text_transfer(dbs, transfer):
     assert latest == expected
     assert age[0] < 120  # the commit time arrived as a timestamp, not garbage
     assert ops == [(2, 1), (2, 2), (4, 1), (1, 2), (2, 3)]
+
+
+def test_a_frozen_batch_transaction_is_ended_by_the_server(dbs):
+    """The ingestion connection lets a transaction sit idle for at most 3 leases (10 s at
+    least): a process frozen between its lease fence and its commit cannot block a takeover
+    for longer than that."""
+    settings = dbs.settings.replace(lease_seconds=5)
+    bootstrap(settings, demo=True).source.close()
+    worker, lease_conn = _worker(settings)
+    try:
+        conn = worker.serving()
+        assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == "15s"
+        conn.rollback()
+        worker.settings = settings.replace(lease_seconds=1)
+        assert worker.idle_in_transaction_ms() == 10_000
+    finally:
+        worker._drop_connections()
+        lease_conn.close()
