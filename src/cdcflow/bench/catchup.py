@@ -540,8 +540,11 @@ def run(
         progress(f"slots created at {format_pg_lsn(start_lsn)}; generating changes ...")
         result["generated"] = generate(source_dsn, changes, unit, progress)
         with psycopg.connect(source_dsn, autocommit=True) as conn:
+            # The backlog was written with synchronous_commit off: flush it all before
+            # reading the target, or the last commits could lie beyond it.
+            conn.execute("CHECKPOINT")
             target = _lsn(conn)
-            # Not during the timed stages: the checkpoint, and autovacuum of the fresh rows.
+            # Not during the timed stages: autovacuum of the fresh rows, and its checkpoint.
             conn.execute("VACUUM (ANALYZE)")
             conn.execute("CHECKPOINT")
         total = result["generated"]["changes"]
