@@ -47,67 +47,85 @@ static int write_decimal(char *out, long long v) {
     return len;
 }
 
+/* Take a simple buffer of args[which[i]] into bufs[i] for i < n; on failure release what
+ * was taken and return -1 (the Python error is set). */
+static int get_buffers(PyObject *const *args, const int *which, Py_buffer *bufs, int n) {
+    for (int i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(args[which[i]], &bufs[i], PyBUF_SIMPLE) < 0) {
+            while (i--) PyBuffer_Release(&bufs[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void release_buffers(Py_buffer *bufs, int n) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&bufs[i]);
+}
+
+/* The first pass over the TupleData at ``pos``: every column must be a value of kind
+ * ``value_kind`` or a NULL, all inside the buffer. Adds to *need the output bytes, at
+ * ``per_byte`` per value byte plus ``per_value`` per value and ``per_null`` per NULL.
+ * Returns the column count, or -1 when the tuple is for the Python path. */
+static int size_tuple(const unsigned char *data, Py_ssize_t size, Py_ssize_t pos, unsigned char value_kind,
+                      Py_ssize_t per_byte, Py_ssize_t per_value, Py_ssize_t per_null, Py_ssize_t *need) {
+    if (pos < 0 || pos + 2 > size) return -1;
+    int ncols = (int16_t)((data[pos] << 8) | data[pos + 1]);
+    Py_ssize_t p = pos + 2;
+    for (int i = 0; i < ncols; i++) {
+        if (p >= size) return -1;
+        unsigned char kind = data[p];
+        if (kind == value_kind) {
+            if (p + 5 > size) return -1;
+            uint32_t len = be32(data + p + 1);
+            if ((Py_ssize_t)len > size - p - 5) return -1;
+            *need += per_byte * (Py_ssize_t)len + per_value;
+            p += 5 + (Py_ssize_t)len;
+        } else if (kind == 'n') {
+            *need += per_null;
+            p += 1;
+        } else {
+            return -1; /* 'u' unchanged TOAST, the other value kind, or unknown */
+        }
+    }
+    return ncols;
+}
+
 static PyObject *copy_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "copy_line(buf, pos, head, seq, op, tail) takes 6 arguments");
         return NULL;
     }
-    Py_buffer buf, head, tail;
-    if (PyObject_GetBuffer(args[0], &buf, PyBUF_SIMPLE) < 0) return NULL;
-    if (PyObject_GetBuffer(args[2], &head, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&buf);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[5], &tail, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&buf);
-        PyBuffer_Release(&head);
-        return NULL;
-    }
+    Py_buffer bufs[3]; /* buf, head, tail */
+    static const int which[3] = {0, 2, 5};
+    if (get_buffers(args, which, bufs, 3) < 0) return NULL;
+    Py_buffer *buf = &bufs[0], *head = &bufs[1], *tail = &bufs[2];
     PyObject *result = NULL;
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     long long seq = PyLong_AsLongLong(args[3]);
     long long op = PyLong_AsLongLong(args[4]);
     if (PyErr_Occurred()) goto done;
 
-    const unsigned char *data = (const unsigned char *)buf.buf;
-    Py_ssize_t size = buf.len;
-    if (pos < 0 || pos + 2 > size) goto fallback;
-    int ncols = (int16_t)((data[pos] << 8) | data[pos + 1]);
-    Py_ssize_t p = pos + 2;
-
-    /* First pass: check the kinds and size the output (worst case: every byte escaped). */
-    Py_ssize_t need = head.len + 48 + tail.len;
-    for (int i = 0; i < ncols; i++) {
-        if (p >= size) goto fallback;
-        unsigned char kind = data[p];
-        if (kind == 't') {
-            if (p + 5 > size) goto fallback;
-            uint32_t len = be32(data + p + 1);
-            if ((Py_ssize_t)len > size - p - 5) goto fallback;
-            need += 2 * (Py_ssize_t)len + 1;
-            p += 5 + (Py_ssize_t)len;
-        } else if (kind == 'n') {
-            need += 3;
-            p += 1;
-        } else {
-            goto fallback; /* 'u' unchanged TOAST, 'b' binary, or unknown: the Python path */
-        }
-    }
+    const unsigned char *data = (const unsigned char *)buf->buf;
+    /* Worst case: every value byte escaped. */
+    Py_ssize_t need = head->len + 48 + tail->len;
+    int ncols = size_tuple(data, buf->len, pos, 't', 2, 1, 3, &need);
+    if (ncols < 0) goto fallback;
 
     result = PyBytes_FromStringAndSize(NULL, need);
     if (result == NULL) goto done;
     char *out = PyBytes_AS_STRING(result);
     Py_ssize_t o = 0;
-    memcpy(out + o, head.buf, head.len);
-    o += head.len;
+    memcpy(out + o, head->buf, head->len);
+    o += head->len;
     o += write_decimal(out + o, seq);
     out[o++] = '\t';
     o += write_decimal(out + o, op);
     out[o++] = '\t';
-    memcpy(out + o, tail.buf, tail.len);
-    o += tail.len;
-    p = pos + 2;
+    memcpy(out + o, tail->buf, tail->len);
+    o += tail->len;
+    Py_ssize_t p = pos + 2;
     for (int i = 0; i < ncols; i++) {
         if (i) out[o++] = '\t';
         unsigned char kind = data[p];
@@ -148,9 +166,7 @@ static PyObject *copy_line(PyObject *self, PyObject *const *args, Py_ssize_t nar
 fallback:
     result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&buf);
-    PyBuffer_Release(&head);
-    PyBuffer_Release(&tail);
+    release_buffers(bufs, 3);
     return result;
 }
 
@@ -189,23 +205,10 @@ static PyObject *copy_row_binary(PyObject *self, PyObject *const *args, Py_ssize
                         "copy_row_binary(buf, pos, ncols, lsn_field, seq, op_field, ct_field) takes 7 arguments");
         return NULL;
     }
-    Py_buffer buf, lsn, opf, ct;
-    if (PyObject_GetBuffer(args[0], &buf, PyBUF_SIMPLE) < 0) return NULL;
-    if (PyObject_GetBuffer(args[3], &lsn, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&buf);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[5], &opf, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&buf);
-        PyBuffer_Release(&lsn);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[6], &ct, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&buf);
-        PyBuffer_Release(&lsn);
-        PyBuffer_Release(&opf);
-        return NULL;
-    }
+    Py_buffer bufs[4]; /* buf, lsn_field, op_field, ct_field */
+    static const int which[4] = {0, 3, 5, 6};
+    if (get_buffers(args, which, bufs, 4) < 0) return NULL;
+    Py_buffer *buf = &bufs[0], *lsn = &bufs[1], *opf = &bufs[2], *ct = &bufs[3];
     PyObject *result = NULL;
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     long total = PyLong_AsLong(args[2]);
@@ -213,28 +216,10 @@ static PyObject *copy_row_binary(PyObject *self, PyObject *const *args, Py_ssize
     if (PyErr_Occurred()) goto done;
     if (seq < 0 || total < 0 || total > 32767) goto fallback;
 
-    const unsigned char *data = (const unsigned char *)buf.buf;
-    Py_ssize_t size = buf.len;
-    if (pos < 0 || pos + 2 > size) goto fallback;
-    int ncols = (int16_t)((data[pos] << 8) | data[pos + 1]);
-    Py_ssize_t p = pos + 2;
-    Py_ssize_t need = 2 + lsn.len + 28 + opf.len + ct.len;
-    for (int i = 0; i < ncols; i++) {
-        if (p >= size) goto fallback;
-        unsigned char kind = data[p];
-        if (kind == 'b') {
-            if (p + 5 > size) goto fallback;
-            uint32_t len = be32(data + p + 1);
-            if ((Py_ssize_t)len > size - p - 5) goto fallback;
-            need += 4 + (Py_ssize_t)len;
-            p += 5 + (Py_ssize_t)len;
-        } else if (kind == 'n') {
-            need += 4;
-            p += 1;
-        } else {
-            goto fallback; /* 'u' unchanged TOAST, 't' text, or unknown: the Python path */
-        }
-    }
+    const unsigned char *data = (const unsigned char *)buf->buf;
+    Py_ssize_t need = 2 + lsn->len + 28 + opf->len + ct->len;
+    int ncols = size_tuple(data, buf->len, pos, 'b', 1, 4, 4, &need);
+    if (ncols < 0) goto fallback;
 
     result = PyBytes_FromStringAndSize(NULL, need);
     if (result == NULL) goto done;
@@ -242,14 +227,14 @@ static PyObject *copy_row_binary(PyObject *self, PyObject *const *args, Py_ssize
     Py_ssize_t o = 0;
     out[o++] = (unsigned char)(total >> 8);
     out[o++] = (unsigned char)total;
-    memcpy(out + o, lsn.buf, lsn.len);
-    o += lsn.len;
+    memcpy(out + o, lsn->buf, lsn->len);
+    o += lsn->len;
     o += write_numeric_field(out + o, (unsigned long long)seq);
-    memcpy(out + o, opf.buf, opf.len);
-    o += opf.len;
-    memcpy(out + o, ct.buf, ct.len);
-    o += ct.len;
-    p = pos + 2;
+    memcpy(out + o, opf->buf, opf->len);
+    o += opf->len;
+    memcpy(out + o, ct->buf, ct->len);
+    o += ct->len;
+    Py_ssize_t p = pos + 2;
     for (int i = 0; i < ncols; i++) {
         if (data[p] == 'n') {
             out[o++] = 0xff;
@@ -270,10 +255,7 @@ static PyObject *copy_row_binary(PyObject *self, PyObject *const *args, Py_ssize
 fallback:
     result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&buf);
-    PyBuffer_Release(&lsn);
-    PyBuffer_Release(&opf);
-    PyBuffer_Release(&ct);
+    release_buffers(bufs, 4);
     return result;
 }
 
@@ -287,7 +269,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "cdcflow._pgoutput_c", "The pgoutput decoder's hot path in C.", -1, methods,
+    PyModuleDef_HEAD_INIT, "cdcflow._pgoutput_c", "The pgoutput decoder's hot path in C.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__pgoutput_c(void) { return PyModule_Create(&module); }

@@ -11,7 +11,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import psycopg
@@ -116,6 +117,19 @@ def safe_rollback(conn: psycopg.Connection | None) -> None:
         conn.rollback()
     except psycopg.Error:
         pass
+
+
+@contextmanager
+def rolled_back_on_error(conn: psycopg.Connection, what: str) -> Iterator[None]:
+    """Work on ``conn`` that rolls back if it raises; a driver error comes out wrapped, naming ``what``."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        safe_rollback(conn)
+        raise wrap_db_error(what, exc) from None
+    except BaseException:
+        safe_rollback(conn)
+        raise
 
 
 def connect(dsn: str, what: str, *, autocommit: bool = False, timeout: float = 10) -> psycopg.Connection:

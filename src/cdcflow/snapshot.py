@@ -42,6 +42,17 @@ def needs_initial_snapshot(serving: psycopg.Connection, source_name: str, specs:
     return all(spec.capture in wms and wms[spec.capture].state == "INIT" for spec in specs)
 
 
+def commit_snapshot(serving: psycopg.Connection, source_name: str, lsn: int, counts: dict[str, int]) -> None:
+    """A snapshot is staged: the captures' watermarks go to its position (with its row
+    counts), projections are woken, and it all commits."""
+    serving.execute(
+        sqlfiles.query(Q, "watermarks_after_snapshot"),
+        {"source": source_name, "lsn": lsn, "captures": list(counts), "rows": list(counts.values())},
+    )
+    serving.execute(sqlfiles.query(Q, "notify_staged"), {"source": source_name})
+    serving.commit()
+
+
 def initial_snapshot(source: PostgresSource, serving: psycopg.Connection, source_name: str) -> int:
     """Create the slot and stage every captured table's rows. Returns the new watermark."""
     return take_snapshot(source, serving, source_name, repair=False)
@@ -62,37 +73,22 @@ def take_snapshot(source: PostgresSource, serving: psycopg.Connection, source_na
     started = time.monotonic()
     counts: dict[str, int] = {}
     try:
-        writer = StagingWriter(serving, {s.capture: s for s in specs}, source_name)
-        reader = db.connect(source.dsn, "source")
-        try:
-            reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
-            for spec in specs:
-                counts[spec.capture] = _copy_table(reader, writer, spec, watermark)
-            reader.rollback()
-        finally:
-            reader.close()
-        writer.flush()
-        if repair:
-            for spec in specs:
-                counts[spec.capture] += _stage_vanished(serving, spec, watermark, counts[spec.capture])
-        serving.execute(
-            sqlfiles.query(Q, "watermarks_after_snapshot"),
-            {
-                "source": source_name,
-                "lsn": watermark,
-                "captures": [s.capture for s in specs],
-                "rows": [counts[s.capture] for s in specs],
-            },
-        )
-        serving.execute(sqlfiles.query(Q, "notify_staged"), {"source": source_name})
-        serving.commit()
-    except psycopg.Error as exc:
-        db.safe_rollback(serving)
-        raise db.wrap_db_error("snapshot", exc) from None
-    except BaseException:
-        db.safe_rollback(serving)
-        raise
+        with db.rolled_back_on_error(serving, "snapshot"):
+            writer = StagingWriter(serving, {s.capture: s for s in specs}, source_name)
+            reader = db.connect(source.dsn, "source")
+            try:
+                reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
+                for spec in specs:
+                    counts[spec.capture] = _copy_table(reader, writer, spec, watermark)
+                reader.rollback()
+            finally:
+                reader.close()
+            writer.flush()
+            if repair:
+                for spec in specs:
+                    counts[spec.capture] += _stage_vanished(serving, spec, watermark, counts[spec.capture])
+            commit_snapshot(serving, source_name, watermark, counts)
     finally:
         repl.close()  # type: ignore[attr-defined]
     log.info(

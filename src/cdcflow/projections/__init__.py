@@ -74,15 +74,9 @@ def rebuild(settings: Settings, names: list[str] | None = None) -> list[tuple[st
     try:
         with base.open_connection(serving_dsn) as conn:
             for projection in resolve(names):
-                try:
+                with db.rolled_back_on_error(conn, f"rebuilding {projection.name}"):
                     result = base.rebuild(conn, duck, projection, settings)
                     conn.commit()
-                except psycopg.Error as exc:
-                    conn.rollback()
-                    raise db.wrap_db_error(f"rebuilding {projection.name}", exc) from None
-                except BaseException:
-                    conn.rollback()
-                    raise
                 log.info(
                     "rebuilt %s up to lsn %d: %d rows (%.1f s)",
                     projection.name,

@@ -323,39 +323,25 @@ class PgOutputDecoder:
         if rel.index is not None:
             values = [values[i] for i in rel.index]
         self.seq += 1
+        binary = self.binary
+        null = NULL_FIELD if binary else NULL
         unchanged: tuple[str, ...] = ()
         parts: list[bytes] = []
-        if self.binary:
-            # Values are in their types' send format: a COPY binary field is length + bytes.
-            for i, v in enumerate(values):
-                if v is None:
-                    parts.append(NULL_FIELD)
-                elif v is UNCHANGED:
-                    parts.append(NULL_FIELD)
+        for i, v in enumerate(values):
+            if v is None or v is UNCHANGED:
+                parts.append(null)
+                if v is UNCHANGED:
                     unchanged += (spec.columns[i].name,)
-                else:
-                    assert isinstance(v, bytes)
-                    parts.append(_I32.pack(len(v)) + v)
-            line = b"".join(
-                (
-                    _I16.pack(len(META_COLUMNS) + len(values)),
-                    self._lsn_field,
-                    numeric_field(self.seq),
-                    OP_FIELDS[op],
-                    self._ct_field,
-                    *parts,
-                )
-            )
+            elif binary:  # the type's send format: a COPY binary field is length + bytes
+                assert isinstance(v, bytes)
+                parts.append(_I32.pack(len(v)) + v)
+            else:
+                assert isinstance(v, bytes)
+                parts.append(v if _NEEDS_ESCAPE_RE.search(v) is None else copy_escape_bytes(v))
+        if binary:
+            head = (_I16.pack(len(META_COLUMNS) + len(values)), self._lsn_field, numeric_field(self.seq))
+            line = b"".join((*head, OP_FIELDS[op], self._ct_field, *parts))
         else:
-            for i, v in enumerate(values):
-                if v is None:
-                    parts.append(NULL)
-                elif v is UNCHANGED:
-                    parts.append(NULL)
-                    unchanged += (spec.columns[i].name,)
-                else:
-                    assert isinstance(v, bytes)
-                    parts.append(v if _NEEDS_ESCAPE_RE.search(v) is None else copy_escape_bytes(v))
             line = b"%s%d\t%d\t%s\t%s\n" % (self._prefix, self.seq, op, self._ct, b"\t".join(parts))
         self._out(rel.capture, line)
         if unchanged:

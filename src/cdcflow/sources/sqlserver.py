@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 #: How often an idle read asks for a new max LSN while it waits.
 IDLE_POLL_SECONDS = 0.25
 _ZERO_LSN = 0
-QS = "serving_runtime.sql"  # serving-side queries shared with the PostgreSQL snapshot
 
 
 def _lsn(raw: Any) -> int:
@@ -441,16 +440,15 @@ def stage_snapshot(source: SqlServerSource, serving, source_name: str, *, repair
     whose latest staged state is live but which the table no longer has, and sets the
     capture back to OK (the same serving queries as the PostgreSQL resync).
     """
-    import psycopg
     from psycopg import sql
 
     from cdcflow import db, sqlfiles
     from cdcflow.serving.staging import StagingWriter
-    from cdcflow.snapshot import _stage_vanished
+    from cdcflow.snapshot import _stage_vanished, commit_snapshot
 
     (spec,) = source.describe_tables()
     table = spec.staging_table
-    try:
+    with db.rolled_back_on_error(serving, f"snapshot of {spec.qualified}"):
         w = source.snapshot_position()
         row = serving.execute(
             sqlfiles.query("sqlserver/serving_snapshot.sql", "max_seqval_at", table=sql.Identifier(table)),
@@ -462,18 +460,7 @@ def stage_snapshot(source: SqlServerSource, serving, source_name: str, *, repair
         writer.flush()
         if repair:
             count += _stage_vanished(serving, spec, w, base + count)
-        serving.execute(
-            sqlfiles.query(QS, "watermarks_after_snapshot"),
-            {"source": source_name, "lsn": w, "captures": [spec.capture], "rows": [count]},
-        )
-        serving.execute(sqlfiles.query(QS, "notify_staged"), {"source": source_name})
-        serving.commit()
-    except psycopg.Error as exc:
-        serving.rollback()
-        raise db.wrap_db_error(f"snapshot of {spec.qualified}", exc) from None
-    except BaseException:
-        serving.rollback()
-        raise
+        commit_snapshot(serving, source_name, w, {spec.capture: count})
     return w
 
 
