@@ -166,6 +166,20 @@ def drop_databases(dbs: Databases) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@pytest.fixture(scope="module")
+def demo_source(embedded_server: PgServer) -> Iterator[Databases]:
+    """One bootstrapped demo source on the embedded server for a module's tests (each
+    measures before and after)."""
+    from cdcflow.bootstrap import bootstrap
+
+    dbs = make_databases(embedded_server)
+    try:
+        bootstrap(dbs.settings, demo=True).source.close()
+        yield dbs
+    finally:
+        drop_databases(dbs)
+
+
 @pytest.fixture
 def dbs(pg_server: PgServer) -> Iterator[Databases]:
     d = make_databases(pg_server)

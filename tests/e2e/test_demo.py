@@ -26,17 +26,23 @@ def _dsn(data_dir, db: str) -> str:
     return f"host={data_dir / 'pg'} port=5432 user=postgres dbname={db}"
 
 
-def test_demo_non_interactive_from_empty_data_dir():
-    data_dir = ROOT / ".cdcflow" / "e2e-demo"
-    shutil.rmtree(data_dir, ignore_errors=True)
+def _demo(data_dir, seconds: int) -> subprocess.CompletedProcess:
+    """``cdcflow demo --no-live`` for ``seconds``; it must exit 0."""
     proc = subprocess.run(
-        [sys.executable, "-m", "cdcflow", "demo", "--no-live", "--duration", "8", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "cdcflow", "demo", "--no-live", "--duration", str(seconds), "--data-dir", str(data_dir)],
         env=_env(),
         capture_output=True,
         text=True,
         timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_demo_non_interactive_from_empty_data_dir():
+    data_dir = ROOT / ".cdcflow" / "e2e-demo"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    proc = _demo(data_dir, seconds=8)
     out = proc.stdout
     assert "ingestion caught up with the source" in out
     assert re.search(r"the load generator made [1-9][\d,]* changes", out)
@@ -49,14 +55,7 @@ def test_demo_non_interactive_from_empty_data_dir():
         unknown = srv.execute("SELECT count(*) FROM proj_orders_latest WHERE order_id <= 5 AND segment IS NULL")
         assert unknown.fetchone()[0] == 0
     # A second run reuses the data dir.
-    again = subprocess.run(
-        [sys.executable, "-m", "cdcflow", "demo", "--no-live", "--duration", "3", "--data-dir", str(data_dir)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert again.returncode == 0, again.stdout + again.stderr
+    _demo(data_dir, seconds=3)
 
 
 def test_live_view_under_a_terminal_shows_throughput_and_kpi_rows():

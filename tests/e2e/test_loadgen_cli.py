@@ -9,22 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from cdcflow.bootstrap import bootstrap
-from tests.conftest import ROOT, Databases, PgServer, drop_databases, make_databases
-
-
-@pytest.fixture(scope="module")
-def demo_source(embedded_server: PgServer) -> Iterator[Databases]:
-    dbs = make_databases(embedded_server)
-    try:
-        bootstrap(dbs.settings, demo=True).source.close()
-        yield dbs
-    finally:
-        drop_databases(dbs)
+from tests.conftest import ROOT, Databases
 
 
 def _cmd(*args: str) -> list[str]:

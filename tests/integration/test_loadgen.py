@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from cdcflow import loadgen
-from cdcflow.bootstrap import bootstrap
 from cdcflow.errors import ConfigError
-from tests.conftest import Databases, PgServer, drop_databases, make_databases, wait_until
+from tests.conftest import Databases, wait_until
 
 STATS_SQL = """
 SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables
@@ -42,17 +40,6 @@ def _settled_stats(dbs: Databases, expect) -> dict[str, tuple[int, int, int]]:
     except AssertionError:
         pass  # the assertion below shows the difference
     return seen[0]
-
-
-@pytest.fixture(scope="module")
-def demo_source(embedded_server: PgServer) -> Iterator[Databases]:
-    """One bootstrapped demo source for this module's tests (each measures before and after)."""
-    dbs = make_databases(embedded_server)
-    try:
-        bootstrap(dbs.settings, demo=True).source.close()
-        yield dbs
-    finally:
-        drop_databases(dbs)
 
 
 def test_reported_changes_equal_what_the_source_saw(demo_source: Databases) -> None:
