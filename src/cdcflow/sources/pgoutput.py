@@ -94,6 +94,7 @@ class Relation:
     index: list[int] | None = None  # message column index for each staging column; None = same order
     key_index: list[int] = field(default_factory=list)  # staging indices of key columns
     capture: str = ""
+    fields: int = 0  # fields of a staged row: the position columns and the table's
 
 
 def _read_cstring(buf: bytes, pos: int) -> tuple[str, int]:
@@ -276,6 +277,7 @@ class PgOutputDecoder:
         if names != staged:
             rel.index = [names.index(c) for c in staged]
         rel.key_index = [i for i, c in enumerate(spec.columns) if c.is_key]
+        rel.fields = len(META_COLUMNS) + len(spec.columns)
 
     @staticmethod
     def _drift(spec: TableSpec, names: list[str], oids: list[int], replident: str, key_flagged: bool) -> str | None:
@@ -339,7 +341,7 @@ class PgOutputDecoder:
                 assert isinstance(v, bytes)
                 parts.append(v if _NEEDS_ESCAPE_RE.search(v) is None else copy_escape_bytes(v))
         if binary:
-            head = (_I16.pack(len(META_COLUMNS) + len(values)), self._lsn_field, numeric_field(self.seq))
+            head = (_I16.pack(rel.fields), self._lsn_field, numeric_field(self.seq))
             line = b"".join((*head, OP_FIELDS[op], self._ct_field, *parts))
         else:
             line = b"%s%d\t%d\t%s\t%s\n" % (self._prefix, self.seq, op, self._ct, b"\t".join(parts))
@@ -391,7 +393,7 @@ class PgOutputDecoder:
 
     def _fast_single(self, rel: Relation, buf: bytes, op: int) -> bool:
         """A message with one tuple at byte 6 staged by the C path; False: use the general one."""
-        if rel.index is not None or rel.spec is None:
+        if rel.index is not None:
             return False
         if self.binary:
             if self._fast_binary is None:
@@ -399,7 +401,7 @@ class PgOutputDecoder:
             line = self._fast_binary(
                 buf,
                 6,
-                len(META_COLUMNS) + len(rel.spec.columns),
+                rel.fields,
                 self._lsn_field,
                 self.seq + 1,
                 OP_FIELDS[op],
