@@ -151,8 +151,12 @@ class LeaseKeeper:
                 had = self.lease.held
                 try:
                     if conn is None or conn.closed:
+                        # Autocommit: a renewal's row lock lasts one statement, so a process
+                        # frozen mid-renewal cannot keep another instance from taking over.
                         conn = psycopg.connect(
-                            db.with_liveness(self.dsn), connect_timeout=max(1, int(self.lease.ttl / 3))
+                            db.with_liveness(self.dsn),
+                            connect_timeout=max(1, int(self.lease.ttl / 3)),
+                            autocommit=True,
                         )
                     self.lease.acquire(conn)
                 except psycopg.Error as exc:

@@ -333,18 +333,19 @@ class StagingWriter:
 
         def finish() -> None:
             self._finish_copies()
-            # One round trip for the watermark update, the notification and the fence.
-            with self.conn.pipeline():
-                advanced = self._advance(watermark, captures, last_commit_time, expected)
-                if notify and any(self.rows_written.values()):
-                    self.conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": self.source_name})
-                if before_commit is not None:
-                    before_commit(self.conn)
+            advanced = self._advance(watermark, captures, last_commit_time, expected)
             if advanced.rowcount != len(captures):
                 raise WatermarkMoved(
                     "a watermark changed while a batch was being staged (reset or resync?): "
                     "the batch is rolled back and ingestion restarts from the new watermark"
                 )
+            if notify and any(self.rows_written.values()):
+                self.conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": self.source_name})
+            # The fence is last, and a statement of its own: from here to the commit the lease
+            # row is locked, and only between statements does the server's idle timeout run
+            # (it ends the session if this process freezes now; see IngestWorker.serving).
+            if before_commit is not None:
+                before_commit(self.conn)
             self.conn.commit()
             if then is not None:
                 then()
@@ -364,7 +365,7 @@ class StagingWriter:
     def _advance(
         self, watermark: int, captures: list[str], last_commit_time: dt.datetime | None, expected: list[int]
     ) -> psycopg.Cursor:
-        """Queue the watermark update; its cursor's rowcount says how many captures moved."""
+        """The watermark update; its cursor's rowcount says how many captures moved."""
         return self.conn.execute(
             sqlfiles.query(Q, "advance_watermarks"),
             {
