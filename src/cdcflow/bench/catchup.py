@@ -13,7 +13,9 @@ point, up to the same target LSN:
 
 The figure is ``cdcflow changes/s`` and its ratio to ``raw`` (target >= 0.5). ``--profile``
 runs the cdcflow stage under cProfile (slower: use its figures for where time goes, not for
-the rate). Results: ``catchup.json`` (and ``catchup.prof`` / ``catchup_profile.txt``) in the
+the rate). ``--serving separate`` puts the serving database on a server of its own, as in a
+deployment (the source's walsender then reads only the source's WAL; on this machine kind
+it made no measurable difference). Results: ``catchup.json`` (and ``catchup.prof`` / ``catchup_profile.txt``) in the
 output folder, by default ``benchmarks/results/<timestamp>/``.
 
     cdcflow bench catchup --changes 1000000     (or: python benchmarks/catchup.py ...)
@@ -59,6 +61,7 @@ EXTRA_STAGES = ("cdcflow_serial", "raw_text")
 #: baseline slowed by whatever ran before it cannot flatter cdcflow.
 RAW_STAGES = ("raw", "raw_after")
 STAGE_TIMEOUT = 1800.0
+SERVING_DATA_DIR = ROOT / ".cdcflow" / "bench-pg-serving"  # --serving separate, embedded
 
 Progress = Callable[[str], None]
 
@@ -124,7 +127,7 @@ class Server:
         }
 
 
-def _drop_bench(server: Server) -> None:
+def _drop_bench(server: Server, databases: tuple[str, ...] = (SRC_DB, SRV_DB)) -> None:
     with server.admin() as conn:
         for pid in conn.execute(
             "SELECT active_pid FROM pg_replication_slots WHERE slot_name LIKE %s AND active_pid IS NOT NULL",
@@ -143,7 +146,7 @@ def _drop_bench(server: Server) -> None:
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE %s",
             (SLOT_PREFIX + "%",),
         )
-        for name in (SRC_DB, SRV_DB):
+        for name in databases:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -154,8 +157,9 @@ class CpuSampler:
     work cost. Server processes are found in pg_stat_activity and read from /proc (Linux).
     """
 
-    def __init__(self, admin_dsn: str, databases: list[str]) -> None:
-        self.admin_dsn = admin_dsn
+    def __init__(self, admin_dsns: list[str], databases: list[str]) -> None:
+        # Processes of a second server (a separate serving server) are labelled "serving ...".
+        self.admin_dsns = admin_dsns
         self.databases = databases
         self.seen: dict[int, tuple[str, float]] = {}
         self.stop = threading.Event()
@@ -169,22 +173,34 @@ class CpuSampler:
             return None
         return (int(fields[11]) + int(fields[12])) / self.tick
 
-    def _sample(self, conn: psycopg.Connection) -> None:
+    def _sample(self, conn: psycopg.Connection, label: str = "") -> None:
         rows = conn.execute(
             "SELECT pid, backend_type FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
             (self.databases,),
         ).fetchall()
-        for pid, kind in rows:
+        for pid, backend_type in rows:
+            kind = label + backend_type
             cpu = self._cpu(pid)
             if cpu is not None:
                 self.seen[pid] = (kind, max(cpu, self.seen.get(pid, (kind, 0.0))[1]))
 
+    def sample_all(self) -> None:
+        for n, dsn in enumerate(self.admin_dsns):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                self._sample(conn, "serving " if n else "")
+
     def _run(self) -> None:
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+        conns = [psycopg.connect(dsn, autocommit=True) for dsn in self.admin_dsns]
+        try:
             while not self.stop.is_set():
-                self._sample(conn)
+                for n, conn in enumerate(conns):
+                    self._sample(conn, "serving " if n else "")
                 self.stop.wait(0.1)
-            self._sample(conn)
+            for n, conn in enumerate(conns):
+                self._sample(conn, "serving " if n else "")
+        finally:
+            for conn in conns:
+                conn.close()
 
     def __enter__(self) -> CpuSampler:
         self.own = os.times()
@@ -490,6 +506,8 @@ def run(
     profile: bool = False,
     keep: bool = False,
     text_only: bool = False,
+    serving_dsn: str | None = None,
+    serving_data_dir: Path | str | None = None,
 ) -> dict:
     """Run the catch-up benchmark; write ``catchup.json`` into ``out_dir``; return the results."""
     from cdcflow.bootstrap import bootstrap
@@ -503,14 +521,23 @@ def run(
             "other work on this machine skews the figures"
         )
     server = Server(dsn, Path(data_dir), recvlogical)
+    if serving_dsn is not None or serving_data_dir is not None:
+        # The serving database on a server of its own, as in a deployment: the source's
+        # walsender then reads only the source's WAL, as pg_recvlogical's does.
+        serving = Server(serving_dsn, Path(serving_data_dir or SERVING_DATA_DIR), None)
+    else:
+        serving = server
     _drop_bench(server)
+    if serving is not server:
+        _drop_bench(serving, (SRV_DB,))
     with server.admin() as conn:
-        for name in (SRC_DB, SRV_DB):
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    source_dsn, serving_dsn = _dsn(server.admin_dsn, SRC_DB), _dsn(server.admin_dsn, SRV_DB)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SRC_DB)))
+    with serving.admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SRV_DB)))
+    source_dsn = _dsn(server.admin_dsn, SRC_DB)
     settings = Settings(
         source_dsn=source_dsn,
-        serving_dsn=serving_dsn,
+        serving_dsn=_dsn(serving.admin_dsn, SRV_DB),
         source_name="bench",
         slot_name=SLOT_PREFIX + "cdcflow",
         publication_name="cdcflow_bench",
@@ -530,6 +557,7 @@ def run(
     }
     try:
         result["server"] = server.describe()
+        result["serving_server"] = "the source's server" if serving is server else serving.describe()
         progress("bootstrapping the demo schema, publication and cdcflow's slot ...")
         bootstrap(settings, demo=True).source.close()
         with psycopg.connect(source_dsn, autocommit=True) as conn:
@@ -562,10 +590,10 @@ def run(
         for stage in stages:
             progress(f"stage {stage} ...")
             slot = SLOT_PREFIX + stage
-            baseline = CpuSampler(server.admin_dsn, [SRC_DB, SRV_DB])
-            with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
-                baseline._sample(conn)  # backends that exist already (their earlier CPU is not this stage's)
-            with CpuSampler(server.admin_dsn, [SRC_DB, SRV_DB]) as sampler:
+            admins = [server.admin_dsn] + ([serving.admin_dsn] if serving is not server else [])
+            baseline = CpuSampler(admins, [SRC_DB, SRV_DB])
+            baseline.sample_all()  # backends that exist already (their earlier CPU is not this stage's)
+            with CpuSampler(admins, [SRC_DB, SRV_DB]) as sampler:
                 info = _run_stage(
                     stage,
                     server,
@@ -614,6 +642,8 @@ def run(
     finally:
         if not keep:
             _drop_bench(server)
+            if serving is not server:
+                _drop_bench(serving, (SRV_DB,))
     (out / "catchup.json").write_text(json.dumps(result, indent=2) + "\n")
     progress(f"results: {out / 'catchup.json'}")
     return result
@@ -631,8 +661,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="run the cdcflow stage under cProfile")
     p.add_argument("--keep", action="store_true", help="keep the benchmark databases and slots")
     p.add_argument("--text", action="store_true", help="pgoutput text mode for every stage (A/B of binary transfer)")
+    p.add_argument(
+        "--serving",
+        choices=("same", "separate"),
+        default="same",
+        help="serving database on the source's server (default), or on a server of its own (embedded: "
+        ".cdcflow/bench-pg-serving; with --dsn: --serving-dsn)",
+    )
+    p.add_argument("--serving-dsn", default=None, help="admin DSN of the serving server (with --dsn)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<timestamp>)")
     args = p.parse_args(argv)
+    if args.serving == "same" and args.serving_dsn:
+        p.error("--serving-dsn names a separate serving server: drop --serving same")
+    if args.serving_dsn:
+        args.serving = "separate"
+    if args.dsn and args.serving == "separate" and not args.serving_dsn:
+        p.error("--dsn with a separate serving server needs --serving-dsn (or --serving same)")
     out = (
         Path(args.out)
         if args.out
@@ -651,6 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile,
         keep=args.keep,
         text_only=args.text,
+        serving_dsn=args.serving_dsn,
+        serving_data_dir=SERVING_DATA_DIR if args.serving == "separate" and not args.dsn else None,
     )
     return 0
 
