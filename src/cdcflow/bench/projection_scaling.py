@@ -25,11 +25,14 @@ The embedded server is sized like a serving database for its working set:
 KPI state at 1e7, about 1.2 GB) and ``max_wal_size`` = ``--max-wal-size`` (default
 ``MAX_WAL_SIZE``: with PostgreSQL's 1GB a 1e7 cycle's WAL forces a checkpoint every few
 cycles, and the server logs that checkpoints occur too frequently). ``--shared-buffers
-128MB --max-wal-size 1GB`` are PostgreSQL's stock values. The settings in force are
+128MB --max-wal-size 1GB`` are PostgreSQL's stock values. ``huge_pages`` stays ``try``
+(PostgreSQL's default: huge pages when the OS has enough reserved, ``vm.nr_hugepages``);
+``--huge-pages off`` is the A/B. The settings in force, ``huge_pages_status`` included, are
 recorded in the results, also for ``--dsn`` (whose server is used as it is configured).
 
     python benchmarks/projection_scaling.py --sizes 1e5,1e6,1e7 [--profiles recent,uniform]
-        [--shared-buffers 2GB] [--max-wal-size 8GB] [--data-dir .cdcflow/bench-pg-projections] [--dsn ...]
+        [--shared-buffers 2GB] [--max-wal-size 8GB] [--huge-pages try|off]
+        [--data-dir .cdcflow/bench-pg-projections] [--dsn ...]
 """
 
 from __future__ import annotations
@@ -69,7 +72,17 @@ PROFILES = ("recent", "uniform")
 DATA_DIR = ROOT / ".cdcflow" / "bench-pg-projections"
 SHARED_BUFFERS = "2GB"  # embedded server: holds the KPI state at 1e7 (~1.2 GB)
 MAX_WAL_SIZE = "8GB"  # embedded server: at 1e7 a cycle writes 50-250 MB of WAL; 1GB checkpoints every few cycles
-SERVER_SETTINGS = ("shared_buffers", "effective_cache_size", "work_mem", "max_wal_size", "fsync", "wal_compression")
+SERVER_SETTINGS = (
+    "shared_buffers",
+    "effective_cache_size",
+    "work_mem",
+    "max_wal_size",
+    "fsync",
+    "wal_compression",
+    "huge_pages",
+    "huge_pages_status",  # PostgreSQL 17+: whether the shared memory got huge pages
+)
+HUGE_PAGES = ("try", "off")  # --huge-pages; "try" (PostgreSQL's default) uses them when the OS has them reserved
 ANCHOR = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)  # history ends here; deltas follow it, 5 minutes apart
 
 Progress = Callable[[str], None]
@@ -328,28 +341,37 @@ def run(
     data_dir: Path | str | None = None,
     shared_buffers: str | None = None,
     max_wal_size: str | None = None,
+    huge_pages: str | None = None,
 ) -> dict:
     """Run the benchmark for each size and delta profile; write ``projection_scaling.json`` into ``out_dir``.
 
     Without ``dsn`` an embedded server on ``data_dir`` (default :data:`DATA_DIR`) runs
-    with ``shared_buffers`` and ``max_wal_size`` (defaults :data:`SHARED_BUFFERS`,
-    :data:`MAX_WAL_SIZE`); a server given by ``dsn`` is used as it is configured (both
-    must then be None).
+    with ``shared_buffers``, ``max_wal_size`` and ``huge_pages`` (defaults
+    :data:`SHARED_BUFFERS`, :data:`MAX_WAL_SIZE`, ``try``); a server given by ``dsn`` is
+    used as it is configured (all three must then be None).
     """
     bad = [p for p in profiles if p not in PROFILES]
     if bad:
         raise ValueError(f"unknown delta profile {bad[0]!r}: expected one of {', '.join(PROFILES)}")
+    if huge_pages is not None and huge_pages not in HUGE_PAGES:
+        raise ValueError(f"huge_pages {huge_pages!r}: expected one of {', '.join(HUGE_PAGES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     server = None
     if dsn is None:
         from cdcflow.embedded import EmbeddedPostgres
 
-        sizing = {"shared_buffers": shared_buffers or SHARED_BUFFERS, "max_wal_size": max_wal_size or MAX_WAL_SIZE}
+        sizing = {
+            "shared_buffers": shared_buffers or SHARED_BUFFERS,
+            "max_wal_size": max_wal_size or MAX_WAL_SIZE,
+            "huge_pages": huge_pages or "try",
+        }
         server = EmbeddedPostgres(Path(data_dir or DATA_DIR), sizing)
         dsn = server.dsn("postgres")
-    elif shared_buffers is not None or max_wal_size is not None:
-        raise ValueError("shared_buffers and max_wal_size apply to the embedded server: configure the one at --dsn")
+    elif shared_buffers is not None or max_wal_size is not None or huge_pages is not None:
+        raise ValueError(
+            "shared_buffers, max_wal_size and huge_pages apply to the embedded server: configure the one at --dsn"
+        )
     results: dict = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "delta_changes": DELTA,
@@ -369,6 +391,11 @@ def run(
     progress(
         f"server {results['server_version']}: " + ", ".join(f"{k}={v}" for k, v in results["server_settings"].items())
     )
+    if results["server_settings"].get("huge_pages_status") == "off" and huge_pages != "off":
+        progress(
+            "  note: the server's shared memory has no huge pages (the OS reserves none: vm.nr_hugepages); "
+            "at 1e7 cycles took ~17% longer without them (docs/benchmarks.md)"
+        )
     scenarios: list[Scenario] = []
     try:
         for size in sizes:
@@ -423,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"embedded server's max_wal_size (default {MAX_WAL_SIZE}; 1GB = stock)",
     )
+    p.add_argument(
+        "--huge-pages",
+        choices=HUGE_PAGES,
+        default=None,
+        help="embedded server's huge_pages (default try: used when the OS has them reserved, vm.nr_hugepages)",
+    )
     p.add_argument("--data-dir", default=None, help=f"embedded server's data dir (default {DATA_DIR})")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<timestamp>)")
     args = p.parse_args(argv)
@@ -438,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         shared_buffers=args.shared_buffers,
         max_wal_size=args.max_wal_size,
+        huge_pages=args.huge_pages,
     )
     print(json.dumps(res, indent=2))
     return 0

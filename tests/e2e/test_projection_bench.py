@@ -1,0 +1,25 @@
+"""The projection-scaling benchmark end to end, small: every cycle applies its whole delta
+(the benchmark asserts it), and the results say how the server was configured."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cdcflow.bench import projection_scaling
+
+
+def test_projection_bench_records_cycles_and_server_settings(embedded_server, tmp_path):
+    result = projection_scaling.run(tmp_path, [3000, 30000], lambda m: None, embedded_server.admin_dsn, ("recent",))
+    saved = json.loads((tmp_path / "projection_scaling.json").read_text())
+    assert saved["growth_largest_vs_smallest"]["recent"] == result["growth_largest_vs_smallest"]["recent"] > 0
+    for size in result["sizes"]:
+        assert len(size["recent"]["cycle_s"]) == projection_scaling.DELTAS - 1  # the warm-up is not counted
+        assert size["full_recompute_s"] > 0
+    settings = result["server_settings"]
+    assert {"shared_buffers", "max_wal_size", "huge_pages"} <= set(settings)
+    assert settings.get("huge_pages_status", "off") in ("on", "off")  # PostgreSQL 17+ reports it
+    # A server at --dsn is used as it is: sizing it is the embedded server's business.
+    with pytest.raises(ValueError, match="configure the one at --dsn"):
+        projection_scaling.run(tmp_path, [3000], lambda m: None, embedded_server.admin_dsn, huge_pages="off")
