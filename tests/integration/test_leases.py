@@ -42,6 +42,38 @@ def test_fence_refuses_a_stale_owner(edbs):
         assert not a.acquire(ca)  # and A cannot take it back while B renews
 
 
+def test_a_takeover_that_waited_for_a_lock_gets_a_full_lease(edbs):
+    """A takeover can wait on the lease row: a frozen owner's commit holds it (its fence
+    locks the row) until the server ends that transaction. The new lease must run from when
+    the takeover went through, not from when it started waiting, or it is born expired and
+    the new owner loses it again at once (with another token: seen as a flaky takeover)."""
+    bootstrap(edbs.settings, demo=True).source.close()
+    a = leases.Lease("test:wait", "A", ttl=1.0)
+    b = leases.Lease("test:wait", "B", ttl=1.0)
+    with (
+        psycopg.connect(edbs.serving_dsn) as ca,
+        psycopg.connect(edbs.serving_dsn, autocommit=True) as cb,
+        psycopg.connect(edbs.serving_dsn) as check,
+    ):
+        assert a.acquire(ca)
+        ca.execute("SELECT 1")
+        a.fence(ca, a.token)  # A is about to commit, and freezes here: the row stays locked
+        time.sleep(1.1)  # A's lease expires meanwhile
+        got: list[bool] = []
+        taker = threading.Thread(target=lambda: got.append(b.acquire(cb)))
+        taker.start()
+        time.sleep(1.5)  # B waits on the row lock for longer than a lease
+        assert taker.is_alive() and not got
+        ca.rollback()  # the server ends A's transaction (idle_in_transaction_session_timeout)
+        taker.join(10)
+        assert got == [True] and b.token == 2
+        left = check.execute(
+            "SELECT extract(epoch FROM expires_at - clock_timestamp()) FROM ctl_leases WHERE resource = 'test:wait'"
+        ).fetchone()[0]
+        assert 0.5 < left <= 1.0  # a whole lease from now, not one that ran out while B waited
+        assert b.acquire(cb) and b.token == 2  # the next renewal keeps the token
+
+
 def _owner(dbs, resource: str) -> tuple[int, int] | None:
     with dbs.serving() as s:
         row = s.execute(

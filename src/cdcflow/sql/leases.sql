@@ -4,13 +4,15 @@
 
 -- name: acquire
 -- Take the lease if it is free or expired, or renew it if we hold it. Returns our token,
--- or no row when someone else holds it.
+-- or no row when someone else holds it. The expiry is computed when the row is updated,
+-- not from excluded (the VALUES row is built before a wait for the row lock: a takeover
+-- that waited behind a frozen owner's commit would get a lease that had already run out).
 INSERT INTO ctl_leases AS l (resource, owner, token, expires_at)
 VALUES (%(resource)s, %(owner)s, 1, clock_timestamp() + make_interval(secs => %(ttl)s))
 ON CONFLICT (resource) DO UPDATE
 SET owner = excluded.owner,
     token = CASE WHEN l.owner = excluded.owner AND l.expires_at > clock_timestamp() THEN l.token ELSE l.token + 1 END,
-    expires_at = excluded.expires_at,
+    expires_at = clock_timestamp() + make_interval(secs => %(ttl)s),
     acquired_at = CASE WHEN l.owner = excluded.owner AND l.expires_at > clock_timestamp()
                        THEN l.acquired_at ELSE clock_timestamp() END,
     renewed_at = clock_timestamp()
