@@ -57,8 +57,11 @@ def read_arrow(
     ).cast(schema)
 
 
-def write_arrow(conn: psycopg.Connection, table: str, data: pa.Table) -> int:
-    """COPY ``data`` into ``table`` (columns by name). Returns the number of rows."""
+def write_arrow(conn: psycopg.Connection, table: str, data: pa.Table, *, analyze: bool = True) -> int:
+    """COPY ``data`` into ``table`` (columns by name). Returns the number of rows.
+
+    ``analyze``: gather planner statistics afterwards, for a table that is then joined
+    with another (a table only read whole into another one does not need them)."""
     if data.num_rows == 0:
         return 0
     for i, f in enumerate(data.schema):
@@ -73,9 +76,10 @@ def write_arrow(conn: psycopg.Connection, table: str, data: pa.Table) -> int:
     with conn.cursor() as cur:
         with cur.copy(stmt) as copy:
             copy.write(out.getvalue())
-        # Planner statistics: without them a join with this (temporary) table may seq-scan
-        # the big table it is joined with.
-        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+        if analyze:
+            # Planner statistics: without them a join with this (temporary) table may seq-scan
+            # the big table it is joined with.
+            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
     return data.num_rows
 
 

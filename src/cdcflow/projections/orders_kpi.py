@@ -144,10 +144,12 @@ class OrdersKpi(base.Projection):
                 duck.unregister(name)
         conn = ctx.conn
         conn.execute(_q("create_temp"))
-        write_arrow(conn, "tmp_kpi_orders", new_o)
-        write_arrow(conn, "tmp_kpi_payments", new_p)
-        write_arrow(conn, "tmp_kpi_customers", new_c)
-        write_arrow(conn, "tmp_kpi_diff", diff)
+        # Each of these is read whole into its table (upserts keyed by the target's primary
+        # key), never joined: no statistics needed.
+        write_arrow(conn, "tmp_kpi_orders", new_o, analyze=False)
+        write_arrow(conn, "tmp_kpi_payments", new_p, analyze=False)
+        write_arrow(conn, "tmp_kpi_customers", new_c, analyze=False)
+        write_arrow(conn, "tmp_kpi_diff", diff, analyze=False)
         if deleted is not None:
             base.index_plans(conn)
             conn.execute(_q("delete_state"), dict(zip(("orders", "payments", "customers"), deleted, strict=True)))
