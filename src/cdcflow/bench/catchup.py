@@ -15,8 +15,8 @@ The figure is ``cdcflow changes/s`` and its ratio to ``raw`` (target >= 0.5). ``
 runs the cdcflow stage under cProfile (slower: use its figures for where time goes, not for
 the rate). ``--serving separate`` puts the serving database on a server of its own, as in a
 deployment (the source's walsender then reads only the source's WAL; on this machine kind
-it made no measurable difference). Results: ``catchup.json`` (and ``catchup.prof`` / ``catchup_profile.txt``) in the
-output folder, by default ``benchmarks/results/<timestamp>/``.
+it made no measurable difference). Results: ``catchup.json`` (and ``catchup.prof`` /
+``catchup_profile.txt``) in the output folder, by default ``benchmarks/results/<timestamp>/``.
 
     cdcflow bench catchup --changes 1000000     (or: python benchmarks/catchup.py ...)
 """

@@ -394,7 +394,7 @@ def run(
     if results["server_settings"].get("huge_pages_status") == "off" and huge_pages != "off":
         progress(
             "  note: the server's shared memory has no huge pages (the OS reserves none: vm.nr_hugepages); "
-            "at 1e7 cycles took ~17% longer without them (docs/benchmarks.md)"
+            "at 1e7 cycles took 10-15% longer without them (docs/benchmarks.md)"
         )
     scenarios: list[Scenario] = []
     try:
