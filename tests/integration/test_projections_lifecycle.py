@@ -81,9 +81,13 @@ class Serving:
                 (self.base + lsn, f"public_{table}"),
             )
 
-    def cycle(self, projection: base.Projection, *, self_check: bool = False) -> base.CycleResult:
+    def cycle(
+        self, projection: base.Projection, *, self_check: bool = False, check_minutes: list | None = None
+    ) -> base.CycleResult:
         with base.open_connection(self.settings.serving_dsn) as conn:
-            result = base.run_cycle(conn, self.duck, projection, self.settings, self_check=self_check)
+            result = base.run_cycle(
+                conn, self.duck, projection, self.settings, self_check=self_check, check_minutes=check_minutes
+            )
             conn.commit()
         return result
 
@@ -257,7 +261,10 @@ def test_late_and_out_of_order_changes(srv):
     assert srv.conn.execute(old_rows).fetchone()[0] == 0
 
 
-def test_self_check_restates_a_corrupted_window(srv):
+def _corrupt_the_current_minute(srv) -> tuple[dt.datetime, list]:
+    """Three orders in the current minute, applied; then three wrong buckets in the recompute
+    window (a count off, one missing, one that should not exist) and one outside it.
+    Returns the minute and the good rows."""
     now = srv.conn.execute("SELECT now()").fetchone()[0]
     for i in range(3):
         srv.order(1 + i, 700 + i, 1 + i, "4.00", created=now)
@@ -276,17 +283,76 @@ def test_self_check_restates_a_corrupted_window(srv):
         (now,),
     )
     srv.conn.execute(
-        "INSERT INTO proj_orders_kpi_by_minute_segment VALUES (date_trunc('minute', now()), 'GHOST', 1, 1, 0, now())"
+        "INSERT INTO proj_orders_kpi_by_minute_segment "
+        "VALUES (date_trunc('minute', %s::timestamptz), 'GHOST', 1, 1, 0, now())",
+        (now,),
     )
     srv.conn.execute("INSERT INTO proj_orders_kpi_by_minute_segment VALUES ('2020-01-01', 'OUTSIDE', 1, 1, 0, now())")
+    return now, good
+
+
+def _fixed(srv) -> list:
+    return srv.conn.execute(
+        "SELECT * FROM proj_orders_kpi_by_minute_segment WHERE segment <> 'OUTSIDE' ORDER BY 1, 2"
+    ).fetchall()
+
+
+def test_self_check_restates_a_corrupted_window(srv):
+    _, good = _corrupt_the_current_minute(srv)
     srv.cycle(OrdersKpi(), self_check=False)
     assert srv.meta(OrdersKpi.name)[3] == 0
     srv.cycle(OrdersKpi(), self_check=True)
     assert srv.meta(OrdersKpi.name)[3] == 3
-    fixed = srv.conn.execute(
-        "SELECT * FROM proj_orders_kpi_by_minute_segment WHERE segment <> 'OUTSIDE' ORDER BY 1, 2"
-    ).fetchall()
-    assert [r[:5] for r in fixed] == [r[:5] for r in good]
+    assert [r[:5] for r in _fixed(srv)] == [r[:5] for r in good]
+
+
+def test_snapshot_check_finds_the_wrong_minutes_without_the_cycle_lock(srv):
+    """The worker's self-check: the window is recomputed on a snapshot, outside any cycle
+    (a cycle holding the projection's lock does not stop it), and only the minutes found
+    different are checked again, and restated, inside the next cycle."""
+    now, good = _corrupt_the_current_minute(srv)
+    with base.open_connection(srv.settings.serving_dsn) as holder:
+        holder.execute(
+            "SELECT 1 FROM ctl_projection_metadata WHERE projection_name = %s FOR UPDATE", (OrdersKpi.name,)
+        )  # a cycle in progress
+        found: list = []
+        checker = threading.Thread(
+            target=lambda: found.append(OrdersKpi().window_suspects(srv.settings.serving_dsn, srv.settings))
+        )
+        checker.start()
+        checker.join(30)
+        assert not checker.is_alive(), "the snapshot check waited for the cycle's lock"
+        holder.rollback()
+    (suspects,) = found
+    minute = srv.conn.execute("SELECT date_trunc('minute', %s::timestamptz)", (now,)).fetchone()[0]
+    assert suspects == [minute]  # not the bucket outside the window, and nothing twice
+    srv.cycle(OrdersKpi(), self_check=True, check_minutes=suspects)
+    assert srv.meta(OrdersKpi.name)[3] == 3
+    assert [r[:5] for r in _fixed(srv)] == [r[:5] for r in good]
+    # A minute that is right by the time the cycle checks it (corrected meanwhile, say by a
+    # rebuild) is left alone: the count of restated buckets (a running total) stays.
+    assert srv.cycle(OrdersKpi(), self_check=True, check_minutes=suspects).restated == 0
+    assert srv.meta(OrdersKpi.name)[3] == 3
+    assert OrdersKpi().window_suspects(srv.settings.serving_dsn, srv.settings) == []
+
+
+def test_worker_self_check_restates_while_cycles_go_on(srv):
+    _, good = _corrupt_the_current_minute(srv)
+    stop = threading.Event()
+    settings = srv.settings.replace(projection_self_check_seconds=0.2, projection_interval_seconds=0.1)
+    worker = ProjectionWorker(OrdersKpi(), settings, settings.serving_dsn, stop, listen=False)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: [r[:5] for r in _fixed(srv)] == [r[:5] for r in good], what="the window restated")
+        restated = srv.conn.execute(
+            "SELECT restated_buckets FROM ctl_projection_metadata WHERE projection_name = %s", (OrdersKpi.name,)
+        ).fetchone()[0]
+        assert restated == 3
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize("signal", ["wake", "notify"])

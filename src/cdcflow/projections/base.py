@@ -11,7 +11,10 @@ One cycle, in one serving transaction:
    primary-key range scan on ``__lsn``);
 4. the projection applies that delta (:meth:`Projection.apply`): DuckDB in process,
    state read by index, rows written with COPY;
-5. optionally the self-check (:meth:`Projection.self_check`) at its cadence;
+5. optionally the self-check (:meth:`Projection.self_check`): of the whole recompute
+   window, or (what the worker does) of only the minutes that a check run outside the
+   cycle, on a snapshot of its own (:meth:`Projection.window_suspects`), found different,
+   so that checking a busy window never holds up the cycles;
 6. checkpoints := cutoff, metadata := OK/STALE with ``as_of_lsn`` = cutoff, commit.
 
 A failure rolls everything back; the metadata then says ERROR with the message (in a
@@ -81,9 +84,15 @@ class Projection(ABC):
     def clear(self, conn: psycopg.Connection) -> None:
         """Delete the projection's rows and state (a rebuild's first step)."""
 
-    def self_check(self, ctx: Context) -> int:
-        """Recompute recent rows from state, correct differences; returns how many."""
+    def self_check(self, ctx: Context, minutes: list[dt.datetime] | None = None) -> int:
+        """Recompute recent rows from state (the recompute window, or only ``minutes``),
+        correct differences; returns how many."""
         return 0
+
+    def window_suspects(self, dsn: str, settings: Settings) -> list[dt.datetime]:
+        """Outside any cycle, on one snapshot of state and projection: the minutes of the
+        recompute window whose rows differ from what the state gives (normally none)."""
+        return []
 
 
 def open_connection(dsn: str) -> psycopg.Connection:
@@ -183,8 +192,12 @@ def run_cycle(
     settings: Settings,
     *,
     self_check: bool = False,
+    check_minutes: list[dt.datetime] | None = None,
 ) -> CycleResult:
-    """One incremental cycle inside the caller's transaction (the caller commits)."""
+    """One incremental cycle inside the caller's transaction (the caller commits).
+
+    ``self_check``: also run the self-check, of the whole window or, with
+    ``check_minutes``, of those minutes only."""
     started = time.monotonic()
     status = _lock(conn, projection, settings.source_name)
     cutoff, staging, held = _position(conn, projection, settings.source_name)
@@ -210,7 +223,7 @@ def run_cycle(
         result.rows_changed = projection.apply(ctx)
         result.applied = True
     if self_check:
-        result.restated = projection.self_check(ctx)
+        result.restated = projection.self_check(ctx, check_minutes)
     _finish(conn, projection, settings, ctx, result)
     result.seconds = time.monotonic() - started
     return result

@@ -31,13 +31,16 @@ the row state and restates any bucket that differs (it should find none).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
+import duckdb
 import psycopg
 import pyarrow as pa
 from psycopg import sql
 
 from cdcflow import sqlfiles
+from cdcflow.config import Settings
 from cdcflow.projections import base
 from cdcflow.projections.arrowio import BIGINT, BOOL, MONEY, TEXT, TSTZ, column_list, int_array, read_arrow, write_arrow
 
@@ -171,29 +174,66 @@ class OrdersKpi(base.Projection):
     def clear(self, conn: psycopg.Connection) -> None:
         conn.execute(_q("clear"))
 
-    def self_check(self, ctx: base.Context) -> int:
-        minutes = ctx.settings.projection_recompute_window_minutes
-        if minutes <= 0:
-            return 0
-        conn = ctx.conn
-        since = conn.execute(_q("window_start"), {"minutes": minutes}).fetchone()[0]  # type: ignore[index]
-        w_o = read_arrow(conn, _q("window_orders"), S_ORDERS, {"since": since})
-        w_p = read_arrow(conn, _q("window_payments"), S_PAYMENTS, {"since": since})
+    def _recompute(
+        self, conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, scope: str, params: dict
+    ) -> pa.Table:
+        """Buckets recomputed from the stored rows of ``scope`` (``window``: minutes from
+        ``since``; ``minutes``: the listed minutes) that differ from what the projection
+        holds, with the values they should have (``payments_count`` -1: must not exist)."""
+        w_o = read_arrow(conn, _q(f"{scope}_orders"), S_ORDERS, params)
+        w_p = read_arrow(conn, _q(f"{scope}_payments"), S_PAYMENTS, params)
         pay_orders = set(column_list(w_p, "order_id"))
         w_po = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": int_array(pay_orders)})
         ids = set(column_list(w_o, "customer_id")) | set(column_list(w_po, "customer_id"))
         w_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": int_array(ids)})
-        w_h = read_arrow(conn, _q("window_buckets"), HELD, {"since": since})
+        w_h = read_arrow(conn, _q(f"{scope}_buckets"), HELD, params)
         inputs = {"w_orders": w_o, "w_payments": w_p, "w_pay_orders": w_po, "w_customers": w_c, "w_held": w_h}
         for name, table in inputs.items():
-            ctx.duck.register(name, table)
+            duck.register(name, table)
         try:
-            fixes = ctx.duck.sql(transform("window_recompute")).to_arrow_table()
+            return duck.sql(transform("window_recompute")).to_arrow_table()
         finally:
             for name in inputs:
-                ctx.duck.unregister(name)
+                duck.unregister(name)
+
+    def window_suspects(self, dsn: str, settings: Settings) -> list[dt.datetime]:
+        """The whole window checked on a read-only snapshot of its own, outside any cycle
+        (so a busy window does not hold up the cycles): the minutes that differ. State and
+        projection are committed together, so one snapshot sees them consistent."""
+        window = settings.projection_recompute_window_minutes
+        if window <= 0:
+            return []
+        conn = base.open_connection(dsn)
+        duck = base.open_duckdb()
+        try:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            since = conn.execute(_q("window_start"), {"minutes": window}).fetchone()[0]  # type: ignore[index]
+            fixes = self._recompute(conn, duck, "window", {"since": since})
+            conn.rollback()
+        finally:
+            conn.close()
+            duck.close()
+        suspects = sorted(set(column_list(fixes, "minute_bucket")))
+        log.debug("%s: snapshot check of %d minutes: %d minutes differ", self.name, window, len(suspects))
+        return suspects
+
+    def self_check(self, ctx: base.Context, minutes: list[dt.datetime] | None = None) -> int:
+        window = ctx.settings.projection_recompute_window_minutes
+        if window <= 0 or minutes == []:
+            return 0
+        conn = ctx.conn
+        if minutes is None:
+            since = conn.execute(_q("window_start"), {"minutes": window}).fetchone()[0]  # type: ignore[index]
+            fixes = self._recompute(conn, ctx.duck, "window", {"since": since})
+            what = f"the last {window} minutes"
+        else:
+            # Checked again here, under the cycle's lock: a difference the snapshot saw may
+            # have been corrected since (a rebuild), so only what is still wrong is restated.
+            fixes = self._recompute(conn, ctx.duck, "minutes", {"minutes": minutes})
+            what = f"{len(minutes)} minutes found by the snapshot check"
         if fixes.num_rows == 0:
-            log.debug("%s: self-check of %d minutes found no difference", self.name, minutes)
+            log.debug("%s: self-check of %s found no difference", self.name, what)
             return 0
         for row in fixes.slice(0, 20).to_pylist():
             log.warning(
@@ -207,5 +247,5 @@ class OrdersKpi(base.Projection):
         conn.execute(_q("create_restate"))
         write_arrow(conn, "tmp_kpi_diff", fixes)
         conn.execute(_q("restate"))
-        log.warning("%s: self-check restated %d buckets of the last %d minutes", self.name, fixes.num_rows, minutes)
+        log.warning("%s: self-check restated %d buckets of %s", self.name, fixes.num_rows, what)
         return fixes.num_rows

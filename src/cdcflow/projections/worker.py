@@ -62,6 +62,11 @@ class ProjectionWorker:
         self._listener: psycopg.Connection | None = None
         self._duck = base.open_duckdb()
         self._last_check = time.monotonic()
+        #: The self-check's snapshot check runs in a thread of its own (window_suspects);
+        #: the minutes it found different wait here for the next cycle to check and restate.
+        self._checker: threading.Thread | None = None
+        self._suspects: list | None = None
+        self._suspects_lock = threading.Lock()
         #: One owner across 'cdcflow run' processes; every commit is fenced by it.
         self.lease = leases.Lease(
             f"projection:{projection.name}", owner or leases.instance_id(), settings.lease_seconds
@@ -140,27 +145,66 @@ class ProjectionWorker:
             return False
         return time.monotonic() - self._last_check >= every
 
+    def _run_check(self) -> None:
+        try:
+            suspects = self.projection.window_suspects(self.serving_dsn, self.settings)
+        except Exception as exc:  # the next check tries again; cycles go on meanwhile
+            log.warning("%s: self-check could not run: %s", self.name, db.describe_error(exc))
+            return
+        if suspects:
+            log.warning(
+                "%s: self-check: %d minutes of the window differ from the state; the next cycle checks "
+                "them again and restates what is still wrong",
+                self.name,
+                len(suspects),
+            )
+            self._add_suspects(suspects)
+            self.wake.set()
+
+    def _start_check(self) -> None:
+        """At the self-check's cadence, check the window on a snapshot, in a thread: a busy
+        window (tens of thousands of rows a minute) takes seconds to recompute, and cycles
+        must not wait for it."""
+        if self._checker is not None and self._checker.is_alive():
+            return
+        if not self._self_check_due():
+            return
+        self._last_check = time.monotonic()
+        self._checker = threading.Thread(target=self._run_check, name=f"{self.name}:check", daemon=True)
+        self._checker.start()
+
+    def _add_suspects(self, minutes: list | None) -> None:
+        """Minutes for the next cycle to check (found by the snapshot check, or left by a
+        cycle that failed)."""
+        if minutes:
+            with self._suspects_lock:
+                self._suspects = sorted(set(self._suspects or []) | set(minutes))
+
     def cycle(self, token: int | None = None) -> base.CycleResult:
         """One cycle, committed. With a lease ``token``, the commit is fenced by it."""
         conn = self.conn()
-        check = self._self_check_due()
+        self._start_check()
+        with self._suspects_lock:
+            minutes, self._suspects = self._suspects, None
         started = time.monotonic()
         try:
-            result = base.run_cycle(conn, self._duck, self.projection, self.settings, self_check=check)
+            result = base.run_cycle(
+                conn, self._duck, self.projection, self.settings, self_check=bool(minutes), check_minutes=minutes
+            )
             if token is not None:
                 self.lease.fence(conn, token)
             conn.commit()
         except psycopg.Error as exc:
+            self._add_suspects(minutes)
             try:
                 conn.rollback()
             except psycopg.Error:
                 pass
             raise db.wrap_db_error(f"projection {self.projection.name}", exc) from None
         except BaseException:
+            self._add_suspects(minutes)
             db.safe_rollback(conn)
             raise
-        if check:
-            self._last_check = time.monotonic()
         self.cycles += 1
         for hook in self.on_cycle:
             hook(result, time.monotonic() - started)

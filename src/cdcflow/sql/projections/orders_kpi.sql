@@ -128,6 +128,21 @@ WHERE paid_minute >= %(since)s;
 SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count
 FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket >= %(since)s;
 
+-- name: minutes_orders
+-- Self-check of given minutes (the ones the snapshot check found different): their orders.
+SELECT order_id, customer_id, amount, created_minute FROM pst_kpi_orders
+WHERE created_minute = ANY(%(minutes)s::timestamptz[]);
+
+-- name: minutes_payments
+-- Self-check of given minutes: their payments.
+SELECT payment_id, order_id, paid_amount, paid_minute FROM pst_kpi_payments
+WHERE paid_minute = ANY(%(minutes)s::timestamptz[]);
+
+-- name: minutes_buckets
+-- Self-check of given minutes: what the projection holds for them.
+SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count
+FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket = ANY(%(minutes)s::timestamptz[]);
+
 -- name: restate
 -- Self-check: the corrected buckets replace what was there (tmp_kpi_diff holds them
 -- with payments_count -1 for a bucket that must disappear).
