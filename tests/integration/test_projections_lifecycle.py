@@ -291,6 +291,11 @@ def _corrupt_the_current_minute(srv) -> tuple[dt.datetime, list]:
     return now, good
 
 
+def _suspects(srv) -> list:
+    with base.snapshot_connection(srv.settings.serving_dsn) as conn:
+        return OrdersKpi().window_suspects(conn, srv.settings)
+
+
 def _fixed(srv) -> list:
     return srv.conn.execute(
         "SELECT * FROM proj_orders_kpi_by_minute_segment WHERE segment <> 'OUTSIDE' ORDER BY 1, 2"
@@ -316,9 +321,7 @@ def test_snapshot_check_finds_the_wrong_minutes_without_the_cycle_lock(srv):
             "SELECT 1 FROM ctl_projection_metadata WHERE projection_name = %s FOR UPDATE", (OrdersKpi.name,)
         )  # a cycle in progress
         found: list = []
-        checker = threading.Thread(
-            target=lambda: found.append(OrdersKpi().window_suspects(srv.settings.serving_dsn, srv.settings))
-        )
+        checker = threading.Thread(target=lambda: found.append(_suspects(srv)))
         checker.start()
         checker.join(30)
         assert not checker.is_alive(), "the snapshot check waited for the cycle's lock"
@@ -333,7 +336,7 @@ def test_snapshot_check_finds_the_wrong_minutes_without_the_cycle_lock(srv):
     # rebuild) is left alone: the count of restated buckets (a running total) stays.
     assert srv.cycle(OrdersKpi(), self_check=True, check_minutes=suspects).restated == 0
     assert srv.meta(OrdersKpi.name)[3] == 3
-    assert OrdersKpi().window_suspects(srv.settings.serving_dsn, srv.settings) == []
+    assert _suspects(srv) == []
 
 
 def test_worker_self_check_restates_while_cycles_go_on(srv):
@@ -353,6 +356,31 @@ def test_worker_self_check_restates_while_cycles_go_on(srv):
         stop.set()
         thread.join(30)
     assert not thread.is_alive()
+
+
+class _SlowCheck(OrdersKpi):
+    """A self-check that reads for 60 s (a huge window)."""
+
+    def window_suspects(self, conn, settings):
+        conn.execute("SELECT pg_sleep(60)")
+        return []
+
+
+def test_stopping_the_worker_cancels_a_running_self_check(srv):
+    stop = threading.Event()
+    settings = srv.settings.replace(projection_self_check_seconds=0.1, projection_interval_seconds=0.1)
+    worker = ProjectionWorker(_SlowCheck(), settings, settings.serving_dsn, stop, listen=False)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_until(lambda: worker._check_conn is not None, what="the self-check to start")
+        wait_until(lambda: worker.cycles >= 3, what="cycles while the self-check runs")  # not held up by it
+    finally:
+        stopped = time.monotonic()
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive() and time.monotonic() - stopped < 10  # SIGTERM exits within seconds
+    assert worker._checker is not None and not worker._checker.is_alive()
 
 
 @pytest.mark.parametrize("signal", ["wake", "notify"])

@@ -89,9 +89,10 @@ class Projection(ABC):
         correct differences; returns how many."""
         return 0
 
-    def window_suspects(self, dsn: str, settings: Settings) -> list[dt.datetime]:
-        """Outside any cycle, on one snapshot of state and projection: the minutes of the
-        recompute window whose rows differ from what the state gives (normally none)."""
+    def window_suspects(self, conn: psycopg.Connection, settings: Settings) -> list[dt.datetime]:
+        """Outside any cycle, on one snapshot of state and projection (``conn``: from
+        :func:`snapshot_connection`): the minutes of the recompute window whose rows differ
+        from what the state gives (normally none)."""
         return []
 
 
@@ -100,6 +101,15 @@ def open_connection(dsn: str) -> psycopg.Connection:
     conn = db.connect(dsn, "serving")
     conn.execute("SET TimeZone = 'UTC'")
     conn.commit()
+    return conn
+
+
+def snapshot_connection(dsn: str) -> psycopg.Connection:
+    """A read-only serving connection whose transactions each read one snapshot (REPEATABLE
+    READ): the self-check's, outside the cycles."""
+    conn = open_connection(dsn)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
     return conn
 
 

@@ -196,23 +196,20 @@ class OrdersKpi(base.Projection):
             for name in inputs:
                 duck.unregister(name)
 
-    def window_suspects(self, dsn: str, settings: Settings) -> list[dt.datetime]:
-        """The whole window checked on a read-only snapshot of its own, outside any cycle
-        (so a busy window does not hold up the cycles): the minutes that differ. State and
-        projection are committed together, so one snapshot sees them consistent."""
+    def window_suspects(self, conn: psycopg.Connection, settings: Settings) -> list[dt.datetime]:
+        """The whole window checked on one snapshot (``conn`` from ``base.snapshot_connection``),
+        outside any cycle, so a busy window does not hold up the cycles: the minutes that
+        differ. State and projection are committed together, so one snapshot sees them
+        consistent."""
         window = settings.projection_recompute_window_minutes
         if window <= 0:
             return []
-        conn = base.open_connection(dsn)
         duck = base.open_duckdb()
         try:
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
             since = conn.execute(_q("window_start"), {"minutes": window}).fetchone()[0]  # type: ignore[index]
             fixes = self._recompute(conn, duck, "window", {"since": since})
-            conn.rollback()
         finally:
-            conn.close()
+            conn.rollback()
             duck.close()
         suspects = sorted(set(column_list(fixes, "minute_bucket")))
         log.debug("%s: snapshot check of %d minutes: %d minutes differ", self.name, window, len(suspects))

@@ -14,6 +14,7 @@ failing projection does not hold up the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -67,6 +68,7 @@ class ProjectionWorker:
         self._checker: threading.Thread | None = None
         self._suspects: list | None = None
         self._suspects_lock = threading.Lock()
+        self._check_conn: psycopg.Connection | None = None
         #: One owner across 'cdcflow run' processes; every commit is fenced by it.
         self.lease = leases.Lease(
             f"projection:{projection.name}", owner or leases.instance_id(), settings.lease_seconds
@@ -147,9 +149,15 @@ class ProjectionWorker:
 
     def _run_check(self) -> None:
         try:
-            suspects = self.projection.window_suspects(self.serving_dsn, self.settings)
+            conn = self._check_conn = base.snapshot_connection(self.serving_dsn)
+            try:
+                suspects = self.projection.window_suspects(conn, self.settings)
+            finally:
+                self._check_conn = None
+                conn.close()
         except Exception as exc:  # the next check tries again; cycles go on meanwhile
-            log.warning("%s: self-check could not run: %s", self.name, db.describe_error(exc))
+            if not self.stop.is_set():
+                log.warning("%s: self-check could not run: %s", self.name, db.describe_error(exc))
             return
         if suspects:
             log.warning(
@@ -172,6 +180,15 @@ class ProjectionWorker:
         self._last_check = time.monotonic()
         self._checker = threading.Thread(target=self._run_check, name=f"{self.name}:check", daemon=True)
         self._checker.start()
+
+    def _stop_check(self) -> None:
+        """On stop: cancel a self-check that is still reading, and let its thread end."""
+        conn = self._check_conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.cancel()
+        if self._checker is not None:
+            self._checker.join(5)
 
     def _add_suspects(self, minutes: list | None) -> None:
         """Minutes for the next cycle to check (found by the snapshot check, or left by a
@@ -275,6 +292,7 @@ class ProjectionWorker:
                     continue
                 self.wait_for_work(self.settings.projection_interval_seconds)
         finally:
+            self._stop_check()
             self.close()
             self.keeper.stop_and_release(10)  # after the last commit: another instance takes over at once
             self.alive = False
