@@ -8,6 +8,7 @@ so each test decides exactly where every watermark stands.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import threading
@@ -339,23 +340,30 @@ def test_snapshot_check_finds_the_wrong_minutes_without_the_cycle_lock(srv):
     assert _suspects(srv) == []
 
 
-def test_worker_self_check_restates_while_cycles_go_on(srv):
-    _, good = _corrupt_the_current_minute(srv)
+@contextlib.contextmanager
+def _worker(srv, projection: base.Projection, check_every: float):
+    """A projection worker on its own thread, cycling every 0.1 s, self-check every ``check_every``;
+    stopped on exit (the time it took to stop is in ``worker.stop_seconds``)."""
     stop = threading.Event()
-    settings = srv.settings.replace(projection_self_check_seconds=0.2, projection_interval_seconds=0.1)
-    worker = ProjectionWorker(OrdersKpi(), settings, settings.serving_dsn, stop, listen=False)
+    settings = srv.settings.replace(projection_self_check_seconds=check_every, projection_interval_seconds=0.1)
+    worker = ProjectionWorker(projection, settings, settings.serving_dsn, stop, listen=False)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
-        wait_until(lambda: [r[:5] for r in _fixed(srv)] == [r[:5] for r in good], what="the window restated")
-        restated = srv.conn.execute(
-            "SELECT restated_buckets FROM ctl_projection_metadata WHERE projection_name = %s", (OrdersKpi.name,)
-        ).fetchone()[0]
-        assert restated == 3
+        yield worker
     finally:
+        stopped = time.monotonic()
         stop.set()
         thread.join(30)
+        worker.stop_seconds = time.monotonic() - stopped
     assert not thread.is_alive()
+
+
+def test_worker_self_check_restates_while_cycles_go_on(srv):
+    _, good = _corrupt_the_current_minute(srv)
+    with _worker(srv, OrdersKpi(), 0.2):
+        wait_until(lambda: [r[:5] for r in _fixed(srv)] == [r[:5] for r in good], what="the window restated")
+        assert srv.meta(OrdersKpi.name)[3] == 3
 
 
 class _SlowCheck(OrdersKpi):
@@ -367,19 +375,11 @@ class _SlowCheck(OrdersKpi):
 
 
 def test_stopping_the_worker_cancels_a_running_self_check(srv):
-    stop = threading.Event()
-    settings = srv.settings.replace(projection_self_check_seconds=0.1, projection_interval_seconds=0.1)
-    worker = ProjectionWorker(_SlowCheck(), settings, settings.serving_dsn, stop, listen=False)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
+    with _worker(srv, _SlowCheck(), 0.1) as worker:
         wait_until(lambda: worker._check_conn is not None, what="the self-check to start")
-        wait_until(lambda: worker.cycles >= 3, what="cycles while the self-check runs")  # not held up by it
-    finally:
-        stopped = time.monotonic()
-        stop.set()
-        thread.join(30)
-    assert not thread.is_alive() and time.monotonic() - stopped < 10  # SIGTERM exits within seconds
+        cycles = worker.cycles
+        wait_until(lambda: worker.cycles >= cycles + 3, what="cycles while the self-check runs")  # not held up
+    assert worker.stop_seconds < 10  # SIGTERM exits within seconds
     assert worker._checker is not None and not worker._checker.is_alive()
 
 
