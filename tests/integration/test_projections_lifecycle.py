@@ -361,9 +361,12 @@ def _worker(srv, projection: base.Projection, check_every: float):
 
 def test_worker_self_check_restates_while_cycles_go_on(srv):
     _, good = _corrupt_the_current_minute(srv)
-    with _worker(srv, OrdersKpi(), 0.2):
+    with _worker(srv, OrdersKpi(), 0.2) as worker:
         wait_until(lambda: [r[:5] for r in _fixed(srv)] == [r[:5] for r in good], what="the window restated")
         assert srv.meta(OrdersKpi.name)[3] == 3
+        checks = worker.checks
+        wait_until(lambda: worker.checks > checks, what="another self-check")  # at its cadence, still
+        assert srv.meta(OrdersKpi.name)[3] == 3  # which finds nothing more to restate
 
 
 class _SlowCheck(OrdersKpi):

@@ -58,6 +58,7 @@ class ProjectionWorker:
         self.name = f"projection[{projection.name}]"
         self.alive = False
         self.cycles = 0
+        self.checks = 0  # self-checks completed (outside the cycles)
         self.last_error: str | None = None
         self._conn: psycopg.Connection | None = None
         self._listener: psycopg.Connection | None = None
@@ -148,6 +149,7 @@ class ProjectionWorker:
         return time.monotonic() - self._last_check >= every
 
     def _run_check(self) -> None:
+        started = time.monotonic()
         try:
             conn = self._check_conn = base.snapshot_connection(self.serving_dsn)
             try:
@@ -159,6 +161,14 @@ class ProjectionWorker:
             if not self.stop.is_set():
                 log.warning("%s: self-check could not run: %s", self.name, db.describe_error(exc))
             return
+        self.checks += 1
+        log.info(
+            "%s: self-check of the last %d minutes on a snapshot: %s (%.1fs)",
+            self.name,
+            self.settings.projection_recompute_window_minutes,
+            f"{len(suspects)} minutes differ" if suspects else "no difference",
+            time.monotonic() - started,
+        )
         if suspects:
             log.warning(
                 "%s: self-check: %d minutes of the window differ from the state; the next cycle checks "
