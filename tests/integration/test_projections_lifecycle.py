@@ -377,6 +377,12 @@ class _SlowCheck(OrdersKpi):
         return []
 
 
+def test_no_self_check_thread_for_a_projection_without_one(srv):
+    with _worker(srv, OrdersLatest(), 0.05) as worker:
+        wait_until(lambda: worker.cycles >= 5, what="cycles")
+        assert worker._checker is None and worker.checks == 0
+
+
 def test_stopping_the_worker_cancels_a_running_self_check(srv):
     with _worker(srv, _SlowCheck(), 0.1) as worker:
         wait_until(lambda: worker._check_conn is not None, what="the self-check to start")

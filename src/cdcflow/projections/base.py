@@ -75,6 +75,9 @@ class Projection(ABC):
 
     name: str
     captures: tuple[str, ...]
+    #: Whether :meth:`self_check` and :meth:`window_suspects` do anything (the worker runs
+    #: no self-check thread otherwise).
+    has_self_check = False
 
     @abstractmethod
     def apply(self, ctx: Context) -> int:

@@ -86,6 +86,7 @@ def transform(name: str) -> str:
 class OrdersKpi(base.Projection):
     name = "proj_orders_kpi_by_minute_segment"
     captures = (CUSTOMERS, ORDERS, PAYMENTS)
+    has_self_check = True
 
     def _delta(self, ctx: base.Context, capture: str, query: str, schema: pa.Schema) -> pa.Table:
         return read_arrow(

@@ -144,7 +144,7 @@ class ProjectionWorker:
 
     def _self_check_due(self) -> bool:
         every = self.settings.projection_self_check_seconds
-        if every <= 0 or self.settings.projection_recompute_window_minutes <= 0:
+        if every <= 0 or self.settings.projection_recompute_window_minutes <= 0 or not self.projection.has_self_check:
             return False
         return time.monotonic() - self._last_check >= every
 
