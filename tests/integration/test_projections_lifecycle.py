@@ -377,6 +377,21 @@ class _SlowCheck(OrdersKpi):
         return []
 
 
+def test_a_rejected_login_for_the_listener_does_not_stop_the_worker(srv):
+    """While a password is rotated (or a role is missing) the LISTEN connection cannot log in:
+    the worker relies on its interval instead of ending (it crashed the process before)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(srv.settings.serving_dsn)
+    params["user"] = "cdcflow_no_such_role"
+    worker = ProjectionWorker(OrdersKpi(), srv.settings, make_conninfo(**params), threading.Event())
+    try:
+        assert worker._listen_conn() is None
+        assert worker.wait_for_work(0.2) == "interval"
+    finally:
+        worker.close()
+
+
 def test_no_self_check_thread_for_a_projection_without_one(srv):
     with _worker(srv, OrdersLatest(), 0.05) as worker:
         wait_until(lambda: worker.cycles >= 5, what="cycles")

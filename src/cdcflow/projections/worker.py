@@ -103,7 +103,9 @@ class ProjectionWorker:
             try:
                 self._listener = db.connect(self.serving_dsn, "serving", autocommit=True)
                 self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
-            except (psycopg.Error, TransientError) as exc:
+            except (psycopg.Error, CdcflowError) as exc:
+                # Any failure, a rejected login too (a password being rotated): the listener
+                # only shortens waits, and the cycle's own connection reports what is wrong.
                 log.warning("%s: cannot LISTEN (%s); relying on the interval", self.name, db.describe_error(exc))
                 self._listener = None
         return self._listener
