@@ -114,6 +114,17 @@ def test_password_never_printed_even_when_connections_fail(secret_role, edbs):
 
             wait_until(staged, timeout=40, what=f"order {n} staged")
 
+            def applied() -> bool:  # the KPI projection has it too (a commit of its own)
+                with edbs.serving() as s:
+                    return s.execute(
+                        "SELECT m.status = 'OK' AND m.as_of_lsn >= (SELECT max(__lsn) FROM stg_cdc_orders"
+                        " WHERE amount = %s) FROM ctl_projection_metadata m"
+                        " WHERE m.projection_name = 'proj_orders_kpi_by_minute_segment'",
+                        (n,),
+                    ).fetchone()[0]
+
+            wait_until(applied, timeout=40, what=f"order {n} in the KPI projection")
+
         insert_and_wait(101)
         wait_until(lambda: "cdcflow_capture_lag_seconds" in fetch(port, "/metrics"), timeout=20, what="/metrics")
         printed += [fetch(port, "/metrics"), fetch(port, "/healthz")]
