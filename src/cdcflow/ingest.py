@@ -231,28 +231,28 @@ class IngestWorker:
             writer.rollback()
             self.source.close_stream()
             raise
-        except psycopg.errors.UniqueViolation as exc:
-            writer.rollback()
-            self.source.close_stream()
-            self._dedupe = True
-            raise TransientError(
-                f"staging already held rows of this batch ({db.describe_error(exc)}); retrying with duplicate filtering"
-            ) from None
         except psycopg.Error as exc:
             writer.rollback()
             self.source.close_stream()
-            raise db.wrap_db_error("staging a batch", exc) from None
+            raise self._staging_error(exc) from None
         except BaseException:
             writer.rollback()
             self.source.close_stream()
             raise
-        if self.fault_point == "after_serving_commit":
-            os._exit(17)  # test hook: die between the serving commit and the slot confirm
-        self.source.confirm(result.end_lsn)
-        self._confirmed = max(self._confirmed, result.end_lsn)
-        self._dedupe = False
         committed()
+        self._confirm_committed()
+        self._dedupe = False
         return result.more_pending
+
+    def _staging_error(self, exc: psycopg.Error) -> Exception:
+        """A failed batch as the worker reports it; rows already staged mean a retry that
+        filters duplicates."""
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            self._dedupe = True
+            return TransientError(
+                f"staging already held rows of this batch ({db.describe_error(exc)}); retrying with duplicate filtering"
+            )
+        return db.wrap_db_error("staging a batch", exc)
 
     def _committed(self, result: BatchResult, started: float, cycle_id: str) -> None:
         """A batch's serving transaction committed (on the lane's thread when it was queued)."""
@@ -295,13 +295,8 @@ class IngestWorker:
         """:meth:`_settle`, with a failed queued commit reported as :meth:`cycle` reports errors."""
         try:
             self._settle()
-        except psycopg.errors.UniqueViolation as exc:
-            self._dedupe = True
-            raise TransientError(
-                f"staging already held rows of this batch ({db.describe_error(exc)}); retrying with duplicate filtering"
-            ) from None
         except psycopg.Error as exc:
-            raise db.wrap_db_error("staging a batch", exc) from None
+            raise self._staging_error(exc) from None
 
     def _settle(self) -> None:
         """Wait until every queued batch committed (raising a failure) and confirm it."""
