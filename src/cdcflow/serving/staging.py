@@ -219,6 +219,12 @@ class StagingWriter:
         p.lines = []
         p.size = 0
 
+    def _send_pending(self) -> None:
+        """Queue every capture's buffered rows on the lane."""
+        for capture, p in self._pending.items():
+            if p.lines:
+                self._send(capture, p)
+
     def _close_own_lane(self) -> None:
         if self._own_lane and self._lane is not None:
             self._lane.close()
@@ -255,9 +261,7 @@ class StagingWriter:
         the previous batch must be done before this thread touches the connection."""
         if self._lane is not None:
             if self._used_lane:
-                for capture, p in self._pending.items():
-                    if p.lines:
-                        self._send(capture, p)
+                self._send_pending()
             try:
                 self._lane.wait()
             finally:
@@ -357,9 +361,7 @@ class StagingWriter:
         if self._own_lane:
             raise ValueError("commit(wait=False) needs the worker's shared CopyLane")
         assert self._lane is not None
-        for capture, p in self._pending.items():
-            if p.lines:
-                self._send(capture, p)
+        self._send_pending()
         self._lane.submit(finish)
 
     def _advance(
