@@ -353,41 +353,30 @@ class PgOutputDecoder:
         rel = self._rel(buf)
         if rel is None:
             return
-        if self.binary:
-            if not self._fast_single(rel, buf, OP_INSERT):
-                values, _ = decode_tuple(buf, 6)
-                self._stage(rel, OP_INSERT, values)
+        if self._fast_single(rel, buf, OP_INSERT):
             return
-        if rel.index is None:
-            fast = self._fast
-            if fast is not None:
-                line = fast(buf, 6, self._prefix, self.seq + 1, OP_INSERT, self._ct_tab)
-                if line is not None:
-                    self.seq += 1
-                    self._out(rel.capture, line)
-                    return
-            elif _NEEDS_ESCAPE_RE.search(buf, 8) is None:
-                # Python hot path: columns in staging order, nothing to escape anywhere in the message.
-                (ncols,) = _I16.unpack_from(buf, 6)
-                pos = 8
-                parts: list[bytes] = []
-                append = parts.append
-                unpack_i32 = _I32.unpack_from
-                for _ in range(ncols):
-                    kind = buf[pos]
-                    if kind == 116:  # 't'
-                        start = pos + 5
-                        pos = start + unpack_i32(buf, pos + 1)[0]
-                        append(buf[start:pos])
-                    elif kind == 110:  # 'n'
-                        append(NULL)
-                        pos += 1
-                    else:
-                        break  # unchanged or binary: general path
+        if not self.binary and rel.index is None and self._fast is None and _NEEDS_ESCAPE_RE.search(buf, 8) is None:
+            # Python hot path: columns in staging order, nothing to escape anywhere in the message.
+            (ncols,) = _I16.unpack_from(buf, 6)
+            pos = 8
+            parts: list[bytes] = []
+            append = parts.append
+            unpack_i32 = _I32.unpack_from
+            for _ in range(ncols):
+                kind = buf[pos]
+                if kind == 116:  # 't'
+                    start = pos + 5
+                    pos = start + unpack_i32(buf, pos + 1)[0]
+                    append(buf[start:pos])
+                elif kind == 110:  # 'n'
+                    append(NULL)
+                    pos += 1
                 else:
-                    self.seq += 1
-                    self._out(rel.capture, b"%s%d\t2\t%s\t%s\n" % (self._prefix, self.seq, self._ct, b"\t".join(parts)))
-                    return
+                    break  # unchanged or binary: general path
+            else:
+                self.seq += 1
+                self._out(rel.capture, b"%s%d\t2\t%s\t%s\n" % (self._prefix, self.seq, self._ct, b"\t".join(parts)))
+                return
         values, _ = decode_tuple(buf, 6)  # after relid and 'N'
         self._stage(rel, OP_INSERT, values)
 
