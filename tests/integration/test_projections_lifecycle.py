@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import io
 import threading
 import time
@@ -83,11 +84,26 @@ class Serving:
             )
 
     def cycle(
-        self, projection: base.Projection, *, self_check: bool = False, check_minutes: list | None = None
+        self,
+        projection: base.Projection,
+        *,
+        self_check: bool = False,
+        check_minutes: list | None = None,
+        reader: bool = False,
     ) -> base.CycleResult:
-        with base.open_connection(self.settings.serving_dsn) as conn:
+        """One committed cycle; ``reader``: state read on a second connection (as the worker
+        does) instead of on the cycle's own before it writes."""
+        dsn = self.settings.serving_dsn
+        with base.open_connection(dsn) as conn, contextlib.ExitStack() as stack:
+            second = stack.enter_context(base.snapshot_connection(dsn)) if reader else None
             result = base.run_cycle(
-                conn, self.duck, projection, self.settings, self_check=self_check, check_minutes=check_minutes
+                conn,
+                self.duck,
+                projection,
+                self.settings,
+                self_check=self_check,
+                check_minutes=check_minutes,
+                reader=second,
             )
             conn.commit()
         return result
@@ -233,8 +249,30 @@ def test_failure_at_the_last_statement_leaves_the_old_state(srv, monkeypatch):
     assert srv.checkpoints(OrdersKpi.name) == {srv.base + 20} and srv.meta(OrdersKpi.name)[1] == srv.base + 20
 
 
-def test_late_and_out_of_order_changes(srv):
-    """Payment before its order, an old minute updated late, an order deleted with its payment."""
+@pytest.mark.parametrize("reader", [False, True], ids=["state-read-first", "state-read-on-reader"])
+def test_late_and_out_of_order_changes(srv, reader, monkeypatch):
+    """Payment before its order, an old minute updated late, an order deleted with its payment.
+
+    With ``reader`` the state is read on a second connection while the cycle's own writes the
+    new state; here the reads wait until that state is written. The reader must still see the
+    state before the cycle, or an update cancels out (before = after) and these buckets keep
+    their old values."""
+    srv.cycle = functools.partial(srv.cycle, reader=reader)
+    if reader:
+        written = threading.Event()
+        query, read_state = orders_kpi._q, OrdersKpi._state
+
+        def q(name, **identifiers):
+            if name == "upsert_state":
+                threading.Timer(0.2, written.set).start()  # it runs right after being built
+            return query(name, **identifiers)
+
+        def state_after_the_writes(self, conn, *args):
+            assert written.wait(10), "the cycle never wrote its new state"
+            return read_state(self, conn, *args)
+
+        monkeypatch.setattr(orders_kpi, "_q", q)
+        monkeypatch.setattr(OrdersKpi, "_state", state_after_the_writes)
     srv.cycle(OrdersKpi())
     old = T0 - dt.timedelta(days=1)
     srv.payment(1, 500, 900, "3.00")  # order 900 does not exist yet
@@ -260,6 +298,63 @@ def test_late_and_out_of_order_changes(srv):
     assert srv.kpi(old) == {} and srv.kpi() == {}
     old_rows = "SELECT count(*) FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket < '2026-01-03'"
     assert srv.conn.execute(old_rows).fetchone()[0] == 0
+
+
+def _order_100_applied(srv) -> None:
+    srv.cycle(OrdersKpi())
+    srv.order(10, 100, 1, "5.00")
+    srv.watermarks(orders=10, customers=10, payments=10)
+    srv.cycle(OrdersKpi(), reader=True)
+    srv.order(11, 100, 1, "8.00", op=4)
+    srv.watermarks(orders=11, customers=11, payments=11)
+
+
+def test_a_failed_state_read_on_the_reader_fails_the_cycle_and_the_next_one_applies(srv):
+    _order_100_applied(srv)
+    with base.open_connection(srv.settings.serving_dsn) as conn:
+        reader = base.snapshot_connection(srv.settings.serving_dsn)
+        reader.close()  # the reader's connection is gone (a server restart, a network cut)
+        with pytest.raises(psycopg.OperationalError):
+            base.run_cycle(conn, srv.duck, OrdersKpi(), srv.settings, reader=reader)
+        conn.rollback()
+    assert srv.checkpoints(OrdersKpi.name) == {srv.base + 10}
+    assert srv.kpi() == {"ENTERPRISE": (1, Decimal("5.00"), Decimal("0.00"))}
+    srv.cycle(OrdersKpi(), reader=True)
+    assert srv.kpi() == {"ENTERPRISE": (1, Decimal("8.00"), Decimal("0.00"))}
+    assert srv.checkpoints(OrdersKpi.name) == {srv.base + 11}
+
+
+def test_a_failure_while_the_reader_reads_waits_for_the_reads_to_end(srv, monkeypatch):
+    """The cycle's side fails while the reader is still reading: the error surfaces only once
+    the reads have ended and the reader's snapshot is closed, so the reader is free for the
+    next cycle (a worker reuses it)."""
+    _order_100_applied(srv)
+    reads_done = threading.Event()
+    slow_state = OrdersKpi._state
+
+    def slow(self, conn, *args):
+        time.sleep(0.5)
+        try:
+            return slow_state(self, conn, *args)
+        finally:
+            reads_done.set()
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("write failed")
+
+    monkeypatch.setattr(OrdersKpi, "_state", slow)
+    monkeypatch.setattr(orders_kpi, "write_arrow", boom)
+    dsn = srv.settings.serving_dsn
+    with base.open_connection(dsn) as conn, base.snapshot_connection(dsn) as reader:
+        with pytest.raises(RuntimeError, match="write failed"):
+            base.run_cycle(conn, srv.duck, OrdersKpi(), srv.settings, reader=reader)
+        assert reads_done.is_set()
+        assert reader.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        conn.rollback()
+        monkeypatch.undo()
+        base.run_cycle(conn, srv.duck, OrdersKpi(), srv.settings, reader=reader)
+        conn.commit()
+    assert srv.kpi() == {"ENTERPRISE": (1, Decimal("8.00"), Decimal("0.00"))}
 
 
 def _corrupt_the_current_minute(srv) -> tuple[dt.datetime, list]:

@@ -268,11 +268,11 @@ class Scenario:
     def incremental_cycle(self) -> tuple[float, float]:
         """Seconds one cycle takes, and the MB of WAL it wrote."""
         duck = base.open_duckdb()
-        with base.open_connection(self.dsn) as conn:
+        with base.open_connection(self.dsn) as conn, base.snapshot_connection(self.dsn) as reader:
             wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # type: ignore[index]
             conn.commit()
             t0 = time.monotonic()
-            result = base.run_cycle(conn, duck, OrdersKpi(), self.settings)
+            result = base.run_cycle(conn, duck, OrdersKpi(), self.settings, reader=reader)
             conn.commit()
             took = time.monotonic() - t0
             wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (wal0,)).fetchone()[0]  # type: ignore[index]

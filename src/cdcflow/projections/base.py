@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import duckdb
 import psycopg
@@ -39,6 +43,7 @@ from cdcflow.errors import TerminalError
 from cdcflow.serving import control
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 Q = "projections/control.sql"
 HELD_STATES = ("GAP", "PAUSED")
 
@@ -54,6 +59,11 @@ class Context:
     checkpoints: dict[str, int]
     cutoff: int
     fresh: bool = False  # a rebuild: state and rows are empty, the delta is all of staging
+    #: A second connection (:func:`snapshot_connection`) on which a projection may read its
+    #: stored state in a thread while ``conn`` writes the new state: it sees the state as
+    #: committed before this cycle (the "before" values), whatever ``conn`` has written.
+    #: Safe because only a holder of the projection's lock (this cycle) writes that state.
+    reader: psycopg.Connection | None = None
 
     def after(self, capture: str) -> int:
         return self.checkpoints.get(capture, 0)
@@ -78,6 +88,9 @@ class Projection(ABC):
     #: Whether :meth:`self_check` and :meth:`window_suspects` do anything (the worker runs
     #: no self-check thread otherwise).
     has_self_check = False
+    #: Whether :meth:`apply` reads stored state on :attr:`Context.reader` (the worker opens
+    #: that second connection only for such a projection).
+    uses_reader = False
 
     @abstractmethod
     def apply(self, ctx: Context) -> int:
@@ -114,6 +127,21 @@ def snapshot_connection(dsn: str) -> psycopg.Connection:
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     return conn
+
+
+def in_thread(name: str, fn: Callable[..., T], *args: Any) -> Future[T]:
+    """``fn(*args)`` in a thread of its own; its result (or exception) in the future."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever waits for the result
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def open_duckdb() -> duckdb.DuckDBPyConnection:
@@ -206,11 +234,13 @@ def run_cycle(
     *,
     self_check: bool = False,
     check_minutes: list[dt.datetime] | None = None,
+    reader: psycopg.Connection | None = None,
 ) -> CycleResult:
     """One incremental cycle inside the caller's transaction (the caller commits).
 
     ``self_check``: also run the self-check, of the whole window or, with
-    ``check_minutes``, of those minutes only."""
+    ``check_minutes``, of those minutes only. ``reader``: see :attr:`Context.reader`
+    (without it, state is read on ``conn`` before anything is written)."""
     started = time.monotonic()
     status = _lock(conn, projection, settings.source_name)
     cutoff, staging, held = _position(conn, projection, settings.source_name)
@@ -221,7 +251,7 @@ def run_cycle(
         )
     }
     checkpoints = {c: int(cps.get(c, 0)) for c in projection.captures}
-    ctx = Context(conn, duck, settings, staging, checkpoints, cutoff)
+    ctx = Context(conn, duck, settings, staging, checkpoints, cutoff, reader=reader)
     result = CycleResult(cutoff=cutoff, held=held)
     moving = [c for c in projection.captures if checkpoints[c] < cutoff]
     if not moving and not self_check and not held and status not in ("STALE", "ERROR"):

@@ -17,9 +17,12 @@ beside the sums, so a bucket disappears exactly when nothing contributes to it. 
 2. read the state rows the delta touches, by index: changed orders and the orders of
    changed customers; changed payments and the payments of those orders; the orders
    of those payments; the customers of all of them. The loaded set is closed: every
-   row's order and customer are loaded too;
-3. in DuckDB: contributions of the loaded rows after the delta minus before it, per
-   bucket (unaffected rows cancel out), and the new state rows;
+   row's order and customer are loaded too. The worker reads them on a second
+   connection, in a thread, while the cycle's own connection already writes the new
+   state rows (step 4): the reader sees the state as committed before the cycle, and
+   the cycle's two halves use both of a small machine's cores;
+3. in DuckDB: the new state rows (from the delta alone), and the contributions of the
+   loaded rows after the delta minus before it, per bucket (unaffected rows cancel out);
 4. in the cycle's transaction: replace the changed state rows, add the bucket
    differences to exactly the touched projection rows (one upsert per bucket), delete
    the buckets that became empty.
@@ -31,8 +34,12 @@ the row state and restates any bucket that differs (it should find none).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import Iterator, Mapping
+from concurrent import futures
+from concurrent.futures import Future
 
 import duckdb
 import psycopg
@@ -78,6 +85,18 @@ def _q(name: str, **identifiers: sql.Composable) -> sql.Composed:
     return sqlfiles.query(PG, name, **identifiers)
 
 
+@contextlib.contextmanager
+def _registered(duck: duckdb.DuckDBPyConnection, tables: Mapping[str, pa.Table]) -> Iterator[None]:
+    """Arrow tables visible to DuckDB by name for the block."""
+    for name, table in tables.items():
+        duck.register(name, table)
+    try:
+        yield
+    finally:
+        for name in tables:
+            duck.unregister(name)
+
+
 def transform(name: str) -> str:
     """A DuckDB transform by name (from ``orders_kpi_transform.sql``)."""
     return sqlfiles.queries(DUCK)[name]
@@ -87,6 +106,7 @@ class OrdersKpi(base.Projection):
     name = "proj_orders_kpi_by_minute_segment"
     captures = (CUSTOMERS, ORDERS, PAYMENTS)
     has_self_check = True
+    uses_reader = True
 
     def _delta(self, ctx: base.Context, capture: str, query: str, schema: pa.Schema) -> pa.Table:
         return read_arrow(
@@ -96,15 +116,8 @@ class OrdersKpi(base.Projection):
             {"after": ctx.after(capture), "upto": ctx.cutoff},
         )
 
-    def _state(self, ctx: base.Context, d_c: pa.Table, d_o: pa.Table, d_p: pa.Table) -> dict[str, pa.Table]:
-        """The stored rows the delta touches (empty for a rebuild), closed under order/customer."""
-        if ctx.fresh:
-            return {
-                "s_customers": S_CUSTOMERS.empty_table(),
-                "s_orders": S_ORDERS.empty_table(),
-                "s_payments": S_PAYMENTS.empty_table(),
-            }
-        conn = ctx.conn
+    def _state(self, conn: psycopg.Connection, d_c: pa.Table, d_o: pa.Table, d_p: pa.Table) -> dict[str, pa.Table]:
+        """The stored rows the delta touches, closed under order/customer."""
         changed_customers = column_list(d_c, "customer_id")
         s_o = read_arrow(
             conn,
@@ -129,35 +142,60 @@ class OrdersKpi(base.Projection):
         s_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": int_array(customers)})
         return {"s_customers": s_c, "s_orders": s_o, "s_payments": s_p}
 
+    def _state_on_reader(
+        self, reader: psycopg.Connection, d_c: pa.Table, d_o: pa.Table, d_p: pa.Table
+    ) -> dict[str, pa.Table]:
+        """:meth:`_state` in one snapshot of the reader connection (ended afterwards)."""
+        try:
+            return self._state(reader, d_c, d_o, d_p)
+        finally:
+            reader.rollback()
+
     def apply(self, ctx: base.Context) -> int:
         d_c = self._delta(ctx, CUSTOMERS, "delta_customers", D_CUSTOMERS)
         d_o = self._delta(ctx, ORDERS, "delta_orders", D_ORDERS)
         d_p = self._delta(ctx, PAYMENTS, "delta_payments", D_PAYMENTS)
-        inputs = {"d_customers": d_c, "d_orders": d_o, "d_payments": d_p, **self._state(ctx, d_c, d_o, d_p)}
-        duck = ctx.duck
-        for name, table in inputs.items():
-            duck.register(name, table)
+        conn, duck = ctx.conn, ctx.duck
+        state: dict[str, pa.Table] | None = None
+        pending: Future[dict[str, pa.Table]] | None = None
+        if ctx.fresh:
+            state = {
+                "s_customers": S_CUSTOMERS.empty_table(),
+                "s_orders": S_ORDERS.empty_table(),
+                "s_payments": S_PAYMENTS.empty_table(),
+            }
+        elif ctx.reader is not None:
+            # The state's "before" rows are read on the reader connection while this one
+            # writes the new state: the reader sees what was committed before this cycle.
+            pending = base.in_thread(f"{self.name}:state", self._state_on_reader, ctx.reader, d_c, d_o, d_p)
+        else:
+            state = self._state(conn, d_c, d_o, d_p)  # before this connection writes any state
         try:
-            diff = duck.sql(transform("bucket_diff")).to_arrow_table()
-            new_o = duck.sql(transform("state_orders")).to_arrow_table()
-            new_p = duck.sql(transform("state_payments")).to_arrow_table()
-            new_c = duck.sql(transform("state_customers")).to_arrow_table()
-            deleted = None if ctx.fresh else duck.sql(transform("deleted_keys")).fetchall()[0]
+            deltas = {"d_customers": d_c, "d_orders": d_o, "d_payments": d_p}
+            with _registered(duck, deltas):
+                new_o = duck.sql(transform("state_orders")).to_arrow_table()
+                new_p = duck.sql(transform("state_payments")).to_arrow_table()
+                new_c = duck.sql(transform("state_customers")).to_arrow_table()
+                deleted = None if ctx.fresh else duck.sql(transform("deleted_keys")).fetchall()[0]
+            conn.execute(_q("create_temp"))
+            # Each of these is read whole into its table (upserts keyed by the target's
+            # primary key), never joined: no statistics needed.
+            write_arrow(conn, "tmp_kpi_orders", new_o, analyze=False)
+            write_arrow(conn, "tmp_kpi_payments", new_p, analyze=False)
+            write_arrow(conn, "tmp_kpi_customers", new_c, analyze=False)
+            if deleted is not None:
+                base.index_plans(conn)
+                conn.execute(_q("delete_state"), dict(zip(("orders", "payments", "customers"), deleted, strict=True)))
+            conn.execute(_q("insert_state" if ctx.fresh else "upsert_state"))
+            if pending is not None:
+                state, pending = pending.result(), None
         finally:
-            for name in inputs:
-                duck.unregister(name)
-        conn = ctx.conn
-        conn.execute(_q("create_temp"))
-        # Each of these is read whole into its table (upserts keyed by the target's primary
-        # key), never joined: no statistics needed.
-        write_arrow(conn, "tmp_kpi_orders", new_o, analyze=False)
-        write_arrow(conn, "tmp_kpi_payments", new_p, analyze=False)
-        write_arrow(conn, "tmp_kpi_customers", new_c, analyze=False)
+            if pending is not None:  # this side failed: let the reads end before the reader is reused
+                futures.wait([pending])
+        assert state is not None
+        with _registered(duck, {**deltas, **state}):
+            diff = duck.sql(transform("bucket_diff")).to_arrow_table()
         write_arrow(conn, "tmp_kpi_diff", diff, analyze=False)
-        if deleted is not None:
-            base.index_plans(conn)
-            conn.execute(_q("delete_state"), dict(zip(("orders", "payments", "customers"), deleted, strict=True)))
-        conn.execute(_q("insert_state" if ctx.fresh else "upsert_state"))
         conn.execute(_q("apply_diff"))
         conn.execute(_q("drop_empty_buckets"))
         if deleted is not None:

@@ -61,6 +61,8 @@ class ProjectionWorker:
         self.checks = 0  # self-checks completed (outside the cycles)
         self.last_error: str | None = None
         self._conn: psycopg.Connection | None = None
+        #: Reads the stored state during a cycle while ``_conn`` writes (base.Context.reader).
+        self._reader: psycopg.Connection | None = None
         self._listener: psycopg.Connection | None = None
         self._duck = base.open_duckdb()
         self._last_check = time.monotonic()
@@ -86,10 +88,15 @@ class ProjectionWorker:
             self._conn = base.open_connection(self.serving_dsn)
         return self._conn
 
+    def reader(self) -> psycopg.Connection:
+        if self._reader is None or self._reader.closed:
+            self._reader = base.snapshot_connection(self.serving_dsn)
+        return self._reader
+
     def _close(self) -> None:
-        for c in (self._conn, self._listener):
+        for c in (self._conn, self._reader, self._listener):
             db.close_quietly(c)
-        self._conn = self._listener = None
+        self._conn = self._reader = self._listener = None
 
     def close(self) -> None:
         """Release connections and the DuckDB instance (``run`` does this when it ends)."""
@@ -218,7 +225,13 @@ class ProjectionWorker:
         started = time.monotonic()
         try:
             result = base.run_cycle(
-                conn, self._duck, self.projection, self.settings, self_check=bool(minutes), check_minutes=minutes
+                conn,
+                self._duck,
+                self.projection,
+                self.settings,
+                self_check=bool(minutes),
+                check_minutes=minutes,
+                reader=self.reader() if self.projection.uses_reader else None,
             )
             if token is not None:
                 self.lease.fence(conn, token)
