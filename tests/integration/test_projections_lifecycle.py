@@ -435,6 +435,37 @@ def test_snapshot_check_finds_the_wrong_minutes_without_the_cycle_lock(srv):
     assert _suspects(srv) == []
 
 
+def test_self_check_counts_payments_in_the_window_for_orders_made_before_it(srv):
+    """A payment in the window whose order was made before it: the check reads that order
+    by key (the window's own orders it already has). Without it the payment would drop out
+    of the recomputed truth and a right bucket would look wrong."""
+    srv.cycle(OrdersKpi())
+    # In the window, but not in the current minute, where the demo's own orders are.
+    now = srv.conn.execute("SELECT now() + interval '2 minutes'").fetchone()[0]
+    srv.order(1, 800, 1, "6.00", created=now - dt.timedelta(days=1))  # ENTERPRISE, before the window
+    srv.order(2, 801, 2, "4.00", created=now)  # SMB, in the window
+    srv.payment(3, 900, 800, "2.50")
+    srv.payment(4, 901, 801, "1.50")
+    srv.conn.execute("UPDATE stg_cdc_payments SET paid_at = %s WHERE payment_id IN (900, 901)", (now,))
+    srv.watermarks(orders=5, customers=5, payments=5)
+    srv.cycle(OrdersKpi())
+    assert srv.kpi(now) == {
+        "ENTERPRISE": (0, Decimal("0.00"), Decimal("2.50")),
+        "SMB": (1, Decimal("4.00"), Decimal("1.50")),
+    }
+    assert _suspects(srv) == []
+    assert srv.cycle(OrdersKpi(), self_check=True).restated == 0
+    srv.conn.execute(
+        "UPDATE proj_orders_kpi_by_minute_segment SET paid_amount_sum = 9 WHERE segment = 'ENTERPRISE'"
+        " AND minute_bucket = date_trunc('minute', %s::timestamptz)",
+        (now,),
+    )
+    minute = srv.conn.execute("SELECT date_trunc('minute', %s::timestamptz)", (now,)).fetchone()[0]
+    assert _suspects(srv) == [minute]
+    assert srv.cycle(OrdersKpi(), self_check=True, check_minutes=[minute]).restated == 1
+    assert srv.kpi(now)["ENTERPRISE"] == (0, Decimal("0.00"), Decimal("2.50"))
+
+
 @contextlib.contextmanager
 def _worker(srv, projection: base.Projection, check_every: float):
     """A projection worker on its own thread, cycling every 0.1 s, self-check every ``check_every``;
