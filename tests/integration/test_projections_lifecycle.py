@@ -503,6 +503,28 @@ class _SlowCheck(OrdersKpi):
         return []
 
 
+class _CheckTaking(OrdersKpi):
+    """A self-check that takes ``seconds`` (a busy window), counting its runs."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.started = seconds, []
+
+    def window_suspects(self, conn, settings):
+        self.started.append(time.monotonic())
+        conn.execute("SELECT pg_sleep(%s)", (self.seconds,))
+        return []
+
+
+def test_a_slow_self_check_is_paced_to_a_tenth_of_the_time(srv):
+    """Asked for every 0.1 s, a check that takes 0.3 s rests 9 x 0.3 s (CHECK_PACE) before the next one:
+    it never takes more than a tenth of a core, however busy the window."""
+    projection = _CheckTaking(0.3)
+    with _worker(srv, projection, 0.1):
+        wait_until(lambda: len(projection.started) >= 2, timeout=20, what="a second self-check")
+    gaps = [b - a for a, b in zip(projection.started, projection.started[1:], strict=False)]
+    assert gaps and min(gaps) >= 2.9, gaps  # 0.3 s of check, then at least 9 x 0.3 s of rest
+
+
 def test_a_rejected_login_for_the_listener_does_not_stop_the_worker(srv):
     """While a password is rotated (or a role is missing) the LISTEN connection cannot log in:
     the worker relies on its interval instead of ending (it crashed the process before)."""

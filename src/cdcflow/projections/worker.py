@@ -33,6 +33,9 @@ from cdcflow.projections import base
 log = logging.getLogger(__name__)
 CHANNEL = "cdcflow_staged"
 _SLICE = 0.05
+#: The self-check waits at least this many times its own duration before the next one: it
+#: takes at most a tenth of one core, however many rows the window holds.
+CHECK_PACE = 9
 
 
 class ProjectionWorker:
@@ -65,7 +68,7 @@ class ProjectionWorker:
         self._reader: psycopg.Connection | None = None
         self._listener: psycopg.Connection | None = None
         self._duck = base.open_duckdb()
-        self._last_check = time.monotonic()
+        self._next_check = time.monotonic() + settings.projection_self_check_seconds
         #: The self-check's snapshot check runs in a thread of its own (window_suspects);
         #: the minutes it found different wait here for the next cycle to check and restate.
         self._checker: threading.Thread | None = None
@@ -155,9 +158,22 @@ class ProjectionWorker:
         every = self.settings.projection_self_check_seconds
         if every <= 0 or self.settings.projection_recompute_window_minutes <= 0 or not self.projection.has_self_check:
             return False
-        return time.monotonic() - self._last_check >= every
+        return time.monotonic() >= self._next_check
 
     def _run_check(self) -> None:
+        started = time.monotonic()
+        try:
+            self._check_window()
+        finally:
+            # Paced: after a check of t seconds the next starts no sooner than
+            # CHECK_PACE * t after it ended, so however busy the window, the check takes at
+            # most 1 / (1 + CHECK_PACE) of one core (a tenth) away from ingestion and cycles.
+            ended = time.monotonic()
+            self._next_check = max(
+                started + self.settings.projection_self_check_seconds, ended + CHECK_PACE * (ended - started)
+            )
+
+    def _check_window(self) -> None:
         started = time.monotonic()
         try:
             conn = self._check_conn = base.snapshot_connection(self.serving_dsn)
@@ -171,12 +187,14 @@ class ProjectionWorker:
                 log.warning("%s: self-check could not run: %s", self.name, db.describe_error(exc))
             return
         self.checks += 1
+        took = time.monotonic() - started
         log.info(
-            "%s: self-check of the last %d minutes on a snapshot: %s (%.1fs)",
+            "%s: self-check of the last %d minutes on a snapshot: %s (%.1fs; next in %.0fs at the earliest)",
             self.name,
             self.settings.projection_recompute_window_minutes,
             f"{len(suspects)} minutes differ" if suspects else "no difference",
-            time.monotonic() - started,
+            took,
+            max(self.settings.projection_self_check_seconds - took, CHECK_PACE * took),
         )
         if suspects:
             log.warning(
@@ -196,7 +214,6 @@ class ProjectionWorker:
             return
         if not self._self_check_due():
             return
-        self._last_check = time.monotonic()
         self._checker = threading.Thread(target=self._run_check, name=f"{self.name}:check", daemon=True)
         self._checker.start()
 
