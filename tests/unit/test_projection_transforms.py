@@ -11,7 +11,7 @@ import pytest
 from cdcflow import projections, sqlfiles
 from cdcflow.errors import ConfigError
 from cdcflow.projections import base, orders_kpi, orders_latest
-from cdcflow.projections.arrowio import int_array
+from cdcflow.projections.arrowio import key_difference, key_set, keys_literal
 
 M1 = dt.datetime(2026, 1, 1, 10, 1, tzinfo=dt.UTC)
 M2 = dt.datetime(2026, 1, 1, 10, 2, tzinfo=dt.UTC)
@@ -132,8 +132,16 @@ def test_every_transform_and_query_block_is_present():
     assert {"rows", "deleted_orders", "customers"} <= set(sqlfiles.queries(orders_latest.DUCK))
 
 
-def test_int_array_and_projection_names():
-    assert int_array([3, 1, 2]) == "{3,1,2}" and int_array([]) == "{}"
+def test_key_sets_and_their_literals():
+    ids = key_set(pa.chunked_array([[3, 1, None], [3, 2]]), pa.array([2, 7]))
+    assert sorted(ids.to_pylist()) == [1, 2, 3, 7]  # distinct, NULLs dropped
+    assert sorted(map(int, keys_literal(ids).strip("{}").split(","))) == [1, 2, 3, 7]
+    assert keys_literal(key_set(pa.chunked_array([], type=pa.int64()))) == "{}"
+    assert keys_literal(key_set(pa.array([-5, 9_000_000_000_000]))) in ("{-5,9000000000000}", "{9000000000000,-5}")
+    assert sorted(key_difference(ids, pa.chunked_array([[2, None], [3, 99]])).to_pylist()) == [1, 7]
+
+
+def test_projection_names():
     assert [p.name for p in projections.resolve(["orders_latest", "proj_orders_kpi_by_minute_segment"])] == [
         "proj_orders_latest",
         "proj_orders_kpi_by_minute_segment",

@@ -10,11 +10,12 @@ UTC (:func:`cdcflow.projections.base.open_connection` sets it).
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
 
@@ -88,7 +89,26 @@ def column_list(table: pa.Table, name: str) -> list[Any]:
     return [v for v in table.column(name).to_pylist() if v is not None]
 
 
-def int_array(values: Iterable[int]) -> str:
-    """Integers as a PostgreSQL array literal, for ``= ANY(%s::bigint[])`` (much faster to
-    send than a list adapted element by element)."""
-    return "{" + ",".join(map(str, values)) + "}"
+def key_set(*columns: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """The distinct non-NULL values of integer key columns, computed in Arrow (no Python
+    object per value: a cycle's reads run in a thread beside ingestion's, and hold the GIL
+    less this way)."""
+    chunks = [c for col in columns for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
+    return pc.unique(pc.drop_null(pa.chunked_array(chunks, type=BIGINT)))
+
+
+def key_difference(keys: pa.Array, other: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``keys`` (from :func:`key_set`) that are not in ``other``."""
+    if isinstance(other, pa.ChunkedArray):
+        other = other.combine_chunks()
+    return pc.filter(keys, pc.invert(pc.is_in(keys, value_set=other)))
+
+
+def keys_literal(keys: pa.Array) -> str:
+    """Integer keys (from :func:`key_set`) as a PostgreSQL array literal, for
+    ``= ANY(%s::bigint[])``, built in Arrow."""
+    if len(keys) == 0:
+        return "{}"
+    text = pc.cast(keys, pa.string())
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(text)], pa.int32()), text), ",")
+    return "{" + joined[0].as_py() + "}"

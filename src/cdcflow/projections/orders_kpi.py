@@ -44,13 +44,24 @@ from concurrent.futures import Future
 import duckdb
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg import sql
 
 from cdcflow import sqlfiles
 from cdcflow.config import Settings
 from cdcflow.projections import base
-from cdcflow.projections.arrowio import BIGINT, BOOL, MONEY, TEXT, TSTZ, column_list, int_array, read_arrow, write_arrow
+from cdcflow.projections.arrowio import (
+    BIGINT,
+    BOOL,
+    MONEY,
+    TEXT,
+    TSTZ,
+    column_list,
+    key_difference,
+    key_set,
+    keys_literal,
+    read_arrow,
+    write_arrow,
+)
 
 log = logging.getLogger(__name__)
 PG = "projections/orders_kpi.sql"
@@ -119,28 +130,30 @@ class OrdersKpi(base.Projection):
 
     def _state(self, conn: psycopg.Connection, d_c: pa.Table, d_o: pa.Table, d_p: pa.Table) -> dict[str, pa.Table]:
         """The stored rows the delta touches, closed under order/customer."""
-        changed_customers = column_list(d_c, "customer_id")
         s_o = read_arrow(
             conn,
             _q("state_orders_touched"),
             S_ORDERS,
-            {"orders": int_array(column_list(d_o, "order_id")), "customers": int_array(changed_customers)},
+            {
+                "orders": keys_literal(key_set(d_o.column("order_id"))),
+                "customers": keys_literal(key_set(d_c.column("customer_id"))),
+            },
         )
-        touched_orders = set(column_list(d_o, "order_id")) | set(column_list(s_o, "order_id"))
         s_p = read_arrow(
             conn,
             _q("state_payments_touched"),
             S_PAYMENTS,
-            {"payments": int_array(column_list(d_p, "payment_id")), "orders": int_array(touched_orders)},
+            {
+                "payments": keys_literal(key_set(d_p.column("payment_id"))),
+                "orders": keys_literal(key_set(d_o.column("order_id"), s_o.column("order_id"))),
+            },
         )
-        pay_orders = (set(column_list(s_p, "order_id")) | set(column_list(d_p, "order_id"))) - set(
-            column_list(s_o, "order_id")
-        )
-        if pay_orders:
-            more = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": int_array(pay_orders)})
+        pay_orders = key_difference(key_set(s_p.column("order_id"), d_p.column("order_id")), s_o.column("order_id"))
+        if len(pay_orders):
+            more = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": keys_literal(pay_orders)})
             s_o = pa.concat_tables([s_o, more])
-        customers = set(column_list(s_o, "customer_id")) | set(column_list(d_o, "customer_id")) | set(changed_customers)
-        s_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": int_array(customers)})
+        customers = key_set(s_o.column("customer_id"), d_o.column("customer_id"), d_c.column("customer_id"))
+        s_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": keys_literal(customers)})
         return {"s_customers": s_c, "s_orders": s_o, "s_payments": s_p}
 
     def _state_on_reader(
@@ -225,14 +238,11 @@ class OrdersKpi(base.Projection):
         # The payments' orders are mostly the scope's own orders, already read; only the
         # others (a payment in the scope for an older order) are read by key. (Reading them
         # all again by key was most of a busy window's cost: millions of index lookups.)
-        paid = w_p.column("order_id")
-        others = pc.unique(
-            pc.filter(paid, pc.invert(pc.is_in(paid, value_set=w_o.column("order_id").combine_chunks())))
-        )
-        w_more = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": int_array(others.to_pylist())})
+        others = key_difference(key_set(w_p.column("order_id")), w_o.column("order_id"))
+        w_more = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": keys_literal(others)})
         w_po = pa.concat_tables([w_o, w_more])
-        ids = pc.unique(pc.drop_null(w_po.column("customer_id")))
-        w_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": int_array(ids.to_pylist())})
+        ids = key_set(w_po.column("customer_id"))
+        w_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": keys_literal(ids)})
         w_h = read_arrow(conn, _q(f"{scope}_buckets"), HELD, params)
         inputs = {"w_orders": w_o, "w_payments": w_p, "w_pay_orders": w_po, "w_customers": w_c, "w_held": w_h}
         for name, table in inputs.items():

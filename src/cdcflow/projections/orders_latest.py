@@ -32,8 +32,8 @@ from cdcflow.projections.arrowio import (
     MONEY,
     TEXT,
     TSTZ,
-    column_list,
-    int_array,
+    key_set,
+    keys_literal,
     read_arrow,
     write_arrow,
 )
@@ -91,8 +91,8 @@ class OrdersLatest(base.Projection):
         if ctx.fresh:
             s_c = S_CUSTOMERS.empty_table()
         else:
-            ids = set(column_list(d_o, "customer_id")) | set(column_list(d_c, "customer_id"))
-            s_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": int_array(ids)})
+            ids = key_set(d_o.column("customer_id"), d_c.column("customer_id"))
+            s_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": keys_literal(ids)})
         inputs = {"d_orders": d_o, "d_customers": d_c, "s_customers": s_c}
         for name, table in inputs.items():
             ctx.duck.register(name, table)
