@@ -184,6 +184,13 @@ class Settings:
         _float_range(0, 86400),
         "How often the KPI self-check recomputes the recompute window from state (0 turns it off).",
     )
+    projection_parallel_reads: bool = _opt(
+        True,
+        "PROJECTION_PARALLEL_READS",
+        _bool,
+        "The KPI cycle reads the stored state it needs on a second connection while it writes the new state"
+        " (shorter cycles; the cycle then uses two cores at once).",
+    )
     enable_proj_orders_kpi: bool = _opt(
         True, "ENABLE_PROJ_ORDERS_KPI", _bool, "Maintain proj_orders_kpi_by_minute_segment."
     )

@@ -546,6 +546,23 @@ def test_no_self_check_thread_for_a_projection_without_one(srv):
         assert worker._checker is None and worker.checks == 0
 
 
+@pytest.mark.parametrize("parallel", [True, False])
+def test_parallel_reads_setting_decides_whether_the_worker_reads_on_a_second_connection(srv, parallel):
+    settings = srv.settings.replace(projection_parallel_reads=parallel)
+    kpi = ProjectionWorker(OrdersKpi(), settings, settings.serving_dsn, threading.Event(), listen=False)
+    latest = ProjectionWorker(OrdersLatest(), settings, settings.serving_dsn, threading.Event(), listen=False)
+    try:
+        kpi.cycle(), latest.cycle()
+        srv.order(10, 100, 1, "5.00")
+        srv.watermarks(orders=10, customers=10, payments=10)
+        kpi.cycle(), latest.cycle()
+        assert (kpi._reader is not None) is parallel
+        assert latest._reader is None  # a projection that reads no state on it never opens one
+        assert srv.kpi() == {"ENTERPRISE": (1, Decimal("5.00"), Decimal("0.00"))}
+    finally:
+        kpi.close(), latest.close()
+
+
 def test_stopping_the_worker_cancels_a_running_self_check(srv):
     with _worker(srv, _SlowCheck(), 0.1) as worker:
         wait_until(lambda: worker._check_conn is not None, what="the self-check to start")

@@ -45,6 +45,7 @@ BAD = [
     ("PROJECTION_RECOMPUTE_WINDOW_MINUTES", "1.5", "whole number"),
     ("ENABLE_PROJ_ORDERS_KPI", "maybe", "true or false"),
     ("ENABLE_PROJ_ORDERS_LATEST", "2", "true or false"),
+    ("PROJECTION_PARALLEL_READS", "sometimes", "true or false"),
     ("LOG_LEVEL", "loud", "one of"),
     ("LOG_FORMAT", "xml", "one of"),
     ("CAPTURE_TABLES", "a.b.c", "[schema.]table"),

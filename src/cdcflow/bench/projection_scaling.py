@@ -31,7 +31,7 @@ cycles, and the server logs that checkpoints occur too frequently). ``--shared-b
 recorded in the results, also for ``--dsn`` (whose server is used as it is configured).
 
     python benchmarks/projection_scaling.py --sizes 1e5,1e6,1e7 [--profiles recent,uniform]
-        [--shared-buffers 2GB] [--max-wal-size 8GB] [--huge-pages try|off]
+        [--shared-buffers 2GB] [--max-wal-size 8GB] [--huge-pages try|off] [--parallel-reads on|off]
         [--data-dir .cdcflow/bench-pg-projections] [--dsn ...]
 """
 
@@ -168,7 +168,9 @@ def _run_block(conn: psycopg.Connection, name: str, params: dict) -> None:
 class Scenario:
     """One serving database holding ``size`` staged rows of history."""
 
-    def __init__(self, admin_dsn: str, size: int, progress: Progress, profile: str = PROFILES[0]) -> None:
+    def __init__(
+        self, admin_dsn: str, size: int, progress: Progress, profile: str = PROFILES[0], parallel_reads: bool = True
+    ) -> None:
         self.size = size
         self.profile = profile
         self.progress = progress
@@ -177,7 +179,12 @@ class Scenario:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db)))
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db)))
         self.dsn = _dsn(admin_dsn, self.db)
-        self.settings = Settings(serving_dsn=self.dsn, source_dsn=self.dsn, projection_self_check_seconds=0)
+        self.settings = Settings(
+            serving_dsn=self.dsn,
+            source_dsn=self.dsn,
+            projection_self_check_seconds=0,
+            projection_parallel_reads=parallel_reads,
+        )
         self.customers = max(100, size // 100)
         self.orders = size * 40 // 100
         self.order_updates = size * 20 // 100
@@ -272,7 +279,13 @@ class Scenario:
             wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # type: ignore[index]
             conn.commit()
             t0 = time.monotonic()
-            result = base.run_cycle(conn, duck, OrdersKpi(), self.settings, reader=reader)
+            result = base.run_cycle(
+                conn,
+                duck,
+                OrdersKpi(),
+                self.settings,
+                reader=reader if self.settings.projection_parallel_reads else None,
+            )
             conn.commit()
             took = time.monotonic() - t0
             wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (wal0,)).fetchone()[0]  # type: ignore[index]
@@ -342,6 +355,7 @@ def run(
     shared_buffers: str | None = None,
     max_wal_size: str | None = None,
     huge_pages: str | None = None,
+    parallel_reads: bool = True,
 ) -> dict:
     """Run the benchmark for each size and delta profile; write ``projection_scaling.json`` into ``out_dir``.
 
@@ -378,6 +392,7 @@ def run(
         "profiles": list(profiles),
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
         "server": "embedded" if server else "dsn",
+        "parallel_reads": parallel_reads,
         "sizes": [],
     }
     with psycopg.connect(dsn) as conn:
@@ -400,7 +415,7 @@ def run(
     try:
         for size in sizes:
             progress(f"size {size:.0e}: generating history")
-            sc = Scenario(dsn, size, progress)
+            sc = Scenario(dsn, size, progress, parallel_reads=parallel_reads)
             scenarios.append(sc)
             results["sizes"].append({"staged_rows": size, **sc.load_history()})
         for sc in scenarios:
@@ -456,6 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="embedded server's huge_pages (default try: used when the OS has them reserved, vm.nr_hugepages)",
     )
+    p.add_argument(
+        "--parallel-reads",
+        choices=("on", "off"),
+        default="on",
+        help="KPI state read on a second connection while the cycle writes (PROJECTION_PARALLEL_READS; default on)",
+    )
     p.add_argument("--data-dir", default=None, help=f"embedded server's data dir (default {DATA_DIR})")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<timestamp>)")
     args = p.parse_args(argv)
@@ -472,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         shared_buffers=args.shared_buffers,
         max_wal_size=args.max_wal_size,
         huge_pages=args.huge_pages,
+        parallel_reads=args.parallel_reads == "on",
     )
     print(json.dumps(res, indent=2))
     return 0

@@ -248,7 +248,9 @@ class ProjectionWorker:
                 self.settings,
                 self_check=bool(minutes),
                 check_minutes=minutes,
-                reader=self.reader() if self.projection.uses_reader else None,
+                reader=self.reader()
+                if self.projection.uses_reader and self.settings.projection_parallel_reads
+                else None,
             )
             if token is not None:
                 self.lease.fence(conn, token)
