@@ -17,10 +17,10 @@ beside the sums, so a bucket disappears exactly when nothing contributes to it. 
 2. read the state rows the delta touches, by index: changed orders and the orders of
    changed customers; changed payments and the payments of those orders; the orders
    of those payments; the customers of all of them. The loaded set is closed: every
-   row's order and customer are loaded too. The worker reads them on a second
-   connection, in a thread, while the cycle's own connection already writes the new
-   state rows (step 4): the reader sees the state as committed before the cycle, and
-   the cycle's two halves use both of a small machine's cores;
+   row's order and customer are loaded too. With ``PROJECTION_PARALLEL_READS`` (the
+   default) the worker reads them on a second connection, in a thread, while the
+   cycle's own connection already writes the new state rows (step 4): the reader sees
+   the state as committed before the cycle, and the cycle's halves use two cores;
 3. in DuckDB: the new state rows (from the delta alone), and the contributions of the
    loaded rows after the delta minus before it, per bucket (unaffected rows cancel out);
 4. in the cycle's transaction: replace the changed state rows, add the bucket
