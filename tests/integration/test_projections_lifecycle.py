@@ -435,6 +435,32 @@ def test_snapshot_check_finds_the_wrong_minutes_without_the_cycle_lock(srv):
     assert _suspects(srv) == []
 
 
+def test_snapshot_check_goes_slice_by_slice_and_a_pause_can_stop_it(srv):
+    """The window is checked a minute at a time with a pause in between (where the worker
+    lets the cycles run and a stop end the check); a payment whose order is in the slice
+    before is still counted (the previous slice's orders are kept)."""
+    srv.cycle(OrdersKpi())
+    now = srv.conn.execute("SELECT date_trunc('minute', now()) + interval '2 minutes'").fetchone()[0]
+    srv.order(1, 800, 1, "6.00", created=now - dt.timedelta(minutes=1))  # the slice before the payment's
+    srv.payment(2, 900, 800, "2.50")
+    srv.conn.execute("UPDATE stg_cdc_payments SET paid_at = %s WHERE payment_id = 900", (now,))
+    srv.watermarks(orders=5, customers=5, payments=5)
+    srv.cycle(OrdersKpi())
+    pauses: list[float] = []
+    with base.snapshot_connection(srv.settings.serving_dsn) as conn:
+        assert OrdersKpi().window_suspects(conn, srv.settings, pause=lambda took: pauses.append(took) or True) == []
+    window = srv.settings.projection_recompute_window_minutes
+    assert len(pauses) == window  # window + 1 slices of a minute, a pause between each two
+    srv.conn.execute(
+        "UPDATE proj_orders_kpi_by_minute_segment SET paid_amount_sum = 9 WHERE minute_bucket = %s", (now,)
+    )
+    with base.snapshot_connection(srv.settings.serving_dsn) as conn:
+        assert OrdersKpi().window_suspects(conn, srv.settings, pause=lambda took: True) == [now]
+        stopped: list[float] = []
+        assert OrdersKpi().window_suspects(conn, srv.settings, pause=lambda took: stopped.append(took) and False) == []
+    assert len(stopped) == 1  # stopped after the first slice: the wrong minute was not reached
+
+
 def test_self_check_counts_payments_in_the_window_for_orders_made_before_it(srv):
     """A payment in the window whose order was made before it: the check reads that order
     by key (the window's own orders it already has). Without it the payment would drop out
@@ -498,7 +524,7 @@ def test_worker_self_check_restates_while_cycles_go_on(srv):
 class _SlowCheck(OrdersKpi):
     """A self-check that reads for 60 s (a huge window)."""
 
-    def window_suspects(self, conn, settings):
+    def window_suspects(self, conn, settings, pause=None):
         conn.execute("SELECT pg_sleep(60)")
         return []
 
@@ -509,7 +535,7 @@ class _CheckTaking(OrdersKpi):
     def __init__(self, seconds: float) -> None:
         self.seconds, self.started = seconds, []
 
-    def window_suspects(self, conn, settings):
+    def window_suspects(self, conn, settings, pause=None):
         self.started.append(time.monotonic())
         conn.execute("SELECT pg_sleep(%s)", (self.seconds,))
         return []

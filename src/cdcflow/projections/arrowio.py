@@ -104,6 +104,11 @@ def key_difference(keys: pa.Array, other: pa.ChunkedArray | pa.Array) -> pa.Arra
     return pc.filter(keys, pc.invert(pc.is_in(keys, value_set=other)))
 
 
+def rows_with_keys(table: pa.Table, column: str, keys: pa.Array) -> pa.Table:
+    """The rows of ``table`` whose ``column`` is one of ``keys``."""
+    return table.filter(pc.is_in(table.column(column), value_set=keys))
+
+
 def keys_literal(keys: pa.Array) -> str:
     """Integer keys (from :func:`key_set`) as a PostgreSQL array literal, for
     ``= ANY(%s::bigint[])``, built in Arrow."""

@@ -105,7 +105,9 @@ class Projection(ABC):
         correct differences; returns how many."""
         return 0
 
-    def window_suspects(self, conn: psycopg.Connection, settings: Settings) -> list[dt.datetime]:
+    def window_suspects(
+        self, conn: psycopg.Connection, settings: Settings, pause: Callable[[float], bool] | None = None
+    ) -> list[dt.datetime]:
         """Outside any cycle, on one snapshot of state and projection (``conn``: from
         :func:`snapshot_connection`): the minutes of the recompute window whose rows differ
         from what the state gives (normally none)."""

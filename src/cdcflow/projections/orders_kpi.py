@@ -37,7 +37,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterator, Mapping
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from concurrent.futures import Future
 
@@ -60,12 +62,17 @@ from cdcflow.projections.arrowio import (
     key_set,
     keys_literal,
     read_arrow,
+    rows_with_keys,
     write_arrow,
 )
 
 log = logging.getLogger(__name__)
 PG = "projections/orders_kpi.sql"
 DUCK = "projections/orders_kpi_transform.sql"
+
+#: The snapshot check covers its window this much at a time, pausing in between.
+CHECK_SLICE = dt.timedelta(minutes=1)
+FOREVER = dt.datetime.max.replace(tzinfo=dt.UTC)  # upper bound of the window's last slice
 
 CUSTOMERS = "public_customers"
 ORDERS = "public_orders"
@@ -228,19 +235,28 @@ class OrdersKpi(base.Projection):
         conn.execute(_q("clear"))
 
     def _recompute(
-        self, conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, scope: str, params: dict
-    ) -> pa.Table:
-        """Buckets recomputed from the stored rows of ``scope`` (``window``: minutes from
-        ``since``; ``minutes``: the listed minutes) that differ from what the projection
-        holds, with the values they should have (``payments_count`` -1: must not exist)."""
+        self,
+        conn: psycopg.Connection,
+        duck: duckdb.DuckDBPyConnection,
+        scope: str,
+        params: dict,
+        known: pa.Table | None = None,
+    ) -> tuple[pa.Table, pa.Table]:
+        """Buckets recomputed from the stored rows of ``scope`` (``window``: minutes in
+        ``[since, until)``; ``minutes``: the listed minutes) that differ from what the
+        projection holds, with the values they should have (``payments_count`` -1: must not
+        exist); and the scope's stored orders. ``known``: orders already read on the same
+        snapshot (the previous slice's), not read again for the scope's payments."""
         w_o = read_arrow(conn, _q(f"{scope}_orders"), S_ORDERS, params)
         w_p = read_arrow(conn, _q(f"{scope}_payments"), S_PAYMENTS, params)
-        # The payments' orders are mostly the scope's own orders, already read; only the
-        # others (a payment in the scope for an older order) are read by key. (Reading them
-        # all again by key was most of a busy window's cost: millions of index lookups.)
-        others = key_difference(key_set(w_p.column("order_id")), w_o.column("order_id"))
+        # The payments' orders are mostly the scope's own orders (or the previous slice's),
+        # already read; only the others are read by key. (Reading them all again by key was
+        # most of a busy window's cost: millions of index lookups.)
+        paid = key_set(w_p.column("order_id"))
+        have = w_o if known is None else pa.concat_tables([w_o, rows_with_keys(known, "order_id", paid)])
+        others = key_difference(paid, have.column("order_id"))
         w_more = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": keys_literal(others)})
-        w_po = pa.concat_tables([w_o, w_more])
+        w_po = pa.concat_tables([have, w_more])
         ids = key_set(w_po.column("customer_id"))
         w_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": keys_literal(ids)})
         w_h = read_arrow(conn, _q(f"{scope}_buckets"), HELD, params)
@@ -248,29 +264,41 @@ class OrdersKpi(base.Projection):
         for name, table in inputs.items():
             duck.register(name, table)
         try:
-            return duck.sql(transform("window_recompute")).to_arrow_table()
+            return duck.sql(transform("window_recompute")).to_arrow_table(), w_o
         finally:
             for name in inputs:
                 duck.unregister(name)
 
-    def window_suspects(self, conn: psycopg.Connection, settings: Settings) -> list[dt.datetime]:
+    def window_suspects(
+        self, conn: psycopg.Connection, settings: Settings, pause: Callable[[float], bool] | None = None
+    ) -> list[dt.datetime]:
         """The whole window checked on one snapshot (``conn`` from ``base.snapshot_connection``),
         outside any cycle, so a busy window does not hold up the cycles: the minutes that
         differ. State and projection are committed together, so one snapshot sees them
-        consistent."""
+        consistent. The window is checked a slice of :data:`CHECK_SLICE` at a time; between
+        slices ``pause(seconds the slice took)`` lets the cycles have the machine (it returns
+        False to stop: the minutes found so far are returned)."""
         window = settings.projection_recompute_window_minutes
         if window <= 0:
             return []
         duck = base.open_duckdb()
+        suspects: set[dt.datetime] = set()
+        known: pa.Table | None = None
         try:
             since = conn.execute(_q("window_start"), {"minutes": window}).fetchone()[0]  # type: ignore[index]
-            fixes = self._recompute(conn, duck, "window", {"since": since})
+            lows = [since + i * CHECK_SLICE for i in range(math.ceil(dt.timedelta(minutes=window + 1) / CHECK_SLICE))]
+            for i, low in enumerate(lows):
+                started = time.monotonic()
+                until = lows[i + 1] if i + 1 < len(lows) else FOREVER  # the last slice: everything after
+                fixes, known = self._recompute(conn, duck, "window", {"since": low, "until": until}, known)
+                suspects.update(column_list(fixes, "minute_bucket"))
+                if pause is not None and i + 1 < len(lows) and not pause(time.monotonic() - started):
+                    break
         finally:
             conn.rollback()
             duck.close()
-        suspects = sorted(set(column_list(fixes, "minute_bucket")))
         log.debug("%s: snapshot check of %d minutes: %d minutes differ", self.name, window, len(suspects))
-        return suspects
+        return sorted(suspects)
 
     def self_check(self, ctx: base.Context, minutes: list[dt.datetime] | None = None) -> int:
         window = ctx.settings.projection_recompute_window_minutes
@@ -279,12 +307,12 @@ class OrdersKpi(base.Projection):
         conn = ctx.conn
         if minutes is None:
             since = conn.execute(_q("window_start"), {"minutes": window}).fetchone()[0]  # type: ignore[index]
-            fixes = self._recompute(conn, ctx.duck, "window", {"since": since})
+            fixes, _ = self._recompute(conn, ctx.duck, "window", {"since": since, "until": FOREVER})
             what = f"the last {window} minutes"
         else:
             # Checked again here, under the cycle's lock: a difference the snapshot saw may
             # have been corrected since (a rebuild), so only what is still wrong is restated.
-            fixes = self._recompute(conn, ctx.duck, "minutes", {"minutes": minutes})
+            fixes, _ = self._recompute(conn, ctx.duck, "minutes", {"minutes": minutes})
             what = f"{len(minutes)} minutes found by the snapshot check"
         if fixes.num_rows == 0:
             log.debug("%s: self-check of %s found no difference", self.name, what)

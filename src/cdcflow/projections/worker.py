@@ -178,7 +178,9 @@ class ProjectionWorker:
         try:
             conn = self._check_conn = base.snapshot_connection(self.serving_dsn)
             try:
-                suspects = self.projection.window_suspects(conn, self.settings)
+                # Between slices of the window the check rests as long as the slice took
+                # (half the machine at most while it runs) and gives way to a stop.
+                suspects = self.projection.window_suspects(conn, self.settings, pause=lambda s: not self.stop.wait(s))
             finally:
                 self._check_conn = None
                 conn.close()

@@ -114,19 +114,19 @@ CREATE TEMP TABLE IF NOT EXISTS tmp_kpi_diff (LIKE proj_orders_kpi_by_minute_seg
 TRUNCATE tmp_kpi_diff;
 
 -- name: window_orders
--- Self-check: stored orders created in the window (minute index).
+-- Self-check: stored orders created in [since, until) (minute index).
 SELECT order_id, customer_id, amount, created_minute FROM pst_kpi_orders
-WHERE created_minute >= %(since)s;
+WHERE created_minute >= %(since)s AND created_minute < %(until)s;
 
 -- name: window_payments
--- Self-check: stored payments made in the window (minute index).
+-- Self-check: stored payments made in [since, until) (minute index).
 SELECT payment_id, order_id, paid_amount, paid_minute FROM pst_kpi_payments
-WHERE paid_minute >= %(since)s;
+WHERE paid_minute >= %(since)s AND paid_minute < %(until)s;
 
 -- name: window_buckets
--- Self-check: what the projection holds for the window.
+-- Self-check: what the projection holds for [since, until).
 SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count
-FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket >= %(since)s;
+FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket >= %(since)s AND minute_bucket < %(until)s;
 
 -- name: minutes_orders
 -- Self-check of given minutes (the ones the snapshot check found different): their orders.
