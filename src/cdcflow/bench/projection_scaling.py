@@ -38,6 +38,7 @@ recorded in the results, also for ``--dsn`` (whose server is used as it is confi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -275,17 +276,15 @@ class Scenario:
     def incremental_cycle(self) -> tuple[float, float]:
         """Seconds one cycle takes, and the MB of WAL it wrote."""
         duck = base.open_duckdb()
-        with base.open_connection(self.dsn) as conn, base.snapshot_connection(self.dsn) as reader:
+        parallel = self.settings.projection_parallel_reads
+        with (
+            base.open_connection(self.dsn) as conn,
+            base.snapshot_connection(self.dsn) if parallel else contextlib.nullcontext() as reader,
+        ):
             wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # type: ignore[index]
             conn.commit()
             t0 = time.monotonic()
-            result = base.run_cycle(
-                conn,
-                duck,
-                OrdersKpi(),
-                self.settings,
-                reader=reader if self.settings.projection_parallel_reads else None,
-            )
+            result = base.run_cycle(conn, duck, OrdersKpi(), self.settings, reader=reader)
             conn.commit()
             took = time.monotonic() - t0
             wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (wal0,)).fetchone()[0]  # type: ignore[index]

@@ -135,6 +135,13 @@ class OrdersKpi(base.Projection):
             {"after": ctx.after(capture), "upto": ctx.cutoff},
         )
 
+    @staticmethod
+    def _orders_by_id(conn: psycopg.Connection, keys: pa.Array) -> pa.Table:
+        """Stored orders by key (none read when there are no keys)."""
+        if len(keys) == 0:
+            return S_ORDERS.empty_table()
+        return read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": keys_literal(keys)})
+
     def _state(self, conn: psycopg.Connection, d_c: pa.Table, d_o: pa.Table, d_p: pa.Table) -> dict[str, pa.Table]:
         """The stored rows the delta touches, closed under order/customer."""
         s_o = read_arrow(
@@ -156,9 +163,7 @@ class OrdersKpi(base.Projection):
             },
         )
         pay_orders = key_difference(key_set(s_p.column("order_id"), d_p.column("order_id")), s_o.column("order_id"))
-        if len(pay_orders):
-            more = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": keys_literal(pay_orders)})
-            s_o = pa.concat_tables([s_o, more])
+        s_o = pa.concat_tables([s_o, self._orders_by_id(conn, pay_orders)])
         customers = key_set(s_o.column("customer_id"), d_o.column("customer_id"), d_c.column("customer_id"))
         s_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": keys_literal(customers)})
         return {"s_customers": s_c, "s_orders": s_o, "s_payments": s_p}
@@ -255,19 +260,13 @@ class OrdersKpi(base.Projection):
         paid = key_set(w_p.column("order_id"))
         have = w_o if known is None else pa.concat_tables([w_o, rows_with_keys(known, "order_id", paid)])
         others = key_difference(paid, have.column("order_id"))
-        w_more = read_arrow(conn, _q("state_orders_by_id"), S_ORDERS, {"orders": keys_literal(others)})
-        w_po = pa.concat_tables([have, w_more])
+        w_po = pa.concat_tables([have, self._orders_by_id(conn, others)])
         ids = key_set(w_po.column("customer_id"))
         w_c = read_arrow(conn, _q("state_customers_by_id"), S_CUSTOMERS, {"customers": keys_literal(ids)})
         w_h = read_arrow(conn, _q(f"{scope}_buckets"), HELD, params)
         inputs = {"w_orders": w_o, "w_payments": w_p, "w_pay_orders": w_po, "w_customers": w_c, "w_held": w_h}
-        for name, table in inputs.items():
-            duck.register(name, table)
-        try:
+        with _registered(duck, inputs):
             return duck.sql(transform("window_recompute")).to_arrow_table(), w_o
-        finally:
-            for name in inputs:
-                duck.unregister(name)
 
     def window_suspects(
         self, conn: psycopg.Connection, settings: Settings, pause: Callable[[float], bool] | None = None

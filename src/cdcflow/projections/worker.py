@@ -163,7 +163,7 @@ class ProjectionWorker:
     def _run_check(self) -> None:
         started = time.monotonic()
         try:
-            self._check_window()
+            suspects = self._window_suspects()
         finally:
             # Paced: after a check of t seconds the next starts no sooner than
             # CHECK_PACE * t after it ended, so however busy the window, the check takes at
@@ -172,31 +172,16 @@ class ProjectionWorker:
             self._next_check = max(
                 started + self.settings.projection_self_check_seconds, ended + CHECK_PACE * (ended - started)
             )
-
-    def _check_window(self) -> None:
-        started = time.monotonic()
-        try:
-            conn = self._check_conn = base.snapshot_connection(self.serving_dsn)
-            try:
-                # Between slices of the window the check rests as long as the slice took
-                # (half the machine at most while it runs) and gives way to a stop.
-                suspects = self.projection.window_suspects(conn, self.settings, pause=lambda s: not self.stop.wait(s))
-            finally:
-                self._check_conn = None
-                conn.close()
-        except Exception as exc:  # the next check tries again; cycles go on meanwhile
-            if not self.stop.is_set():
-                log.warning("%s: self-check could not run: %s", self.name, db.describe_error(exc))
+        if suspects is None:
             return
         self.checks += 1
-        took = time.monotonic() - started
         log.info(
             "%s: self-check of the last %d minutes on a snapshot: %s (%.1fs; next in %.0fs at the earliest)",
             self.name,
             self.settings.projection_recompute_window_minutes,
             f"{len(suspects)} minutes differ" if suspects else "no difference",
-            took,
-            max(self.settings.projection_self_check_seconds - took, CHECK_PACE * took),
+            ended - started,
+            self._next_check - ended,
         )
         if suspects:
             log.warning(
@@ -207,6 +192,23 @@ class ProjectionWorker:
             )
             self._add_suspects(suspects)
             self.wake.set()
+
+    def _window_suspects(self) -> list | None:
+        """The snapshot check's different minutes; None when it could not run (logged; the
+        next check tries again, cycles go on meanwhile)."""
+        try:
+            conn = self._check_conn = base.snapshot_connection(self.serving_dsn)
+            try:
+                # Between slices of the window the check rests as long as the slice took
+                # (half the machine at most while it runs) and gives way to a stop.
+                return self.projection.window_suspects(conn, self.settings, pause=lambda s: not self.stop.wait(s))
+            finally:
+                self._check_conn = None
+                conn.close()
+        except Exception as exc:
+            if not self.stop.is_set():
+                log.warning("%s: self-check could not run: %s", self.name, db.describe_error(exc))
+            return None
 
     def _start_check(self) -> None:
         """At the self-check's cadence, check the window on a snapshot, in a thread: a busy
