@@ -58,6 +58,8 @@ def wait_for_databases(settings: Settings, stop: threading.Event | None = None) 
 def bootstrap(settings: Settings, *, demo: bool = False, snapshot_now: bool = True) -> Bootstrapped:
     """Idempotent: safe to run on every start."""
     _, serving_dsn = settings.require_dsns()
+    with db.connect(serving_dsn, "serving") as serving:
+        schema.check_serving_version(serving)  # before anything is created, here or on the source
     source = make_source(settings)
     source.check()
     privileges.check(settings, source)  # one line naming each missing privilege

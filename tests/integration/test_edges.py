@@ -194,3 +194,24 @@ def test_reset_clears_and_next_run_snapshots_again(edbs, confirm):
     assert {s for s, _ in _states(edbs).values()} == {"INIT"}
     bootstrap(edbs.settings).source.close()
     assert _count(edbs, "stg_cdc_orders", "__op = 5") == 6
+
+
+def test_serving_server_older_than_supported_is_one_clear_line(edbs, monkeypatch):
+    """The serving database must be PostgreSQL 15+ (the KPI projection writes with MERGE).
+    No older server runs here, so the minimum is raised above the real server's version:
+    bootstrap stops with one line naming both versions, before it creates anything."""
+    from cdcflow.errors import ConfigError
+    from cdcflow.serving import schema
+
+    with edbs.serving() as c:
+        major = c.info.server_version // 10000
+    monkeypatch.setattr(schema, "MIN_SERVING_VERSION", (major + 1) * 10000)
+    with pytest.raises(ConfigError) as err:
+        bootstrap(edbs.settings, demo=True)
+    message = str(err.value)
+    assert f"serving PostgreSQL is version {major}: cdcflow needs {major + 1} or newer" in message
+    assert "\n" not in message
+    with edbs.serving() as c:
+        assert c.execute("SELECT to_regclass('ctl_ingestion_watermarks')").fetchone()[0] is None
+    with edbs.source() as c:
+        assert c.execute("SELECT to_regclass('public.orders')").fetchone()[0] is None

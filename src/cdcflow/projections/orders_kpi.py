@@ -24,8 +24,8 @@ beside the sums, so a bucket disappears exactly when nothing contributes to it. 
 3. in DuckDB: the new state rows (from the delta alone), and the contributions of the
    loaded rows after the delta minus before it, per bucket (unaffected rows cancel out);
 4. in the cycle's transaction: replace the changed state rows, add the bucket
-   differences to exactly the touched projection rows (one upsert per bucket), delete
-   the buckets that became empty.
+   differences to exactly the touched projection rows and delete the buckets that
+   became empty (one ``MERGE``, a primary-key lookup per bucket).
 
 A rebuild is the same path from empty state with the whole of staging as the delta.
 The self-check recomputes the last ``PROJECTION_RECOMPUTE_WINDOW_MINUTES`` minutes from
@@ -222,8 +222,7 @@ class OrdersKpi(base.Projection):
         with _registered(duck, {**deltas, **state}):
             diff = duck.sql(transform("bucket_diff")).to_arrow_table()
         write_arrow(conn, "tmp_kpi_diff", diff, analyze=False)
-        conn.execute(_q("apply_diff"))
-        conn.execute(_q("drop_empty_buckets"))
+        conn.execute(_q("insert_diff" if ctx.fresh else "apply_diff"))
         if deleted is not None:
             base.index_plans(conn, on=False)
         log.debug(

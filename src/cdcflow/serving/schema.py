@@ -9,7 +9,7 @@ import psycopg
 from psycopg import sql
 
 from cdcflow import sqlfiles
-from cdcflow.errors import SourceConfigError
+from cdcflow.errors import ConfigError, SourceConfigError
 from cdcflow.sources.base import (
     META_COLUMNS,
     TableSpec,
@@ -20,6 +20,20 @@ from cdcflow.sources.base import (
 
 log = logging.getLogger(__name__)
 Q = "serving_runtime.sql"
+
+
+#: The serving database's oldest supported version: the KPI projection writes with MERGE (15+).
+MIN_SERVING_VERSION = 150000
+
+
+def check_serving_version(conn: psycopg.Connection) -> None:
+    """One clear line when the serving PostgreSQL is too old for cdcflow."""
+    version = conn.info.server_version
+    if version < MIN_SERVING_VERSION:
+        raise ConfigError(
+            f"serving PostgreSQL is version {version // 10000}: cdcflow needs {MIN_SERVING_VERSION // 10000} or newer "
+            "(its projections write with MERGE); point SERVING_DSN at a newer server"
+        )
 
 
 def run_scripts(conn: psycopg.Connection, folder: str) -> None:

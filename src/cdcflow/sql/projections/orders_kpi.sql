@@ -48,7 +48,6 @@ CREATE TEMP TABLE tmp_kpi_orders (LIKE pst_kpi_orders) ON COMMIT DROP;
 CREATE TEMP TABLE tmp_kpi_payments (LIKE pst_kpi_payments) ON COMMIT DROP;
 CREATE TEMP TABLE tmp_kpi_customers (LIKE pst_kpi_customers) ON COMMIT DROP;
 CREATE TEMP TABLE tmp_kpi_diff (LIKE proj_orders_kpi_by_minute_segment INCLUDING DEFAULTS) ON COMMIT DROP;
-CREATE TEMP TABLE tmp_kpi_empty (minute_bucket timestamptz, segment text) ON COMMIT DROP;
 
 -- name: delete_state
 -- Deleted keys leave the state (primary-key lookups).
@@ -57,15 +56,18 @@ WITH o AS (DELETE FROM pst_kpi_orders WHERE order_id = ANY(%(orders)s::bigint[])
 DELETE FROM pst_kpi_customers WHERE customer_id = ANY(%(customers)s::bigint[]);
 
 -- name: upsert_state
--- Changed live keys take their new version (in place: HOT when no indexed column changed).
-INSERT INTO pst_kpi_orders SELECT * FROM tmp_kpi_orders
-ON CONFLICT (order_id) DO UPDATE
-SET customer_id = excluded.customer_id, amount = excluded.amount, created_minute = excluded.created_minute;
-INSERT INTO pst_kpi_payments SELECT * FROM tmp_kpi_payments
-ON CONFLICT (payment_id) DO UPDATE
-SET order_id = excluded.order_id, paid_amount = excluded.paid_amount, paid_minute = excluded.paid_minute;
-INSERT INTO pst_kpi_customers SELECT * FROM tmp_kpi_customers
-ON CONFLICT (customer_id) DO UPDATE SET segment = excluded.segment;
+-- Changed live keys take their new version (in place: HOT when no indexed column
+-- changed). A primary-key lookup per row (the cycle's index_plans are on); MERGE writes
+-- one WAL record per updated row where INSERT .. ON CONFLICT DO UPDATE wrote two.
+MERGE INTO pst_kpi_orders AS s USING tmp_kpi_orders AS t ON s.order_id = t.order_id
+WHEN MATCHED THEN UPDATE SET customer_id = t.customer_id, amount = t.amount, created_minute = t.created_minute
+WHEN NOT MATCHED THEN INSERT VALUES (t.order_id, t.customer_id, t.amount, t.created_minute);
+MERGE INTO pst_kpi_payments AS s USING tmp_kpi_payments AS t ON s.payment_id = t.payment_id
+WHEN MATCHED THEN UPDATE SET order_id = t.order_id, paid_amount = t.paid_amount, paid_minute = t.paid_minute
+WHEN NOT MATCHED THEN INSERT VALUES (t.payment_id, t.order_id, t.paid_amount, t.paid_minute);
+MERGE INTO pst_kpi_customers AS s USING tmp_kpi_customers AS t ON s.customer_id = t.customer_id
+WHEN MATCHED THEN UPDATE SET segment = t.segment
+WHEN NOT MATCHED THEN INSERT VALUES (t.customer_id, t.segment);
 
 -- name: insert_state
 -- A rebuild: the state is empty, plain inserts.
@@ -74,28 +76,30 @@ INSERT INTO pst_kpi_payments SELECT * FROM tmp_kpi_payments;
 INSERT INTO pst_kpi_customers SELECT * FROM tmp_kpi_customers;
 
 -- name: apply_diff
--- Add the bucket differences to the projection's rows (a new bucket starts from the
--- difference) and list the buckets nothing contributes to any more.
-WITH up AS (
-    INSERT INTO proj_orders_kpi_by_minute_segment AS p
-        (minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count)
-    SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count
-    FROM tmp_kpi_diff
-    ON CONFLICT (minute_bucket, segment) DO UPDATE
-    SET orders_count = p.orders_count + excluded.orders_count,
-        orders_amount_sum = p.orders_amount_sum + excluded.orders_amount_sum,
-        paid_amount_sum = p.paid_amount_sum + excluded.paid_amount_sum,
-        payments_count = p.payments_count + excluded.payments_count,
+-- Add the bucket differences to the projection's rows, in one pass over the touched
+-- buckets (a primary-key lookup each: the cycle's index_plans are on): a bucket nothing
+-- contributes to any more is deleted, a new bucket starts from the difference. (MERGE
+-- writes one WAL record per bucket where INSERT .. ON CONFLICT DO UPDATE wrote two, a
+-- row lock and the update, and needed a second pass to find the emptied buckets.)
+MERGE INTO proj_orders_kpi_by_minute_segment AS p
+USING tmp_kpi_diff AS d ON p.minute_bucket = d.minute_bucket AND p.segment = d.segment
+WHEN MATCHED AND p.orders_count + d.orders_count = 0 AND p.payments_count + d.payments_count = 0 THEN DELETE
+WHEN MATCHED THEN UPDATE
+    SET orders_count = p.orders_count + d.orders_count,
+        orders_amount_sum = p.orders_amount_sum + d.orders_amount_sum,
+        paid_amount_sum = p.paid_amount_sum + d.paid_amount_sum,
+        payments_count = p.payments_count + d.payments_count,
         updated_at = now()
-    RETURNING p.minute_bucket, p.segment, p.orders_count, p.payments_count)
-INSERT INTO tmp_kpi_empty SELECT minute_bucket, segment FROM up WHERE orders_count = 0 AND payments_count = 0;
+WHEN NOT MATCHED THEN
+    INSERT (minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count)
+    VALUES (d.minute_bucket, d.segment, d.orders_count, d.orders_amount_sum, d.paid_amount_sum, d.payments_count);
 
--- name: drop_empty_buckets
--- Buckets nothing contributes to any more leave the projection (apply_diff listed them:
--- usually a handful, so this does not probe every touched bucket again).
-DELETE FROM proj_orders_kpi_by_minute_segment p USING tmp_kpi_empty e
-WHERE p.minute_bucket = e.minute_bucket AND p.segment = e.segment
-  AND p.orders_count = 0 AND p.payments_count = 0;
+-- name: insert_diff
+-- A rebuild: the projection is empty, every bucket is new.
+INSERT INTO proj_orders_kpi_by_minute_segment
+    (minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count)
+SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count
+FROM tmp_kpi_diff;
 
 -- name: clear
 -- A rebuild starts empty (DELETE, not TRUNCATE: readers keep the old rows until commit).
