@@ -61,13 +61,15 @@ DELETE FROM pst_kpi_customers WHERE customer_id = ANY(%(customers)s::bigint[]);
 -- one WAL record per updated row where INSERT .. ON CONFLICT DO UPDATE wrote two.
 MERGE INTO pst_kpi_orders AS s USING tmp_kpi_orders AS t ON s.order_id = t.order_id
 WHEN MATCHED THEN UPDATE SET customer_id = t.customer_id, amount = t.amount, created_minute = t.created_minute
-WHEN NOT MATCHED THEN INSERT VALUES (t.order_id, t.customer_id, t.amount, t.created_minute);
+WHEN NOT MATCHED THEN INSERT (order_id, customer_id, amount, created_minute)
+    VALUES (t.order_id, t.customer_id, t.amount, t.created_minute);
 MERGE INTO pst_kpi_payments AS s USING tmp_kpi_payments AS t ON s.payment_id = t.payment_id
 WHEN MATCHED THEN UPDATE SET order_id = t.order_id, paid_amount = t.paid_amount, paid_minute = t.paid_minute
-WHEN NOT MATCHED THEN INSERT VALUES (t.payment_id, t.order_id, t.paid_amount, t.paid_minute);
+WHEN NOT MATCHED THEN INSERT (payment_id, order_id, paid_amount, paid_minute)
+    VALUES (t.payment_id, t.order_id, t.paid_amount, t.paid_minute);
 MERGE INTO pst_kpi_customers AS s USING tmp_kpi_customers AS t ON s.customer_id = t.customer_id
 WHEN MATCHED THEN UPDATE SET segment = t.segment
-WHEN NOT MATCHED THEN INSERT VALUES (t.customer_id, t.segment);
+WHEN NOT MATCHED THEN INSERT (customer_id, segment) VALUES (t.customer_id, t.segment);
 
 -- name: insert_state
 -- A rebuild: the state is empty, plain inserts.
