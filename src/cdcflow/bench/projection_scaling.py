@@ -273,8 +273,8 @@ class Scenario:
             _run_block(conn, "advance", {"lsn": self.lsn})
             conn.commit()
 
-    def incremental_cycle(self) -> tuple[float, float]:
-        """Seconds one cycle takes, and the MB of WAL it wrote."""
+    def incremental_cycle(self) -> tuple[float, float, dict[str, int]]:
+        """Seconds one cycle takes, the MB of WAL it wrote, and the rows it touched by kind."""
         duck = base.open_duckdb()
         parallel = self.settings.projection_parallel_reads
         with (
@@ -284,14 +284,15 @@ class Scenario:
             wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # type: ignore[index]
             conn.commit()
             t0 = time.monotonic()
-            result = base.run_cycle(conn, duck, OrdersKpi(), self.settings, reader=reader)
+            kpi = OrdersKpi()
+            result = base.run_cycle(conn, duck, kpi, self.settings, reader=reader)
             conn.commit()
             took = time.monotonic() - t0
             wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (wal0,)).fetchone()[0]  # type: ignore[index]
             conn.commit()
         duck.close()
         assert result.applied and result.cutoff == self.lsn, "the cycle did not apply the delta"
-        return took, float(wal) / 1e6
+        return took, float(wal) / 1e6, kpi.last_touched
 
     def full_recompute(self) -> float:
         """The seed's way for the same data: load everything staged, recompute, rewrite (rolled back)."""
@@ -321,27 +322,38 @@ def _measure(scenarios: list[Scenario], profile: str, first_seed: float, progres
     """
     cycles: list[list[float]] = [[] for _ in scenarios]
     wal: list[list[float]] = [[] for _ in scenarios]
+    touched: list[list[dict[str, int]]] = [[] for _ in scenarios]
     for i in range(DELTAS):
         for n, sc in enumerate(scenarios):
             sc.profile = profile
             sc.stage_delta(first_seed + i / 100)
-            cycle, wal_mb = sc.incremental_cycle()
+            cycle, wal_mb, rows = sc.incremental_cycle()
             progress(
-                f"  {sc.size:.0e} {profile}: delta {i}: incremental cycle {cycle * 1000:.0f} ms, WAL {wal_mb:.1f} MB"
+                f"  {sc.size:.0e} {profile}: delta {i}: incremental cycle {cycle * 1000:.0f} ms, WAL {wal_mb:.1f} MB, "
+                f"touched {_touched(rows):,} rows ({', '.join(f'{k} {v:,}' for k, v in rows.items() if k != 'delta')})"
                 + (" (warm-up)" if i == 0 else "")
             )
             if i:
                 cycles[n].append(cycle)
                 wal[n].append(wal_mb)
+                touched[n].append(rows)
     return [
         {
             "cycle_s": [round(c, 3) for c in cs],
             "wal_mb": [round(w, 1) for w in ws],
             "cycle_median_s": round(statistics.median(cs), 3),
             "cycle_min_s": round(min(cs), 3),
+            # Rows read by key from the state and buckets written: what a cycle's cost follows.
+            "rows_touched": {k: int(statistics.median(r[k] for r in ts)) for k in ts[0]},
+            "rows_touched_median": int(statistics.median(_touched(r) for r in ts)),
         }
-        for cs, ws in zip(cycles, wal, strict=True)
+        for cs, ws, ts in zip(cycles, wal, touched, strict=True)
     ]
+
+
+def _touched(rows: dict[str, int]) -> int:
+    """State rows read by key plus buckets written (the delta itself is the same at every size)."""
+    return sum(v for k, v in rows.items() if k != "delta")
 
 
 def run(
@@ -441,6 +453,25 @@ def run(
     results["growth_largest_vs_smallest"] = {
         p: round(last[p]["cycle_median_s"] / first[p]["cycle_median_s"], 2) for p in profiles
     }
+    # The same delta touches more rows in a larger history (a small one makes it collide with
+    # itself: fewer distinct buckets and customers); the cycle's cost per touched row shows
+    # whether anything beyond those rows grows with history.
+    results["rows_touched_growth_largest_vs_smallest"] = {
+        p: round(last[p]["rows_touched_median"] / first[p]["rows_touched_median"], 2) for p in profiles
+    }
+    results["per_touched_row_growth_largest_vs_smallest"] = {
+        p: round(results["growth_largest_vs_smallest"][p] / results["rows_touched_growth_largest_vs_smallest"][p], 2)
+        for p in profiles
+    }
+    progress(
+        "growth from the smallest to the largest size: "
+        + "; ".join(
+            f"{p}: cycle {results['growth_largest_vs_smallest'][p]}x, rows touched "
+            f"{results['rows_touched_growth_largest_vs_smallest'][p]}x, per touched row "
+            f"{results['per_touched_row_growth_largest_vs_smallest'][p]}x"
+            for p in profiles
+        )
+    )
     (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
     return results
 
