@@ -60,20 +60,7 @@ def bootstrap(settings: Settings, *, demo: bool = False, snapshot_now: bool = Tr
     _, serving_dsn = settings.require_dsns()
     with db.connect(serving_dsn, "serving") as serving:
         schema.check_serving_version(serving)  # before anything is created, here or on the source
-    source = make_source(settings)
-    source.check()
-    privileges.check(settings, source)  # one line naming each missing privilege
-    if source.engine == "sqlserver":
-        source.bootstrap_source(demo=demo)  # type: ignore[attr-defined]  # demo schema, CDC enablement
-    elif demo:
-        conn = source.conn()
-        for name, text in _source_scripts(demo=True):
-            log.info("source: running %s", name)
-            conn.execute(text)  # type: ignore[arg-type]  # packaged script
-    specs = source.describe_tables()
-    if source.engine == "postgres":
-        source.ensure_publication()
-    with db.connect(serving_dsn, "serving") as serving:
+        source, specs = _bootstrap_source(settings, demo)
         try:
             schema.run_scripts(serving, "serving")
             for spec in specs:
@@ -87,6 +74,25 @@ def bootstrap(settings: Settings, *, demo: bool = False, snapshot_now: bool = Tr
         if snapshot_now:
             initial_snapshots(source, serving, settings.source_name, specs)
     return Bootstrapped(source, specs)
+
+
+def _bootstrap_source(settings: Settings, demo: bool) -> tuple[PostgresSource, list[TableSpec]]:
+    """The source checked and prepared (demo schema, CDC enablement, publication): the
+    source and its captured tables."""
+    source = make_source(settings)
+    source.check()
+    privileges.check(settings, source)  # one line naming each missing privilege
+    if source.engine == "sqlserver":
+        source.bootstrap_source(demo=demo)  # type: ignore[attr-defined]  # demo schema, CDC enablement
+    elif demo:
+        conn = source.conn()
+        for name, text in _source_scripts(demo=True):
+            log.info("source: running %s", name)
+            conn.execute(text)  # type: ignore[arg-type]  # packaged script
+    specs = source.describe_tables()
+    if source.engine == "postgres":
+        source.ensure_publication()
+    return source, specs
 
 
 def initial_snapshots(source, serving: psycopg.Connection, source_name: str, specs: list[TableSpec]) -> None:

@@ -149,14 +149,12 @@ class OrdersKpi(base.Projection):
 
     def _state(self, conn: psycopg.Connection, d_c: pa.Table, d_o: pa.Table, d_p: pa.Table) -> dict[str, pa.Table]:
         """The stored rows the delta touches, closed under order/customer."""
+        orders = key_set(d_o.column("order_id"))
         s_o = read_arrow(
             conn,
             _q("state_orders_touched"),
             S_ORDERS,
-            {
-                "orders": keys_literal(key_set(d_o.column("order_id"))),
-                "customers": keys_literal(key_set(d_c.column("customer_id"))),
-            },
+            {"orders": keys_literal(orders), "customers": keys_literal(key_set(d_c.column("customer_id")))},
         )
         s_p = read_arrow(
             conn,
@@ -164,7 +162,7 @@ class OrdersKpi(base.Projection):
             S_PAYMENTS,
             {
                 "payments": keys_literal(key_set(d_p.column("payment_id"))),
-                "orders": keys_literal(key_set(d_o.column("order_id"), s_o.column("order_id"))),
+                "orders": keys_literal(key_set(orders, s_o.column("order_id"))),
             },
         )
         pay_orders = key_difference(key_set(s_p.column("order_id"), d_p.column("order_id")), s_o.column("order_id"))
@@ -237,18 +235,7 @@ class OrdersKpi(base.Projection):
         conn.execute(_q("insert_diff" if ctx.fresh else "apply_diff"))
         if deleted is not None:
             base.index_plans(conn, on=False)
-        log.debug(
-            "%s: delta %d customers, %d orders, %d payments; state read %d orders, %d payments, %d customers "
-            "-> %d buckets",
-            self.name,
-            d_c.num_rows,
-            d_o.num_rows,
-            d_p.num_rows,
-            state["s_orders"].num_rows,
-            state["s_payments"].num_rows,
-            state["s_customers"].num_rows,
-            diff.num_rows,
-        )
+        log.debug("%s: rows touched %s", self.name, self.last_touched)
         return diff.num_rows
 
     def clear(self, conn: psycopg.Connection) -> None:
