@@ -224,7 +224,8 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from cdcflow import projections
 
     if args.all == bool(args.projection):
-        raise ConfigError("name one projection or pass --all (projections: " + ", ".join(projections.ALL) + ")")
+        names = ", ".join(projections.definitions(settings).names) or "none enabled"
+        raise ConfigError(f"name one projection or pass --all (projections: {names})")
     for name, result in projections.rebuild(settings, None if args.all else [args.projection]):
         print(
             f"rebuilt {name} from staging: {result.rows_changed} rows, as of lsn {result.cutoff} "

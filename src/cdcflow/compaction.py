@@ -71,14 +71,25 @@ class Compactor:
         self.done: dict[str, Position] = {}  # capture -> everything at or below is compacted
         self._keys: dict[str, list[str]] = {}
 
-    def readers(self) -> dict[str, list[str]]:
-        """capture -> the enabled projections that read it."""
+    def readers(self, conn: psycopg.Connection) -> dict[str, list[str]]:
+        """capture -> the enabled projections that read it. An enabled projection that has no
+        checkpoints yet (never planned) may read any capture: it is counted on all of them, so
+        it holds compaction back until it has run."""
         from cdcflow import projections
 
+        names = projections.definitions(self.settings).names
+        rows = conn.execute(
+            sqlfiles.query(Q, "projection_captures"), {"source": self.settings.source_name, "projections": names}
+        ).fetchall()
         out: dict[str, list[str]] = {}
-        for p in projections.enabled(self.settings):
-            for capture in p.captures:
-                out.setdefault(capture, []).append(p.name)
+        seen = set()
+        for name, capture in rows:
+            out.setdefault(capture, []).append(name)
+            seen.add(name)
+        unplanned = [n for n in names if n not in seen]
+        if unplanned:
+            for capture in read_watermarks(conn, self.settings.source_name):
+                out.setdefault(capture, []).extend(unplanned)
         return out
 
     def horizon(self, conn: psycopg.Connection, capture: str, watermark: int, table: str, readers: list[str]) -> int:
@@ -176,11 +187,11 @@ class Compactor:
         started = time.monotonic()
         _, serving_dsn = self.settings.require_dsns()
         out = PassResult()
-        readers = self.readers()
         cycle = uuid.uuid4().hex[:8]
         with db.connect(serving_dsn, "serving") as conn:
             try:
                 conn.execute("SET lock_timeout = '2s'")
+                readers = self.readers(conn)
                 wms = read_watermarks(conn, self.settings.source_name)
                 conn.commit()
                 for capture, wm in sorted(wms.items()):

@@ -112,6 +112,15 @@ def _duration(raw: str) -> float:
     return value
 
 
+def _folder(raw: str) -> str:
+    from pathlib import Path
+
+    value = raw.strip()
+    if not Path(value).is_dir():
+        raise ValueError("expected an existing folder of .sql projection definitions")
+    return value
+
+
 _HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
 
 
@@ -195,6 +204,13 @@ class Settings:
         True, "ENABLE_PROJ_ORDERS_KPI", _bool, "Maintain proj_orders_kpi_by_minute_segment."
     )
     enable_proj_orders_latest: bool = _opt(False, "ENABLE_PROJ_ORDERS_LATEST", _bool, "Maintain proj_orders_latest.")
+    projections_dir: str | None = _opt(
+        None,
+        "PROJECTIONS_DIR",
+        _folder,
+        "Folder of projection definitions: each <name>.sql file is a query over captured tables, kept in"
+        " table proj_<name> (docs/projections.md).",
+    )
     log_level: str = _opt("info", "LOG_LEVEL", _choice("debug", "info", "warning", "error"), "Log verbosity.")
     log_format: str = _opt("text", "LOG_FORMAT", _choice("text", "json"), "Log line format: text or json.")
     capture_tables: tuple[str, ...] = _opt(
@@ -265,6 +281,13 @@ class Settings:
         _int_range(100, 1_000_000),
         "Staged rows examined per compaction transaction (short transactions never hold up ingestion).",
     )
+
+    @property
+    def engine(self) -> str:
+        """The source engine SOURCE_DSN names: ``sqlserver`` for mssql:// and sqlserver://, else ``postgres``."""
+        from cdcflow.sources.mssql_support import is_sqlserver_dsn
+
+        return "sqlserver" if self.source_dsn and is_sqlserver_dsn(self.source_dsn) else "postgres"
 
     @property
     def slot(self) -> str:

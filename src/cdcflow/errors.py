@@ -42,3 +42,7 @@ class GapError(TerminalError):
         super().__init__(message)
         self.gap_from = gap_from
         self.gap_to = gap_to
+
+
+class DefinitionError(TerminalError):
+    """A projection definition cannot be used as written."""

@@ -327,7 +327,7 @@ class Telemetry:
         self.workers = list(workers)
         self.stop = stop
         self.metrics = Metrics()
-        names = [w.projection.name for w in self.workers if hasattr(w, "projection")]
+        names = [w.projection_name for w in self.workers if hasattr(w, "projection_name")]
         self.sampler = Sampler(settings, self.metrics, stop, names, sample_interval)
         self.server: Any = None
         for w in self.workers:
@@ -388,10 +388,10 @@ def attach(worker: Any, metrics: Metrics, source_name: str) -> None:
     if hasattr(worker, "on_cycle"):  # a projection worker with a hook: (result, seconds)
 
         def on_cycle(result: Any, seconds: float) -> None:
-            metrics.projection_cycle_duration.labels(worker.projection.name).observe(seconds)
+            metrics.projection_cycle_duration.labels(worker.projection_name).observe(seconds)
 
         worker.on_cycle.append(_safe(on_cycle))
-    elif hasattr(worker, "projection") and hasattr(worker, "cycle"):
+    elif hasattr(worker, "projection_name") and hasattr(worker, "cycle"):
         _wrap_cycle(worker, metrics)
     if hasattr(worker, "on_compacted"):
 
@@ -404,7 +404,7 @@ def attach(worker: Any, metrics: Metrics, source_name: str) -> None:
 def _wrap_cycle(worker: Any, metrics: Metrics) -> None:
     """Time a projection worker's cycles and count their errors, without editing its class."""
     inner = worker.cycle
-    name = worker.projection.name
+    name = worker.projection_name
 
     def cycle(*args: Any, **kwargs: Any) -> Any:
         started = time.monotonic()

@@ -93,7 +93,8 @@ def assert_consistent(serving_dsn: str) -> int:
                 assert cps == {0}, f"{name}: checkpoints {cps} moved without metadata"
                 continue
             assert cps == {as_of}, f"{name}: checkpoints {cps} differ from as_of_lsn {as_of}"
-            assert conn.execute(proj_sql).fetchall() == conn.execute(oracle_sql, {"lsn": as_of}).fetchall(), name
+            got, want = conn.execute(proj_sql).fetchall(), conn.execute(oracle_sql, {"lsn": as_of}).fetchall()
+            assert got == want, f"{name}: missing {sorted(set(want) - set(got))[:3]}, extra {sorted(set(got) - set(want))[:3]}"
             checked += 1
     return checked
 

@@ -41,8 +41,9 @@ FROM u GROUP BY m, seg ORDER BY m, seg
 REBUILT = (
     "SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count "
     "FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2",
-    "SELECT * FROM pst_kpi_orders ORDER BY 1",
-    "SELECT * FROM pst_kpi_payments ORDER BY 1",
+    "SELECT * FROM pst_orders_kpi_by_minute_segment__public_orders ORDER BY 1",
+    "SELECT * FROM pst_orders_kpi_by_minute_segment__public_payments ORDER BY 1",
+    "SELECT * FROM pst_orders_kpi_by_minute_segment__public_customers ORDER BY 1",
     "SELECT * FROM proj_orders_latest ORDER BY 1",
 )
 # __source_lsn: the commit LSN of the order's latest staged change (read from staging).

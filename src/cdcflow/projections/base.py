@@ -78,6 +78,7 @@ class CycleResult:
     status: str = "OK"
     held: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    rebuilt: bool = False  # the cycle rebuilt the projection (a new or changed definition)
 
 
 class Projection(ABC):
@@ -85,6 +86,13 @@ class Projection(ABC):
 
     name: str
     captures: tuple[str, ...]
+    #: Identifies the definition the projection's rows are built from: when the stored
+    #: digest differs (a new or changed definition), the next cycle rebuilds from staging.
+    digest: str | None = None
+    #: How it is maintained: "incremental" or "full" (recomputed every cycle).
+    mode = "incremental"
+    #: The file it was defined in, shown in status.
+    definition_file: str | None = None
     #: Whether :meth:`self_check` and :meth:`window_suspects` do anything (the worker runs
     #: no self-check thread otherwise).
     has_self_check = False
@@ -99,6 +107,9 @@ class Projection(ABC):
     @abstractmethod
     def clear(self, conn: psycopg.Connection) -> None:
         """Delete the projection's rows and state (a rebuild's first step)."""
+
+    def prepare(self, conn: psycopg.Connection) -> None:
+        """Before a rebuild: create (or re-create) the projection's tables."""
 
     def self_check(self, ctx: Context, minutes: list[dt.datetime] | None = None) -> int:
         """Recompute recent rows from state (the recompute window, or only ``minutes``),
@@ -161,14 +172,15 @@ def ensure_control_rows(conn: psycopg.Connection, projection: Projection, source
         )
 
 
-def _lock(conn: psycopg.Connection, projection: Projection, source_name: str) -> str:
-    """Lock the projection's metadata row for this transaction; returns its status."""
+def _lock(conn: psycopg.Connection, projection: Projection, source_name: str) -> tuple[str, str | None]:
+    """Lock the projection's metadata row for this transaction; returns its status and the
+    digest of the definition its rows were built from."""
     row = conn.execute(sqlfiles.query(Q, "lock_metadata"), {"projection": projection.name}).fetchone()
     if row is None:
         ensure_control_rows(conn, projection, source_name)
         row = conn.execute(sqlfiles.query(Q, "lock_metadata"), {"projection": projection.name}).fetchone()
     assert row is not None
-    return str(row[0])
+    return str(row[0]), row[1]
 
 
 def _position(
@@ -224,6 +236,9 @@ def _finish(
             "rows": result.rows_changed,
             "restated": result.restated,
             "projection": projection.name,
+            "digest": projection.digest,
+            "mode": projection.mode,
+            "file": projection.definition_file,
         },
     )
 
@@ -244,7 +259,17 @@ def run_cycle(
     ``check_minutes``, of those minutes only. ``reader``: see :attr:`Context.reader`
     (without it, state is read on ``conn`` before anything is written)."""
     started = time.monotonic()
-    status = _lock(conn, projection, settings.source_name)
+    status, digest = _lock(conn, projection, settings.source_name)
+    if projection.digest is not None and digest != projection.digest:
+        # A new definition, or one that changed since its rows were built: rebuild it.
+        log.info(
+            "%s: %s; building it from staging",
+            projection.name,
+            "new projection" if digest is None else "its definition changed",
+        )
+        result = rebuild(conn, duck, projection, settings, locked=True)
+        result.rebuilt = True
+        return result
     cutoff, staging, held = _position(conn, projection, settings.source_name)
     cps: dict[str, int] = {
         str(r[0]): int(r[1])
@@ -275,12 +300,26 @@ def run_cycle(
 
 
 def rebuild(
-    conn: psycopg.Connection, duck: duckdb.DuckDBPyConnection, projection: Projection, settings: Settings
+    conn: psycopg.Connection,
+    duck: duckdb.DuckDBPyConnection,
+    projection: Projection,
+    settings: Settings,
+    *,
+    locked: bool = False,
 ) -> CycleResult:
-    """Full rebuild from staging up to the cutoff, inside the caller's transaction."""
+    """Full rebuild from staging up to the cutoff, inside the caller's transaction
+    (``locked``: the caller holds the projection's lock already)."""
     started = time.monotonic()
-    _lock(conn, projection, settings.source_name)
+    if not locked:
+        _lock(conn, projection, settings.source_name)
     cutoff, staging, held = _position(conn, projection, settings.source_name)
+    # The captures it reads may have changed with its definition: one checkpoint per capture it reads.
+    ensure_control_rows(conn, projection, settings.source_name)
+    conn.execute(
+        sqlfiles.query(Q, "drop_other_checkpoints"),
+        {"projection": projection.name, "source": settings.source_name, "captures": list(projection.captures)},
+    )
+    projection.prepare(conn)
     projection.clear(conn)
     conn.execute(
         sqlfiles.query(Q, "reset_checkpoints"), {"projection": projection.name, "source": settings.source_name}
@@ -298,11 +337,12 @@ def index_plans(conn: psycopg.Connection, on: bool = True) -> None:
     conn.execute(sqlfiles.query(Q, "index_plans" if on else "default_plans"))
 
 
-def record_error(conn: psycopg.Connection, projection: Projection, message: str) -> None:
+def record_error(conn: psycopg.Connection, projection: str, message: str) -> None:
     """Metadata ERROR with the message, in its own transaction (best effort)."""
     try:
         conn.rollback()
-        conn.execute(sqlfiles.query(Q, "metadata_error"), {"error": message, "projection": projection.name})
+        conn.execute(sqlfiles.query(Q, "ensure_metadata"), {"projection": projection})
+        conn.execute(sqlfiles.query(Q, "metadata_error"), {"error": message, "projection": projection})
         conn.commit()
     except psycopg.Error as exc:
-        log.warning("could not record the error of %s: %s", projection.name, db.describe_error(exc))
+        log.warning("could not record the error of %s: %s", projection, db.describe_error(exc))

@@ -29,6 +29,7 @@ from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError, TransientError
 from cdcflow.positions import format_lsn
 from cdcflow.projections import base
+from cdcflow.projections.definition import Definition
 
 log = logging.getLogger(__name__)
 CHANNEL = "cdcflow_staged"
@@ -43,7 +44,7 @@ class ProjectionWorker:
 
     def __init__(
         self,
-        projection: base.Projection,
+        projection: base.Projection | Definition,
         settings: Settings,
         serving_dsn: str,
         stop: threading.Event,
@@ -51,8 +52,14 @@ class ProjectionWorker:
         *,
         listen: bool = True,
         owner: str | None = None,
+        builder: Callable[[Definition, psycopg.Connection], base.Projection] | None = None,
     ) -> None:
-        self.projection = projection
+        #: A definition is planned into its projection at the first cycle (and again after a
+        #: failure to do so): a definition that cannot be used yet stops only this worker.
+        self.definition = projection if isinstance(projection, Definition) else None
+        self._projection = None if isinstance(projection, Definition) else projection
+        self._builder = builder
+        self.projection_name = projection.name
         self.settings = settings
         self.serving_dsn = serving_dsn
         self.stop = stop
@@ -83,6 +90,14 @@ class ProjectionWorker:
         #: Called after each committed cycle with (result, seconds), and with each error; for metrics.
         self.on_cycle: list[Callable[[base.CycleResult, float], None]] = []
         self.on_error: list[Callable[[Exception], None]] = []
+
+    @property
+    def projection(self) -> base.Projection:
+        """The projection this worker keeps (planned from its definition when first needed)."""
+        if self._projection is None:
+            assert self.definition is not None and self._builder is not None
+            self._projection = self._builder(self.definition, self.conn())
+        return self._projection
 
     # -- connections ------------------------------------------------------------
 
@@ -156,7 +171,12 @@ class ProjectionWorker:
 
     def _self_check_due(self) -> bool:
         every = self.settings.projection_self_check_seconds
-        if every <= 0 or self.settings.projection_recompute_window_minutes <= 0 or not self.projection.has_self_check:
+        if (
+            every <= 0
+            or self.settings.projection_recompute_window_minutes <= 0
+            or self._projection is None
+            or not self._projection.has_self_check
+        ):
             return False
         return time.monotonic() >= self._next_check
 
@@ -277,7 +297,7 @@ class ProjectionWorker:
             log.info(
                 "%s: applied changes up to %s: %d rows changed, %d restated (%.0f ms)",
                 self.projection.name,
-                format_lsn("postgres", result.cutoff),
+                format_lsn(self.settings.engine, result.cutoff),
                 result.rows_changed,
                 result.restated,
                 result.seconds * 1000,
@@ -333,7 +353,7 @@ class ProjectionWorker:
                     self.last_error = db.describe_error(exc)
                     log.error("%s: cycle failed: %s", self.name, self.last_error)
                     try:
-                        base.record_error(self.conn(), self.projection, self.last_error)
+                        base.record_error(self.conn(), self.projection_name, self.last_error)
                     except CdcflowError:  # the serving database is what failed; the log line is the record
                         self._close()
                     delay = min(self.settings.projection_interval_seconds, backoff.next_delay())

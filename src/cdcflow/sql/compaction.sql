@@ -13,6 +13,12 @@ SELECT projection_name, last_lsn FROM ctl_projection_checkpoints
 WHERE source_name = %(source)s AND capture_instance = %(capture)s
   AND projection_name = ANY(%(projections)s::text[]);
 
+-- name: projection_captures
+-- The captures each of the given projections has a checkpoint for (what it reads).
+SELECT projection_name, capture_instance FROM ctl_projection_checkpoints
+WHERE source_name = %(source)s AND projection_name = ANY(%(projections)s::text[])
+ORDER BY 1, 2;
+
 -- name: key_columns
 -- A staging table's key columns, read from its key index (<staging>_key_idx).
 SELECT a.attname

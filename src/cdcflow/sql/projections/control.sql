@@ -13,7 +13,7 @@ ON CONFLICT DO NOTHING;
 
 -- name: lock_metadata
 -- Serialise cycles and rebuilds of one projection (across processes) for this transaction.
-SELECT status, as_of_lsn FROM ctl_projection_metadata WHERE projection_name = %(projection)s FOR UPDATE;
+SELECT status, definition_digest FROM ctl_projection_metadata WHERE projection_name = %(projection)s FOR UPDATE;
 
 -- name: read_checkpoints
 -- The projection's position per capture.
@@ -31,7 +31,8 @@ WHERE projection_name = %(projection)s AND source_name = %(source)s AND capture_
 UPDATE ctl_projection_metadata
 SET status = %(status)s, as_of_lsn = %(lsn)s, as_of_time = %(as_of_time)s, built_at = now(),
     last_error = %(error)s, rows_changed = rows_changed + %(rows)s,
-    restated_buckets = restated_buckets + %(restated)s, updated_at = now()
+    restated_buckets = restated_buckets + %(restated)s, updated_at = now(),
+    definition_digest = %(digest)s, mode = %(mode)s, definition_file = %(file)s
 WHERE projection_name = %(projection)s;
 
 -- name: metadata_error
@@ -44,6 +45,11 @@ WHERE projection_name = %(projection)s;
 -- Before a rebuild's reload: the projection holds nothing yet.
 UPDATE ctl_projection_checkpoints SET last_lsn = 0, updated_at = now()
 WHERE projection_name = %(projection)s AND source_name = %(source)s;
+
+-- name: drop_other_checkpoints
+-- A rebuild: checkpoints of captures the projection no longer reads go.
+DELETE FROM ctl_projection_checkpoints
+WHERE projection_name = %(projection)s AND source_name = %(source)s AND NOT capture_instance = ANY(%(captures)s::text[]);
 
 -- name: delta_exists
 -- Is there a staged change of this capture in (checkpoint, cutoff]? (primary-key range scan)

@@ -1,0 +1,208 @@
+"""Reading a cycle's input: the delta of each table, and the stored rows it touches.
+
+The delta of a table is the latest version of each key changed in ``(checkpoint,
+cutoff]`` (a range scan on the staging primary key), typed from the staging catalog.
+
+The closure starts from the changed rows, old versions (read from the state by key) and
+new ones, and follows the join edges of every branch, reading the state by index: a row
+reached over an edge sends its join values on along the *other* edges of its alias; back
+along the same edge too when its side of that join is preserved (an outer join), since
+whether it is NULL-extended depends on all of its matches. Starting rows send along every
+edge. It stops when no edge has a value it has not sent. Every result row that involves a
+changed row is then made only of loaded rows, and every loaded row of a preserved side
+has all its matches loaded, before and after (``docs/projections.md`` has the argument).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import sql
+
+from cdcflow.projections.arrowio import read_arrow
+from cdcflow.projections.pgtypes import LSN, arrow_type, array_literal
+from cdcflow.projections.plan import Edge, Plan, TableUse
+from cdcflow.projections.storage import Layout, state_table
+
+_SEP = "\x1f"
+
+
+def state_schema(layout: Layout, use: TableUse) -> pa.Schema:
+    return pa.schema([(c.name, LSN if c.name == "__lsn" else arrow_type(c.type)) for c in layout.state_columns(use)])
+
+
+def delta_schema(layout: Layout, use: TableUse) -> pa.Schema:
+    return state_schema(layout, use).append(pa.field("__deleted", pa.bool_()))
+
+
+def read_delta(conn: psycopg.Connection, layout: Layout, use: TableUse, after: int, upto: int) -> pa.Table:
+    """The latest change of each key of ``use``'s table in ``(after, upto]``, with ``__deleted``."""
+    cols = [c.name for c in layout.state_columns(use)]
+    key = sql.SQL(", ").join(sql.Identifier(k) for k in use.table.key)
+    query = sql.SQL(
+        "SELECT DISTINCT ON ({key}) {cols}, __op = 1 AS __deleted FROM {table} "
+        "WHERE __lsn > %(after)s AND __lsn <= %(upto)s AND __op <> 3 ORDER BY {key}, __lsn DESC, __seqval DESC"
+    ).format(key=key, cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+             table=sql.Identifier(use.table.staging))
+    return read_arrow(conn, query, delta_schema(layout, use), {"after": after, "upto": upto})
+
+
+def key_of(table: pa.Table, cols: tuple[str, ...], types: list[pa.DataType] | None = None) -> pa.Array:
+    """One comparable value per row for ``cols`` (NULL when any is NULL): the column itself,
+    or the columns' texts joined. ``types``: cast each column first (to compare across types)."""
+    arrays = []
+    for i, c in enumerate(cols):
+        a = table.column(c).combine_chunks() if table.num_rows else pa.array([], table.schema.field(c).type)
+        if types is not None and a.type != types[i]:
+            a = pc.cast(a, types[i], safe=False)
+        arrays.append(a)
+    if len(arrays) == 1:
+        return arrays[0]
+    return pc.binary_join_element_wise(*(pc.cast(a, pa.string()) for a in arrays), _SEP)
+
+
+@dataclass(frozen=True)
+class Direction:
+    """One way along an edge: rows of ``source`` send their ``source_cols`` to ``target``."""
+
+    edge: Edge
+    source: tuple[int, str]  # (branch, alias)
+    source_cols: tuple[str, ...]
+    target: tuple[int, str]
+    target_cols: tuple[str, ...]
+    target_table: str
+    back: bool  # rows reached this way also send back along the same edge (preserved side)
+
+
+class Closure:
+    """Loads, per table, the stored rows a delta touches (see the module docstring)."""
+
+    def __init__(self, plan: Plan, layout: Layout) -> None:
+        self.plan = plan
+        self.layout = layout
+        self.tables = {a.table.source_table: plan.tables[a.table.source_table] for a in plan.aliases()}
+        self.alias_table = {(a.branch, a.name): a.table.source_table for a in plan.aliases()}
+        self.outgoing: dict[tuple[int, str], list[Direction]] = defaultdict(list)
+        for b in plan.branches:
+            for e in b.edges:
+                for src, src_cols, dst, dst_cols, back in e.directions():
+                    d = Direction(e, (b.index, src), src_cols, (b.index, dst), dst_cols,
+                                  b.alias(dst).table.source_table, back)
+                    self.outgoing[(b.index, src)].append(d)
+        self.rows_read = 0
+        self.queries = 0
+
+    def _fetch(self, conn: psycopg.Connection, table: str, lookups: list[tuple[tuple[str, ...], pa.Table]]
+               ) -> pa.Table:
+        use = self.tables[table]
+        conds: list[sql.Composable] = []
+        params: list[str] = []
+        for cols, values in lookups:
+            types = [use.types[c] for c in cols]
+            if len(cols) == 1:
+                conds.append(sql.SQL("{} = ANY(%s::{}[])").format(sql.Identifier(cols[0]), sql.SQL(types[0])))
+            else:
+                conds.append(sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(
+                    sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+                    sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types),
+                ))
+            params.extend(array_literal(values.column(c)) for c in cols)
+        cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in self.layout.state_columns(use))
+        query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            cols, sql.Identifier(state_table(self.plan.name, use.table.capture)), sql.SQL(" OR ").join(conds)
+        )
+        self.queries += 1
+        return read_arrow(conn, query, state_schema(self.layout, use), params)
+
+    def load(self, conn: psycopg.Connection, deltas: dict[str, pa.Table]) -> dict[str, pa.Table]:
+        """Stored rows (old versions) of every table, closed under the joins, from ``deltas``."""
+        loaded = {t: state_schema(self.layout, u).empty_table() for t, u in self.tables.items()}
+        loaded_keys: dict[str, pa.Array] = {}
+
+        def add(table: str, rows: pa.Table) -> None:
+            key = tuple(self.tables[table].table.key)
+            if table in loaded_keys and rows.num_rows:
+                rows = rows.filter(pc.invert(pc.is_in(key_of(rows, key), value_set=loaded_keys[table])))
+            if rows.num_rows:
+                self.rows_read += rows.num_rows
+                loaded[table] = pa.concat_tables([loaded[table], rows])
+                loaded_keys[table] = key_of(loaded[table], key)
+
+        starting: dict[str, pa.Table] = {}
+        looked: dict[tuple[str, tuple[str, ...]], pa.Array] = {}
+        for table, d in deltas.items():
+            if table not in self.tables or d.num_rows == 0:
+                continue
+            key = tuple(self.tables[table].table.key)
+            keys = _unique(d, key)
+            looked[(table, key)] = key_of(keys, key)
+            add(table, self._fetch(conn, table, [(key, keys)]))
+            live = d.filter(pc.invert(d.column("__deleted"))).drop_columns(["__deleted"])
+            starting[table] = pa.concat_tables([loaded[table], live.cast(loaded[table].schema)])
+        pending: dict[Direction, list[pa.Table]] = defaultdict(list)
+        for alias, table in self.alias_table.items():
+            if table in starting:
+                for d in self.outgoing[alias]:
+                    pending[d].append(starting[table])
+        sent: dict[Direction, pa.Array] = {}
+        while pending:
+            requests: dict[tuple[str, tuple[str, ...]], list[tuple[Direction, pa.Table]]] = defaultdict(list)
+            for d, sources in pending.items():
+                target = self.tables[d.target_table]
+                types = [arrow_type(target.types[c]) for c in d.target_cols]
+                values = _unique(pa.concat_tables([s.select(list(d.source_cols)) for s in sources]), d.source_cols,
+                                 rename=d.target_cols, types=types)
+                if d in sent and values.num_rows:
+                    values = values.filter(pc.invert(pc.is_in(key_of(values, d.target_cols), value_set=sent[d])))
+                if values.num_rows == 0:
+                    continue
+                new_keys = key_of(values, d.target_cols)
+                sent[d] = new_keys if d not in sent else pa.concat_arrays([sent[d], new_keys])
+                requests[(d.target_table, d.target_cols)].append((d, values))
+            pending = defaultdict(list)
+            by_table: dict[str, list[tuple[tuple[str, ...], pa.Table]]] = defaultdict(list)
+            for (table, cols), entries in requests.items():
+                values = _unique(pa.concat_tables([v for _, v in entries]), cols)
+                if (table, cols) in looked:
+                    values = values.filter(pc.invert(pc.is_in(key_of(values, cols), value_set=looked[(table, cols)])))
+                if values.num_rows:
+                    k = key_of(values, cols)
+                    looked[(table, cols)] = k if (table, cols) not in looked else pa.concat_arrays(
+                        [looked[(table, cols)], k])
+                    by_table[table].append((cols, values))
+            for table, lookups in by_table.items():
+                add(table, self._fetch(conn, table, lookups))
+            for (table, cols), entries in requests.items():
+                have = loaded[table]
+                if have.num_rows == 0:
+                    continue
+                have_key = key_of(have, cols)
+                for d, values in entries:
+                    arrived = have.filter(pc.is_in(have_key, value_set=key_of(values, cols)))
+                    if arrived.num_rows == 0:
+                        continue
+                    for f in self.outgoing[d.target]:
+                        if f.edge is d.edge and f.target == d.source and not d.back:
+                            continue
+                        pending[f].append(arrived)
+        return loaded
+
+
+def _unique(table: pa.Table, cols: tuple[str, ...], rename: tuple[str, ...] | None = None,
+            types: list[pa.DataType] | None = None) -> pa.Table:
+    """The distinct non-NULL value tuples of ``cols`` (renamed and cast to ``types``)."""
+    t = table.select(list(cols))
+    if rename:
+        t = t.rename_columns(list(rename))
+        cols = rename
+    if types is not None:
+        t = pa.table({c: pc.cast(t.column(c), types[i], safe=False) for i, c in enumerate(cols)})
+    for c in cols:
+        t = t.filter(pc.is_valid(t.column(c)))
+    if t.num_rows == 0:
+        return t
+    return t.group_by(list(cols)).aggregate([])

@@ -1,0 +1,425 @@
+"""What an incremental projection keeps in the serving database, and the SQL that keeps it.
+
+For a projection ``proj_x``:
+
+- ``proj_x``: the result. A grouped query's table also holds, in columns named ``__...``,
+  the aggregate state of each group (``__count``: its input rows; ``__n<i>``: the
+  non-NULL values of argument i; ``__s<i>``: their sum) and GROUP BY keys that are not
+  output columns (``__g<i>``); a query without GROUP BY has ``__source_lsn`` (the commit
+  position of the version of the driving table's row each result row shows). A unique
+  index (NULLS NOT DISTINCT) on the key.
+- ``pst_x__<capture>``, one per table read: the latest live version of each of its rows,
+  with only the columns the query uses, indexed on the key and on every join column.
+- ``pst_x__v<i>``: for MIN, MAX, COUNT(DISTINCT), BOOL_AND, BOOL_OR of argument i, how
+  many input rows of each group have each value.
+- ``pst_x__groups``: with HAVING, the aggregate state of every group (the result then
+  holds only the groups HAVING keeps).
+
+Output values of a grouped query are computed here, in PostgreSQL, from the aggregate
+state (PostgreSQL's own arithmetic: ``sum(x)::numeric(18,2)``, ``avg(x)``, HAVING).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from psycopg import sql
+from sqlglot import exp
+
+from cdcflow.projections import translate
+from cdcflow.projections.plan import Aggregate, Arg, Plan, TableUse
+
+LSN_TYPE = "numeric(25,0)"
+q = translate.quote
+
+
+def _ident(text: str) -> str:
+    """A table name within PostgreSQL's 63 bytes (long ones keep a hash of the whole)."""
+    if len(text) <= 63:
+        return text
+    return text[:54] + "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def prefix(projection: str) -> str:
+    """State tables of ``proj_x`` are ``pst_x__...``."""
+    return "pst_" + projection.removeprefix("proj_") + "__"
+
+
+def state_table(projection: str, capture: str) -> str:
+    return _ident(prefix(projection) + capture)
+
+
+def value_table(projection: str, arg: Arg) -> str:
+    return _ident(f"{prefix(projection)}v{arg.index}")
+
+
+def groups_table(projection: str) -> str:
+    return _ident(prefix(projection) + "groups")
+
+
+def temp_name(kind: str, n: int | str = "") -> str:
+    return f"cdcflow_{kind}{n}"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+
+
+def sum_part_type(arg: Arg) -> str:
+    return "double precision" if arg.pg_type in ("real", "double precision") else "numeric"
+
+
+class Layout:
+    """The tables of one plan and the statements over them."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.name = plan.name
+        self.having = plan.aggregated and plan.having is not None
+        self.sums = sorted({a.arg.index for a in plan.aggregates if a.kind in ("sum", "avg") and a.arg})
+        self.counts = sorted({a.arg.index for a in plan.aggregates if a.kind in ("count", "sum", "avg") and a.arg})
+        self.values = plan.value_args()
+        self.key_columns = list(plan.key)
+
+    # tables -----------------------------------------------------------------------
+
+    def state_columns(self, use: TableUse) -> list[Column]:
+        cols = [Column(c, use.types[c]) for c in use.columns]
+        if use.lsn:
+            cols.append(Column("__lsn", LSN_TYPE))
+        return cols
+
+    def part_columns(self) -> list[Column]:
+        if not self.plan.aggregated:
+            return []
+        cols = [Column("__count", "bigint")]
+        cols += [Column(f"__n{i}", "bigint") for i in self.counts]
+        cols += [Column(f"__s{i}", sum_part_type(self.plan.args[i])) for i in self.sums]
+        return cols
+
+    def hidden_keys(self) -> list[Column]:
+        outputs = {o.name for o in self.plan.outputs}
+        return [Column(g.column, g.pg_type) for g in self.plan.group_keys if g.column not in outputs]
+
+    def projection_columns(self) -> list[Column]:
+        cols = [Column(o.name, o.pg_type) for o in self.plan.outputs] + self.hidden_keys()
+        if not self.plan.aggregated:
+            cols.append(Column("__source_lsn", LSN_TYPE))
+        elif not self.having:
+            cols += self.part_columns()
+        return cols
+
+    def key_types(self) -> list[Column]:
+        by_name = {c.name: c for c in self.projection_columns()}
+        return [by_name[k] for k in self.key_columns]
+
+    def ddl(self) -> list[sql.Composable]:
+        """CREATE statements for every table of the projection."""
+        out: list[sql.Composable] = []
+        out += _create(self.name, self.projection_columns(), unique=self.key_columns)
+        for use in self.plan.tables.values():
+            table = state_table(self.name, use.table.capture)
+            out += _create(table, self.state_columns(use), primary=list(use.table.key))
+            for i, cols in enumerate(sorted(use.lookups)):
+                if list(cols) != list(use.table.key)[: len(cols)]:
+                    out.append(
+                        sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                            sql.Identifier(_ident(f"{table}_j{i}")), sql.Identifier(table), _names(cols)
+                        )
+                    )
+        for arg in self.values:
+            cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys]
+            cols += [Column("__v", arg.pg_type), Column("__cnt", "bigint")]
+            out += _create(value_table(self.name, arg), cols, unique=[c.name for c in cols[:-1]])
+        if self.having:
+            cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys] + self.part_columns()
+            out += _create(groups_table(self.name), cols, unique=[c.name for c in cols[: len(self.plan.group_keys)]])
+        return out
+
+    def tables(self) -> list[str]:
+        out = [self.name] + [state_table(self.name, u.table.capture) for u in self.plan.tables.values()]
+        out += [value_table(self.name, a) for a in self.values]
+        if self.having:
+            out.append(groups_table(self.name))
+        return out
+
+    # state ------------------------------------------------------------------------
+
+    def state_temp(self, use: TableUse) -> tuple[str, sql.Composable]:
+        name = temp_name("state_", use.table.capture)
+        cols = [*self.state_columns(use), Column("__deleted", "boolean")]
+        return name, _temp(name, cols)
+
+    def write_state(self, use: TableUse, *, fresh: bool) -> list[sql.Composable]:
+        """Deleted keys leave the state; changed live keys take their new version."""
+        table = sql.Identifier(state_table(self.name, use.table.capture))
+        tmp = sql.Identifier(temp_name("state_", use.table.capture))
+        cols = self.state_columns(use)
+        names = _names(c.name for c in cols)
+        if fresh:
+            return [sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT __deleted").format(table, names, names, tmp)]
+        key = list(use.table.key)
+        match = sql.SQL(" AND ").join(sql.SQL("s.{k} = t.{k}").format(k=sql.Identifier(k)) for k in key)
+        others = [c.name for c in cols if c.name not in key]
+        sets = sql.SQL(", ").join(sql.SQL("{c} = t.{c}").format(c=sql.Identifier(c)) for c in others)
+        values = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c.name)) for c in cols)
+        merge = sql.SQL(
+            "MERGE INTO {table} AS s USING (SELECT * FROM {tmp} WHERE NOT __deleted) AS t ON {match} "
+            "{update}WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
+        ).format(
+            table=table, tmp=tmp, match=match, names=names, values=values,
+            update=sql.SQL("WHEN MATCHED THEN UPDATE SET {} ").format(sets) if others else sql.SQL(""),
+        )
+        delete = sql.SQL("DELETE FROM {table} AS s USING {tmp} AS t WHERE t.__deleted AND {match}").format(
+            table=table, tmp=tmp, match=match
+        )
+        return [delete, merge]
+
+    # value tables -----------------------------------------------------------------
+
+    def value_temp(self, arg: Arg) -> tuple[str, sql.Composable]:
+        name = temp_name("value_", arg.index)
+        cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys]
+        cols += [Column("__v", arg.pg_type), Column("__cnt", "bigint"), Column("__nulls", "integer")]
+        return name, _temp(name, cols)
+
+    def write_values(self, arg: Arg, masks: list[int], *, fresh: bool) -> list[sql.Composable]:
+        table = sql.Identifier(value_table(self.name, arg))
+        tmp = sql.Identifier(temp_name("value_", arg.index))
+        keys = [f"__g{g.index}" for g in self.plan.group_keys]
+        names = _names([*keys, "__v", "__cnt"])
+        if fresh:
+            return [sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, names, names, tmp)]
+        out = []
+        for mask in masks:
+            on = _match("v", "d", keys, mask, also=sql.SQL("v.__v = d.__v"))
+            out.append(
+                sql.SQL(
+                    "MERGE INTO {table} AS v USING (SELECT * FROM {tmp} WHERE __nulls = {mask}) AS d ON {on} "
+                    "WHEN MATCHED AND v.__cnt + d.__cnt = 0 THEN DELETE "
+                    "WHEN MATCHED THEN UPDATE SET __cnt = v.__cnt + d.__cnt "
+                    "WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
+                ).format(
+                    table=table, tmp=tmp, mask=sql.Literal(mask), on=on, names=names,
+                    values=_names([*keys, "__v", "__cnt"], prefix="d"),
+                )
+            )
+        return out
+
+    # the result -------------------------------------------------------------------
+
+    def diff_temp(self) -> tuple[str, sql.Composable]:
+        """Grouped: the change of each touched group's state; rows: the new rows."""
+        name = temp_name("diff")
+        if self.plan.aggregated:
+            cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys] + self.part_columns()
+        else:
+            cols = [c for c in self.projection_columns()]
+        return name, _temp(name, [*cols, Column("__nulls", "integer")])
+
+    def deleted_temp(self) -> tuple[str, sql.Composable]:
+        name = temp_name("deleted")
+        return name, _temp(name, [*self.key_types(), Column("__nulls", "integer")])
+
+    def write_rows(self, masks_upsert: list[int], masks_delete: list[int], *, fresh: bool) -> list[sql.Composable]:
+        """A query without GROUP BY: rows that left go, new and changed rows are written."""
+        table, tmp = sql.Identifier(self.name), sql.Identifier(temp_name("diff"))
+        cols = [c.name for c in self.projection_columns()]
+        names = _names(cols)
+        if fresh:
+            return [sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, names, names, tmp)]
+        out: list[sql.Composable] = []
+        deleted = sql.Identifier(temp_name("deleted"))
+        for mask in masks_delete:
+            out.append(sql.SQL("DELETE FROM {} AS p USING (SELECT * FROM {} WHERE __nulls = {}) AS d WHERE {}").format(
+                table, deleted, sql.Literal(mask), _match("p", "d", self.key_columns, mask)))
+        others = [c for c in cols if c not in self.key_columns]
+        sets = sql.SQL(", ").join(sql.SQL("{c} = d.{c}").format(c=sql.Identifier(c)) for c in others)
+        for mask in masks_upsert:
+            out.append(
+                sql.SQL(
+                    "MERGE INTO {table} AS p USING (SELECT * FROM {tmp} WHERE __nulls = {mask}) AS d ON {on} "
+                    "WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
+                ).format(
+                    table=table, tmp=tmp, mask=sql.Literal(mask), on=_match("p", "d", self.key_columns, mask),
+                    sets=sets, names=names, values=_names(cols, prefix="d"),
+                )
+            )
+        return out
+
+    def write_groups(self, masks: list[int], *, fresh: bool) -> list[sql.Composable]:
+        """A grouped query: each touched group's state plus its change; the outputs from that."""
+        keys = [f"__g{g.index}" for g in self.plan.group_keys]
+        parts = [c.name for c in self.part_columns()]
+        tmp = sql.Identifier(temp_name("diff"))
+        target = groups_table(self.name) if self.having else self.name
+        target_keys = keys if self.having else [g.column for g in self.plan.group_keys]
+        out: list[sql.Composable] = []
+        for mask in masks:
+            source = sql.SQL("(SELECT * FROM {} WHERE __nulls = {}) AS d").format(tmp, sql.Literal(mask))
+            on = _match("p", "d", target_keys, mask, source_keys=keys)
+            added = {p: f"(p.{q(p)} + d.{q(p)})" for p in parts}
+            inserted = {p: f"d.{q(p)}" for p in parts}
+            if self.having:
+                upd_cols, ins_cols = parts, [*keys, *parts]
+                upd_vals = [added[p] for p in parts]
+                ins_vals = [f"d.{q(k)}" for k in keys] + [inserted[p] for p in parts]
+            else:
+                outs = self.output_columns()
+                upd_cols = parts + [c for c, _ in outs]
+                upd_vals = [added[p] for p in parts] + [self.render(e, added.get, "d", mask) for _, e in outs]
+                ins_cols = [*target_keys, *parts, *(c for c, _ in outs)]
+                ins_vals = ([f"d.{q(k)}" for k in keys] + [inserted[p] for p in parts]
+                            + [self.render(e, inserted.get, "d", mask) for _, e in outs])
+            delete = (
+                sql.SQL("WHEN MATCHED AND p.__count + d.__count = 0 THEN DELETE ")
+                if self.plan.group_keys else sql.SQL("")
+            )
+            if fresh:
+                out.append(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                    sql.Identifier(target), _names(ins_cols), sql.SQL(", ".join(ins_vals)), source))
+                continue
+            out.append(
+                sql.SQL(
+                    "MERGE INTO {target} AS p USING {source} ON {on} {delete}"
+                    "WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({vals})"
+                ).format(
+                    target=sql.Identifier(target), source=source, on=on, delete=delete,
+                    sets=sql.SQL(", ").join(
+                        sql.SQL("{} = {}").format(sql.Identifier(c), sql.SQL(v))  # type: ignore[arg-type]
+                        for c, v in zip(upd_cols, upd_vals, strict=True)
+                    ),
+                    cols=_names(ins_cols), vals=sql.SQL(", ".join(ins_vals)),  # type: ignore[arg-type]
+                )
+            )
+        if self.having:
+            out += self.having_rows(masks)
+        return out
+
+    def having_rows(self, masks: list[int]) -> list[sql.Composable]:
+        """With HAVING: the touched groups' result rows, rewritten from their state."""
+        keys = [f"__g{g.index}" for g in self.plan.group_keys]
+        table, tmp, groups = sql.Identifier(self.name), sql.Identifier(temp_name("diff")), groups_table(self.name)
+        by_column = {g.column: g for g in self.plan.group_keys}
+        cols = [c.name for c in self.projection_columns()]
+        exprs = {o.name: o.expr for o in self.plan.outputs}
+        out: list[sql.Composable] = []
+        for mask in masks:
+            source = sql.SQL("(SELECT * FROM {} WHERE __nulls = {}) AS d").format(tmp, sql.Literal(mask))
+            out.append(sql.SQL("DELETE FROM {} AS p USING {} WHERE {}").format(
+                table, source, _match("p", "d", self.key_columns, mask, source_keys=keys)))
+            part = {c.name: f"g.{q(c.name)}" for c in self.part_columns()}
+            values = [
+                f"g.{q(f'__g{by_column[c].index}')}" if c in by_column else self.render(exprs[c], part.get, "g", mask)
+                for c in cols
+            ]
+            having = self.render(self.plan.having, part.get, "g", mask)  # type: ignore[arg-type]
+            out.append(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS g JOIN {} ON {} WHERE {}").format(
+                table, _names(cols), sql.SQL(", ".join(values)), sql.Identifier(groups), source,  # type: ignore[arg-type]
+                _match("g", "d", keys, mask), sql.SQL(having)))  # type: ignore[arg-type]
+        return out
+
+    def output_columns(self) -> list[tuple[str, exp.Expression]]:
+        """Output columns that are not GROUP BY keys, with their expressions."""
+        keys = {g.column for g in self.plan.group_keys}
+        return [(o.name, o.expr) for o in self.plan.outputs if o.name not in keys]
+
+    # PostgreSQL expressions over the aggregate state ----------------------------------
+
+    def render(self, e: exp.Expression, part: Callable[[str], str | None], keys: str, mask: int) -> str:
+        """``e`` (an output or HAVING over GROUP BY keys and aggregates) in PostgreSQL, with
+        ``part(name)`` the SQL of a state column and ``keys`` the alias holding ``__g<i>``."""
+        plan = self.plan
+
+        def swap_aggregate(node: exp.Expression) -> exp.Expression:
+            for a in plan.aggregates:
+                if node == a.node:
+                    return translate.parse_pg_expr(self.aggregate_sql(a, part, keys, mask))
+            return node
+
+        def swap_key(node: exp.Expression) -> exp.Expression:
+            for g in plan.group_keys:
+                if node == g.expr:
+                    return translate.parse_pg_expr(f"{keys}.{q(f'__g{g.index}')}")
+            return node
+
+        out = e.copy().transform(swap_aggregate).transform(swap_key)
+        return out.sql(dialect="postgres")
+
+    def aggregate_sql(self, a: Aggregate, part: Callable[[str], str | None], keys: str, mask: int) -> str:
+        def p(name: str) -> str:
+            value = part(name)
+            assert value is not None, name
+            return value
+
+        i = a.arg.index if a.arg else -1
+        if a.kind == "count_star":
+            return p("__count")
+        if a.kind == "count":
+            return p(f"__n{i}")
+        if a.kind == "sum":
+            return f"CAST(CASE WHEN {p(f'__n{i}')} = 0 THEN NULL ELSE {p(f'__s{i}')} END AS {a.pg_type})"
+        if a.kind == "avg":
+            assert a.arg is not None
+            s = p(f"__s{i}") if sum_part_type(a.arg) != "numeric" else f"CAST({p(f'__s{i}')} AS numeric)"
+            return f"CAST(CASE WHEN {p(f'__n{i}')} = 0 THEN NULL ELSE {s} / {p(f'__n{i}')} END AS {a.pg_type})"
+        assert a.arg is not None
+        table = q(value_table(self.name, a.arg))
+        keys_sql = [f"__g{g.index}" for g in self.plan.group_keys]
+        match = " AND ".join(
+            [f"v.{q(k)} IS NULL" if mask & (1 << n) else f"v.{q(k)} = {keys}.{q(k)}" for n, k in enumerate(keys_sql)]
+        ) or "TRUE"
+        if a.kind in ("min", "max"):
+            order = "ASC" if a.kind == "min" else "DESC"
+            return f"(SELECT v.__v FROM {table} AS v WHERE {match} ORDER BY v.__v {order} LIMIT 1)"
+        if a.kind == "count_distinct":
+            return f"(SELECT count(*) FROM {table} AS v WHERE {match})"
+        return f"(SELECT {a.kind}(v.__v) FROM {table} AS v WHERE {match})"
+
+
+def _names(names, prefix: str | None = None) -> sql.Composable:
+    if prefix:
+        return sql.SQL(", ").join(sql.SQL(prefix + ".{}").format(sql.Identifier(n)) for n in names)
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _match(target: str, source: str, keys: list[str], mask: int, also: sql.Composable | None = None,
+           source_keys: list[str] | None = None) -> sql.Composable:
+    """``target`` row matches ``source`` row on ``keys``: equality, or both NULL where the
+    mask says the source's key is NULL (index-friendly: no IS NOT DISTINCT FROM)."""
+    parts: list[sql.Composable] = []
+    for n, (k, sk) in enumerate(zip(keys, source_keys or keys, strict=True)):
+        if mask & (1 << n):
+            parts.append(sql.SQL(target + ".{} IS NULL").format(sql.Identifier(k)))
+        else:
+            parts.append(sql.SQL(target + ".{} = " + source + ".{}").format(sql.Identifier(k), sql.Identifier(sk)))
+    if also is not None:
+        parts.append(also)
+    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
+
+
+def _create(table: str, cols: list[Column], *, unique: list[str] | None = None,
+            primary: list[str] | None = None) -> list[sql.Composable]:
+    body = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in cols]  # type: ignore[arg-type]
+    if primary:
+        body.append(sql.SQL("PRIMARY KEY ({})").format(_names(primary)))
+    out: list[sql.Composable] = [
+        sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(", ").join(body))
+    ]
+    if unique:
+        out.append(
+            sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) NULLS NOT DISTINCT").format(
+                sql.Identifier(_ident(f"{table}_key")), sql.Identifier(table), _names(unique)
+            )
+        )
+    return out
+
+
+def _temp(name: str, cols: list[Column]) -> sql.Composable:
+    body = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))  # type: ignore[arg-type]
+                              for c in cols)
+    return sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), body)
