@@ -20,8 +20,9 @@ class Stager:
         from cdcflow.ingest import IngestWorker
 
         self.settings = settings
-        self.worker = IngestWorker(settings, make_source(settings), settings.serving_dsn, threading.Event(),
-                                   owner="test-stager")
+        self.worker = IngestWorker(
+            settings, make_source(settings), settings.serving_dsn, threading.Event(), owner="test-stager"
+        )
         self._lease_conn = psycopg.connect(settings.serving_dsn)
         self.worker.lease.acquire(self._lease_conn)
         self._serving = psycopg.connect(settings.serving_dsn, autocommit=True)

@@ -241,6 +241,72 @@ def _add_rebuild(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_rebuild)
 
 
+# -- projections (definitions: list, check, explain, drop) --------------------------
+
+
+def cmd_projections(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from cdcflow import db, projections
+    from cdcflow.projections import explain
+
+    if args.action == "drop":
+        if not args.name:
+            raise ConfigError("name the projection to drop: cdcflow projections drop NAME")
+        tables = projections.drop(settings, args.name)
+        print(f"dropped projection {args.name}: tables {', '.join(tables) or 'none'} and its control rows")
+        return 0
+    _, serving_dsn = settings.require_dsns()
+    with db.connect(serving_dsn, "serving") as conn:
+        built, problems = projections.load(settings, conn)
+        conn.rollback()
+        status: dict[str, str] = (
+            dict(conn.execute("SELECT projection_name, status FROM ctl_projection_metadata").fetchall())
+            if (
+                conn.execute("SELECT to_regclass('ctl_projection_metadata') IS NOT NULL").fetchone()[0]  # type: ignore[index]
+            )
+            else {}
+        )
+    if args.action == "explain":
+        if not args.name:
+            raise ConfigError("name the projection to explain: cdcflow projections explain NAME")
+        for p in built:
+            if p.name in (args.name, f"proj_{args.name}"):
+                print(explain.explain(p))
+                return 0
+        for name, message in problems:
+            if name in (args.name, f"proj_{args.name}"):
+                print(message)
+                return EXIT_CONFIG
+        raise ConfigError(f"no enabled projection named {args.name!r}")
+    rows = [{**explain.summary(p), "status": status.get(p.name, "INIT")} for p in built]
+    rows += [{"projection": n, "mode": "refused", "problem": m, "status": status.get(n, "ERROR")} for n, m in problems]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.action == "check":
+        for r in rows:
+            if r["mode"] == "refused":
+                print(f"refused  {r['problem']}")
+            else:
+                print(
+                    f"ok       {r['projection']}: {r['mode']} ({r.get('shape', 'recomputed in full')}), "
+                    f"reads {', '.join(r['captures'])}"
+                )
+    else:
+        for r in rows:
+            detail = r.get("problem") or f"{r.get('shape', 'full recompute')}; reads {', '.join(r['captures'])}"
+            print(f"{r['projection']:40} {r['mode']:12} {r['status']:8} {detail}")
+    return EXIT_CONFIG if problems and args.action == "check" else 0
+
+
+def _add_projections(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("projections", help="projection definitions: list, check, explain NAME, drop NAME")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "check", "explain", "drop"])
+    p.add_argument("name", nargs="?", help="projection (explain, drop)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (list, check)")
+    p.set_defaults(func=cmd_projections)
+
+
 # -- compact (staging compaction, self-contained block) -------------------------------
 
 
@@ -335,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_loadgen_parser(sub)
     _add_rebuild(sub)
     _add_compact(sub)
+    _add_projections(sub)
     return p
 
 

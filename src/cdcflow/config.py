@@ -185,19 +185,19 @@ class Settings:
         15,
         "PROJECTION_RECOMPUTE_WINDOW_MINUTES",
         _int_range(0, 525_600),
-        "Minutes of recent KPI buckets re-derived from state by the self-check.",
+        "The seed's recompute window; the self-check compares whole projections, so only 0 (off) changes it.",
     )
     projection_self_check_seconds: float = _opt(
         60.0,
         "PROJECTION_SELF_CHECK_SECONDS",
         _float_range(0, 86400),
-        "How often the KPI self-check recomputes the recompute window from state (0 turns it off).",
+        "How often each incremental projection's self-check compares it with its query over its state (0: off).",
     )
     projection_parallel_reads: bool = _opt(
         True,
         "PROJECTION_PARALLEL_READS",
         _bool,
-        "The KPI cycle reads the stored state it needs on a second connection while it writes the new state"
+        "A projection cycle reads the stored state it needs on a second connection while it writes the new state"
         " (shorter cycles; the cycle then uses two cores at once).",
     )
     enable_proj_orders_kpi: bool = _opt(

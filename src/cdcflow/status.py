@@ -21,7 +21,8 @@ from cdcflow.positions import format_lsn
 from cdcflow.serving.control import read_watermarks
 
 HEALTHY_CAPTURE = ("OK",)
-HEALTHY_PROJECTION = ("OK", "INIT")
+#: REMOVED: no definition any more (not maintained, nothing wrong with it).
+HEALTHY_PROJECTION = ("OK", "INIT", "REMOVED")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ProjectionStatus:
     built_at: str | None
     last_error: str | None
     restated_buckets: int
+    mode: str | None = None  # incremental, or full (recomputed every cycle)
 
 
 @dataclass
@@ -145,7 +147,7 @@ def collect(settings: Settings) -> Status:
                 "since": acquired_at if live else None,
             }
         )
-    for name, status, as_of_lsn, as_of_time, built_at, last_error, restated in meta:
+    for name, status, as_of_lsn, as_of_time, built_at, last_error, restated, mode in meta:
         fresh = (now - as_of_time).total_seconds() if as_of_time else None
         out.projections.append(
             ProjectionStatus(
@@ -156,6 +158,7 @@ def collect(settings: Settings) -> Status:
                 built_at.isoformat() if built_at else None,
                 last_error,
                 int(restated or 0),
+                mode,
             )
         )
         if status not in HEALTHY_PROJECTION:
@@ -215,9 +218,9 @@ def render_text(status: Status) -> str:
         parts.append("")
         parts.append(
             _table(
-                ["PROJECTION", "STATUS", "AS_OF", "FRESHNESS_S", "RESTATED"],
+                ["PROJECTION", "STATUS", "MODE", "AS_OF", "FRESHNESS_S", "RESTATED"],
                 [
-                    [p.projection, p.status, p.as_of, _fmt(p.freshness_seconds), str(p.restated_buckets)]
+                    [p.projection, p.status, _fmt(p.mode), p.as_of, _fmt(p.freshness_seconds), str(p.restated_buckets)]
                     for p in status.projections
                 ],
             )

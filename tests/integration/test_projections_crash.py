@@ -94,7 +94,9 @@ def assert_consistent(serving_dsn: str) -> int:
                 continue
             assert cps == {as_of}, f"{name}: checkpoints {cps} differ from as_of_lsn {as_of}"
             got, want = conn.execute(proj_sql).fetchall(), conn.execute(oracle_sql, {"lsn": as_of}).fetchall()
-            assert got == want, f"{name}: missing {sorted(set(want) - set(got))[:3]}, extra {sorted(set(got) - set(want))[:3]}"
+            assert got == want, (
+                f"{name}: missing {sorted(set(want) - set(got))[:3]}, extra {sorted(set(got) - set(want))[:3]}"
+            )
             checked += 1
     return checked
 

@@ -22,14 +22,16 @@ import pytest
 
 from cdcflow import cli, projections
 from cdcflow.bootstrap import bootstrap
-from cdcflow.projections import base, orders_kpi
-from cdcflow.projections.orders_kpi import OrdersKpi
-from cdcflow.projections.orders_latest import OrdersLatest
+from cdcflow.projections import base, closure, incremental
+from cdcflow.projections.duckplan import DuckQueries
+from cdcflow.projections.selfcheck import SelfCheck
+from cdcflow.projections.storage import Layout
 from cdcflow.projections.worker import ProjectionWorker
-from cdcflow.serving import schema
 from tests.conftest import wait_until
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 30, tzinfo=dt.UTC)
+KPI = "proj_orders_kpi_by_minute_segment"
+LATEST = "proj_orders_latest"
 
 
 class Serving:
@@ -46,6 +48,11 @@ class Serving:
     def close(self) -> None:
         self.conn.close()
         self.duck.close()
+
+    def projection(self, name: str = KPI, settings=None) -> base.Projection:
+        """The projection as the worker builds it from its definition."""
+        with base.open_connection(self.settings.serving_dsn) as conn:
+            return projections.resolve(settings or self.settings, conn, [name])[0]
 
     def order(
         self,
@@ -151,70 +158,77 @@ def srv(edbs):
 
 
 def test_cutoff_is_the_lowest_watermark_and_nothing_beyond_it_shows(srv):
-    srv.cycle(OrdersKpi()), srv.cycle(OrdersLatest())
+    kpi, latest = srv.projection(KPI), srv.projection(LATEST)
+    srv.cycle(kpi), srv.cycle(latest)
     srv.order(10, 100, 1, "5.00")  # customer 1 is ENTERPRISE in the demo seed
     srv.customer(20, 1, "LATE")  # beyond the customers watermark
     srv.order(25, 101, 1, "7.00")  # beyond the cutoff (orders watermark is ahead)
     srv.watermarks(orders=30, customers=15, payments=30)
-    kpi, latest = srv.cycle(OrdersKpi()), srv.cycle(OrdersLatest())
-    assert kpi.cutoff == latest.cutoff == srv.base + 15
+    a, b = srv.cycle(kpi), srv.cycle(latest)
+    assert a.cutoff == b.cutoff == srv.base + 15
     assert srv.kpi() == {"ENTERPRISE": (1, Decimal("5.00"), Decimal("0.00"))}
     assert srv.latest(100) == (1, "ENTERPRISE", Decimal("5.00"), srv.base + 10)
     assert srv.latest(101) is None
-    for name in (OrdersKpi.name, OrdersLatest.name):
+    for name in (KPI, LATEST):
         status, as_of, _, _ = srv.meta(name)
         assert status == "OK" and as_of == srv.base + 15 and srv.checkpoints(name) == {srv.base + 15}
     srv.watermarks(customers=30)
-    srv.cycle(OrdersKpi()), srv.cycle(OrdersLatest())
+    srv.cycle(kpi), srv.cycle(latest)
     assert srv.kpi() == {"LATE": (2, Decimal("12.00"), Decimal("0.00"))}
     assert srv.latest(100)[1] == srv.latest(101)[1] == "LATE"
 
 
 def test_held_capture_holds_the_cutoff_and_reports_stale(srv):
-    srv.cycle(OrdersKpi())
+    kpi = srv.projection()
+    srv.cycle(kpi)
     srv.order(10, 100, 1, "5.00")
     srv.watermarks(orders=10)
     srv.conn.execute("UPDATE ctl_ingestion_watermarks SET state = 'GAP' WHERE capture_instance = 'public_payments'")
-    srv.cycle(OrdersKpi())
-    status, as_of, error, _ = srv.meta(OrdersKpi.name)
+    srv.cycle(kpi)
+    status, as_of, error, _ = srv.meta(KPI)
     assert status == "STALE" and "public_payments" in error and as_of == srv.base
     assert srv.kpi() == {}
     srv.conn.execute("UPDATE ctl_ingestion_watermarks SET state = 'OK', last_lsn = %s", (srv.base + 10,))
-    srv.cycle(OrdersKpi())
-    assert srv.meta(OrdersKpi.name)[:3] == ("OK", srv.base + 10, None)
+    srv.cycle(kpi)
+    assert srv.meta(KPI)[:3] == ("OK", srv.base + 10, None)
     assert srv.kpi() == {"ENTERPRISE": (1, Decimal("5.00"), Decimal("0.00"))}
 
 
+def _broken_groups_diff(monkeypatch, sql_text: str = "SELECT * FROM no_such_table") -> None:
+    """The DuckDB step of every grouped projection fails (as a bad transform would)."""
+    monkeypatch.setattr(DuckQueries, "groups_diff", lambda self: sql_text)
+
+
 def test_transform_failure_sets_error_and_next_good_cycle_sets_ok(srv, monkeypatch):
-    worker = ProjectionWorker(OrdersKpi(), srv.settings, srv.settings.serving_dsn, threading.Event(), listen=False)
-    other = ProjectionWorker(OrdersLatest(), srv.settings, srv.settings.serving_dsn, threading.Event(), listen=False)
+    worker = ProjectionWorker(
+        srv.projection(KPI), srv.settings, srv.settings.serving_dsn, threading.Event(), listen=False
+    )
+    other = ProjectionWorker(
+        srv.projection(LATEST), srv.settings, srv.settings.serving_dsn, threading.Event(), listen=False
+    )
     worker.cycle(), other.cycle()
     srv.order(10, 100, 1, "5.00")
     srv.watermarks(orders=10, customers=10, payments=10)
-    good = orders_kpi.transform
-    monkeypatch.setattr(
-        orders_kpi, "transform", lambda name: "SELECT * FROM no_such_table" if name == "bucket_diff" else good(name)
-    )
+    _broken_groups_diff(monkeypatch)
     with pytest.raises(Exception, match="no_such_table") as info:
         worker.cycle()
-    base.record_error(worker.conn(), worker.projection, str(info.value))
-    status, as_of, error, _ = srv.meta(OrdersKpi.name)
+    base.record_error(worker.conn(), KPI, str(info.value))
+    status, as_of, error, _ = srv.meta(KPI)
     assert status == "ERROR" and "no_such_table" in error and as_of == srv.base
-    assert srv.checkpoints(OrdersKpi.name) == {srv.base} and srv.kpi() == {}
+    assert srv.checkpoints(KPI) == {srv.base} and srv.kpi() == {}
     other.cycle()  # another projection goes on
-    assert srv.meta(OrdersLatest.name)[:2] == ("OK", srv.base + 10)
-    monkeypatch.setattr(orders_kpi, "transform", good)
+    assert srv.meta(LATEST)[:2] == ("OK", srv.base + 10)
+    monkeypatch.undo()
     worker.cycle()
     worker.close(), other.close()
-    assert srv.meta(OrdersKpi.name)[:3] == ("OK", srv.base + 10, None)
+    assert srv.meta(KPI)[:3] == ("OK", srv.base + 10, None)
     assert srv.kpi() == {"ENTERPRISE": (1, Decimal("5.00"), Decimal("0.00"))}
 
 
 def test_worker_loop_records_error_then_recovers(edbs, pipeline, monkeypatch):
     settings = edbs.settings.replace(projection_interval_seconds=0.2)
     bootstrap(settings, demo=True).source.close()
-    good = orders_kpi.transform
-    monkeypatch.setattr(orders_kpi, "transform", lambda name: "SELECT broken(" if name == "bucket_diff" else good(name))
+    _broken_groups_diff(monkeypatch, "SELECT broken(")
     with pipeline(settings), psycopg.connect(settings.serving_dsn, autocommit=True) as conn:
 
         def meta() -> tuple:
@@ -222,14 +236,15 @@ def test_worker_loop_records_error_then_recovers(edbs, pipeline, monkeypatch):
 
         wait_until(lambda: meta()[0] == "ERROR", what="metadata ERROR")
         assert "syntax error" in meta()[1].lower()
-        monkeypatch.setattr(orders_kpi, "transform", good)
+        monkeypatch.undo()
         wait_until(lambda: meta() == ("OK", None), what="metadata OK again")
-        assert conn.execute("SELECT sum(orders_count) FROM proj_orders_kpi_by_minute_segment").fetchone()[0] == 5
+        assert conn.execute(f"SELECT sum(orders_count) FROM {KPI}").fetchone()[0] == 5
 
 
 def test_failure_at_the_last_statement_leaves_the_old_state(srv, monkeypatch):
-    srv.cycle(OrdersKpi())
-    before = srv.conn.execute("SELECT * FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2").fetchall()
+    kpi = srv.projection()
+    srv.cycle(kpi)
+    before = srv.conn.execute(f"SELECT * FROM {KPI} ORDER BY 1, 2").fetchall()
     srv.order(10, 100, 1, "5.00")
     srv.payment(11, 100, 100, "2.50")
     srv.watermarks(orders=20, customers=20, payments=20)
@@ -239,14 +254,15 @@ def test_failure_at_the_last_statement_leaves_the_old_state(srv, monkeypatch):
 
     monkeypatch.setattr(base, "_as_of_time", boom)  # runs after rows, state and checkpoints are written
     with pytest.raises(RuntimeError):
-        srv.cycle(OrdersKpi())
-    assert srv.conn.execute("SELECT * FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2").fetchall() == before
-    assert srv.checkpoints(OrdersKpi.name) == {srv.base} and srv.meta(OrdersKpi.name)[1] == srv.base
-    assert srv.conn.execute("SELECT count(*) FROM pst_kpi_orders WHERE order_id = 100").fetchone()[0] == 0
+        srv.cycle(kpi)
+    assert srv.conn.execute(f"SELECT * FROM {KPI} ORDER BY 1, 2").fetchall() == before
+    assert srv.checkpoints(KPI) == {srv.base} and srv.meta(KPI)[1] == srv.base
+    state = "pst_orders_kpi_by_minute_segment__public_orders"
+    assert srv.conn.execute(f"SELECT count(*) FROM {state} WHERE order_id = 100").fetchone()[0] == 0
     monkeypatch.undo()
-    srv.cycle(OrdersKpi())
+    srv.cycle(kpi)
     assert srv.kpi() == {"ENTERPRISE": (1, Decimal("5.00"), Decimal("2.50"))}
-    assert srv.checkpoints(OrdersKpi.name) == {srv.base + 20} and srv.meta(OrdersKpi.name)[1] == srv.base + 20
+    assert srv.checkpoints(KPI) == {srv.base + 20} and srv.meta(KPI)[1] == srv.base + 20
 
 
 @pytest.mark.parametrize("reader", [False, True], ids=["state-read-first", "state-read-on-reader"])
@@ -260,236 +276,195 @@ def test_late_and_out_of_order_changes(srv, reader, monkeypatch):
     srv.cycle = functools.partial(srv.cycle, reader=reader)
     if reader:
         written = threading.Event()
-        query, read_state = orders_kpi._q, OrdersKpi._state
+        write_state, load = Layout.write_state, closure.Closure.load
 
-        def q(name, **identifiers):
-            if name == "upsert_state":
-                threading.Timer(0.2, written.set).start()  # it runs right after being built
-            return query(name, **identifiers)
+        def write_then_signal(self, use, *, fresh):
+            stmts = write_state(self, use, fresh=fresh)
+            threading.Timer(0.2, written.set).start()  # the statements run right after being built
+            return stmts
 
-        def state_after_the_writes(self, conn, *args):
+        def load_after_the_writes(self, conn, deltas):
             assert written.wait(10), "the cycle never wrote its new state"
-            return read_state(self, conn, *args)
+            return load(self, conn, deltas)
 
-        monkeypatch.setattr(orders_kpi, "_q", q)
-        monkeypatch.setattr(OrdersKpi, "_state", state_after_the_writes)
-    srv.cycle(OrdersKpi())
+        monkeypatch.setattr(Layout, "write_state", write_then_signal)
+        monkeypatch.setattr(closure.Closure, "load", load_after_the_writes)
+    kpi = srv.projection()
+    srv.cycle(kpi)
     old = T0 - dt.timedelta(days=1)
     srv.payment(1, 500, 900, "3.00")  # order 900 does not exist yet
     srv.watermarks(orders=1, customers=1, payments=1)
-    srv.cycle(OrdersKpi())
+    srv.cycle(kpi)
     assert srv.kpi() == {}
     srv.order(2, 900, 2, "10.00", created=old)  # the order arrives (customer 2: SMB)
     srv.watermarks(orders=2, customers=2, payments=2)
-    srv.cycle(OrdersKpi())
+    srv.cycle(kpi)
     assert srv.kpi(old) == {"SMB": (1, Decimal("10.00"), Decimal("0.00"))}
     assert srv.kpi() == {"SMB": (0, Decimal("0.00"), Decimal("3.00"))}
-    assert srv.payments_count() == {"SMB": 1}  # keeps the payments-only bucket alive
+    assert srv.payments_count() == {"SMB": 1}  # a payments-only bucket
     srv.order(3, 900, 2, None, op=4, created=old)  # amount set to NULL, a day later
     srv.customer(3, 2, "MOVED")
     srv.watermarks(orders=3, customers=3, payments=3)
-    srv.cycle(OrdersKpi())
+    srv.cycle(kpi)
     assert srv.kpi(old) == {"MOVED": (1, Decimal("0.00"), Decimal("0.00"))}
     assert srv.kpi() == {"MOVED": (0, Decimal("0.00"), Decimal("3.00"))}
     srv.payment(4, 500, 900, None, op=1)
     srv.order(4, 900, None, None, op=1)
     srv.watermarks(orders=4, customers=4, payments=4)
-    srv.cycle(OrdersKpi())
+    srv.cycle(kpi)
     assert srv.kpi(old) == {} and srv.kpi() == {}
-    old_rows = "SELECT count(*) FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket < '2026-01-03'"
+    old_rows = f"SELECT count(*) FROM {KPI} WHERE minute_bucket < '2026-01-03'"
     assert srv.conn.execute(old_rows).fetchone()[0] == 0
 
 
-def _order_100_applied(srv) -> None:
-    srv.cycle(OrdersKpi())
+def _order_100_applied(srv) -> base.Projection:
+    kpi = srv.projection()
+    srv.cycle(kpi)
     srv.order(10, 100, 1, "5.00")
     srv.watermarks(orders=10, customers=10, payments=10)
-    srv.cycle(OrdersKpi(), reader=True)
+    srv.cycle(kpi, reader=True)
     srv.order(11, 100, 1, "8.00", op=4)
     srv.watermarks(orders=11, customers=11, payments=11)
+    return kpi
 
 
 def test_a_failed_state_read_on_the_reader_fails_the_cycle_and_the_next_one_applies(srv):
-    _order_100_applied(srv)
+    kpi = _order_100_applied(srv)
     with base.open_connection(srv.settings.serving_dsn) as conn:
         reader = base.snapshot_connection(srv.settings.serving_dsn)
         reader.close()  # the reader's connection is gone (a server restart, a network cut)
         with pytest.raises(psycopg.OperationalError):
-            base.run_cycle(conn, srv.duck, OrdersKpi(), srv.settings, reader=reader)
+            base.run_cycle(conn, srv.duck, kpi, srv.settings, reader=reader)
         conn.rollback()
-    assert srv.checkpoints(OrdersKpi.name) == {srv.base + 10}
+    assert srv.checkpoints(KPI) == {srv.base + 10}
     assert srv.kpi() == {"ENTERPRISE": (1, Decimal("5.00"), Decimal("0.00"))}
-    srv.cycle(OrdersKpi(), reader=True)
+    srv.cycle(kpi, reader=True)
     assert srv.kpi() == {"ENTERPRISE": (1, Decimal("8.00"), Decimal("0.00"))}
-    assert srv.checkpoints(OrdersKpi.name) == {srv.base + 11}
+    assert srv.checkpoints(KPI) == {srv.base + 11}
 
 
 def test_a_failure_while_the_reader_reads_waits_for_the_reads_to_end(srv, monkeypatch):
     """The cycle's side fails while the reader is still reading: the error surfaces only once
     the reads have ended and the reader's snapshot is closed, so the reader is free for the
     next cycle (a worker reuses it)."""
-    _order_100_applied(srv)
+    kpi = _order_100_applied(srv)
     reads_done = threading.Event()
-    slow_state = OrdersKpi._state
+    load = closure.Closure.load
 
-    def slow(self, conn, *args):
+    def slow(self, conn, deltas):
         time.sleep(0.5)
         try:
-            return slow_state(self, conn, *args)
+            return load(self, conn, deltas)
         finally:
             reads_done.set()
 
     def boom(*_args, **_kwargs):
         raise RuntimeError("write failed")
 
-    monkeypatch.setattr(OrdersKpi, "_state", slow)
-    monkeypatch.setattr(orders_kpi, "write_arrow", boom)
+    monkeypatch.setattr(closure.Closure, "load", slow)
+    monkeypatch.setattr(incremental, "write_arrow", boom)
     dsn = srv.settings.serving_dsn
     with base.open_connection(dsn) as conn, base.snapshot_connection(dsn) as reader:
         with pytest.raises(RuntimeError, match="write failed"):
-            base.run_cycle(conn, srv.duck, OrdersKpi(), srv.settings, reader=reader)
+            base.run_cycle(conn, srv.duck, kpi, srv.settings, reader=reader)
         assert reads_done.is_set()
         assert reader.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         conn.rollback()
         monkeypatch.undo()
-        base.run_cycle(conn, srv.duck, OrdersKpi(), srv.settings, reader=reader)
+        base.run_cycle(conn, srv.duck, kpi, srv.settings, reader=reader)
         conn.commit()
     assert srv.kpi() == {"ENTERPRISE": (1, Decimal("8.00"), Decimal("0.00"))}
 
 
-def _corrupt_the_current_minute(srv) -> tuple[dt.datetime, list]:
-    """Three orders in the current minute, applied; then three wrong buckets in the recompute
-    window (a count off, one missing, one that should not exist) and one outside it.
-    Returns the minute and the good rows."""
+def _corrupt_the_current_minute(srv, kpi) -> tuple[dt.datetime, list]:
+    """Three orders in the current minute, applied; then three wrong buckets (a count off,
+    one missing, one that should not exist). Returns the minute and the good rows."""
     now = srv.conn.execute("SELECT now()").fetchone()[0]
     for i in range(3):
         srv.order(1 + i, 700 + i, 1 + i, "4.00", created=now)
     srv.watermarks(orders=5, customers=5, payments=5)
-    srv.cycle(OrdersKpi(), self_check=True)
-    assert srv.meta(OrdersKpi.name)[3] == 0
-    good = srv.conn.execute("SELECT * FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2").fetchall()
+    srv.cycle(kpi, self_check=True)
+    assert srv.meta(KPI)[3] == 0
+    good = srv.conn.execute(f"SELECT * FROM {KPI} ORDER BY 1, 2").fetchall()
+    minute = "date_trunc('minute', %s::timestamptz)"
     srv.conn.execute(
-        "UPDATE proj_orders_kpi_by_minute_segment SET orders_count = orders_count + 5 "
-        "WHERE segment = 'ENTERPRISE' AND minute_bucket = date_trunc('minute', %s::timestamptz)",
+        f"UPDATE {KPI} SET orders_count = orders_count + 5 WHERE segment = 'ENTERPRISE' AND minute_bucket = {minute}",
         (now,),
     )
+    srv.conn.execute(f"DELETE FROM {KPI} WHERE segment = 'SMB' AND minute_bucket = {minute}", (now,))
     srv.conn.execute(
-        "DELETE FROM proj_orders_kpi_by_minute_segment WHERE segment = 'SMB' "
-        "AND minute_bucket = date_trunc('minute', %s::timestamptz)",
+        f"INSERT INTO {KPI} (minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, "
+        f"payments_count, __count, __s0, __s1, __s2, __s3) VALUES ({minute}, 'GHOST', 1, 1, 0, 0, 1, 1, 1, 0, 0)",
         (now,),
     )
-    srv.conn.execute(
-        "INSERT INTO proj_orders_kpi_by_minute_segment "
-        "VALUES (date_trunc('minute', %s::timestamptz), 'GHOST', 1, 1, 0, now())",
-        (now,),
-    )
-    srv.conn.execute("INSERT INTO proj_orders_kpi_by_minute_segment VALUES ('2020-01-01', 'OUTSIDE', 1, 1, 0, now())")
     return now, good
 
 
-def _suspects(srv) -> list:
+def _suspects(srv, kpi) -> list:
     with base.snapshot_connection(srv.settings.serving_dsn) as conn:
-        return OrdersKpi().window_suspects(conn, srv.settings)
+        return kpi.window_suspects(conn, srv.settings)
 
 
-def _fixed(srv) -> list:
-    return srv.conn.execute(
-        "SELECT * FROM proj_orders_kpi_by_minute_segment WHERE segment <> 'OUTSIDE' ORDER BY 1, 2"
-    ).fetchall()
+def _rows(srv) -> list:
+    return srv.conn.execute(f"SELECT * FROM {KPI} ORDER BY 1, 2").fetchall()
 
 
-def test_self_check_restates_a_corrupted_window(srv):
-    _, good = _corrupt_the_current_minute(srv)
-    srv.cycle(OrdersKpi(), self_check=False)
-    assert srv.meta(OrdersKpi.name)[3] == 0
-    srv.cycle(OrdersKpi(), self_check=True)
-    assert srv.meta(OrdersKpi.name)[3] == 3
-    assert [r[:5] for r in _fixed(srv)] == [r[:5] for r in good]
+def test_self_check_restates_a_corrupted_projection(srv):
+    kpi = srv.projection()
+    now, good = _corrupt_the_current_minute(srv, kpi)
+    srv.cycle(kpi, self_check=False)
+    assert srv.meta(KPI)[3] == 0
+    srv.cycle(kpi, self_check=True)
+    assert srv.meta(KPI)[3] == 3
+    assert _rows(srv) == good
 
 
-def test_snapshot_check_finds_the_wrong_minutes_without_the_cycle_lock(srv):
-    """The worker's self-check: the window is recomputed on a snapshot, outside any cycle
-    (a cycle holding the projection's lock does not stop it), and only the minutes found
-    different are checked again, and restated, inside the next cycle."""
-    now, good = _corrupt_the_current_minute(srv)
+def test_snapshot_check_finds_the_wrong_rows_without_the_cycle_lock(srv):
+    """The worker's self-check: PostgreSQL runs the definition over the state on a snapshot,
+    outside any cycle (a cycle holding the projection's lock does not stop it); only the
+    rows found different are checked again, and restated, inside the next cycle."""
+    kpi = srv.projection()
+    now, good = _corrupt_the_current_minute(srv, kpi)
     with base.open_connection(srv.settings.serving_dsn) as holder:
-        holder.execute(
-            "SELECT 1 FROM ctl_projection_metadata WHERE projection_name = %s FOR UPDATE", (OrdersKpi.name,)
-        )  # a cycle in progress
+        holder.execute("SELECT 1 FROM ctl_projection_metadata WHERE projection_name = %s FOR UPDATE", (KPI,))
         found: list = []
-        checker = threading.Thread(target=lambda: found.append(_suspects(srv)))
+        checker = threading.Thread(target=lambda: found.append(_suspects(srv, kpi)))
         checker.start()
         checker.join(30)
         assert not checker.is_alive(), "the snapshot check waited for the cycle's lock"
         holder.rollback()
     (suspects,) = found
     minute = srv.conn.execute("SELECT date_trunc('minute', %s::timestamptz)", (now,)).fetchone()[0]
-    assert suspects == [minute]  # not the bucket outside the window, and nothing twice
-    srv.cycle(OrdersKpi(), self_check=True, check_minutes=suspects)
-    assert srv.meta(OrdersKpi.name)[3] == 3
-    assert [r[:5] for r in _fixed(srv)] == [r[:5] for r in good]
-    # A minute that is right by the time the cycle checks it (corrected meanwhile, say by a
-    # rebuild) is left alone: the count of restated buckets (a running total) stays.
-    assert srv.cycle(OrdersKpi(), self_check=True, check_minutes=suspects).restated == 0
-    assert srv.meta(OrdersKpi.name)[3] == 3
-    assert _suspects(srv) == []
+    assert sorted(suspects) == [(minute, "ENTERPRISE"), (minute, "GHOST"), (minute, "SMB")]
+    srv.cycle(kpi, self_check=True, check_minutes=suspects)
+    assert srv.meta(KPI)[3] == 3
+    assert _rows(srv) == good
+    # Rows that are right by the time the cycle checks them (corrected meanwhile, say by a
+    # rebuild) are left alone: the count of restated rows (a running total) stays.
+    assert srv.cycle(kpi, self_check=True, check_minutes=suspects).restated == 0
+    assert srv.meta(KPI)[3] == 3
+    assert _suspects(srv, kpi) == []
 
 
-def test_snapshot_check_goes_slice_by_slice_and_a_pause_can_stop_it(srv):
-    """The window is checked a minute at a time with a pause in between (where the worker
-    lets the cycles run and a stop end the check); a payment whose order is in the slice
-    before is still counted (the previous slice's orders are kept)."""
-    srv.cycle(OrdersKpi())
-    now = srv.conn.execute("SELECT date_trunc('minute', now()) + interval '2 minutes'").fetchone()[0]
-    srv.order(1, 800, 1, "6.00", created=now - dt.timedelta(minutes=1))  # the slice before the payment's
-    srv.payment(2, 900, 800, "2.50")
-    srv.conn.execute("UPDATE stg_cdc_payments SET paid_at = %s WHERE payment_id = 900", (now,))
-    srv.watermarks(orders=5, customers=5, payments=5)
-    srv.cycle(OrdersKpi())
-    pauses: list[float] = []
-    with base.snapshot_connection(srv.settings.serving_dsn) as conn:
-        assert OrdersKpi().window_suspects(conn, srv.settings, pause=lambda took: pauses.append(took) or True) == []
-    window = srv.settings.projection_recompute_window_minutes
-    assert len(pauses) == window  # window + 1 slices of a minute, a pause between each two
+def test_self_check_restates_hidden_group_state_too(srv):
+    """A bucket whose visible values are right but whose stored sum is wrong is found when
+    that sum shows, and the restated group goes on from the right state."""
+    kpi = srv.projection()
+    srv.cycle(kpi)
+    srv.order(10, 100, 1, "5.00")
+    srv.watermarks(orders=10, customers=10, payments=10)
+    srv.cycle(kpi)
     srv.conn.execute(
-        "UPDATE proj_orders_kpi_by_minute_segment SET paid_amount_sum = 9 WHERE minute_bucket = %s", (now,)
+        f"UPDATE {KPI} SET __s1 = 99, orders_amount_sum = 99 WHERE segment = 'ENTERPRISE' "
+        "AND minute_bucket = date_trunc('minute', %s::timestamptz)",
+        (T0,),
     )
-    with base.snapshot_connection(srv.settings.serving_dsn) as conn:
-        assert OrdersKpi().window_suspects(conn, srv.settings, pause=lambda took: True) == [now]
-        stopped: list[float] = []
-        assert OrdersKpi().window_suspects(conn, srv.settings, pause=lambda took: stopped.append(took) and False) == []
-    assert len(stopped) == 1  # stopped after the first slice: the wrong minute was not reached
-
-
-def test_self_check_counts_payments_in_the_window_for_orders_made_before_it(srv):
-    """A payment in the window whose order was made before it: the check reads that order
-    by key (the window's own orders it already has). Without it the payment would drop out
-    of the recomputed truth and a right bucket would look wrong."""
-    srv.cycle(OrdersKpi())
-    # In the window, but not in the current minute, where the demo's own orders are.
-    now = srv.conn.execute("SELECT now() + interval '2 minutes'").fetchone()[0]
-    srv.order(1, 800, 1, "6.00", created=now - dt.timedelta(days=1))  # ENTERPRISE, before the window
-    srv.order(2, 801, 2, "4.00", created=now)  # SMB, in the window
-    srv.payment(3, 900, 800, "2.50")
-    srv.payment(4, 901, 801, "1.50")
-    srv.conn.execute("UPDATE stg_cdc_payments SET paid_at = %s WHERE payment_id IN (900, 901)", (now,))
-    srv.watermarks(orders=5, customers=5, payments=5)
-    srv.cycle(OrdersKpi())
-    assert srv.kpi(now) == {
-        "ENTERPRISE": (0, Decimal("0.00"), Decimal("2.50")),
-        "SMB": (1, Decimal("4.00"), Decimal("1.50")),
-    }
-    assert _suspects(srv) == []
-    assert srv.cycle(OrdersKpi(), self_check=True).restated == 0
-    srv.conn.execute(
-        "UPDATE proj_orders_kpi_by_minute_segment SET paid_amount_sum = 9 WHERE segment = 'ENTERPRISE'"
-        " AND minute_bucket = date_trunc('minute', %s::timestamptz)",
-        (now,),
-    )
-    minute = srv.conn.execute("SELECT date_trunc('minute', %s::timestamptz)", (now,)).fetchone()[0]
-    assert _suspects(srv) == [minute]
-    assert srv.cycle(OrdersKpi(), self_check=True, check_minutes=[minute]).restated == 1
-    assert srv.kpi(now)["ENTERPRISE"] == (0, Decimal("0.00"), Decimal("2.50"))
+    assert len(_suspects(srv, kpi)) == 1
+    assert srv.cycle(kpi, self_check=True).restated == 1
+    srv.order(11, 101, 1, "1.00")
+    srv.watermarks(orders=11, customers=11, payments=11)
+    srv.cycle(kpi)
+    assert srv.kpi() == {"ENTERPRISE": (2, Decimal("6.00"), Decimal("0.00"))}
 
 
 @contextlib.contextmanager
@@ -512,42 +487,30 @@ def _worker(srv, projection: base.Projection, check_every: float):
 
 
 def test_worker_self_check_restates_while_cycles_go_on(srv):
-    _, good = _corrupt_the_current_minute(srv)
-    with _worker(srv, OrdersKpi(), 0.2) as worker:
-        wait_until(lambda: [r[:5] for r in _fixed(srv)] == [r[:5] for r in good], what="the window restated")
-        assert srv.meta(OrdersKpi.name)[3] == 3
+    kpi = srv.projection()
+    _, good = _corrupt_the_current_minute(srv, kpi)
+    with _worker(srv, kpi, 0.2) as worker:
+        wait_until(lambda: _rows(srv) == good, what="the corrupted rows restated")
+        assert srv.meta(KPI)[3] == 3
         checks = worker.checks
         wait_until(lambda: worker.checks > checks, what="another self-check")  # at its cadence, still
-        assert srv.meta(OrdersKpi.name)[3] == 3  # which finds nothing more to restate
+        assert srv.meta(KPI)[3] == 3  # which finds nothing more to restate
 
 
-class _SlowCheck(OrdersKpi):
-    """A self-check that reads for 60 s (a huge window)."""
-
-    def window_suspects(self, conn, settings, pause=None):
-        conn.execute("SELECT pg_sleep(60)")
-        return []
-
-
-class _CheckTaking(OrdersKpi):
-    """A self-check that takes ``seconds`` (a busy window), counting its runs."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.started = seconds, []
-
-    def window_suspects(self, conn, settings, pause=None):
-        self.started.append(time.monotonic())
-        conn.execute("SELECT pg_sleep(%s)", (self.seconds,))
-        return []
-
-
-def test_a_slow_self_check_is_paced_to_a_tenth_of_the_time(srv):
+def test_a_slow_self_check_is_paced_to_a_tenth_of_the_time(srv, monkeypatch):
     """Asked for every 0.1 s, a check that takes 0.3 s rests 9 x 0.3 s (CHECK_PACE) before the next one:
-    it never takes more than a tenth of a core, however busy the window."""
-    projection = _CheckTaking(0.3)
-    with _worker(srv, projection, 0.1):
-        wait_until(lambda: len(projection.started) >= 2, timeout=20, what="a second self-check")
-    gaps = [b - a for a, b in zip(projection.started, projection.started[1:], strict=False)]
+    it never takes more than a tenth of a core, however large the projection."""
+    started: list[float] = []
+
+    def slow(self, conn):
+        started.append(time.monotonic())
+        conn.execute("SELECT pg_sleep(0.3)")
+        return []
+
+    monkeypatch.setattr(SelfCheck, "suspects", slow)
+    with _worker(srv, srv.projection(), 0.1):
+        wait_until(lambda: len(started) >= 2, timeout=20, what="a second self-check")
+    gaps = [b - a for a, b in zip(started, started[1:], strict=False)]
     assert gaps and min(gaps) >= 2.9, gaps  # 0.3 s of check, then at least 9 x 0.3 s of rest
 
 
@@ -558,7 +521,7 @@ def test_a_rejected_login_for_the_listener_does_not_stop_the_worker(srv):
 
     params = conninfo_to_dict(srv.settings.serving_dsn)
     params["user"] = "cdcflow_no_such_role"
-    worker = ProjectionWorker(OrdersKpi(), srv.settings, make_conninfo(**params), threading.Event())
+    worker = ProjectionWorker(srv.projection(), srv.settings, make_conninfo(**params), threading.Event())
     try:
         assert worker._listen_conn() is None
         assert worker.wait_for_work(0.2) == "interval"
@@ -566,31 +529,43 @@ def test_a_rejected_login_for_the_listener_does_not_stop_the_worker(srv):
         worker.close()
 
 
-def test_no_self_check_thread_for_a_projection_without_one(srv):
-    with _worker(srv, OrdersLatest(), 0.05) as worker:
+def _full_kpi(srv, tmp_path) -> base.Projection:
+    """A projection kept by full recompute (no self-check, no state to read)."""
+    (tmp_path / "order_count.sql").write_text("-- mode: full\nSELECT count(*) AS n FROM orders")
+    settings = srv.settings.replace(projections_dir=str(tmp_path))
+    return srv.projection("proj_order_count", settings)
+
+
+def test_no_self_check_thread_for_a_projection_without_one(srv, tmp_path):
+    with _worker(srv, _full_kpi(srv, tmp_path), 0.05) as worker:
         wait_until(lambda: worker.cycles >= 5, what="cycles")
         assert worker._checker is None and worker.checks == 0
 
 
 @pytest.mark.parametrize("parallel", [True, False])
-def test_parallel_reads_setting_decides_whether_the_worker_reads_on_a_second_connection(srv, parallel):
+def test_parallel_reads_setting_decides_whether_the_worker_reads_on_a_second_connection(srv, parallel, tmp_path):
     settings = srv.settings.replace(projection_parallel_reads=parallel)
-    kpi = ProjectionWorker(OrdersKpi(), settings, settings.serving_dsn, threading.Event(), listen=False)
-    latest = ProjectionWorker(OrdersLatest(), settings, settings.serving_dsn, threading.Event(), listen=False)
+    kpi = ProjectionWorker(srv.projection(), settings, settings.serving_dsn, threading.Event(), listen=False)
+    full = ProjectionWorker(_full_kpi(srv, tmp_path), settings, settings.serving_dsn, threading.Event(), listen=False)
     try:
-        kpi.cycle(), latest.cycle()
+        kpi.cycle(), full.cycle()
         srv.order(10, 100, 1, "5.00")
         srv.watermarks(orders=10, customers=10, payments=10)
-        kpi.cycle(), latest.cycle()
+        kpi.cycle(), full.cycle()
         assert (kpi._reader is not None) is parallel
-        assert latest._reader is None  # a projection that reads no state on it never opens one
+        assert full._reader is None  # a projection that reads no state on it never opens one
         assert srv.kpi() == {"ENTERPRISE": (1, Decimal("5.00"), Decimal("0.00"))}
     finally:
-        kpi.close(), latest.close()
+        kpi.close(), full.close()
 
 
-def test_stopping_the_worker_cancels_a_running_self_check(srv):
-    with _worker(srv, _SlowCheck(), 0.1) as worker:
+def test_stopping_the_worker_cancels_a_running_self_check(srv, monkeypatch):
+    def sleeps(self, conn):
+        conn.execute("SELECT pg_sleep(60)")
+        return []
+
+    monkeypatch.setattr(SelfCheck, "suspects", sleeps)
+    with _worker(srv, srv.projection(), 0.1) as worker:
         wait_until(lambda: worker._check_conn is not None, what="the self-check to start")
         cycles = worker.cycles
         wait_until(lambda: worker.cycles >= cycles + 3, what="cycles while the self-check runs")  # not held up
@@ -602,7 +577,7 @@ def test_stopping_the_worker_cancels_a_running_self_check(srv):
 def test_new_data_starts_a_cycle_before_the_interval(srv, signal):
     stop, wake = threading.Event(), threading.Event()
     settings = srv.settings.replace(projection_interval_seconds=60)
-    worker = ProjectionWorker(OrdersKpi(), settings, settings.serving_dsn, stop, wake, listen=signal == "notify")
+    worker = ProjectionWorker(srv.projection(), settings, settings.serving_dsn, stop, wake, listen=signal == "notify")
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
@@ -615,7 +590,7 @@ def test_new_data_starts_a_cycle_before_the_interval(srv, signal):
             wake.set()
         else:
             srv.conn.execute("SELECT pg_notify('cdcflow_staged', 'source1')")
-        wait_until(lambda: srv.meta(OrdersKpi.name)[1] == srv.base + 10, timeout=5, what="a cycle")
+        wait_until(lambda: srv.meta(KPI)[1] == srv.base + 10, timeout=5, what="a cycle")
         assert time.monotonic() - started < 2
     finally:
         stop.set()
@@ -624,66 +599,34 @@ def test_new_data_starts_a_cycle_before_the_interval(srv, signal):
 
 
 def test_rebuild_command_equals_incremental(srv):
+    kpi, latest = srv.projection(KPI), srv.projection(LATEST)
+    srv.cycle(kpi), srv.cycle(latest)
     srv.order(10, 100, 1, "5.00")
     srv.customer(11, 3, "CHANGED")
     srv.payment(12, 100, 100, "1.25")
     srv.watermarks(orders=20, customers=20, payments=20)
-    srv.cycle(OrdersKpi()), srv.cycle(OrdersLatest())
-    tables = ("proj_orders_kpi_by_minute_segment", "proj_orders_latest", "pst_kpi_orders", "pst_kpi_payments")
+    srv.cycle(kpi), srv.cycle(latest)
+    tables = (
+        KPI,
+        LATEST,
+        "pst_orders_kpi_by_minute_segment__public_orders",
+        "pst_orders_kpi_by_minute_segment__public_payments",
+        "pst_orders_latest__public_customers",
+    )
     before = {t: srv.conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}  # noqa: S608
     env = {
         "SOURCE_DSN": srv.settings.source_dsn,
         "SERVING_DSN": srv.settings.serving_dsn,
         "SOURCE_NAME": srv.settings.source_name,
+        "ENABLE_PROJ_ORDERS_LATEST": "true",
     }
     out = io.StringIO()
     with redirect_stdout(out):
         assert cli.main(["rebuild", "--all"], env=env) == 0
-    assert "rebuilt proj_orders_kpi_by_minute_segment" in out.getvalue()
+    assert f"rebuilt {KPI}" in out.getvalue()
     for t in tables:
-        rows = srv.conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()  # noqa: S608
-        if t.startswith("proj_orders_kpi"):
-            rows, before[t] = [r[:5] + r[6:] for r in rows], [r[:5] + r[6:] for r in before[t]]  # not updated_at
-        assert rows == before[t], t
-    assert srv.meta(OrdersKpi.name)[:2] == ("OK", srv.base + 20)
+        assert srv.conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() == before[t], t  # noqa: S608
+    assert srv.meta(KPI)[:2] == ("OK", srv.base + 20)
     assert cli.main(["rebuild", "no_such_projection"], env=env) == 2
-    assert projections.resolve(["orders_latest"])[0].name == "proj_orders_latest"
-
-
-def test_an_existing_deployment_moves_its_bucket_counts_into_the_projection(srv):
-    """A serving database of the previous release kept the payments counts in pst_kpi_buckets."""
-    srv.order(10, 100, 1, "5.00")
-    srv.payment(11, 100, 100, "2.50")
-    srv.payment(12, 101, 100, "1.00")
-    srv.watermarks(orders=20, customers=20, payments=20)
-    srv.cycle(OrdersKpi())
-    rows = "SELECT minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count "
-    rows += "FROM proj_orders_kpi_by_minute_segment ORDER BY 1, 2"
-    good = srv.conn.execute(rows).fetchall()
-    assert srv.payments_count() == {"ENTERPRISE": 2}
-    # Back to the previous release's layout, as its bootstrap left it.
-    srv.conn.execute(
-        "CREATE TABLE pst_kpi_buckets (minute_bucket timestamptz NOT NULL, segment text NOT NULL,"
-        " orders_count bigint NOT NULL, orders_amount_sum numeric(18,2) NOT NULL,"
-        " paid_amount_sum numeric(18,2) NOT NULL, payments_count bigint NOT NULL,"
-        " PRIMARY KEY (minute_bucket, segment))"
-    )
-    srv.conn.execute(f"INSERT INTO pst_kpi_buckets {rows}")  # noqa: S608
-    srv.conn.execute("ALTER TABLE proj_orders_kpi_by_minute_segment DROP COLUMN payments_count")
-    srv.conn.execute("DELETE FROM ctl_schema_version WHERE folder = 'serving'")
-    with psycopg.connect(srv.settings.serving_dsn) as conn:
-        schema.run_scripts(conn, "serving")
-        conn.commit()
-    assert srv.conn.execute(rows).fetchall() == good
-    assert srv.conn.execute("SELECT to_regclass('pst_kpi_buckets')").fetchone()[0] is None
-    srv.conn.execute("DELETE FROM ctl_schema_version WHERE folder = 'serving'")
-    with psycopg.connect(srv.settings.serving_dsn) as conn:
-        schema.run_scripts(conn, "serving")  # again: the scripts are idempotent
-        conn.commit()
-    assert srv.conn.execute(rows).fetchall() == good
-    # The migrated counts are the ones cycles go on from: the last payment leaves, the bucket stays.
-    srv.payment(21, 100, 100, "2.50", op=1)
-    srv.watermarks(orders=22, customers=22, payments=22)
-    srv.cycle(OrdersKpi())
-    assert srv.payments_count() == {"ENTERPRISE": 1}
-    assert srv.kpi() == {"ENTERPRISE": (1, Decimal("5.00"), Decimal("1.00"))}
+    with base.open_connection(srv.settings.serving_dsn) as conn:
+        assert projections.resolve(srv.settings, conn, ["orders_latest"])[0].name == LATEST

@@ -46,6 +46,7 @@ BAD = [
     ("ENABLE_PROJ_ORDERS_KPI", "maybe", "true or false"),
     ("ENABLE_PROJ_ORDERS_LATEST", "2", "true or false"),
     ("PROJECTION_PARALLEL_READS", "sometimes", "true or false"),
+    ("PROJECTIONS_DIR", "/no/such/folder", "existing folder"),
     ("LOG_LEVEL", "loud", "one of"),
     ("LOG_FORMAT", "xml", "one of"),
     ("CAPTURE_TABLES", "a.b.c", "[schema.]table"),

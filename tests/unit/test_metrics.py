@@ -89,7 +89,7 @@ def test_hooks_count_batches_errors_and_cycles():
             raise ValueError("boom")
         return "result"
 
-    proj = SimpleNamespace(name="projection[p]", projection=SimpleNamespace(name="p"), cycle=cycle)
+    proj = SimpleNamespace(name="projection[p]", projection_name="p", cycle=cycle)
     attach(proj, m, "s")
     assert proj.cycle() == "result"
     with pytest.raises(ValueError):

@@ -6,10 +6,8 @@ import datetime as dt
 from decimal import Decimal
 
 import pyarrow as pa
-import pytest
 
-from cdcflow import projections, sqlfiles
-from cdcflow.errors import ConfigError
+from cdcflow import sqlfiles
 from cdcflow.projections import base, orders_kpi, orders_latest
 from cdcflow.projections.arrowio import key_difference, key_set, keys_literal
 
@@ -139,12 +137,3 @@ def test_key_sets_and_their_literals():
     assert keys_literal(key_set(pa.chunked_array([], type=pa.int64()))) == "{}"
     assert keys_literal(key_set(pa.array([-5, 9_000_000_000_000]))) in ("{-5,9000000000000}", "{9000000000000,-5}")
     assert sorted(key_difference(ids, pa.chunked_array([[2, None], [3, 99]])).to_pylist()) == [1, 7]
-
-
-def test_projection_names():
-    assert [p.name for p in projections.resolve(["orders_latest", "proj_orders_kpi_by_minute_segment"])] == [
-        "proj_orders_latest",
-        "proj_orders_kpi_by_minute_segment",
-    ]
-    with pytest.raises(ConfigError, match="no projection named 'nope'"):
-        projections.resolve(["nope"])

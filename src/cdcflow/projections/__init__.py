@@ -60,8 +60,13 @@ def definitions(settings: Settings) -> Definitions:
                 out.problems.append((definition.table_name(path.stem.lower()), str(exc)))
                 continue
             if d.name in {e.name for e in out.enabled}:
-                out.problems.append((d.name, f"projection {d.name} ({path}): defined twice (also built in: turn its "
-                                    "ENABLE_PROJ_ flag off to define your own)"))
+                out.problems.append(
+                    (
+                        d.name,
+                        f"projection {d.name} ({path}): defined twice (also built in: turn its "
+                        "ENABLE_PROJ_ flag off to define your own)",
+                    )
+                )
                 continue
             out.enabled.append(d)
     return out
@@ -104,7 +109,10 @@ def bootstrap(conn: psycopg.Connection, settings: Settings) -> None:
         _record_problem(conn, name, message)
     removed = conn.execute(sqlfiles.query(Q, "removed"), {"names": found.names}).fetchall()
     for (name,) in removed:
-        hint = f"no enabled definition any more: it is not maintained; drop its tables with 'cdcflow projections drop {name}'"
+        hint = (
+            "no enabled definition any more: it is not maintained; drop its tables with "
+            f"'cdcflow projections drop {name}'"
+        )
         log.warning("projection %s: %s", name, hint)
         conn.execute(sqlfiles.query(Q, "mark_removed"), {"projection": name, "message": hint})
 
@@ -120,9 +128,12 @@ def build_workers(
 ) -> list[ProjectionWorker]:
     """One worker per enabled definition; each plans its projection when it starts (and
     again after a failure), so a definition that cannot be used yet stops only itself."""
+
+    def builder(d: Definition, conn: psycopg.Connection) -> base.Projection:
+        return build(d, conn, settings)
+
     return [
-        ProjectionWorker(d, settings, serving_dsn, stop, wake, builder=lambda d, c, s=settings: build(d, c, s))
-        for d in definitions(settings).enabled
+        ProjectionWorker(d, settings, serving_dsn, stop, wake, builder=builder) for d in definitions(settings).enabled
     ]
 
 

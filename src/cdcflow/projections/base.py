@@ -108,7 +108,7 @@ class Projection(ABC):
     def clear(self, conn: psycopg.Connection) -> None:
         """Delete the projection's rows and state (a rebuild's first step)."""
 
-    def prepare(self, conn: psycopg.Connection) -> None:
+    def prepare(self, conn: psycopg.Connection) -> None:  # noqa: B027 (optional, nothing to do by default)
         """Before a rebuild: create (or re-create) the projection's tables."""
 
     def self_check(self, ctx: Context, minutes: list[dt.datetime] | None = None) -> int:

@@ -7,10 +7,16 @@ The closure starts from the changed rows, old versions (read from the state by k
 new ones, and follows the join edges of every branch, reading the state by index: a row
 reached over an edge sends its join values on along the *other* edges of its alias; back
 along the same edge too when its side of that join is preserved (an outer join), since
-whether it is NULL-extended depends on all of its matches. Starting rows send along every
+whether it is NULL-extended depends on its matches. Starting rows send along every
 edge. It stops when no edge has a value it has not sent. Every result row that involves a
 changed row is then made only of loaded rows, and every loaded row of a preserved side
-has all its matches loaded, before and after (``docs/projections.md`` has the argument).
+has its matches loaded, before and after (``docs/projections.md`` has the argument).
+
+Sending back along a join whose ON is just the equalities of the edge, one unchanged match
+per value is enough (a *witness*): with it loaded, the preserved row is not NULL-extended
+before nor after, and every row it joins stands in both runs and cancels out. So an order
+added to a customer with 10,000 orders (``customers LEFT JOIN orders``) reads one of them,
+not all. A witness is loaded but sends nothing on.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from cdcflow.projections.arrowio import read_arrow
-from cdcflow.projections.pgtypes import LSN, arrow_type, array_literal
+from cdcflow.projections.pgtypes import LSN, array_literal, arrow_type
 from cdcflow.projections.plan import Edge, Plan, TableUse
 from cdcflow.projections.storage import Layout, state_table
 
@@ -46,8 +52,7 @@ def read_delta(conn: psycopg.Connection, layout: Layout, use: TableUse, after: i
     query = sql.SQL(
         "SELECT DISTINCT ON ({key}) {cols}, __op = 1 AS __deleted FROM {table} "
         "WHERE __lsn > %(after)s AND __lsn <= %(upto)s AND __op <> 3 ORDER BY {key}, __lsn DESC, __seqval DESC"
-    ).format(key=key, cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
-             table=sql.Identifier(use.table.staging))
+    ).format(key=key, cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols), table=sql.Identifier(use.table.staging))
     return read_arrow(conn, query, delta_schema(layout, use), {"after": after, "upto": upto})
 
 
@@ -90,14 +95,14 @@ class Closure:
         for b in plan.branches:
             for e in b.edges:
                 for src, src_cols, dst, dst_cols, back in e.directions():
-                    d = Direction(e, (b.index, src), src_cols, (b.index, dst), dst_cols,
-                                  b.alias(dst).table.source_table, back)
+                    d = Direction(
+                        e, (b.index, src), src_cols, (b.index, dst), dst_cols, b.alias(dst).table.source_table, back
+                    )
                     self.outgoing[(b.index, src)].append(d)
         self.rows_read = 0
         self.queries = 0
 
-    def _fetch(self, conn: psycopg.Connection, table: str, lookups: list[tuple[tuple[str, ...], pa.Table]]
-               ) -> pa.Table:
+    def _fetch(self, conn: psycopg.Connection, table: str, lookups: list[tuple[tuple[str, ...], pa.Table]]) -> pa.Table:
         use = self.tables[table]
         conds: list[sql.Composable] = []
         params: list[str] = []
@@ -106,14 +111,51 @@ class Closure:
             if len(cols) == 1:
                 conds.append(sql.SQL("{} = ANY(%s::{}[])").format(sql.Identifier(cols[0]), sql.SQL(types[0])))
             else:
-                conds.append(sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(
-                    sql.SQL(", ").join(sql.Identifier(c) for c in cols),
-                    sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types),
-                ))
+                conds.append(
+                    sql.SQL("({}) IN (SELECT * FROM unnest({}))").format(
+                        sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+                        sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types),
+                    )
+                )
             params.extend(array_literal(values.column(c)) for c in cols)
-        cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in self.layout.state_columns(use))
+        state_cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in self.layout.state_columns(use))
         query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
-            cols, sql.Identifier(state_table(self.plan.name, use.table.capture)), sql.SQL(" OR ").join(conds)
+            state_cols, sql.Identifier(state_table(self.plan.name, use.table.capture)), sql.SQL(" OR ").join(conds)
+        )
+        self.queries += 1
+        return read_arrow(conn, query, state_schema(self.layout, use), params)
+
+    def _witnesses(
+        self, conn: psycopg.Connection, table: str, cols: tuple[str, ...], values: pa.Table, changed: pa.Table | None
+    ) -> pa.Table:
+        """One unchanged stored row per value of ``cols`` (none where no row has it)."""
+        use = self.tables[table]
+        key = list(use.table.key)
+        types = [use.types[c] for c in cols]
+        params = [array_literal(values.column(c)) for c in cols]
+        unnest = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types)
+        v = sql.SQL(", ").join(sql.Identifier(f"v{i}") for i in range(len(cols)))
+        match = [sql.SQL("s.{} = v.{}").format(sql.Identifier(c), sql.Identifier(f"v{i}")) for i, c in enumerate(cols)]
+        if changed is not None and changed.num_rows:
+            match.append(
+                sql.SQL("NOT (({}) IN (SELECT * FROM unnest({})))").format(
+                    sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in key),
+                    sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(use.types[k])) for k in key),
+                )
+            )
+            params.extend(array_literal(changed.column(k)) for k in key)
+        state_cols = sql.SQL(", ").join(
+            sql.SQL("s.{}").format(sql.Identifier(c.name)) for c in self.layout.state_columns(use)
+        )
+        query = sql.SQL(
+            "SELECT w.* FROM unnest({unnest}) AS v({v}) CROSS JOIN LATERAL "
+            "(SELECT {cols} FROM {table} AS s WHERE {match} LIMIT 1) AS w"
+        ).format(
+            unnest=unnest,
+            v=v,
+            cols=state_cols,
+            match=sql.SQL(" AND ").join(match),
+            table=sql.Identifier(state_table(self.plan.name, use.table.capture)),
         )
         self.queries += 1
         return read_arrow(conn, query, state_schema(self.layout, use), params)
@@ -144,18 +186,25 @@ class Closure:
             live = d.filter(pc.invert(d.column("__deleted"))).drop_columns(["__deleted"])
             starting[table] = pa.concat_tables([loaded[table], live.cast(loaded[table].schema)])
         pending: dict[Direction, list[pa.Table]] = defaultdict(list)
+        witness: dict[Direction, list[pa.Table]] = defaultdict(list)
         for alias, table in self.alias_table.items():
             if table in starting:
                 for d in self.outgoing[alias]:
                     pending[d].append(starting[table])
         sent: dict[Direction, pa.Array] = {}
-        while pending:
+        while pending or witness:
+            self._load_witnesses(conn, witness, deltas, looked, add)
+            witness = defaultdict(list)
             requests: dict[tuple[str, tuple[str, ...]], list[tuple[Direction, pa.Table]]] = defaultdict(list)
             for d, sources in pending.items():
                 target = self.tables[d.target_table]
                 types = [arrow_type(target.types[c]) for c in d.target_cols]
-                values = _unique(pa.concat_tables([s.select(list(d.source_cols)) for s in sources]), d.source_cols,
-                                 rename=d.target_cols, types=types)
+                values = _unique(
+                    pa.concat_tables([s.select(list(d.source_cols)) for s in sources]),
+                    d.source_cols,
+                    rename=d.target_cols,
+                    types=types,
+                )
                 if d in sent and values.num_rows:
                     values = values.filter(pc.invert(pc.is_in(key_of(values, d.target_cols), value_set=sent[d])))
                 if values.num_rows == 0:
@@ -171,8 +220,9 @@ class Closure:
                     values = values.filter(pc.invert(pc.is_in(key_of(values, cols), value_set=looked[(table, cols)])))
                 if values.num_rows:
                     k = key_of(values, cols)
-                    looked[(table, cols)] = k if (table, cols) not in looked else pa.concat_arrays(
-                        [looked[(table, cols)], k])
+                    looked[(table, cols)] = (
+                        k if (table, cols) not in looked else pa.concat_arrays([looked[(table, cols)], k])
+                    )
                     by_table[table].append((cols, values))
             for table, lookups in by_table.items():
                 add(table, self._fetch(conn, table, lookups))
@@ -186,14 +236,45 @@ class Closure:
                     if arrived.num_rows == 0:
                         continue
                     for f in self.outgoing[d.target]:
-                        if f.edge is d.edge and f.target == d.source and not d.back:
-                            continue
+                        if f.edge is d.edge and f.target == d.source:
+                            if not d.back:
+                                continue
+                            if f.edge.sole:
+                                witness[f].append(arrived)
+                                continue
                         pending[f].append(arrived)
         return loaded
 
+    def _load_witnesses(self, conn, witness, deltas, looked, add) -> None:
+        """For rows sent back along a sole-equality join: a witness per value not yet read in full."""
+        by_target: dict[tuple[str, tuple[str, ...]], list[pa.Table]] = defaultdict(list)
+        for d, sources in witness.items():
+            target = self.tables[d.target_table]
+            types = [arrow_type(target.types[c]) for c in d.target_cols]
+            by_target[(d.target_table, d.target_cols)].append(
+                _unique(
+                    pa.concat_tables([s.select(list(d.source_cols)) for s in sources]),
+                    d.source_cols,
+                    rename=d.target_cols,
+                    types=types,
+                )
+            )
+        for (table, cols), parts in by_target.items():
+            values = _unique(pa.concat_tables(parts), cols)
+            if (table, cols) in looked:
+                values = values.filter(pc.invert(pc.is_in(key_of(values, cols), value_set=looked[(table, cols)])))
+            if values.num_rows:
+                key = tuple(self.tables[table].table.key)
+                changed = _unique(deltas[table], key) if table in deltas else None
+                add(table, self._witnesses(conn, table, cols, values, changed))
 
-def _unique(table: pa.Table, cols: tuple[str, ...], rename: tuple[str, ...] | None = None,
-            types: list[pa.DataType] | None = None) -> pa.Table:
+
+def _unique(
+    table: pa.Table,
+    cols: tuple[str, ...],
+    rename: tuple[str, ...] | None = None,
+    types: list[pa.DataType] | None = None,
+) -> pa.Table:
     """The distinct non-NULL value tuples of ``cols`` (renamed and cast to ``types``)."""
     t = table.select(list(cols))
     if rename:

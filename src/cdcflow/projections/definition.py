@@ -74,9 +74,9 @@ def parse(text: str, path: str, stem: str, *, builtin: bool = False) -> Definiti
     """A definition from the text of its file; DefinitionError names the file and what is wrong."""
     name = table_name(stem.lower())
     where = f"projection {name} ({path})"
-    if not _NAME_RE.match(name) or len(name) > MAX_NAME:
+    if not _NAME_RE.match(name) or len(name) > MAX_NAME or "__" in name:
         raise DefinitionError(
-            f"{where}: the file name makes the table name {name!r}: use letters, digits and _ "
+            f"{where}: the file name makes the table name {name!r}: use letters, digits and single _ "
             f"(at most {MAX_NAME} characters with proj_), starting with a letter"
         )
     key: tuple[str, ...] | None = None

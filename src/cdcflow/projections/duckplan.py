@@ -59,7 +59,7 @@ class DuckQueries:
 
     # the query over one side -------------------------------------------------------------
 
-    def _select(self, b: Branch, items: list[exp.Expression], side: str) -> exp.Select:
+    def _select(self, b: Branch, items: list[exp.Expr], side: str) -> exp.Select:
         """Branch ``b`` with its select list replaced by ``items`` (already translated), its
         tables by the ``side`` relations, and its conditions translated."""
         shell = b.select.copy()
@@ -68,15 +68,16 @@ class DuckQueries:
             shell.set(arg, None)
         by_alias = {a.name: a for a in b.aliases}
 
-        def swap(node: exp.Expression) -> exp.Expression:
+        def swap(node: exp.Expr) -> exp.Expr:
             if isinstance(node, exp.Table):
                 use = self.plan.tables[by_alias[(node.alias or node.name).lower()].table.source_table]
-                return exp.Table(this=exp.to_identifier(relation(use, side), quoted=True),
-                                 alias=exp.TableAlias(this=exp.to_identifier((node.alias or node.name).lower(),
-                                                                             quoted=True)))
+                return exp.Table(
+                    this=exp.to_identifier(relation(use, side), quoted=True),
+                    alias=exp.TableAlias(this=exp.to_identifier((node.alias or node.name).lower(), quoted=True)),
+                )
             return node
 
-        shell = shell.transform(swap, copy=False)
+        shell = shell.transform(swap, copy=False)  # type: ignore[assignment]
         where = shell.args.get("where")
         if where is not None:
             shell.set("where", exp.Where(this=translate.rewrite(where.this)))
@@ -86,7 +87,7 @@ class DuckQueries:
         return shell
 
     @staticmethod
-    def _items(exprs: list[tuple[exp.Expression, str]]) -> list[exp.Expression]:
+    def _items(exprs: list[tuple[exp.Expr, str]]) -> list[exp.Expr]:
         return [exp.alias_(translate.rewrite(e), name, quoted=True) for e, name in exprs]
 
     def tuples(self, side: str) -> str:
@@ -100,8 +101,9 @@ class DuckQueries:
             for b in plan.branches:
                 cols = [(item.unalias(), o.name) for item, o in zip(b.select.expressions, plan.outputs, strict=True)]
                 items = self._items(cols)
-                items.append(exp.alias_(exp.column("__lsn", table=b.driving.name, quoted=True), "__source_lsn",
-                                        quoted=True))
+                items.append(
+                    exp.alias_(exp.column("__lsn", table=b.driving.name, quoted=True), "__source_lsn", quoted=True)
+                )
                 parts.append(self._select(b, items, side))
             return _union(parts).sql(dialect="duckdb")
         if plan.outer is None:
@@ -116,8 +118,14 @@ class DuckQueries:
         outer.set("expressions", self._items(pre) or [exp.alias_(exp.Literal.number(1), "__one", quoted=True)])
         for arg in ("group", "having", "order", "limit"):
             outer.set(arg, None)
-        outer.set("from_", exp.From(this=exp.Subquery(
-            this=_union(parts), alias=exp.TableAlias(this=exp.to_identifier(plan.outer_alias, quoted=True)))))
+        outer.set(
+            "from_",
+            exp.From(
+                this=exp.Subquery(
+                    this=_union(parts), alias=exp.TableAlias(this=exp.to_identifier(plan.outer_alias, quoted=True))
+                )
+            ),
+        )
         where = outer.args.get("where")
         if where is not None:
             outer.set("where", exp.Where(this=translate.rewrite(where.this)))
@@ -160,7 +168,7 @@ class DuckQueries:
         select = f"SELECT {', '.join(q(c) for c in cols)}, {self._mask(self.groups)} AS __nulls FROM ({inner}) AS l"
         if not self.groups:
             return select  # the one group of a query without GROUP BY is always written
-        changed = [f"l.{q(p)} <> 0" for p in cols[len(self.groups):]]
+        changed = [f"l.{q(p)} <> 0" for p in cols[len(self.groups) :]]
         for arg in layout.values:
             match = " AND ".join(f"v.{q(c)} IS NOT DISTINCT FROM l.{q(c)}" for c in self.groups)
             changed.append(f"EXISTS (SELECT 1 FROM __v{arg.index} AS v WHERE {match})")
@@ -179,8 +187,10 @@ class DuckQueries:
 
     def rows_deleted(self) -> str:
         k = ", ".join(q(c) for c in self.plan.key)
-        return (f"SELECT {k}, {self._mask(self.plan.key)} AS __nulls FROM "
-                f"(SELECT {k} FROM __old EXCEPT SELECT {k} FROM __new)")
+        return (
+            f"SELECT {k}, {self._mask(self.plan.key)} AS __nulls FROM "
+            f"(SELECT {k} FROM __old EXCEPT SELECT {k} FROM __new)"
+        )
 
     def duplicate_key(self) -> str:
         k = ", ".join(q(c) for c in self.plan.key)

@@ -68,4 +68,3 @@ class FullProjection(base.Projection):
             sql.SQL("INSERT INTO {} SELECT * FROM ({}) AS q").format(sql.Identifier(self.name), sql.SQL(query))  # type: ignore[arg-type]
         )
         return max(cur.rowcount, 0)
-

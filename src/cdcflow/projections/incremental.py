@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 
 import duckdb
@@ -29,12 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
+from cdcflow.config import Settings
 from cdcflow.errors import DefinitionError
 from cdcflow.projections import base
 from cdcflow.projections.arrowio import write_arrow
 from cdcflow.projections.closure import Closure, read_delta, state_schema
 from cdcflow.projections.duckplan import DuckQueries, registered
 from cdcflow.projections.plan import Plan
+from cdcflow.projections.selfcheck import SelfCheck
 from cdcflow.projections.storage import Layout, prefix
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class SqlProjection(base.Projection):
         self.layout = Layout(plan)
         self.duckq = DuckQueries(plan, self.layout)
         self.captures = tuple(sorted({u.table.capture for u in plan.tables.values()}))
+        self.checker = SelfCheck(plan, self.layout)
         #: What the last cycle read and wrote, by kind (logged at DEBUG; the benchmarks report it).
         self.last_touched: dict[str, int] = {}
 
@@ -86,9 +89,7 @@ class SqlProjection(base.Projection):
         anew (a rebuild refills them); the result table is kept when its layout is the
         same, so that what depends on it (views, grants) stays."""
         signature = self.layout_signature()
-        current = conn.execute(
-            "SELECT obj_description(to_regclass(%s), 'pg_class')", (self.name,)
-        ).fetchone()
+        current = conn.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (self.name,)).fetchone()
         for (table,) in conn.execute(
             "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace "
             "AND starts_with(relname, %s)",
@@ -108,6 +109,32 @@ class SqlProjection(base.Projection):
         for table in self.layout.tables():
             conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
 
+    # the self-check ---------------------------------------------------------------
+
+    def window_suspects(
+        self, conn: psycopg.Connection, settings: Settings, pause: Callable[[float], bool] | None = None
+    ) -> list:
+        """The keys whose rows differ from the query over the state, on one snapshot of
+        ``conn`` (outside any cycle)."""
+        try:
+            return self.checker.suspects(conn)
+        finally:
+            conn.rollback()
+
+    def self_check(self, ctx: base.Context, minutes: list | None = None) -> int:
+        """Restate what is still wrong among ``minutes`` (keys from :meth:`window_suspects`;
+        None: check the whole projection now), under the cycle's lock."""
+        keys = self.checker.suspects(ctx.conn) if minutes is None else list(minutes)
+        restated = self.checker.restate(ctx.conn, keys)
+        if restated:
+            log.warning(
+                "%s: self-check restated %d rows that differed from the query over the state",
+                self.name,
+                restated,
+                extra={"action": "restate", "projection": self.name},
+            )
+        return restated
+
     # one cycle --------------------------------------------------------------------
 
     def _closure_on_reader(self, reader: psycopg.Connection, deltas: dict[str, pa.Table]) -> dict[str, pa.Table]:
@@ -120,8 +147,7 @@ class SqlProjection(base.Projection):
         conn, duck = ctx.conn, ctx.duck
         uses = list(self.plan.tables.values())
         deltas = {
-            u.table.source_table: read_delta(conn, self.layout, u, ctx.after(u.table.capture), ctx.cutoff)
-            for u in uses
+            u.table.source_table: read_delta(conn, self.layout, u, ctx.after(u.table.capture), ctx.cutoff) for u in uses
         }
         state: dict[str, pa.Table] | None = None
         pending: futures.Future[dict[str, pa.Table]] | None = None
@@ -193,8 +219,8 @@ class SqlProjection(base.Projection):
     def _write_rows(self, ctx: base.Context) -> int:
         conn, duck, layout = ctx.conn, ctx.duck, self.layout
         try:
-            for stmt in self.duckq.rows():
-                duck.execute(stmt)
+            for statement in self.duckq.rows():
+                duck.execute(statement)
             dup = duck.sql(self.duckq.duplicate_key()).fetchall()
             if dup:
                 *key, n = dup[0]
@@ -210,9 +236,9 @@ class SqlProjection(base.Projection):
         name, ddl = layout.diff_temp()
         conn.execute(ddl)
         write_arrow(conn, name, written, analyze=False)
-        name, ddl = layout.deleted_temp()
+        gone, ddl = layout.deleted_temp()
         conn.execute(ddl)
-        write_arrow(conn, name, deleted, analyze=False)
+        write_arrow(conn, gone, deleted, analyze=False)
         for stmt in layout.write_rows(_masks(written), _masks(deleted), fresh=ctx.fresh):
             conn.execute(stmt)
         return written.num_rows + deleted.num_rows

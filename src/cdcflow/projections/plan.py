@@ -73,6 +73,9 @@ class Edge:
     a_preserved: bool
     b_preserved: bool
     kind: str  # inner, left, right, full
+    #: The join's ON is these equalities alone (no other table, no filter): whether a row of
+    #: the preserved side is NULL-extended then depends only on whether one match exists.
+    sole: bool = False
 
     def directions(self) -> list[tuple[str, tuple[str, ...], str, tuple[str, ...], bool]]:
         """(from alias, its columns, to alias, its columns, the *to* side is preserved)."""
@@ -102,22 +105,25 @@ class Arg:
     """An aggregate's argument: evaluated per input row (in DuckDB)."""
 
     index: int
-    expr: exp.Expression
+    expr: exp.Expr
     pg_type: str
+    #: False when it is never NULL (a constant, coalesce(x, 0), ...): its count of non-NULL
+    #: values is then the group's row count, and no state is kept for it.
+    nullable: bool = True
 
 
 @dataclass
 class Aggregate:
     kind: str  # count_star, count, sum, avg, min, max, count_distinct, bool_and, bool_or
     arg: Arg | None
-    node: exp.Expression  # the call as written (in outputs and HAVING)
+    node: exp.Expr  # the call as written (in outputs and HAVING)
     pg_type: str = ""  # its result type in PostgreSQL
 
 
 @dataclass
 class GroupKey:
     index: int
-    expr: exp.Expression
+    expr: exp.Expr
     pg_type: str
     column: str  # its column in the projection table
 
@@ -126,7 +132,7 @@ class GroupKey:
 class Output:
     name: str
     pg_type: str
-    expr: exp.Expression
+    expr: exp.Expr
 
 
 @dataclass
@@ -160,8 +166,11 @@ class Plan:
     group_keys: list[GroupKey] = field(default_factory=list)
     args: list[Arg] = field(default_factory=list)
     aggregates: list[Aggregate] = field(default_factory=list)
-    having: exp.Expression | None = None
+    having: exp.Expr | None = None
     union_columns: list[str] = field(default_factory=list)
+    #: The whole query as analysed: columns qualified, stars expanded (the branches and the
+    #: outer SELECT are parts of it). PostgreSQL runs it over the state in the self-check.
+    query: exp.Query | None = None
 
     @property
     def name(self) -> str:
@@ -183,10 +192,10 @@ class Plan:
 # -- the PostgreSQL side: rendering over other relations, and asking for types ------------
 
 
-def substitute_tables(node: exp.Expression, relation: Callable[[exp.Table], exp.Expression]) -> exp.Expression:
+def substitute_tables(node: exp.Expr, relation: Callable[[exp.Table], exp.Expr]) -> exp.Expr:
     """A copy of ``node`` with every table reference replaced by ``relation(table)``."""
 
-    def swap(n: exp.Expression) -> exp.Expression:
+    def swap(n: exp.Expr) -> exp.Expr:
         return relation(n) if isinstance(n, exp.Table) else n
 
     return node.copy().transform(swap, copy=False)
@@ -204,7 +213,7 @@ def relation_over(catalog: dict[str, CapturedTable], source: Callable[[CapturedT
     """``relation`` for :func:`substitute_tables`: each captured table as ``(source(t)) AS alias``,
     the subquery selecting exactly the table's source columns."""
 
-    def relation(t: exp.Table) -> exp.Expression:
+    def relation(t: exp.Table) -> exp.Expr:
         captured = catalog[qualified_name(t)]
         cols = ", ".join(translate.quote(c) for c, _ in captured.columns)
         inner = translate.parse_pg(f"SELECT {cols} FROM {source(captured)}")
@@ -252,7 +261,7 @@ class Analyzer:
                     "or correct the name"
                 )
 
-    def staging_relation(self) -> Callable[[exp.Table], exp.Expression]:
+    def staging_relation(self) -> Callable[[exp.Table], exp.Expr]:
         return relation_over(self.catalog, lambda t: translate.quote(t.staging))
 
     def pg_check(self) -> list[tuple[str, str]]:
@@ -274,14 +283,14 @@ class Analyzer:
 
     # the fragment -----------------------------------------------------------------
 
-    def check_shape(self, q: exp.Expression) -> None:
+    def check_shape(self, q: exp.Expr) -> None:
         """Constructs no incremental projection supports, wherever they are."""
         for node in q.walk():
             why = translate.refused_anywhere(node)
             if why:
                 raise self.fail(f"{why}; add '-- mode: full' to recompute this projection in full each cycle")
 
-    def flatten_union(self, q: exp.Expression) -> list[exp.Select]:
+    def flatten_union(self, q: exp.Expr) -> list[exp.Select]:
         if isinstance(q, exp.Union):
             if q.args.get("distinct"):
                 raise self.fail(
@@ -323,9 +332,9 @@ class Analyzer:
     def qualify(self, b: Branch) -> None:
         """Expand ``*`` and ``alias.*``; give every column its alias."""
         by_name = {a.name: a for a in b.aliases}
-        out: list[exp.Expression] = []
+        out: list[exp.Expr] = []
         for item in b.select.expressions:
-            star = item if isinstance(item, exp.Star) else None
+            star: exp.Expr | None = item if isinstance(item, exp.Star) else None
             if isinstance(item, exp.Column) and isinstance(item.this, exp.Star):
                 star = item
             if star is None:
@@ -361,7 +370,7 @@ class Analyzer:
             self.use(a, name)
 
     @staticmethod
-    def _in_nested_select(node: exp.Expression, top: exp.Select) -> bool:
+    def _in_nested_select(node: exp.Expr, top: exp.Select) -> bool:
         parent = node.parent
         while parent is not None and parent is not top:
             if isinstance(parent, exp.Select):
@@ -403,8 +412,10 @@ class Analyzer:
                 owners = [a for a in b.aliases[:pos] if col in a.table.types]
                 if len(owners) != 1 or col not in right.table.types:
                     raise self.fail(f"JOIN {right.name} USING ({col}): the column must be in exactly one table before")
-                conds.append(f"{translate.quote(owners[0].name)}.{translate.quote(col)} = "
-                             f"{translate.quote(right.name)}.{translate.quote(col)}")
+                conds.append(
+                    f"{translate.quote(owners[0].name)}.{translate.quote(col)} = "
+                    f"{translate.quote(right.name)}.{translate.quote(col)}"
+                )
                 self.use(owners[0], col)
                 self.use(right, col)
             on = translate.parse_pg_expr(" AND ".join(conds))
@@ -413,12 +424,17 @@ class Analyzer:
         if on is None:
             raise self.fail(f"the join of {right.name} has no ON condition (write JOIN ... ON a.x = b.y)")
         pairs: dict[str, list[tuple[str, str]]] = {}
+        filtered = False
         for conj in _conjuncts(on):
             names = {c.table.lower() for c in conj.find_all(exp.Column)}
             if len(names) <= 1:
+                filtered = True
                 continue  # a condition on one table: a filter, evaluated as written
-            if not (isinstance(conj, exp.EQ) and isinstance(conj.this, exp.Column)
-                    and isinstance(conj.expression, exp.Column)):
+            if not (
+                isinstance(conj, exp.EQ)
+                and isinstance(conj.this, exp.Column)
+                and isinstance(conj.expression, exp.Column)
+            ):
                 raise self.fail(
                     f"join condition {conj.sql(dialect='postgres')}: the fragment joins on equalities of columns "
                     "(a.x = b.y [AND ...]); add '-- mode: full' for other join conditions"
@@ -427,8 +443,10 @@ class Analyzer:
             if left_col.table.lower() == right.name:
                 left_col, right_col = right_col, left_col
             if right_col.table.lower() != right.name:
-                raise self.fail(f"join condition {conj.sql(dialect='postgres')}: it must compare {right.name} "
-                                "with a table joined before it")
+                raise self.fail(
+                    f"join condition {conj.sql(dialect='postgres')}: it must compare {right.name} "
+                    "with a table joined before it"
+                )
             pairs.setdefault(left_col.table.lower(), []).append((left_col.name.lower(), right_col.name.lower()))
         if not pairs:
             raise self.fail(f"the join of {right.name} has no equality with a table before it (a cross join)")
@@ -445,17 +463,26 @@ class Analyzer:
                 self.tables[b.alias(left).table.source_table].lookups.add(left_cols)
                 self.tables[right.table.source_table].lookups.add(right_cols)
             edges.append(
-                Edge(b.index, left, left_cols, right.name, right_cols, kind in ("left", "full"),
-                     kind in ("right", "full"), kind)
+                Edge(
+                    b.index,
+                    left,
+                    left_cols,
+                    right.name,
+                    right_cols,
+                    kind in ("left", "full"),
+                    kind in ("right", "full"),
+                    kind,
+                    sole=len(pairs) == 1 and not filtered,
+                )
             )
         return edges
 
     # pre-aggregation expressions (evaluated in DuckDB) --------------------------------
 
-    def check_expressions(self, exprs: Iterable[exp.Expression], scope_from: str) -> None:
+    def check_expressions(self, exprs: Iterable[exp.Expr], scope_from: str) -> None:
         """Every pre-aggregation expression must be in the fragment; the operand types the
         DuckDB translation depends on are asked of PostgreSQL in one probe per scope."""
-        needs: list[exp.Expression] = []
+        needs: list[exp.Expr] = []
         for e in exprs:
             for node in e.walk():
                 why = translate.refused_before_aggregation(node)
@@ -490,7 +517,9 @@ class Analyzer:
         for b in branches:
             if len(b.select.expressions) != len(columns):
                 raise self.fail("every UNION ALL branch must have as many columns as the first")
-            self.check_expressions([*b.select.expressions, *_where(b.select), *_on_filters(b)], self.scope_from(b.select))
+            self.check_expressions(
+                [*b.select.expressions, *_where(b.select), *_on_filters(b)], self.scope_from(b.select)
+            )
             drive = self.use(b.driving, "")
             drive.lsn = True
         outputs = [Output(n, t, e) for (n, t), e in zip(columns, branches[0].select.expressions, strict=True)]
@@ -527,8 +556,11 @@ class Analyzer:
         raise self.fail(
             "no key: a row of this query is not identified by its tables' primary keys in the output; "
             "declare one with '-- key: col[, col ...]' naming output columns that identify a row"
-            + (" (with UNION ALL, include a constant column that tells the branches apart)"
-               if len(plan.branches) > 1 else "")
+            + (
+                " (with UNION ALL, include a constant column that tells the branches apart)"
+                if len(plan.branches) > 1
+                else ""
+            )
         )
 
     def key_gap(self, plan: Plan, key: list[str]) -> str | None:
@@ -547,16 +579,19 @@ class Analyzer:
                 changed = False
                 for e in b.edges:
                     for src, _src_cols, dst, dst_cols, _pres in e.directions():
-                        allowed = e.kind == "inner" or (e.kind == "left" and dst == e.b) or (
-                            e.kind == "right" and dst == e.a)
+                        allowed = (
+                            e.kind == "inner" or (e.kind == "left" and dst == e.b) or (e.kind == "right" and dst == e.a)
+                        )
                         dst_key = b.alias(dst).table.key
                         if src in known and dst not in known and allowed and set(dst_key) <= set(dst_cols):
                             known.add(dst)
                             changed = True
             missing = [a.name for a in b.aliases if a.name not in known]
             if missing:
-                return (f"table {b.alias(missing[0]).table.source_table} ({missing[0]}) is neither in the key by "
-                        "its primary key nor joined many-to-one on its primary key")
+                return (
+                    f"table {b.alias(missing[0]).table.source_table} ({missing[0]}) is neither in the key by "
+                    "its primary key nor joined many-to-one on its primary key"
+                )
         if len(plan.branches) > 1:
             for p in positions:
                 lits = [b.select.expressions[p].unalias() for b in plan.branches]
@@ -593,6 +628,8 @@ class Analyzer:
                 same = Arg(len(args), arg_expr, "")
                 args.append(same)
             a.arg = same
+        for x in args:
+            x.nullable = not _never_null(x.expr, branches if outer_alias else None)
         self.check_expressions([*group_exprs, *(x.expr for x in args), *pre], scope_from)
         if outer_alias is None:
             for b in branches:
@@ -602,12 +639,22 @@ class Analyzer:
                 self.check_expressions(
                     [*b.select.expressions, *_where(b.select), *_on_filters(b)], self.scope_from(b.select)
                 )
-        typed = probe(self.conn, "SELECT " + ", ".join(
-            f"{e.sql(dialect='postgres')} AS c{i}" for i, e in enumerate([*group_exprs, *(x.expr for x in args)])
-        ) + f" {scope_from}") if (group_exprs or args) else []
+        typed = (
+            probe(
+                self.conn,
+                "SELECT "
+                + ", ".join(
+                    f"{e.sql(dialect='postgres')} AS c{i}"
+                    for i, e in enumerate([*group_exprs, *(x.expr for x in args)])
+                )
+                + f" {scope_from}",
+            )
+            if (group_exprs or args)
+            else []
+        )
         for i, g in enumerate(group_exprs):
             _check_carried(self, g, typed[i][1])
-        for x, (_, t) in zip(args, typed[len(group_exprs):], strict=True):
+        for x, (_, t) in zip(args, typed[len(group_exprs) :], strict=True):
             x.pg_type = t
             _check_carried(self, x.expr, t)
         self.aggregate_types(top, aggs)
@@ -616,14 +663,25 @@ class Analyzer:
         for (name, t), item in zip(columns, top.expressions, strict=True):
             e = item.unalias()
             outputs.append(Output(name, t, e))
-            for g in group_keys:
-                if not g.column and e == g.expr:
-                    g.column = name
-        for g in group_keys:
-            g.column = g.column or f"__g{g.index}"
-        plan = Plan(self.d, branches, outputs, [g.column for g in group_keys], self.tables, aggregated=True,
-                    outer=scope if outer_alias else None, outer_alias=outer_alias, group_keys=group_keys,
-                    args=args, aggregates=aggs, having=top.args["having"].this if top.args.get("having") else None)
+            for key in group_keys:
+                if not key.column and e == key.expr:
+                    key.column = name
+        for key in group_keys:
+            key.column = key.column or f"__g{key.index}"
+        plan = Plan(
+            self.d,
+            branches,
+            outputs,
+            [g.column for g in group_keys],
+            self.tables,
+            aggregated=True,
+            outer=scope if outer_alias else None,
+            outer_alias=outer_alias,
+            group_keys=group_keys,
+            args=args,
+            aggregates=aggs,
+            having=top.args["having"].this if top.args.get("having") else None,
+        )
         if outer_alias:
             plan.union_columns = [c for c, _ in union_cols]
         if self.d.key and list(self.d.key) != [o.name for o in outputs if o.name in plan.key]:
@@ -653,7 +711,7 @@ class Analyzer:
             col.set("this", exp.to_identifier(name, quoted=True))
         return alias, top, union_cols
 
-    def group_by(self, top: exp.Select) -> list[exp.Expression]:
+    def group_by(self, top: exp.Select) -> list[exp.Expr]:
         group = top.args.get("group")
         if group is None:
             return []
@@ -720,15 +778,22 @@ class Analyzer:
             a.pg_type = t
 
     def run(self) -> Plan:
+        plan = self._run()
+        plan.query = self.q
+        return plan
+
+    def _run(self) -> Plan:
         self.resolve_tables()
         columns = self.pg_check()
-        q = self.d.query.copy()
+        q = self.q = self.d.query.copy()
         self.check_shape(q)
         if isinstance(q, exp.Union):
             branches = [self.branch(i, s) for i, s in enumerate(self.flatten_union(q))]
             if any(_has_aggregate(b.select) for b in branches):
-                raise self.fail("aggregates inside UNION ALL branches: aggregate over the union instead "
-                                "(SELECT ... FROM (... UNION ALL ...) u GROUP BY ...)")
+                raise self.fail(
+                    "aggregates inside UNION ALL branches: aggregate over the union instead "
+                    "(SELECT ... FROM (... UNION ALL ...) u GROUP BY ...)"
+                )
             return self.rows(branches, columns)
         assert isinstance(q, exp.Select)
         for arg in ("order", "limit", "offset", "distinct"):
@@ -738,8 +803,9 @@ class Analyzer:
         from_ = q.args.get("from_")
         if from_ is not None and isinstance(from_.this, exp.Subquery):
             if not aggregated:
-                raise self.fail("a subquery in FROM is in the fragment only under GROUP BY; select from the "
-                                "tables directly")
+                raise self.fail(
+                    "a subquery in FROM is in the fragment only under GROUP BY; select from the tables directly"
+                )
             if q.args.get("joins"):
                 raise self.fail("a subquery in FROM joined with other tables is not in the fragment")
             inner = from_.this.this
@@ -761,8 +827,9 @@ def analyze(definition: Definition, catalog: dict[str, CapturedTable], conn: psy
     return Analyzer(definition, catalog, conn).run()
 
 
-def check_full(definition: Definition, catalog: dict[str, CapturedTable], conn: psycopg.Connection
-               ) -> list[tuple[str, str]]:
+def check_full(
+    definition: Definition, catalog: dict[str, CapturedTable], conn: psycopg.Connection
+) -> list[tuple[str, str]]:
     """A ``mode: full`` definition: its tables are captured and PostgreSQL accepts it; its columns."""
     a = Analyzer(definition, catalog, conn)
     a.resolve_tables()
@@ -772,19 +839,19 @@ def check_full(definition: Definition, catalog: dict[str, CapturedTable], conn: 
 # -- helpers --------------------------------------------------------------------------
 
 
-def _conjuncts(e: exp.Expression) -> list[exp.Expression]:
+def _conjuncts(e: exp.Expr) -> list[exp.Expr]:
     e = e.unnest()
     if isinstance(e, exp.And):
         return _conjuncts(e.this) + _conjuncts(e.expression)
     return [e]
 
 
-def _where(select: exp.Select) -> list[exp.Expression]:
+def _where(select: exp.Select) -> list[exp.Expr]:
     w = select.args.get("where")
     return [w.this] if w is not None else []
 
 
-def _on_filters(b: Branch) -> list[exp.Expression]:
+def _on_filters(b: Branch) -> list[exp.Expr]:
     return [j.args["on"] for j in b.select.args.get("joins") or [] if j.args.get("on") is not None]
 
 
@@ -797,7 +864,7 @@ def _has_aggregate(select: exp.Select) -> bool:
     )
 
 
-def _agg_argument(node: exp.Expression) -> exp.Expression | None:
+def _agg_argument(node: exp.Expr) -> exp.Expr | None:
     this = node.this
     if isinstance(this, exp.Distinct):
         this = this.expressions[0]
@@ -815,7 +882,40 @@ def _output_of(b: Branch, alias: str, column: str, names: list[str]) -> str | No
     return None
 
 
-def _check_carried(a: Analyzer, e: exp.Expression, pg_type: str) -> None:
+def _never_null(e: exp.Expr, branches: list[Branch] | None) -> bool:
+    """Whether ``e`` is NULL for no input row (sound, not complete). ``branches``: the
+    UNION ALL branches a column of the outer query comes from."""
+    e = e.unnest()
+    if isinstance(e, exp.Literal):
+        return True
+    if isinstance(e, exp.Column) and branches is not None:
+        for b in branches:
+            names = [i.alias_or_name.lower() for i in branches[0].select.expressions]
+            if e.name.lower() not in names:
+                return False
+            item = b.select.expressions[names.index(e.name.lower())]
+            if not _never_null(item.unalias(), None):
+                return False
+        return True
+    if isinstance(e, exp.Coalesce):
+        return any(_never_null(x, branches) for x in [e.this, *e.expressions])
+    if isinstance(e, exp.Cast):
+        return _never_null(e.this, branches)
+    if isinstance(e, (exp.Add, exp.Sub, exp.Mul)):
+        return _never_null(e.this, branches) and _never_null(e.expression, branches)
+    if isinstance(e, exp.Neg):
+        return _never_null(e.this, branches)
+    if isinstance(e, exp.Case):
+        default = e.args.get("default")
+        return (
+            default is not None
+            and _never_null(default, branches)
+            and all(_never_null(i.args["true"], branches) for i in e.args["ifs"])
+        )
+    return False
+
+
+def _check_carried(a: Analyzer, e: exp.Expr, pg_type: str) -> None:
     try:
         arrow_type(pg_type)
     except UnsupportedType:

@@ -81,7 +81,10 @@ class Layout:
         self.name = plan.name
         self.having = plan.aggregated and plan.having is not None
         self.sums = sorted({a.arg.index for a in plan.aggregates if a.kind in ("sum", "avg") and a.arg})
-        self.counts = sorted({a.arg.index for a in plan.aggregates if a.kind in ("count", "sum", "avg") and a.arg})
+        # Non-NULL counts are kept for arguments that can be NULL; for the others it is __count.
+        self.counts = sorted(
+            {a.arg.index for a in plan.aggregates if a.kind in ("count", "sum", "avg") and a.arg and a.arg.nullable}
+        )
         self.values = plan.value_args()
         self.key_columns = list(plan.key)
 
@@ -117,9 +120,9 @@ class Layout:
         by_name = {c.name: c for c in self.projection_columns()}
         return [by_name[k] for k in self.key_columns]
 
-    def ddl(self) -> list[sql.Composable]:
+    def ddl(self) -> list[sql.Composed]:
         """CREATE statements for every table of the projection."""
-        out: list[sql.Composable] = []
+        out: list[sql.Composed] = []
         out += _create(self.name, self.projection_columns(), unique=self.key_columns)
         for use in self.plan.tables.values():
             table = state_table(self.name, use.table.capture)
@@ -132,12 +135,14 @@ class Layout:
                         )
                     )
         for arg in self.values:
-            cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys]
-            cols += [Column("__v", arg.pg_type), Column("__cnt", "bigint")]
-            out += _create(value_table(self.name, arg), cols, unique=[c.name for c in cols[:-1]])
+            value_cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys]
+            value_cols += [Column("__v", arg.pg_type), Column("__cnt", "bigint")]
+            out += _create(value_table(self.name, arg), value_cols, unique=[c.name for c in value_cols[:-1]])
         if self.having:
-            cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys] + self.part_columns()
-            out += _create(groups_table(self.name), cols, unique=[c.name for c in cols[: len(self.plan.group_keys)]])
+            group_cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys] + self.part_columns()
+            out += _create(
+                groups_table(self.name), group_cols, unique=[c.name for c in group_cols[: len(self.plan.group_keys)]]
+            )
         return out
 
     def tables(self) -> list[str]:
@@ -149,19 +154,21 @@ class Layout:
 
     # state ------------------------------------------------------------------------
 
-    def state_temp(self, use: TableUse) -> tuple[str, sql.Composable]:
+    def state_temp(self, use: TableUse) -> tuple[str, sql.Composed]:
         name = temp_name("state_", use.table.capture)
         cols = [*self.state_columns(use), Column("__deleted", "boolean")]
         return name, _temp(name, cols)
 
-    def write_state(self, use: TableUse, *, fresh: bool) -> list[sql.Composable]:
+    def write_state(self, use: TableUse, *, fresh: bool) -> list[sql.Composed]:
         """Deleted keys leave the state; changed live keys take their new version."""
         table = sql.Identifier(state_table(self.name, use.table.capture))
         tmp = sql.Identifier(temp_name("state_", use.table.capture))
         cols = self.state_columns(use)
         names = _names(c.name for c in cols)
         if fresh:
-            return [sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT __deleted").format(table, names, names, tmp)]
+            return [
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT __deleted").format(table, names, names, tmp)
+            ]
         key = list(use.table.key)
         match = sql.SQL(" AND ").join(sql.SQL("s.{k} = t.{k}").format(k=sql.Identifier(k)) for k in key)
         others = [c.name for c in cols if c.name not in key]
@@ -171,7 +178,11 @@ class Layout:
             "MERGE INTO {table} AS s USING (SELECT * FROM {tmp} WHERE NOT __deleted) AS t ON {match} "
             "{update}WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
         ).format(
-            table=table, tmp=tmp, match=match, names=names, values=values,
+            table=table,
+            tmp=tmp,
+            match=match,
+            names=names,
+            values=values,
             update=sql.SQL("WHEN MATCHED THEN UPDATE SET {} ").format(sets) if others else sql.SQL(""),
         )
         delete = sql.SQL("DELETE FROM {table} AS s USING {tmp} AS t WHERE t.__deleted AND {match}").format(
@@ -181,13 +192,13 @@ class Layout:
 
     # value tables -----------------------------------------------------------------
 
-    def value_temp(self, arg: Arg) -> tuple[str, sql.Composable]:
+    def value_temp(self, arg: Arg) -> tuple[str, sql.Composed]:
         name = temp_name("value_", arg.index)
         cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys]
         cols += [Column("__v", arg.pg_type), Column("__cnt", "bigint"), Column("__nulls", "integer")]
         return name, _temp(name, cols)
 
-    def write_values(self, arg: Arg, masks: list[int], *, fresh: bool) -> list[sql.Composable]:
+    def write_values(self, arg: Arg, masks: list[int], *, fresh: bool) -> list[sql.Composed]:
         table = sql.Identifier(value_table(self.name, arg))
         tmp = sql.Identifier(temp_name("value_", arg.index))
         keys = [f"__g{g.index}" for g in self.plan.group_keys]
@@ -196,7 +207,7 @@ class Layout:
             return [sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, names, names, tmp)]
         out = []
         for mask in masks:
-            on = _match("v", "d", keys, mask, also=sql.SQL("v.__v = d.__v"))
+            on = _match("v", "d", keys, mask, also=sql.Composed([sql.SQL("v.__v = d.__v")]))
             out.append(
                 sql.SQL(
                     "MERGE INTO {table} AS v USING (SELECT * FROM {tmp} WHERE __nulls = {mask}) AS d ON {on} "
@@ -204,7 +215,11 @@ class Layout:
                     "WHEN MATCHED THEN UPDATE SET __cnt = v.__cnt + d.__cnt "
                     "WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
                 ).format(
-                    table=table, tmp=tmp, mask=sql.Literal(mask), on=on, names=names,
+                    table=table,
+                    tmp=tmp,
+                    mask=sql.Literal(mask),
+                    on=on,
+                    names=names,
                     values=_names([*keys, "__v", "__cnt"], prefix="d"),
                 )
             )
@@ -212,7 +227,7 @@ class Layout:
 
     # the result -------------------------------------------------------------------
 
-    def diff_temp(self) -> tuple[str, sql.Composable]:
+    def diff_temp(self) -> tuple[str, sql.Composed]:
         """Grouped: the change of each touched group's state; rows: the new rows."""
         name = temp_name("diff")
         if self.plan.aggregated:
@@ -221,22 +236,25 @@ class Layout:
             cols = [c for c in self.projection_columns()]
         return name, _temp(name, [*cols, Column("__nulls", "integer")])
 
-    def deleted_temp(self) -> tuple[str, sql.Composable]:
+    def deleted_temp(self) -> tuple[str, sql.Composed]:
         name = temp_name("deleted")
         return name, _temp(name, [*self.key_types(), Column("__nulls", "integer")])
 
-    def write_rows(self, masks_upsert: list[int], masks_delete: list[int], *, fresh: bool) -> list[sql.Composable]:
+    def write_rows(self, masks_upsert: list[int], masks_delete: list[int], *, fresh: bool) -> list[sql.Composed]:
         """A query without GROUP BY: rows that left go, new and changed rows are written."""
         table, tmp = sql.Identifier(self.name), sql.Identifier(temp_name("diff"))
         cols = [c.name for c in self.projection_columns()]
         names = _names(cols)
         if fresh:
             return [sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, names, names, tmp)]
-        out: list[sql.Composable] = []
+        out: list[sql.Composed] = []
         deleted = sql.Identifier(temp_name("deleted"))
         for mask in masks_delete:
-            out.append(sql.SQL("DELETE FROM {} AS p USING (SELECT * FROM {} WHERE __nulls = {}) AS d WHERE {}").format(
-                table, deleted, sql.Literal(mask), _match("p", "d", self.key_columns, mask)))
+            out.append(
+                sql.SQL("DELETE FROM {} AS p USING (SELECT * FROM {} WHERE __nulls = {}) AS d WHERE {}").format(
+                    table, deleted, sql.Literal(mask), _match("p", "d", self.key_columns, mask)
+                )
+            )
         others = [c for c in cols if c not in self.key_columns]
         sets = sql.SQL(", ").join(sql.SQL("{c} = d.{c}").format(c=sql.Identifier(c)) for c in others)
         for mask in masks_upsert:
@@ -245,20 +263,25 @@ class Layout:
                     "MERGE INTO {table} AS p USING (SELECT * FROM {tmp} WHERE __nulls = {mask}) AS d ON {on} "
                     "WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
                 ).format(
-                    table=table, tmp=tmp, mask=sql.Literal(mask), on=_match("p", "d", self.key_columns, mask),
-                    sets=sets, names=names, values=_names(cols, prefix="d"),
+                    table=table,
+                    tmp=tmp,
+                    mask=sql.Literal(mask),
+                    on=_match("p", "d", self.key_columns, mask),
+                    sets=sets,
+                    names=names,
+                    values=_names(cols, prefix="d"),
                 )
             )
         return out
 
-    def write_groups(self, masks: list[int], *, fresh: bool) -> list[sql.Composable]:
+    def write_groups(self, masks: list[int], *, fresh: bool) -> list[sql.Composed]:
         """A grouped query: each touched group's state plus its change; the outputs from that."""
         keys = [f"__g{g.index}" for g in self.plan.group_keys]
         parts = [c.name for c in self.part_columns()]
         tmp = sql.Identifier(temp_name("diff"))
         target = groups_table(self.name) if self.having else self.name
         target_keys = keys if self.having else [g.column for g in self.plan.group_keys]
-        out: list[sql.Composable] = []
+        out: list[sql.Composed] = []
         for mask in masks:
             source = sql.SQL("(SELECT * FROM {} WHERE __nulls = {}) AS d").format(tmp, sql.Literal(mask))
             on = _match("p", "d", target_keys, mask, source_keys=keys)
@@ -273,75 +296,97 @@ class Layout:
                 upd_cols = parts + [c for c, _ in outs]
                 upd_vals = [added[p] for p in parts] + [self.render(e, added.get, "d", mask) for _, e in outs]
                 ins_cols = [*target_keys, *parts, *(c for c, _ in outs)]
-                ins_vals = ([f"d.{q(k)}" for k in keys] + [inserted[p] for p in parts]
-                            + [self.render(e, inserted.get, "d", mask) for _, e in outs])
+                ins_vals = (
+                    [f"d.{q(k)}" for k in keys]
+                    + [inserted[p] for p in parts]
+                    + [self.render(e, inserted.get, "d", mask) for _, e in outs]
+                )
             delete = (
                 sql.SQL("WHEN MATCHED AND p.__count + d.__count = 0 THEN DELETE ")
-                if self.plan.group_keys else sql.SQL("")
+                if self.plan.group_keys
+                else sql.SQL("")
             )
             if fresh:
-                out.append(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
-                    sql.Identifier(target), _names(ins_cols), sql.SQL(", ".join(ins_vals)), source))
+                out.append(
+                    sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                        sql.Identifier(target), _names(ins_cols), sql.SQL(", ".join(ins_vals)), source
+                    )
+                )
                 continue
             out.append(
                 sql.SQL(
                     "MERGE INTO {target} AS p USING {source} ON {on} {delete}"
                     "WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({vals})"
                 ).format(
-                    target=sql.Identifier(target), source=source, on=on, delete=delete,
+                    target=sql.Identifier(target),
+                    source=source,
+                    on=on,
+                    delete=delete,
                     sets=sql.SQL(", ").join(
                         sql.SQL("{} = {}").format(sql.Identifier(c), sql.SQL(v))  # type: ignore[arg-type]
                         for c, v in zip(upd_cols, upd_vals, strict=True)
                     ),
-                    cols=_names(ins_cols), vals=sql.SQL(", ".join(ins_vals)),  # type: ignore[arg-type]
+                    cols=_names(ins_cols),
+                    vals=sql.SQL(", ".join(ins_vals)),  # type: ignore[arg-type]
                 )
             )
         if self.having:
             out += self.having_rows(masks)
         return out
 
-    def having_rows(self, masks: list[int]) -> list[sql.Composable]:
+    def having_rows(self, masks: list[int]) -> list[sql.Composed]:
         """With HAVING: the touched groups' result rows, rewritten from their state."""
         keys = [f"__g{g.index}" for g in self.plan.group_keys]
         table, tmp, groups = sql.Identifier(self.name), sql.Identifier(temp_name("diff")), groups_table(self.name)
         by_column = {g.column: g for g in self.plan.group_keys}
         cols = [c.name for c in self.projection_columns()]
         exprs = {o.name: o.expr for o in self.plan.outputs}
-        out: list[sql.Composable] = []
+        out: list[sql.Composed] = []
         for mask in masks:
             source = sql.SQL("(SELECT * FROM {} WHERE __nulls = {}) AS d").format(tmp, sql.Literal(mask))
-            out.append(sql.SQL("DELETE FROM {} AS p USING {} WHERE {}").format(
-                table, source, _match("p", "d", self.key_columns, mask, source_keys=keys)))
+            out.append(
+                sql.SQL("DELETE FROM {} AS p USING {} WHERE {}").format(
+                    table, source, _match("p", "d", self.key_columns, mask, source_keys=keys)
+                )
+            )
             part = {c.name: f"g.{q(c.name)}" for c in self.part_columns()}
             values = [
                 f"g.{q(f'__g{by_column[c].index}')}" if c in by_column else self.render(exprs[c], part.get, "g", mask)
                 for c in cols
             ]
             having = self.render(self.plan.having, part.get, "g", mask)  # type: ignore[arg-type]
-            out.append(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS g JOIN {} ON {} WHERE {}").format(
-                table, _names(cols), sql.SQL(", ".join(values)), sql.Identifier(groups), source,  # type: ignore[arg-type]
-                _match("g", "d", keys, mask), sql.SQL(having)))  # type: ignore[arg-type]
+            out.append(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS g JOIN {} ON {} WHERE {}").format(
+                    table,
+                    _names(cols),
+                    sql.SQL(", ".join(values)),
+                    sql.Identifier(groups),
+                    source,  # type: ignore[arg-type]
+                    _match("g", "d", keys, mask),
+                    sql.SQL(having),
+                )
+            )  # type: ignore[arg-type]
         return out
 
-    def output_columns(self) -> list[tuple[str, exp.Expression]]:
+    def output_columns(self) -> list[tuple[str, exp.Expr]]:
         """Output columns that are not GROUP BY keys, with their expressions."""
         keys = {g.column for g in self.plan.group_keys}
         return [(o.name, o.expr) for o in self.plan.outputs if o.name not in keys]
 
     # PostgreSQL expressions over the aggregate state ----------------------------------
 
-    def render(self, e: exp.Expression, part: Callable[[str], str | None], keys: str, mask: int) -> str:
+    def render(self, e: exp.Expr, part: Callable[[str], str | None], keys: str, mask: int) -> str:
         """``e`` (an output or HAVING over GROUP BY keys and aggregates) in PostgreSQL, with
         ``part(name)`` the SQL of a state column and ``keys`` the alias holding ``__g<i>``."""
         plan = self.plan
 
-        def swap_aggregate(node: exp.Expression) -> exp.Expression:
+        def swap_aggregate(node: exp.Expr) -> exp.Expr:
             for a in plan.aggregates:
                 if node == a.node:
                     return translate.parse_pg_expr(self.aggregate_sql(a, part, keys, mask))
             return node
 
-        def swap_key(node: exp.Expression) -> exp.Expression:
+        def swap_key(node: exp.Expr) -> exp.Expr:
             for g in plan.group_keys:
                 if node == g.expr:
                     return translate.parse_pg_expr(f"{keys}.{q(f'__g{g.index}')}")
@@ -357,22 +402,29 @@ class Layout:
             return value
 
         i = a.arg.index if a.arg else -1
+        n = (p(f"__n{i}") if a.arg.nullable else p("__count")) if a.kind in ("count", "sum", "avg") and a.arg else ""
         if a.kind == "count_star":
             return p("__count")
         if a.kind == "count":
-            return p(f"__n{i}")
+            return n
         if a.kind == "sum":
-            return f"CAST(CASE WHEN {p(f'__n{i}')} = 0 THEN NULL ELSE {p(f'__s{i}')} END AS {a.pg_type})"
+            return f"CAST(CASE WHEN {n} = 0 THEN NULL ELSE {p(f'__s{i}')} END AS {a.pg_type})"
         if a.kind == "avg":
             assert a.arg is not None
             s = p(f"__s{i}") if sum_part_type(a.arg) != "numeric" else f"CAST({p(f'__s{i}')} AS numeric)"
-            return f"CAST(CASE WHEN {p(f'__n{i}')} = 0 THEN NULL ELSE {s} / {p(f'__n{i}')} END AS {a.pg_type})"
+            return f"CAST(CASE WHEN {n} = 0 THEN NULL ELSE {s} / {n} END AS {a.pg_type})"
         assert a.arg is not None
         table = q(value_table(self.name, a.arg))
         keys_sql = [f"__g{g.index}" for g in self.plan.group_keys]
-        match = " AND ".join(
-            [f"v.{q(k)} IS NULL" if mask & (1 << n) else f"v.{q(k)} = {keys}.{q(k)}" for n, k in enumerate(keys_sql)]
-        ) or "TRUE"
+        match = (
+            " AND ".join(
+                [
+                    f"v.{q(k)} IS NULL" if mask & (1 << n) else f"v.{q(k)} = {keys}.{q(k)}"
+                    for n, k in enumerate(keys_sql)
+                ]
+            )
+            or "TRUE"
+        )
         if a.kind in ("min", "max"):
             order = "ASC" if a.kind == "min" else "DESC"
             return f"(SELECT v.__v FROM {table} AS v WHERE {match} ORDER BY v.__v {order} LIMIT 1)"
@@ -381,17 +433,23 @@ class Layout:
         return f"(SELECT {a.kind}(v.__v) FROM {table} AS v WHERE {match})"
 
 
-def _names(names, prefix: str | None = None) -> sql.Composable:
+def _names(names, prefix: str | None = None) -> sql.Composed:
     if prefix:
         return sql.SQL(", ").join(sql.SQL(prefix + ".{}").format(sql.Identifier(n)) for n in names)
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def _match(target: str, source: str, keys: list[str], mask: int, also: sql.Composable | None = None,
-           source_keys: list[str] | None = None) -> sql.Composable:
+def _match(
+    target: str,
+    source: str,
+    keys: list[str],
+    mask: int,
+    also: sql.Composed | None = None,
+    source_keys: list[str] | None = None,
+) -> sql.Composed:
     """``target`` row matches ``source`` row on ``keys``: equality, or both NULL where the
     mask says the source's key is NULL (index-friendly: no IS NOT DISTINCT FROM)."""
-    parts: list[sql.Composable] = []
+    parts: list[sql.Composed] = []
     for n, (k, sk) in enumerate(zip(keys, source_keys or keys, strict=True)):
         if mask & (1 << n):
             parts.append(sql.SQL(target + ".{} IS NULL").format(sql.Identifier(k)))
@@ -399,17 +457,16 @@ def _match(target: str, source: str, keys: list[str], mask: int, also: sql.Compo
             parts.append(sql.SQL(target + ".{} = " + source + ".{}").format(sql.Identifier(k), sql.Identifier(sk)))
     if also is not None:
         parts.append(also)
-    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
+    return sql.SQL(" AND ").join(parts) if parts else sql.Composed([sql.SQL("TRUE")])
 
 
-def _create(table: str, cols: list[Column], *, unique: list[str] | None = None,
-            primary: list[str] | None = None) -> list[sql.Composable]:
+def _create(
+    table: str, cols: list[Column], *, unique: list[str] | None = None, primary: list[str] | None = None
+) -> list[sql.Composed]:
     body = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in cols]  # type: ignore[arg-type]
     if primary:
         body.append(sql.SQL("PRIMARY KEY ({})").format(_names(primary)))
-    out: list[sql.Composable] = [
-        sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(", ").join(body))
-    ]
+    out: list[sql.Composed] = [sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(", ").join(body))]
     if unique:
         out.append(
             sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) NULLS NOT DISTINCT").format(
@@ -419,7 +476,9 @@ def _create(table: str, cols: list[Column], *, unique: list[str] | None = None,
     return out
 
 
-def _temp(name: str, cols: list[Column]) -> sql.Composable:
-    body = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))  # type: ignore[arg-type]
-                              for c in cols)
+def _temp(name: str, cols: list[Column]) -> sql.Composed:
+    body = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))  # type: ignore[arg-type]
+        for c in cols
+    )
     return sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), body)

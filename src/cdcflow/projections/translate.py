@@ -35,47 +35,141 @@ from cdcflow.projections.pgtypes import PgType
 # Constructs refused anywhere in an incremental definition, and why.
 _VOLATILE = (exp.CurrentTimestamp, exp.CurrentDate, exp.CurrentTime, exp.Localtimestamp, exp.Rand)
 _VOLATILE_NAMES = {
-    "now", "clock_timestamp", "statement_timestamp", "transaction_timestamp", "timeofday", "random", "nextval",
-    "currval", "setval", "gen_random_uuid", "uuid_generate_v4", "txid_current", "pg_current_xact_id",
-    "current_setting", "localtime", "current_user", "session_user", "pg_backend_pid",
+    "now",
+    "clock_timestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "timeofday",
+    "random",
+    "nextval",
+    "currval",
+    "setval",
+    "gen_random_uuid",
+    "uuid_generate_v4",
+    "txid_current",
+    "pg_current_xact_id",
+    "current_setting",
+    "localtime",
+    "current_user",
+    "session_user",
+    "pg_backend_pid",
 }
 
 # What DuckDB evaluates before aggregation: each has a checked translation.
 _ALLOWED = (
-    exp.Column, exp.Identifier, exp.Literal, exp.Null, exp.Boolean, exp.Paren, exp.Alias, exp.Neg, exp.Not,
-    exp.And, exp.Or, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ, exp.NullSafeNEQ, exp.Is,
-    exp.In, exp.Between, exp.Like, exp.ILike, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.DPipe, exp.Case,
-    exp.If, exp.Coalesce, exp.Nullif, exp.Greatest, exp.Least, exp.Abs, exp.Ceil, exp.Floor, exp.Round, exp.Sign,
-    exp.Lower, exp.Upper, exp.Length, exp.Trim, exp.Substring, exp.Concat, exp.Left, exp.Right, exp.Replace,
-    exp.StrPosition, exp.TimestampTrunc, exp.Extract, exp.Cast, exp.DataType, exp.DataTypeParam, exp.Var,
-    exp.Interval, exp.MD5,
+    exp.Column,
+    exp.Identifier,
+    exp.Literal,
+    exp.Null,
+    exp.Boolean,
+    exp.Paren,
+    exp.Alias,
+    exp.Neg,
+    exp.Not,
+    exp.And,
+    exp.Or,
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.NullSafeEQ,
+    exp.NullSafeNEQ,
+    exp.Is,
+    exp.In,
+    exp.Between,
+    exp.Like,
+    exp.ILike,
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Mod,
+    exp.DPipe,
+    exp.Case,
+    exp.If,
+    exp.Coalesce,
+    exp.Nullif,
+    exp.Greatest,
+    exp.Least,
+    exp.Abs,
+    exp.Ceil,
+    exp.Floor,
+    exp.Round,
+    exp.Sign,
+    exp.Lower,
+    exp.Upper,
+    exp.Length,
+    exp.Trim,
+    exp.Substring,
+    exp.Concat,
+    exp.Left,
+    exp.Right,
+    exp.Replace,
+    exp.StrPosition,
+    exp.TimestampTrunc,
+    exp.Extract,
+    exp.Cast,
+    exp.DataType,
+    exp.DataTypeParam,
+    exp.Var,
+    exp.Interval,
+    exp.MD5,
 )
-TRUNC_UNITS = {"MICROSECOND", "MILLISECOND", "SECOND", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "QUARTER", "YEAR",
-               "DECADE"}
-EXTRACT_FIELDS = {"YEAR", "MONTH", "DAY", "HOUR", "MINUTE", "SECOND", "DOW", "DOY", "QUARTER", "ISODOW", "WEEK",
-                  "ISOYEAR", "DECADE", "CENTURY", "MILLENNIUM", "EPOCH"}
+TRUNC_UNITS = {
+    "MICROSECOND",
+    "MILLISECOND",
+    "SECOND",
+    "MINUTE",
+    "HOUR",
+    "DAY",
+    "WEEK",
+    "MONTH",
+    "QUARTER",
+    "YEAR",
+    "DECADE",
+}
+EXTRACT_FIELDS = {
+    "YEAR",
+    "MONTH",
+    "DAY",
+    "HOUR",
+    "MINUTE",
+    "SECOND",
+    "DOW",
+    "DOY",
+    "QUARTER",
+    "ISODOW",
+    "WEEK",
+    "ISOYEAR",
+    "DECADE",
+    "CENTURY",
+    "MILLENNIUM",
+    "EPOCH",
+}
 # Types whose text (::text, ||, concat) is the same in both engines.
 _TEXT_SAFE = ("text", "integer", "boolean", "numeric", "date", "timestamp", "timestamptz", "float", "uuid", "json")
 
 
 def quote(name: str) -> str:
-    """An SQL identifier, double-quoted (both engines)."""
-    return '"' + name.replace('"', '""') + '"'
+    """An SQL identifier, double-quoted by sqlglot (the same in PostgreSQL and DuckDB)."""
+    return exp.to_identifier(name, quoted=True).sql(dialect="postgres")
 
 
 def parse_pg(text: str) -> exp.Select:
     return sqlglot.parse_one(text, read="postgres")  # type: ignore[return-value]
 
 
-def parse_pg_expr(text: str) -> exp.Expression:
+def parse_pg_expr(text: str) -> exp.Expr:
     return parse_pg(f"SELECT {text}").expressions[0]
 
 
-def _name(node: exp.Expression) -> str:
+def _name(node: exp.Expr) -> str:
     return node.sql(dialect="postgres")[:60]
 
 
-def refused_anywhere(node: exp.Expression) -> str | None:
+def refused_anywhere(node: exp.Expr) -> str | None:
     """Why ``node`` keeps any definition out of the incremental fragment (None: it does not)."""
     if isinstance(node, exp.Window):
         return f"window function {_name(node)} is not in the incremental fragment"
@@ -94,7 +188,7 @@ def refused_anywhere(node: exp.Expression) -> str | None:
     return None
 
 
-def _kind(node: exp.Expression) -> str:
+def _kind(node: exp.Expr) -> str:
     """The type class of an operand PostgreSQL typed for us (``typed_operands``)."""
     t = PgType(node.meta.get("pg_type", ""))
     if t.is_integer:
@@ -120,7 +214,7 @@ def _kind(node: exp.Expression) -> str:
     return t.name or "?"
 
 
-def refused_before_aggregation(node: exp.Expression) -> str | None:
+def refused_before_aggregation(node: exp.Expr) -> str | None:
     """Why DuckDB cannot evaluate ``node`` exactly as PostgreSQL does (types aside)."""
     if isinstance(node, exp.AggFunc) or isinstance(node, exp.Filter) or isinstance(node, exp.Distinct):
         return None  # aggregates are taken apart by the plan, never translated whole
@@ -129,8 +223,9 @@ def refused_before_aggregation(node: exp.Expression) -> str | None:
     if not isinstance(node, _ALLOWED):
         what = node.name if isinstance(node, exp.Anonymous) else node.key
         return f"{what}() in {_name(node)} is not in the incremental fragment (see docs/projections.md for the list)"
-    if isinstance(node, exp.In) and not all(isinstance(e, (exp.Literal, exp.Null, exp.Neg, exp.Cast, exp.Boolean))
-                                            for e in node.expressions):
+    if isinstance(node, exp.In) and not all(
+        isinstance(e, (exp.Literal, exp.Null, exp.Neg, exp.Cast, exp.Boolean)) for e in node.expressions
+    ):
         return f"IN with expressions {_name(node)}: the fragment takes IN (constant, ...)"
     if isinstance(node, exp.TimestampTrunc):
         unit = node.unit.upper() if isinstance(node.unit, str) else node.args["unit"].name.upper()
@@ -149,11 +244,11 @@ def refused_before_aggregation(node: exp.Expression) -> str | None:
     return None
 
 
-def _nonnegative_literal(e: exp.Expression | None) -> bool:
+def _nonnegative_literal(e: exp.Expr | None) -> bool:
     return isinstance(e, exp.Literal) and not e.is_string and e.this.isdigit()
 
 
-def typed_operands(node: exp.Expression) -> list[exp.Expression]:
+def typed_operands(node: exp.Expr) -> list[exp.Expr]:
     """The operands of ``node`` whose PostgreSQL types its translation depends on."""
     if isinstance(node, (exp.Div, exp.Mod, exp.Add, exp.Sub, exp.Mul, exp.DPipe)):
         return [node.this, node.expression]
@@ -164,7 +259,7 @@ def typed_operands(node: exp.Expression) -> list[exp.Expression]:
     return []
 
 
-def refused_for_types(node: exp.Expression) -> str | None:
+def refused_for_types(node: exp.Expr) -> str | None:
     """Why the operand types make ``node`` differ between the engines (after typing)."""
     if isinstance(node, exp.Div):
         kinds = {_kind(node.this), _kind(node.expression)}
@@ -175,8 +270,9 @@ def refused_for_types(node: exp.Expression) -> str | None:
             )
     if isinstance(node, (exp.Add, exp.Sub, exp.Mul)):
         kinds = {_kind(node.this), _kind(node.expression)}
-        if "interval" in kinds and not isinstance(node.this if _kind(node.this) == "interval" else node.expression,
-                                                  exp.Interval):
+        if "interval" in kinds and not isinstance(
+            node.this if _kind(node.this) == "interval" else node.expression, exp.Interval
+        ):
             return f"{_name(node)}: interval values are not carried; add interval constants to dates and timestamps"
         if isinstance(node, exp.Sub) and kinds <= {"timestamp", "timestamptz"} and kinds:
             return f"{_name(node)}: the difference of timestamps is an interval, which is not carried"
@@ -192,7 +288,7 @@ def refused_for_types(node: exp.Expression) -> str | None:
     return None
 
 
-def _text_kind(op: exp.Expression) -> str:
+def _text_kind(op: exp.Expr) -> str:
     k = _kind(op)
     return {"char": "text", "numeric": "numeric", "free_numeric": "free"}.get(k, k)
 
@@ -220,8 +316,12 @@ def _cast_refused(node: exp.Cast) -> str | None:
         return None
     if to in (exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT, exp.DataType.Type.BOOLEAN):
         return None
-    if to in (exp.DataType.Type.DATE, exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPTZ,
-              exp.DataType.Type.TIMESTAMPLTZ):
+    if to in (
+        exp.DataType.Type.DATE,
+        exp.DataType.Type.TIMESTAMP,
+        exp.DataType.Type.TIMESTAMPTZ,
+        exp.DataType.Type.TIMESTAMPLTZ,
+    ):
         if source in ("text", "char"):
             return f"{name}: PostgreSQL reads many more date formats than DuckDB"
         return None
@@ -233,38 +333,41 @@ def _cast_refused(node: exp.Cast) -> str | None:
 _FREE_DECIMAL = exp.DataType.build("DECIMAL(38, 16)")
 
 
-def rewrite(node: exp.Expression) -> exp.Expression:
+def rewrite(node: exp.Expr) -> exp.Expr:
     """A copy of an expression of the fragment (typed by the plan), translated for DuckDB."""
     return _rewrite(node.copy())
 
 
-def to_duckdb(node: exp.Expression) -> str:
+def to_duckdb(node: exp.Expr) -> str:
     """DuckDB SQL for an expression of the fragment (typed by the plan)."""
     return rewrite(node).sql(dialect="duckdb")
 
 
-def _rewrite(node: exp.Expression) -> exp.Expression:
+def _rewrite(node: exp.Expr) -> exp.Expr:
     for key, value in list(node.args.items()):
-        if isinstance(value, exp.Expression):
+        if isinstance(value, exp.Expr):
             node.set(key, _rewrite(value))
         elif isinstance(value, list):
-            node.set(key, [_rewrite(v) if isinstance(v, exp.Expression) else v for v in value])
+            node.set(key, [_rewrite(v) if isinstance(v, exp.Expr) else v for v in value])
     return _rewrite_node(node)
 
 
-def _error(message: str) -> exp.Expression:
+def _error(message: str) -> exp.Expr:
     return exp.Anonymous(this="error", expressions=[exp.Literal.string(message)])
 
 
-def _rewrite_node(node: exp.Expression) -> exp.Expression:
+def _rewrite_node(node: exp.Expr) -> exp.Expr:
     if isinstance(node, exp.Div):
         kinds = {_kind(node.this), _kind(node.expression)}
         if kinds == {"integer"}:
             return exp.IntDiv(this=node.this, expression=node.expression)
         divisor = node.expression
         guarded = exp.Case(
-            ifs=[exp.If(this=exp.EQ(this=divisor.copy(), expression=exp.Literal.number(0)),
-                        true=_error("division by zero"))],
+            ifs=[
+                exp.If(
+                    this=exp.EQ(this=divisor.copy(), expression=exp.Literal.number(0)), true=_error("division by zero")
+                )
+            ],
             default=divisor,
         )
         return exp.Div(this=node.this, expression=exp.Paren(this=guarded))
@@ -300,24 +403,27 @@ def _rewrite_node(node: exp.Expression) -> exp.Expression:
         field = node.this.name.upper()
         if field in ("SECOND", "EPOCH"):
             fn = "microsecond" if field == "SECOND" else "epoch_us"
-            micros = exp.Cast(this=exp.Anonymous(this=fn, expressions=[node.expression]),
-                              to=exp.DataType.build("DECIMAL(38, 0)"))
+            micros = exp.Cast(
+                this=exp.Anonymous(this=fn, expressions=[node.expression]), to=exp.DataType.build("DECIMAL(38, 0)")
+            )
             scale = exp.Cast(this=exp.Literal.number("0.000001"), to=exp.DataType.build("DECIMAL(7, 6)"))
             return exp.Paren(this=exp.Mul(this=micros, expression=scale))
         return node
     return node
 
 
-def _bool_text(e: exp.Expression) -> exp.Expression:
+def _bool_text(e: exp.Expr) -> exp.Expr:
     if _kind(e) != "boolean":
         return e
     return exp.Case(
-        ifs=[exp.If(this=e.copy(), true=exp.Literal.string("t")),
-             exp.If(this=exp.Not(this=e.copy()), true=exp.Literal.string("f"))]
+        ifs=[
+            exp.If(this=e.copy(), true=exp.Literal.string("t")),
+            exp.If(this=exp.Not(this=e.copy()), true=exp.Literal.string("f")),
+        ]
     )
 
 
-def _substring(node: exp.Substring) -> exp.Expression:
+def _substring(node: exp.Substring) -> exp.Expr:
     start, length = node.args.get("start"), node.args.get("length")
     if start is None or (_nonnegative_literal(start) and int(start.this) >= 1):
         return node
@@ -330,7 +436,11 @@ def _substring(node: exp.Substring) -> exp.Expression:
         expressions=[exp.Literal.number(0)],
     )
     return exp.Case(
-        ifs=[exp.If(this=exp.GTE(this=start.copy(), expression=one.copy()),
-                    true=exp.Substring(this=s.copy(), start=start.copy(), length=length.copy()))],
+        ifs=[
+            exp.If(
+                this=exp.GTE(this=start.copy(), expression=one.copy()),
+                true=exp.Substring(this=s.copy(), start=start.copy(), length=length.copy()),
+            )
+        ],
         default=exp.Substring(this=s.copy(), start=one.copy(), length=shortened),
     )

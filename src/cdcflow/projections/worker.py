@@ -196,17 +196,16 @@ class ProjectionWorker:
             return
         self.checks += 1
         log.info(
-            "%s: self-check of the last %d minutes on a snapshot: %s (%.1fs; next in %.0fs at the earliest)",
+            "%s: self-check on a snapshot: %s (%.1fs; next in %.0fs at the earliest)",
             self.name,
-            self.settings.projection_recompute_window_minutes,
-            f"{len(suspects)} minutes differ" if suspects else "no difference",
+            f"{len(suspects)} rows differ" if suspects else "no difference",
             ended - started,
             self._next_check - ended,
         )
         if suspects:
             log.warning(
-                "%s: self-check: %d minutes of the window differ from the state; the next cycle checks "
-                "them again and restates what is still wrong",
+                "%s: self-check: %d rows differ from the state; the next cycle checks them again and "
+                "restates what is still wrong",
                 self.name,
                 len(suspects),
             )
@@ -255,7 +254,7 @@ class ProjectionWorker:
         cycle that failed)."""
         if minutes:
             with self._suspects_lock:
-                self._suspects = sorted(set(self._suspects or []) | set(minutes))
+                self._suspects = list(dict.fromkeys([*(self._suspects or []), *minutes]))
 
     def cycle(self, token: int | None = None) -> base.CycleResult:
         """One cycle, committed. With a lease ``token``, the commit is fenced by it."""
