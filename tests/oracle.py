@@ -76,3 +76,48 @@ def assert_projections_equal_source(
         want, got = _rows(src, oracle), _rows(serving, projection)
         assert want, f"{name}: the source has nothing to compare"
         assert got == want, f"{name}: missing {sorted(want - got)[:3]}, extra {sorted(got - want)[:3]}"
+
+
+# -- any projection: its table against its definition run on the source --------------
+
+
+def _normal(value: object) -> object:
+    """Values as compared: numerics by value (3.50 == 3.5), floats to 12 significant digits."""
+    from decimal import Decimal
+
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, Decimal):
+        return value.normalize() if value.is_finite() else value
+    return value
+
+
+def projection_rows(serving: psycopg.Connection, table: str) -> list[tuple]:
+    """The user's columns of a projection table (not cdcflow's __ ones), as a sorted multiset."""
+    serving.execute("SET TIME ZONE 'UTC'")
+    cols = [
+        r[0]
+        for r in serving.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+            "AND left(attname, 2) <> '__' ORDER BY attnum",
+            (table,),
+        )
+    ]
+    rows = serving.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
+    return sorted((tuple(_normal(v) for v in r) for r in rows), key=repr)
+
+
+def query_rows(source: psycopg.Connection, query: str) -> list[tuple]:
+    """The definition's query run on the source, as a sorted multiset."""
+    source.execute("SET TIME ZONE 'UTC'")
+    return sorted((tuple(_normal(v) for v in r) for r in source.execute(query).fetchall()), key=repr)
+
+
+def assert_projection_matches(source: psycopg.Connection, serving: psycopg.Connection, table: str, query: str) -> int:
+    want, got = query_rows(source, query), projection_rows(serving, table)
+    w, g = set(want), set(got)
+    assert got == want, (
+        f"{table}: {len(want)} rows expected, {len(got)} held; missing {sorted(w - g, key=repr)[:3]}, "
+        f"unexpected {sorted(g - w, key=repr)[:3]}"
+    )
+    return len(want)

@@ -19,7 +19,7 @@ from sqlglot import exp
 from cdcflow.projections import base, translate
 from cdcflow.projections.catalog import CapturedTable
 from cdcflow.projections.definition import Definition
-from cdcflow.projections.plan import qualified_name, relation_over, substitute_tables
+from cdcflow.projections.plan import find_table, relation_over, substitute_tables
 
 log = logging.getLogger(__name__)
 UPTO = 987654321987654321  # stands for the cutoff in the rendered query (an integer, replaced by the cycle's)
@@ -45,8 +45,8 @@ class FullProjection(base.Projection):
         self.digest = definition.digest
         self.definition_file = definition.path
         self.columns = columns
-        tables = {qualified_name(t) for t in definition.query.find_all(exp.Table)}
-        self.captures = tuple(sorted(catalog[t].capture for t in tables))
+        found = [find_table(t, catalog) for t in definition.query.find_all(exp.Table)]
+        self.captures = tuple(sorted({t.capture for t in found if t is not None}))
         self.query = substitute_tables(definition.query, relation_over(catalog, latest_rows)).sql(dialect="postgres")
 
     def prepare(self, conn: psycopg.Connection) -> None:

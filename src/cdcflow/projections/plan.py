@@ -209,12 +209,29 @@ def qualified_name(t: exp.Table) -> str:
     return f"{(t.db or 'public').lower()}.{t.name.lower()}"
 
 
+def find_table(t: exp.Table, catalog: dict[str, CapturedTable]) -> CapturedTable | None:
+    """The captured table a reference names: ``schema.table`` as captured (``public`` is
+    also SQL Server's ``dbo``, as in CAPTURE_TABLES), or a bare ``table`` captured in one
+    schema only (``public`` or ``dbo`` first)."""
+    name, schema = t.name.lower(), (t.db or "").lower()
+    if schema:
+        found = catalog.get(f"{schema}.{name}")
+        if found is None and schema == "public":
+            found = catalog.get(f"dbo.{name}")
+        return found
+    same = [c for key, c in catalog.items() if key.split(".", 1)[1] == name]
+    if len(same) == 1:
+        return same[0]
+    return catalog.get(f"public.{name}") or catalog.get(f"dbo.{name}")
+
+
 def relation_over(catalog: dict[str, CapturedTable], source: Callable[[CapturedTable], str]):
     """``relation`` for :func:`substitute_tables`: each captured table as ``(source(t)) AS alias``,
     the subquery selecting exactly the table's source columns."""
 
     def relation(t: exp.Table) -> exp.Expr:
-        captured = catalog[qualified_name(t)]
+        captured = find_table(t, catalog)
+        assert captured is not None, t
         cols = ", ".join(translate.quote(c) for c, _ in captured.columns)
         inner = translate.parse_pg(f"SELECT {cols} FROM {source(captured)}")
         return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(table_alias(t), quoted=True)))
@@ -254,7 +271,7 @@ class Analyzer:
             if t.catalog:
                 raise self.fail(f"table {t.sql(dialect='postgres')}: name tables as schema.table or table")
             name = qualified_name(t)
-            if name not in self.catalog:
+            if find_table(t, self.catalog) is None:
                 captured = ", ".join(sorted(self.catalog)) or "none yet"
                 raise self.fail(
                     f"table {name} is not a captured table (captured: {captured}): add it to CAPTURE_TABLES, "
@@ -322,7 +339,9 @@ class Analyzer:
             name = table_alias(item)
             if any(a.name == name for a in aliases):
                 raise self.fail(f"alias {name} is used twice in one FROM clause")
-            aliases.append(Alias(name, self.catalog[qualified_name(item)], index))
+            found = find_table(item, self.catalog)
+            assert found is not None  # resolve_tables checked every reference
+            aliases.append(Alias(name, found, index))
         b = Branch(index, select, aliases, [])
         self.qualify(b)
         for pos, join in enumerate(select.args.get("joins") or [], start=1):

@@ -24,7 +24,7 @@ from psycopg import sql
 from sqlglot import exp
 
 from cdcflow.projections import translate
-from cdcflow.projections.plan import Plan, substitute_tables
+from cdcflow.projections.plan import Plan, find_table, substitute_tables
 from cdcflow.projections.storage import Column, Layout, groups_table, state_table, temp_name, value_table
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,12 @@ class SelfCheck:
 
     def _over_state(self, node: exp.Expr) -> exp.Expr:
         tables = {u.table.source_table: u for u in self.plan.tables.values()}
+        catalog = {k: u.table for k, u in tables.items()}
 
         def relation(t: exp.Table) -> exp.Expr:
-            use = tables[f"{(t.db or 'public').lower()}.{t.name.lower()}"]
+            found = find_table(t, catalog)
+            assert found is not None
+            use = tables[found.source_table]
             cols = ", ".join(q(c.name) for c in self.layout.state_columns(use))
             inner = translate.parse_pg(f"SELECT {cols} FROM {q(state_table(self.plan.name, use.table.capture))}")
             alias = (t.alias or t.name).lower()
