@@ -144,6 +144,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
                 warmup=2 if args.quick else 5,
                 progress=progress,
                 stamp=stamp,
+                user_projections=not args.seed_projections_only,
             )
             ok = ok and (summary["pass"] or args.quick)
         elif name == "catchup":
@@ -158,7 +159,11 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             import cdcflow.bench.projection_scaling as projection_scaling
 
             sizes = [int(float(x)) for x in (args.sizes or ("1e4,1e5" if args.quick else "1e5,1e6,1e7")).split(",")]
-            projection_scaling.run(out / stamp / "projection_scaling", sizes, progress)
+            try:
+                measured = projection_scaling.measured_names(args.projections)
+            except ValueError as exc:
+                raise ConfigError(f"--projections={args.projections!r}: {exc}") from None
+            projection_scaling.run(out / stamp / "projection_scaling", sizes, progress, measured=measured)
     print(f"results in {out / stamp}")
     return 0 if ok else EXIT_UNHEALTHY
 
@@ -391,8 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--out", default="benchmarks/results", help="results folder (a timestamped folder is made in it)")
     bn.add_argument("--rate", type=float, default=None, help="sustained: changes per second (default 20000)")
     bn.add_argument("--duration", type=float, default=None, help="sustained: seconds of load (default 180)")
+    bn.add_argument(
+        "--seed-projections-only",
+        action="store_true",
+        help="sustained: only the seed's two projections (default: also two users' projections)",
+    )
     bn.add_argument("--changes", type=int, default=None, help="catchup: changes to pre-generate (default 1000000)")
     bn.add_argument("--sizes", default=None, help="projections: staged rows before the delta (default 1e5,1e6,1e7)")
+    bn.add_argument(
+        "--projections",
+        default="kpi,revenue",
+        help="projections: what to measure (default kpi,revenue: the seed's KPI and a user's three-table join)",
+    )
     bn.set_defaults(func=cmd_bench)
 
     rt = sub.add_parser("reset", help="clear staging and projections, reset watermarks and checkpoints, drop the slot")

@@ -55,9 +55,8 @@ from psycopg import sql
 
 from cdcflow import projections, sqlfiles
 from cdcflow.config import Settings
-from cdcflow.projections import base
+from cdcflow.projections import base, catalog
 from cdcflow.projections.arrowio import BIGINT, LSN, MONEY, TEXT, TSTZ, read_arrow, write_arrow
-from cdcflow.projections.orders_kpi import OrdersKpi
 from cdcflow.serving import schema
 from cdcflow.sources.base import Column, TableSpec
 
@@ -166,18 +165,42 @@ def _run_block(conn: psycopg.Connection, name: str, params: dict) -> None:
             conn.execute(stmt, params)  # type: ignore[arg-type]  # our own benchmark SQL
 
 
+#: The projections measured: the seed's KPI (built in) and users' queries shipped with the
+#: benchmarks (cdcflow/bench/projections/), each kept by the SQL engine.
+KPI = "proj_orders_kpi_by_minute_segment"
+USER_QUERIES = {"revenue": "proj_revenue_by_segment_status", "activity": "proj_customer_activity"}
+#: The hand-written KPI module the SQL definition replaces, measured beside it on a copy of
+#: the same database (``--compare-handwritten``) while it still exists.
+HANDWRITTEN = "handwritten_kpi"
+
+
+def bench_projections_dir() -> str:
+    from importlib import resources
+
+    return str(resources.files("cdcflow").joinpath("bench", "projections"))
+
+
 class Scenario:
-    """One serving database holding ``size`` staged rows of history."""
+    """One serving database holding ``size`` staged rows of history (and, to compare the
+    hand-written KPI, a copy of it made before any projection was built)."""
 
     def __init__(
-        self, admin_dsn: str, size: int, progress: Progress, profile: str = PROFILES[0], parallel_reads: bool = True
+        self,
+        admin_dsn: str,
+        size: int,
+        progress: Progress,
+        profile: str = PROFILES[0],
+        parallel_reads: bool = True,
+        measured: tuple[str, ...] = (KPI,),
     ) -> None:
         self.size = size
         self.profile = profile
         self.progress = progress
+        self.measured = measured
         self.admin_dsn, self.db = admin_dsn, f"{DB}_{size}"
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db)))
+            for db in (self.db, self.db + "_hw"):
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db)))
         self.dsn = _dsn(admin_dsn, self.db)
         self.settings = Settings(
@@ -185,6 +208,8 @@ class Scenario:
             source_dsn=self.dsn,
             projection_self_check_seconds=0,
             projection_parallel_reads=parallel_reads,
+            enable_proj_orders_kpi=KPI in measured,
+            projections_dir=bench_projections_dir(),
         )
         self.customers = max(100, size // 100)
         self.orders = size * 40 // 100
@@ -194,6 +219,10 @@ class Scenario:
         self.next_order = self.orders + 1_000_000_000
         self.next_payment = self.payments + 1_000_000_000
         self.deltas = 0
+        self.projections: dict[str, base.Projection] = {}
+
+    def dsn_of(self, name: str) -> str:
+        return _dsn(self.admin_dsn, self.db + "_hw") if name == HANDWRITTEN else self.dsn
 
     def load_history(self) -> dict[str, float]:
         t0 = time.monotonic()
@@ -202,7 +231,6 @@ class Scenario:
             for spec in SPECS:
                 schema.ensure_staging(conn, spec)
             schema.ensure_control_rows(conn, self.settings.source_name, "postgres", SPECS)
-            projections.bootstrap(conn, self.settings)
             _run_block(conn, "history_customers", {"n": self.customers, "t": ANCHOR})
             _run_block(
                 conn,
@@ -223,79 +251,128 @@ class Scenario:
             _run_block(conn, "advance", {"lsn": self.lsn})
             conn.commit()
         loaded = time.monotonic() - t0
+        if HANDWRITTEN in self.measured:
+            with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                        sql.Identifier(self.db + "_hw"), sql.Identifier(self.db)
+                    )
+                )
         self.progress(f"  {self.size:.0e}: history of {self.lsn:,} staged rows in {loaded:.1f}s; rebuilding state")
-        t1 = time.monotonic()
-        projections.rebuild(self.settings, [OrdersKpi.name])
-        rebuilt = time.monotonic() - t1
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE")
-        self.progress(f"  {self.size:.0e}: rebuild {rebuilt:.1f}s")
-        return {"load_s": round(loaded, 2), "rebuild_s": round(rebuilt, 2)}
+        out = {"load_s": round(loaded, 2)}
+        for name in self.measured:
+            t1 = time.monotonic()
+            duck = base.open_duckdb()
+            with base.open_connection(self.dsn_of(name)) as conn:
+                projection = self.build(name, conn)
+                base.rebuild(conn, duck, projection, self.settings)
+                conn.commit()
+            duck.close()
+            out[f"rebuild_s_{name}"] = round(time.monotonic() - t1, 2)
+            self.progress(f"  {self.size:.0e}: rebuild of {name} {out[f'rebuild_s_{name}']:.1f}s")
+        for name in {self.dsn_of(n) for n in self.measured}:
+            with psycopg.connect(name, autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE")
+        return out
+
+    def build(self, name: str, conn: psycopg.Connection) -> base.Projection:
+        if name == HANDWRITTEN:
+            from cdcflow.projections.orders_kpi import OrdersKpi
+
+            projection: base.Projection = OrdersKpi()
+            base.ensure_control_rows(conn, projection, self.settings.source_name)
+        else:
+            projection = projections.resolve(self.settings, conn, [name])[0]
+        self.projections[name] = projection
+        return projection
 
     def prepare(self) -> None:
-        """Right before the measured cycles: warm the state, flush the set-up's writes."""
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            _run_block(conn, "warm_state", {})
-            # The set-up's writes are flushed now, not during the measured cycles; from here
-            # each cycle pays the full-page images its first touch of a page after a
-            # checkpoint costs, as on a running server.
-            conn.execute("CHECKPOINT")
+        """Right before the measured cycles: warm each projection's tables, flush the set-up's writes."""
+        for dsn in {self.dsn_of(n) for n in self.measured}:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                warm_tables(conn)
+                # The set-up's writes are flushed now, not during the measured cycles; from here
+                # each cycle pays the full-page images its first touch of a page after a
+                # checkpoint costs, as on a running server.
+                conn.execute("CHECKPOINT")
 
     def drop(self) -> None:
         with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db)))
+            for db in (self.db, self.db + "_hw"):
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
 
     def stage_delta(self, seed: float) -> None:
-        with psycopg.connect(self.dsn) as conn:
-            recent = self.profile == "recent"
-            self.deltas += 1
-            now = ANCHOR + dt.timedelta(minutes=5 * self.deltas)
-            _run_block(
-                conn,
-                "delta",
-                {
-                    "seed": seed,
-                    "base": self.lsn,
-                    "customers": self.customers,
-                    "t": ANCHOR,
-                    "now": now,
-                    "orders": self.orders,
-                    "payments": self.payments,
-                    "span_o": min(self.orders, RECENT) if recent else self.orders,
-                    "span_p": min(self.payments, RECENT) if recent else self.payments,
-                    "next_order": self.next_order,
-                    "next_payment": self.next_payment,
-                },
-            )
-            self.lsn += DELTA
-            self.next_order += 200_000
-            self.next_payment += 10_000
-            _run_block(conn, "advance", {"lsn": self.lsn})
-            conn.commit()
+        recent = self.profile == "recent"
+        self.deltas += 1
+        now = ANCHOR + dt.timedelta(minutes=5 * self.deltas)
+        params = {
+            "seed": seed,
+            "base": self.lsn,
+            "customers": self.customers,
+            "t": ANCHOR,
+            "now": now,
+            "orders": self.orders,
+            "payments": self.payments,
+            "span_o": min(self.orders, RECENT) if recent else self.orders,
+            "span_p": min(self.payments, RECENT) if recent else self.payments,
+            "next_order": self.next_order,
+            "next_payment": self.next_payment,
+        }
+        for dsn in {self.dsn_of(n) for n in self.measured}:
+            with psycopg.connect(dsn) as conn:
+                _run_block(conn, "delta", params)
+                _run_block(conn, "advance", {"lsn": self.lsn + DELTA})
+                conn.commit()
+        self.lsn += DELTA
+        self.next_order += 200_000
+        self.next_payment += 10_000
 
-    def incremental_cycle(self) -> tuple[float, float, dict[str, int]]:
-        """Seconds one cycle takes, the MB of WAL it wrote, and the rows it touched by kind."""
+    def incremental_cycle(self, name: str) -> tuple[float, float, dict[str, int]]:
+        """Seconds one cycle of ``name`` takes, the MB of WAL it wrote, and the rows it touched by kind."""
         duck = base.open_duckdb()
         parallel = self.settings.projection_parallel_reads
+        dsn = self.dsn_of(name)
+        projection = self.projections[name]
         with (
-            base.open_connection(self.dsn) as conn,
-            base.snapshot_connection(self.dsn) if parallel else contextlib.nullcontext() as reader,
+            base.open_connection(dsn) as conn,
+            base.snapshot_connection(dsn) if parallel else contextlib.nullcontext() as reader,
         ):
             wal0 = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # type: ignore[index]
             conn.commit()
             t0 = time.monotonic()
-            kpi = OrdersKpi()
-            result = base.run_cycle(conn, duck, kpi, self.settings, reader=reader)
+            result = base.run_cycle(conn, duck, projection, self.settings, reader=reader)
             conn.commit()
             took = time.monotonic() - t0
             wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s)", (wal0,)).fetchone()[0]  # type: ignore[index]
             conn.commit()
         duck.close()
-        assert result.applied and result.cutoff == self.lsn, "the cycle did not apply the delta"
-        return took, float(wal) / 1e6, kpi.last_touched
+        assert result.applied and result.cutoff == self.lsn, f"the cycle of {name} did not apply the delta"
+        return took, float(wal) / 1e6, dict(getattr(projection, "last_touched", {}))
 
-    def full_recompute(self) -> float:
-        """The seed's way for the same data: load everything staged, recompute, rewrite (rolled back)."""
+    def full_recompute(self, name: str) -> float:
+        """The same result recomputed from all staged rows, in PostgreSQL (rolled back)."""
+        from cdcflow.projections.definition import Definition
+        from cdcflow.projections.full import FullProjection
+
+        projection = self.projections[name]
+        definition: Definition = projection.definition  # type: ignore[attr-defined]
+        full = Definition(definition.name, definition.path, definition.text, definition.query, None, "full", "")
+        with base.open_connection(self.dsn) as conn:
+            recompute = FullProjection(full, catalog.read(conn, self.settings.source_name), [])
+            ctx = base.Context(conn, base.open_duckdb(), self.settings, {}, {}, self.lsn)
+            conn.execute(
+                sql.SQL("CREATE TEMP TABLE {} AS SELECT * FROM {} WITH NO DATA").format(
+                    sql.Identifier(full.name), sql.Identifier(full.name)
+                )
+            )
+            t0 = time.monotonic()
+            recompute.apply(ctx)
+            took = time.monotonic() - t0
+            conn.rollback()
+        return took
+
+    def seed_recompute(self) -> float:
+        """The seed's way for the KPI: load everything staged into DuckDB, recompute, rewrite (rolled back)."""
         duck = base.open_duckdb()
         with base.open_connection(self.dsn) as conn:
             t0 = time.monotonic()
@@ -306,53 +383,83 @@ class Scenario:
                 )
                 duck.register(f"all_{name}", read_arrow(conn, query, schema_, {"upto": self.lsn}))
             rows = duck.sql(BLOCKS["full_recompute"]).to_arrow_table()
-            conn.execute("DELETE FROM proj_orders_kpi_by_minute_segment")
-            write_arrow(conn, "proj_orders_kpi_by_minute_segment", rows)
+            conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(KPI)))
+            write_arrow(conn, KPI, rows)
             took = time.monotonic() - t0
             conn.rollback()
         duck.close()
         return took
 
 
-def _measure(scenarios: list[Scenario], profile: str, first_seed: float, progress: Progress) -> list[dict]:
-    """Stage DELTAS deltas of one profile, one cycle each; the first is a warm-up.
+def warm_tables(conn: psycopg.Connection) -> None:
+    """Read the projections' tables and each of their indexes once (an index-only scan of
+    the whole index), so the measured cycles see the cache of a server that has been
+    running cycles: the set-up's bulk writes pushed the state out, and pg_prewarm is not
+    part of the embedded build."""
+    rows = conn.execute(
+        "SELECT c.relname, a.attname FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND (c.relname LIKE 'pst%%' OR c.relname LIKE 'proj%%')"
+    ).fetchall()
+    for table in sorted({t for t, _ in rows}):
+        conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+    conn.execute("SET enable_seqscan = off")
+    conn.execute("SET enable_bitmapscan = off")
+    for table, column in rows:
+        conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(
+                sql.Identifier(table), sql.Identifier(column)
+            )
+        )
+    conn.execute("RESET enable_seqscan")
+    conn.execute("RESET enable_bitmapscan")
 
-    The sizes take turns, delta by delta, so that each size's cycles run under the same
-    load of the (shared) machine: what is compared is the ratio between sizes.
+
+def _measure(scenarios: list[Scenario], profile: str, first_seed: float, progress: Progress) -> list[dict]:
+    """Stage DELTAS deltas of one profile, one cycle of each measured projection each; the
+    first is a warm-up.
+
+    The sizes take turns, delta by delta, and the projections take turns within a delta
+    (their order alternating), so that what is compared (sizes, projections) ran under the
+    same load of the (shared) machine.
     """
-    cycles: list[list[float]] = [[] for _ in scenarios]
-    wal: list[list[float]] = [[] for _ in scenarios]
-    touched: list[list[dict[str, int]]] = [[] for _ in scenarios]
+    out: list[dict] = []
+    samples: list[dict[str, list[tuple[float, float, dict[str, int]]]]] = [
+        {name: [] for name in sc.measured} for sc in scenarios
+    ]
     for i in range(DELTAS):
         for n, sc in enumerate(scenarios):
             sc.profile = profile
             sc.stage_delta(first_seed + i / 100)
-            cycle, wal_mb, rows = sc.incremental_cycle()
-            progress(
-                f"  {sc.size:.0e} {profile}: delta {i}: incremental cycle {cycle * 1000:.0f} ms, WAL {wal_mb:.1f} MB, "
-                f"touched {_touched(rows):,} rows ({', '.join(f'{k} {v:,}' for k, v in rows.items() if k != 'delta')})"
-                + (" (warm-up)" if i == 0 else "")
-            )
-            if i:
-                cycles[n].append(cycle)
-                wal[n].append(wal_mb)
-                touched[n].append(rows)
-    return [
-        {
-            "cycle_s": [round(c, 3) for c in cs],
-            "wal_mb": [round(w, 1) for w in ws],
-            "cycle_median_s": round(statistics.median(cs), 3),
-            "cycle_min_s": round(min(cs), 3),
-            # Rows read by key from the state and buckets written: what a cycle's cost follows.
-            "rows_touched": {k: int(statistics.median(r[k] for r in ts)) for k in ts[0]},
-            "rows_touched_median": int(statistics.median(_touched(r) for r in ts)),
-        }
-        for cs, ws, ts in zip(cycles, wal, touched, strict=True)
-    ]
+            order = list(sc.measured) if i % 2 == 0 else list(reversed(sc.measured))
+            for name in order:
+                cycle, wal_mb, rows = sc.incremental_cycle(name)
+                progress(
+                    f"  {sc.size:.0e} {profile} {name}: delta {i}: cycle {cycle * 1000:.0f} ms, WAL {wal_mb:.1f} MB, "
+                    f"touched {', '.join(f'{k} {v:,}' for k, v in rows.items())}" + (" (warm-up)" if i == 0 else "")
+                )
+                if i:
+                    samples[n][name].append((cycle, wal_mb, rows))
+    for per_name in samples:
+        entry = {}
+        for name, runs in per_name.items():
+            cs = [c for c, _, _ in runs]
+            touched = [r for _, _, r in runs]
+            entry[name] = {
+                "cycle_s": [round(c, 3) for c in cs],
+                "wal_mb": [round(w, 1) for _, w, _ in runs],
+                "cycle_median_s": round(statistics.median(cs), 3),
+                "cycle_min_s": round(min(cs), 3),
+                # State rows read, rows written: what a cycle's cost follows.
+                "rows_touched": {k: int(statistics.median(r.get(k, 0) for r in touched)) for k in touched[0]},
+                "rows_touched_median": int(statistics.median(_touched(r) for r in touched)),
+            }
+        out.append(entry)
+    return out
 
 
 def _touched(rows: dict[str, int]) -> int:
-    """State rows read by key plus buckets written (the delta itself is the same at every size)."""
+    """Rows read from the state and written (the delta itself is the same at every size)."""
     return sum(v for k, v in rows.items() if k != "delta")
 
 
@@ -367,13 +474,15 @@ def run(
     max_wal_size: str | None = None,
     huge_pages: str | None = None,
     parallel_reads: bool = True,
+    measured: tuple[str, ...] = (KPI,),
 ) -> dict:
     """Run the benchmark for each size and delta profile; write ``projection_scaling.json`` into ``out_dir``.
 
-    Without ``dsn`` an embedded server on ``data_dir`` (default :data:`DATA_DIR`) runs
-    with ``shared_buffers``, ``max_wal_size`` and ``huge_pages`` (defaults
-    :data:`SHARED_BUFFERS`, :data:`MAX_WAL_SIZE`, ``try``); a server given by ``dsn`` is
-    used as it is configured (all three must then be None).
+    ``measured``: the projections (:data:`KPI`, the values of :data:`USER_QUERIES`, and
+    :data:`HANDWRITTEN`). Without ``dsn`` an embedded server on ``data_dir`` (default
+    :data:`DATA_DIR`) runs with ``shared_buffers``, ``max_wal_size`` and ``huge_pages``
+    (defaults :data:`SHARED_BUFFERS`, :data:`MAX_WAL_SIZE`, ``try``); a server given by
+    ``dsn`` is used as it is configured (all three must then be None).
     """
     bad = [p for p in profiles if p not in PROFILES]
     if bad:
@@ -401,6 +510,7 @@ def run(
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "delta_changes": DELTA,
         "profiles": list(profiles),
+        "projections": list(measured),
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
         "server": "embedded" if server else "dsn",
         "parallel_reads": parallel_reads,
@@ -426,54 +536,83 @@ def run(
     try:
         for size in sizes:
             progress(f"size {size:.0e}: generating history")
-            sc = Scenario(dsn, size, progress, parallel_reads=parallel_reads)
+            sc = Scenario(dsn, size, progress, parallel_reads=parallel_reads, measured=measured)
             scenarios.append(sc)
             results["sizes"].append({"staged_rows": size, **sc.load_history()})
         for sc in scenarios:
             sc.prepare()
         results["load_average_before"] = [round(x, 2) for x in os.getloadavg()]  # 1, 5, 15 minutes
         for n, profile in enumerate(profiles):
-            measured = _measure(scenarios, profile, 0.1 + n / 10, progress)
-            for entry, one in zip(results["sizes"], measured, strict=True):
+            measured_runs = _measure(scenarios, profile, 0.1 + n / 10, progress)
+            for entry, one in zip(results["sizes"], measured_runs, strict=True):
                 entry[profile] = one
         results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         for entry, sc in zip(results["sizes"], scenarios, strict=True):
-            entry["full_recompute_s"] = round(sc.full_recompute(), 3)
-            for profile in profiles:
-                entry[profile]["speedup"] = round(entry["full_recompute_s"] / entry[profile]["cycle_median_s"], 1)
-                progress(
-                    f"  {sc.size:.0e} {profile}: cycle {entry[profile]['cycle_median_s'] * 1000:.0f} ms (median), "
-                    f"full recompute {entry['full_recompute_s']:.2f} s ({entry[profile]['speedup']}x)"
-                )
+            for name in measured:
+                if name == HANDWRITTEN:
+                    continue
+                full = entry.setdefault("full_recompute_s", {})[name] = round(sc.full_recompute(name), 3)
+                for profile in profiles:
+                    cell = entry[profile][name]
+                    cell["speedup"] = round(full / cell["cycle_median_s"], 1)
+                    progress(
+                        f"  {sc.size:.0e} {profile} {name}: cycle {cell['cycle_median_s'] * 1000:.0f} ms (median), "
+                        f"full recompute in PostgreSQL {full:.2f} s ({cell['speedup']}x)"
+                    )
+            if KPI in measured:
+                seed = entry["seed_recompute_s"] = round(sc.seed_recompute(), 3)
+                for profile in profiles:
+                    cell = entry[profile][KPI]
+                    cell["speedup_vs_seed"] = round(seed / cell["cycle_median_s"], 1)
+            if KPI in measured and HANDWRITTEN in measured:
+                for profile in profiles:
+                    ratio = entry[profile][KPI]["cycle_median_s"] / entry[profile][HANDWRITTEN]["cycle_median_s"]
+                    entry[profile]["sql_vs_handwritten"] = round(ratio, 2)
+                    progress(f"  {sc.size:.0e} {profile}: the SQL KPI's cycle / the hand-written one's: {ratio:.2f}")
             (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
     finally:
         for sc in scenarios:
             sc.drop()
     first, last = results["sizes"][0], results["sizes"][-1]
-    results["growth_largest_vs_smallest"] = {
-        p: round(last[p]["cycle_median_s"] / first[p]["cycle_median_s"], 2) for p in profiles
-    }
-    # The same delta touches more rows in a larger history (a small one makes it collide with
-    # itself: fewer distinct buckets and customers); the cycle's cost per touched row shows
-    # whether anything beyond those rows grows with history.
-    results["rows_touched_growth_largest_vs_smallest"] = {
-        p: round(last[p]["rows_touched_median"] / first[p]["rows_touched_median"], 2) for p in profiles
-    }
-    results["per_touched_row_growth_largest_vs_smallest"] = {
-        p: round(results["growth_largest_vs_smallest"][p] / results["rows_touched_growth_largest_vs_smallest"][p], 2)
-        for p in profiles
-    }
-    progress(
-        "growth from the smallest to the largest size: "
-        + "; ".join(
-            f"{p}: cycle {results['growth_largest_vs_smallest'][p]}x, rows touched "
-            f"{results['rows_touched_growth_largest_vs_smallest'][p]}x, per touched row "
-            f"{results['per_touched_row_growth_largest_vs_smallest'][p]}x"
-            for p in profiles
-        )
-    )
+    for key in (
+        "growth_largest_vs_smallest",
+        "rows_touched_growth_largest_vs_smallest",
+        "per_touched_row_growth_largest_vs_smallest",
+    ):
+        results[key] = {}
+    for profile in profiles:
+        for name in measured:
+            a, b = first[profile][name], last[profile][name]
+            growth = round(b["cycle_median_s"] / a["cycle_median_s"], 2)
+            rows = round(b["rows_touched_median"] / max(a["rows_touched_median"], 1), 2)
+            results["growth_largest_vs_smallest"].setdefault(profile, {})[name] = growth
+            # The same delta touches more rows in a larger history (a small one makes it collide
+            # with itself); the cost per touched row shows whether anything else grows with history.
+            results["rows_touched_growth_largest_vs_smallest"].setdefault(profile, {})[name] = rows
+            results["per_touched_row_growth_largest_vs_smallest"].setdefault(profile, {})[name] = round(
+                growth / rows, 2
+            )
+            progress(
+                f"growth from the smallest to the largest size, {profile} {name}: cycle {growth}x, rows touched "
+                f"{rows}x, per touched row {round(growth / rows, 2)}x"
+            )
     (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def measured_names(text: str) -> tuple[str, ...]:
+    """``kpi,revenue`` -> the projections' names; ValueError for an unknown one."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part == "kpi":
+            out.append(KPI)
+        elif part in USER_QUERIES:
+            out.append(USER_QUERIES[part])
+        elif part == HANDWRITTEN:
+            out.append(HANDWRITTEN)
+        else:
+            raise ValueError(f"unknown projection {part!r}: expected kpi, {', '.join(USER_QUERIES)} or {HANDWRITTEN}")
+    return tuple(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,6 +648,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--data-dir", default=None, help=f"embedded server's data dir (default {DATA_DIR})")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<timestamp>)")
+    p.add_argument(
+        "--projections",
+        default="kpi",
+        help="what to measure, comma-separated: kpi (the seed's), "
+        + ", ".join(USER_QUERIES)
+        + f" (users' queries, cdcflow/bench/projections/), {HANDWRITTEN} (the KPI's old hand-written module)",
+    )
     args = p.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -524,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         max_wal_size=args.max_wal_size,
         huge_pages=args.huge_pages,
         parallel_reads=args.parallel_reads == "on",
+        measured=measured_names(args.projections),
     )
     print(json.dumps(res, indent=2))
     return 0

@@ -676,6 +676,13 @@ class Analyzer:
         for x, (_, t) in zip(args, typed[len(group_exprs) :], strict=True):
             x.pg_type = t
             _check_carried(self, x.expr, t)
+        for a in aggs:
+            if a.kind == "avg" and a.arg is not None and a.arg.pg_type == "numeric":
+                raise self.fail(
+                    f"{a.node.sql(dialect='postgres')}: the average of a numeric without a precision has as many "
+                    "digits as its inputs' scales give, which cdcflow does not keep; cast the argument "
+                    "(avg(x::numeric(20,4))) or declare the column numeric(p,s)"
+                )
         self.aggregate_types(top, aggs)
         outputs = []
         group_keys = [GroupKey(i, g, typed[i][1], "") for i, g in enumerate(group_exprs)]

@@ -98,6 +98,7 @@ _ALLOWED = (
     exp.Floor,
     exp.Round,
     exp.Sign,
+    exp.Trunc,
     exp.Lower,
     exp.Upper,
     exp.Length,
