@@ -161,59 +161,47 @@ class Closure:
         return read_arrow(conn, query, state_schema(self.layout, use), params)
 
     def load(self, conn: psycopg.Connection, deltas: dict[str, pa.Table]) -> dict[str, pa.Table]:
-        """Stored rows (old versions) of every table, closed under the joins, from ``deltas``."""
+        """Stored rows (old versions) of every table, closed under the joins, from ``deltas``.
+
+        Round by round, one query per table: the first reads the old versions of the changed
+        keys together with the rows the new versions join with."""
         loaded = {t: state_schema(self.layout, u).empty_table() for t, u in self.tables.items()}
-        loaded_keys: dict[str, pa.Array] = {}
+        loaded_keys: dict[str, list[pa.Array]] = defaultdict(list)
 
         def add(table: str, rows: pa.Table) -> None:
             key = tuple(self.tables[table].table.key)
-            if table in loaded_keys and rows.num_rows:
-                rows = rows.filter(pc.invert(pc.is_in(key_of(rows, key), value_set=loaded_keys[table])))
+            if loaded_keys[table] and rows.num_rows:
+                known = pa.chunked_array(loaded_keys[table])
+                rows = rows.filter(pc.invert(pc.is_in(key_of(rows, key), value_set=known)))
             if rows.num_rows:
                 self.rows_read += rows.num_rows
                 loaded[table] = pa.concat_tables([loaded[table], rows])
-                loaded_keys[table] = key_of(loaded[table], key)
+                loaded_keys[table].append(key_of(rows, key))
 
-        starting: dict[str, pa.Table] = {}
+        pending: dict[Direction, list[pa.Table]] = defaultdict(list)
+        witness: dict[Direction, list[pa.Table]] = defaultdict(list)
         looked: dict[tuple[str, tuple[str, ...]], pa.Array] = {}
+        changed: dict[str, pa.Table] = {}  # table -> its changed keys, whose old versions the first round reads
         for table, d in deltas.items():
             if table not in self.tables or d.num_rows == 0:
                 continue
-            key = tuple(self.tables[table].table.key)
-            keys = _unique(d, key)
-            looked[(table, key)] = key_of(keys, key)
-            add(table, self._fetch(conn, table, [(key, keys)]))
+            changed[table] = _unique(d, tuple(self.tables[table].table.key))
             live = d.filter(pc.invert(d.column("__deleted"))).drop_columns(["__deleted"])
-            starting[table] = pa.concat_tables([loaded[table], live.cast(loaded[table].schema)])
-        pending: dict[Direction, list[pa.Table]] = defaultdict(list)
-        witness: dict[Direction, list[pa.Table]] = defaultdict(list)
-        for alias, table in self.alias_table.items():
-            if table in starting:
-                for d in self.outgoing[alias]:
-                    pending[d].append(starting[table])
+            if live.num_rows:
+                for alias in self._aliases_of(table):
+                    for direction in self.outgoing[alias]:
+                        pending[direction].append(live.cast(loaded[table].schema))
         sent: dict[Direction, pa.Array] = {}
-        while pending or witness:
+        while pending or witness or changed:
             self._load_witnesses(conn, witness, deltas, looked, add)
             witness = defaultdict(list)
-            requests: dict[tuple[str, tuple[str, ...]], list[tuple[Direction, pa.Table]]] = defaultdict(list)
-            for d, sources in pending.items():
-                target = self.tables[d.target_table]
-                types = [arrow_type(target.types[c]) for c in d.target_cols]
-                values = _unique(
-                    pa.concat_tables([s.select(list(d.source_cols)) for s in sources]),
-                    d.source_cols,
-                    rename=d.target_cols,
-                    types=types,
-                )
-                if d in sent and values.num_rows:
-                    values = values.filter(pc.invert(pc.is_in(key_of(values, d.target_cols), value_set=sent[d])))
-                if values.num_rows == 0:
-                    continue
-                new_keys = key_of(values, d.target_cols)
-                sent[d] = new_keys if d not in sent else pa.concat_arrays([sent[d], new_keys])
-                requests[(d.target_table, d.target_cols)].append((d, values))
+            requests = self._requests(pending, sent)
             pending = defaultdict(list)
             by_table: dict[str, list[tuple[tuple[str, ...], pa.Table]]] = defaultdict(list)
+            for table, keys in changed.items():
+                key = tuple(self.tables[table].table.key)
+                looked[(table, key)] = key_of(keys, key)
+                by_table[table].append((key, keys))
             for (table, cols), entries in requests.items():
                 values = _unique(pa.concat_tables([v for _, v in entries]), cols)
                 if (table, cols) in looked:
@@ -226,6 +214,15 @@ class Closure:
                     by_table[table].append((cols, values))
             for table, lookups in by_table.items():
                 add(table, self._fetch(conn, table, lookups))
+            for table, keys in changed.items():  # old versions start from here, along every edge
+                key = tuple(self.tables[table].table.key)
+                have = loaded[table]
+                old = have.filter(pc.is_in(key_of(have, key), value_set=key_of(keys, key)))
+                if old.num_rows:
+                    for alias in self._aliases_of(table):
+                        for direction in self.outgoing[alias]:
+                            pending[direction].append(old)
+            changed = {}
             for (table, cols), entries in requests.items():
                 have = loaded[table]
                 if have.num_rows == 0:
@@ -244,6 +241,32 @@ class Closure:
                                 continue
                         pending[f].append(arrived)
         return loaded
+
+    def _aliases_of(self, table: str) -> list[tuple[int, str]]:
+        return [alias for alias, t in self.alias_table.items() if t == table]
+
+    def _requests(
+        self, pending: dict[Direction, list[pa.Table]], sent: dict[Direction, pa.Array]
+    ) -> dict[tuple[str, tuple[str, ...]], list[tuple[Direction, pa.Table]]]:
+        """The values each direction has not sent yet, by the (table, columns) they look up."""
+        requests: dict[tuple[str, tuple[str, ...]], list[tuple[Direction, pa.Table]]] = defaultdict(list)
+        for d, sources in pending.items():
+            target = self.tables[d.target_table]
+            types = [arrow_type(target.types[c]) for c in d.target_cols]
+            values = _unique(
+                pa.concat_tables([s.select(list(d.source_cols)) for s in sources]),
+                d.source_cols,
+                rename=d.target_cols,
+                types=types,
+            )
+            if d in sent and values.num_rows:
+                values = values.filter(pc.invert(pc.is_in(key_of(values, d.target_cols), value_set=sent[d])))
+            if values.num_rows == 0:
+                continue
+            new_keys = key_of(values, d.target_cols)
+            sent[d] = new_keys if d not in sent else pa.concat_arrays([sent[d], new_keys])
+            requests[(d.target_table, d.target_cols)].append((d, values))
+        return requests
 
     def _load_witnesses(self, conn, witness, deltas, looked, add) -> None:
         """For rows sent back along a sole-equality join: a witness per value not yet read in full."""

@@ -36,14 +36,25 @@ def relation(use: TableUse, side: str) -> str:
 
 
 class DuckQueries:
+    """The DuckDB statements of one plan (each built once: they depend on the plan only)."""
+
     def __init__(self, plan: Plan, layout: Layout) -> None:
         self.plan = plan
         self.layout = layout
         self.groups = [f"__g{g.index}" for g in plan.group_keys]
+        self._built: dict[tuple, object] = {}
+
+    def _once(self, key: tuple, build):  # type: ignore[no-untyped-def]
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
 
     # relations ------------------------------------------------------------------------
 
     def views(self) -> list[str]:
+        return self._once(("views",), self._views)  # type: ignore[return-value]
+
+    def _views(self) -> list[str]:
         out = []
         for use in self.plan.tables.values():
             cols = ", ".join(q(c.name) for c in self.layout.state_columns(use))
@@ -91,6 +102,9 @@ class DuckQueries:
         return [exp.alias_(translate.rewrite(e), name, quoted=True) for e, name in exprs]
 
     def tuples(self, side: str) -> str:
+        return self._once(("tuples", side), lambda: self._tuples(side))  # type: ignore[return-value]
+
+    def _tuples(self, side: str) -> str:
         """The rows the query's FROM/WHERE yields on ``side`` ("old" or "new"): for a grouped
         query, each row's GROUP BY keys ``__g<i>`` and aggregate arguments ``__a<i>``; for
         a query without GROUP BY, its output columns and ``__source_lsn``."""
@@ -143,6 +157,9 @@ class DuckQueries:
         return " + ".join(f"(CASE WHEN {q(c)} IS NULL THEN {1 << n} ELSE 0 END)" for n, c in enumerate(cols)) or "0"
 
     def values(self, index: int) -> str:
+        return self._once(("values", index), lambda: self._values(index))  # type: ignore[return-value]
+
+    def _values(self, index: int) -> str:
         g = ", ".join(q(c) for c in self.groups)
         head = f"{g}, " if g else ""
         count = "count(*) FILTER (WHERE __sign > 0) - count(*) FILTER (WHERE __sign < 0)"
@@ -154,6 +171,9 @@ class DuckQueries:
 
     def groups_diff(self) -> str:
         """The change of each touched group's state (with the NULL pattern of its keys)."""
+        return self._once(("groups_diff",), self._groups_diff)  # type: ignore[return-value]
+
+    def _groups_diff(self) -> str:
         layout = self.layout
 
         def delta(agg: str) -> str:

@@ -87,6 +87,13 @@ class Layout:
         )
         self.values = plan.value_args()
         self.key_columns = list(plan.key)
+        self._built: dict[tuple, list[sql.Composed]] = {}
+
+    def _once(self, key: tuple, build) -> list[sql.Composed]:  # type: ignore[no-untyped-def]
+        """Statements depend on the plan and the NULL pattern only: each is built once."""
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
 
     # tables -----------------------------------------------------------------------
 
@@ -123,7 +130,13 @@ class Layout:
     def ddl(self) -> list[sql.Composed]:
         """CREATE statements for every table of the projection."""
         out: list[sql.Composed] = []
-        out += _create(self.name, self.projection_columns(), unique=self.key_columns)
+        grouped = self.plan.aggregated and not self.having
+        out += _create(
+            self.name,
+            self.projection_columns(),
+            unique=self.key_columns,
+            fillfactor=FILLFACTOR_GROUPS if grouped else FILLFACTOR_ROWS,
+        )
         for use in self.plan.tables.values():
             table = state_table(self.name, use.table.capture)
             out += _create(table, self.state_columns(use), primary=list(use.table.key))
@@ -141,7 +154,10 @@ class Layout:
         if self.having:
             group_cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys] + self.part_columns()
             out += _create(
-                groups_table(self.name), group_cols, unique=[c.name for c in group_cols[: len(self.plan.group_keys)]]
+                groups_table(self.name),
+                group_cols,
+                unique=[c.name for c in group_cols[: len(self.plan.group_keys)]],
+                fillfactor=FILLFACTOR_GROUPS,
             )
         return out
 
@@ -199,6 +215,15 @@ class Layout:
         return name, _temp(name, cols)
 
     def write_values(self, arg: Arg, masks: list[int], *, fresh: bool) -> list[sql.Composed]:
+        return [
+            stmt
+            for mask in (masks if not fresh else [0])
+            for stmt in self._once(
+                ("values", arg.index, mask, fresh), lambda m=mask: self._write_values(arg, [m], fresh=fresh)
+            )
+        ]
+
+    def _write_values(self, arg: Arg, masks: list[int], *, fresh: bool) -> list[sql.Composed]:
         table = sql.Identifier(value_table(self.name, arg))
         tmp = sql.Identifier(temp_name("value_", arg.index))
         keys = [f"__g{g.index}" for g in self.plan.group_keys]
@@ -276,6 +301,13 @@ class Layout:
 
     def write_groups(self, masks: list[int], *, fresh: bool) -> list[sql.Composed]:
         """A grouped query: each touched group's state plus its change; the outputs from that."""
+        return [
+            stmt
+            for mask in masks
+            for stmt in self._once(("groups", mask, fresh), lambda m=mask: self._write_groups([m], fresh=fresh))
+        ]
+
+    def _write_groups(self, masks: list[int], *, fresh: bool) -> list[sql.Composed]:
         keys = [f"__g{g.index}" for g in self.plan.group_keys]
         parts = [c.name for c in self.part_columns()]
         tmp = sql.Identifier(temp_name("diff"))
@@ -460,13 +492,29 @@ def _match(
     return sql.SQL(" AND ").join(parts) if parts else sql.Composed([sql.SQL("TRUE")])
 
 
+#: Free space left on each page for updates in place (HOT: no index entry to write when no
+#: indexed column changes): group state is updated by every cycle that touches the group,
+#: stored rows by each change of theirs.
+FILLFACTOR_GROUPS = 80
+FILLFACTOR_ROWS = 90
+
+
 def _create(
-    table: str, cols: list[Column], *, unique: list[str] | None = None, primary: list[str] | None = None
+    table: str,
+    cols: list[Column],
+    *,
+    unique: list[str] | None = None,
+    primary: list[str] | None = None,
+    fillfactor: int = FILLFACTOR_ROWS,
 ) -> list[sql.Composed]:
     body = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in cols]  # type: ignore[arg-type]
     if primary:
         body.append(sql.SQL("PRIMARY KEY ({})").format(_names(primary)))
-    out: list[sql.Composed] = [sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(", ").join(body))]
+    out: list[sql.Composed] = [
+        sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
+            sql.Identifier(table), sql.SQL(", ").join(body), sql.Literal(fillfactor)
+        )
+    ]
     if unique:
         out.append(
             sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) NULLS NOT DISTINCT").format(
