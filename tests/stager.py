@@ -41,8 +41,13 @@ class Stager:
         target = self._position()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.worker.lease.due():
+                self.worker.lease.acquire(self._lease_conn)  # renewed as the worker's keeper would
             self.worker.cycle()
             if self._watermark() + 1 >= target and self.worker._follow is None:
+                # Between calls nobody reads the stream: close it (the next call opens it again
+                # from the confirmed position) rather than leave the server waiting on it.
+                self.worker.source.close_stream()
                 return self._watermark()
         raise AssertionError(f"staging did not reach the source position {target} in {timeout}s")
 

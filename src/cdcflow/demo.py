@@ -157,6 +157,10 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     psql = pg.bin_path / "psql"
     print()
     print(f"the load generator made {made:,} changes. Query the results:")
-    print(f'  {psql} "{serving_dsn}" -c "SELECT * FROM proj_orders_kpi_by_minute_segment ORDER BY 1 DESC LIMIT 20"')  # noqa: S608
+    kpi = "minute_bucket, segment, orders_count, orders_amount_sum, paid_amount_sum, payments_count"
+    print(
+        f'  {psql} "{serving_dsn}" -c "SELECT {kpi} FROM proj_orders_kpi_by_minute_segment ORDER BY 1 DESC LIMIT 20"'  # noqa: S608
+    )
     print(f'  {psql} "{serving_dsn}" -c "SELECT * FROM proj_orders_latest ORDER BY order_id DESC LIMIT 20"')  # noqa: S608
+    print("  (columns named __... hold each projection's own state: docs/projections.md)")
     return 0 if st.healthy else 3

@@ -77,9 +77,19 @@ def build(d: Definition, conn: psycopg.Connection, settings: Settings) -> base.P
     from cdcflow.projections import full, incremental, plan
 
     tables = catalog.read(conn, settings.source_name)
-    if d.mode == "full":
-        return full.FullProjection(d, tables, plan.check_full(d, tables, conn))
-    projection = incremental.SqlProjection(plan.analyze(d, tables, conn))
+    try:
+        if d.mode == "full":
+            return full.FullProjection(d, tables, plan.check_full(d, tables, conn))
+        projection = incremental.SqlProjection(plan.analyze(d, tables, conn))
+    except DefinitionError:
+        raise
+    except psycopg.OperationalError:
+        raise  # the serving database went away: not the definition's fault
+    except Exception as exc:  # a definition that cannot be planned stops only itself
+        log.debug("planning %s failed", d.name, exc_info=True)
+        raise d.error(
+            f"cannot be planned: {db.describe_error(exc) if isinstance(exc, psycopg.Error) else exc}"
+        ) from None
     projection.definition_file = d.path
     return projection
 
@@ -142,11 +152,17 @@ def resolve(settings: Settings, conn: psycopg.Connection, names: list[str] | Non
     cannot be used is a ConfigError / DefinitionError."""
     found = definitions(settings)
     by_name = {d.name: d for d in found.enabled}
+    problems = dict(found.problems)
     chosen = list(by_name.values())
+    if names is None and problems:
+        raise DefinitionError(next(iter(problems.values())))
     if names is not None:
         chosen = []
         for name in names:
             d = by_name.get(name) or by_name.get(f"proj_{name}")
+            problem = problems.get(name) or problems.get(f"proj_{name}")
+            if problem is not None:
+                raise DefinitionError(problem)
             if d is None:
                 raise ConfigError(
                     f"no enabled projection named {name!r}: expected one of {', '.join(by_name) or 'none'}"

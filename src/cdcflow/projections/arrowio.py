@@ -50,6 +50,8 @@ def read_arrow(
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types={f.name: f.type for f in schema},
+            # Only an unquoted empty field is NULL: not 'NULL', 'NaN', 'N/A' (pyarrow's default list).
+            null_values=[""],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
             true_values=["t"],

@@ -164,8 +164,13 @@ def in_thread(name: str, fn: Callable[..., T], *args: Any) -> Future[T]:
 
 
 def open_duckdb() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB in UTC, with the macros translated expressions call."""
+    from cdcflow.projections.translate import MACROS
+
     duck = duckdb.connect(":memory:")
     duck.execute("SET TimeZone = 'UTC'")
+    for macro in MACROS:
+        duck.execute(macro)
     return duck
 
 

@@ -102,6 +102,7 @@ def parse(text: str, path: str, stem: str, *, builtin: bool = False) -> Definiti
             mode = value.lower()
             if mode not in MODES:
                 raise DefinitionError(f"{where}: '-- mode: {value}' is not one of {', '.join(MODES)}")
+    _check_intervals(text, where)
     try:
         statements = [s for s in sqlglot.parse(text, read="postgres") if s is not None]
     except sqlglot.errors.ParseError as exc:
@@ -119,6 +120,31 @@ def parse(text: str, path: str, stem: str, *, builtin: bool = False) -> Definiti
     for node in query.walk():
         node.comments = None  # comments are the reader's; the engine (and the digest) ignore them
     return Definition(name, path, text, query, key, mode, description, builtin)
+
+
+_INTERVAL_RE = re.compile(
+    r"^\s*(-?\d+(\.\d+)?\s+(microsecond|millisecond|second|minute|hour|day|week|month|year)s?\s*)+$", re.I
+)
+
+
+def _check_intervals(text: str, where: str) -> None:
+    """Interval constants must read ``'<n> <unit> ...'``: the parser reads some other forms
+    with a different meaning (``interval '1 day ago'`` as one day ahead), so they are refused
+    before the query is parsed, whatever the mode."""
+    from sqlglot.dialects.postgres import Postgres
+    from sqlglot.tokens import TokenType
+
+    try:
+        tokens = Postgres().tokenize(text)
+    except sqlglot.errors.TokenError:
+        return  # the parser reports it, with its position
+    for a, b in zip(tokens, tokens[1:], strict=False):
+        if a.token_type == TokenType.INTERVAL and b.token_type == TokenType.STRING and not _INTERVAL_RE.match(b.text):
+            raise DefinitionError(
+                f"{where}: interval '{b.text}' at line {b.line}: write interval constants as '<n> <unit> ...' with "
+                "units spelled out (second, minute, hour, day, week, month, year), without ago, abbreviations or "
+                "clock forms"
+            )
 
 
 def read_file(path: Path, *, builtin: bool = False) -> Definition:

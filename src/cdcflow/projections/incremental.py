@@ -53,6 +53,16 @@ def _registered(duck: duckdb.DuckDBPyConnection, tables: Mapping[str, pa.Table])
             duck.unregister(name)
 
 
+def _for_duckdb(table: pa.Table) -> pa.Table:
+    """``real`` columns as doubles (each holding a float's exact value): arithmetic then runs
+    in double precision as PostgreSQL's does where it mixes real with other types, and a real
+    result is rounded back to a float's value (translate.pg_f4)."""
+    for i, f in enumerate(table.schema):
+        if f.type == pa.float32():
+            table = table.set_column(i, f.name, table.column(i).cast(pa.float64()))
+    return table
+
+
 def _masks(table: pa.Table) -> list[int]:
     if table.num_rows == 0:
         return []
@@ -176,8 +186,8 @@ class SqlProjection(base.Projection):
         assert state is not None
         inputs: dict[str, pa.Table] = {}
         for u in uses:
-            inputs[registered("s", u)] = state[u.table.source_table]
-            inputs[registered("d", u)] = deltas[u.table.source_table]
+            inputs[registered("s", u)] = _for_duckdb(state[u.table.source_table])
+            inputs[registered("d", u)] = _for_duckdb(deltas[u.table.source_table])
         with _registered(duck, inputs):
             for view in self.duckq.views():
                 duck.execute(view)

@@ -201,6 +201,11 @@ def substitute_tables(node: exp.Expr, relation: Callable[[exp.Table], exp.Expr])
     return node.copy().transform(swap, copy=False)
 
 
+def cte_names(query: exp.Expr) -> set[str]:
+    """Names the query's WITH clauses define (references to them are not tables)."""
+    return {c.alias_or_name.lower() for c in query.find_all(exp.CTE)}
+
+
 def table_alias(t: exp.Table) -> str:
     return (t.alias or t.name).lower()
 
@@ -231,7 +236,8 @@ def relation_over(catalog: dict[str, CapturedTable], source: Callable[[CapturedT
 
     def relation(t: exp.Table) -> exp.Expr:
         captured = find_table(t, catalog)
-        assert captured is not None, t
+        if captured is None:  # a WITH name (resolve_tables checked every other reference)
+            return t
         cols = ", ".join(translate.quote(c) for c, _ in captured.columns)
         inner = translate.parse_pg(f"SELECT {cols} FROM {source(captured)}")
         return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(table_alias(t), quoted=True)))
@@ -267,7 +273,10 @@ class Analyzer:
     # tables -----------------------------------------------------------------------
 
     def resolve_tables(self) -> None:
+        ctes = cte_names(self.d.query)
         for t in self.d.query.find_all(exp.Table):
+            if not t.db and t.name.lower() in ctes:
+                continue
             if t.catalog:
                 raise self.fail(f"table {t.sql(dialect='postgres')}: name tables as schema.table or table")
             name = qualified_name(t)
@@ -683,7 +692,7 @@ class Analyzer:
                     "digits as its inputs' scales give, which cdcflow does not keep; cast the argument "
                     "(avg(x::numeric(20,4))) or declare the column numeric(p,s)"
                 )
-        self.aggregate_types(top, aggs)
+        self.aggregate_types(top, aggs, group_exprs)
         outputs = []
         group_keys = [GroupKey(i, g, typed[i][1], "") for i, g in enumerate(group_exprs)]
         for (name, t), item in zip(columns, top.expressions, strict=True):
@@ -789,16 +798,15 @@ class Analyzer:
                 found.append(Aggregate(kind, None, wrapper))
         return found
 
-    def aggregate_types(self, top: exp.Select, aggs: list[Aggregate]) -> None:
+    def aggregate_types(self, top: exp.Select, aggs: list[Aggregate], group_exprs: list[exp.Expr]) -> None:
         if not aggs:
             return
         items = ", ".join(f"{a.node.sql(dialect='postgres')} AS c{i}" for i, a in enumerate(aggs))
-        group = top.args.get("group")
         shell = top.copy()
         shell.set("expressions", translate.parse_pg(f"SELECT {items}").expressions)
         shell.set("having", None)
-        if group is None:
-            shell.set("group", None)
+        # The GROUP BY as resolved (an ordinal or an output name would point at the new list).
+        shell.set("group", exp.Group(expressions=[g.copy() for g in group_exprs]) if group_exprs else None)
         text = substitute_tables(shell, self.staging_relation()).sql(dialect="postgres")
         for a, (_, t) in zip(aggs, probe(self.conn, text), strict=True):
             a.pg_type = t
@@ -809,10 +817,10 @@ class Analyzer:
         return plan
 
     def _run(self) -> Plan:
+        self.check_shape(self.d.query)  # first: WITH names would read as tables not captured
         self.resolve_tables()
         columns = self.pg_check()
         q = self.q = self.d.query.copy()
-        self.check_shape(q)
         if isinstance(q, exp.Union):
             branches = [self.branch(i, s) for i, s in enumerate(self.flatten_union(q))]
             if any(_has_aggregate(b.select) for b in branches):

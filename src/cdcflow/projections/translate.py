@@ -27,13 +27,23 @@ translated: PostgreSQL evaluates them from the stored aggregate state.
 
 from __future__ import annotations
 
+import re
+
 import sqlglot
 from sqlglot import exp
 
 from cdcflow.projections.pgtypes import PgType
 
 # Constructs refused anywhere in an incremental definition, and why.
-_VOLATILE = (exp.CurrentTimestamp, exp.CurrentDate, exp.CurrentTime, exp.Localtimestamp, exp.Rand)
+_VOLATILE = (
+    exp.CurrentTimestamp,
+    exp.CurrentDate,
+    exp.CurrentTime,
+    exp.Localtimestamp,
+    exp.Localtime,
+    exp.Rand,
+    exp.Uuid,
+)
 _VOLATILE_NAMES = {
     "now",
     "clock_timestamp",
@@ -150,7 +160,7 @@ EXTRACT_FIELDS = {
     "EPOCH",
 }
 # Types whose text (::text, ||, concat) is the same in both engines.
-_TEXT_SAFE = ("text", "integer", "boolean", "numeric", "date", "timestamp", "timestamptz", "float", "uuid", "json")
+_TEXT_SAFE = ("text", "integer", "boolean", "numeric", "date", "timestamp", "timestamptz", "uuid", "json")
 
 
 def quote(name: str) -> str:
@@ -238,6 +248,11 @@ def refused_before_aggregation(node: exp.Expr) -> str | None:
             return f"extract field {field.lower()} in {_name(node)} is not in the fragment"
     if isinstance(node, exp.Interval) and not isinstance(node.parent, (exp.Add, exp.Sub)):
         return f"interval {_name(node)}: the fragment adds or subtracts intervals from dates and timestamps only"
+    if isinstance(node, exp.Interval) and interval_text(node) is None:
+        return (
+            f"interval {_name(node)}: write interval constants as '<n> <unit> ...' with units spelled out "
+            "(second, minute, hour, day, week, month, year; no abbreviations or ago)"
+        )
     if isinstance(node, exp.Trim) and node.args.get("position") not in (None, "BOTH", "LEADING", "TRAILING"):
         return f"{_name(node)} is not in the fragment"
     if isinstance(node, (exp.Left, exp.Right)) and not _nonnegative_literal(node.expression):
@@ -249,15 +264,45 @@ def _nonnegative_literal(e: exp.Expr | None) -> bool:
     return isinstance(e, exp.Literal) and not e.is_string and e.this.isdigit()
 
 
+#: Nodes whose own PostgreSQL type the translation follows: arithmetic is computed in the
+#: type PostgreSQL computes it in (``smallint * 2`` is an integer, ``real + 1`` a double,
+#: ``real * real`` a real).
+_SELF_TYPED = (
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Mod,
+    exp.Neg,
+    exp.Abs,
+    exp.Ceil,
+    exp.Floor,
+    exp.Round,
+    exp.Trunc,
+    exp.Sign,
+    exp.Cast,
+    exp.Coalesce,
+    exp.Nullif,
+    exp.Greatest,
+    exp.Least,
+    exp.Case,
+)
+
+
 def typed_operands(node: exp.Expr) -> list[exp.Expr]:
-    """The operands of ``node`` whose PostgreSQL types its translation depends on."""
+    """The nodes (``node`` and its operands) whose PostgreSQL types its translation depends on."""
+    own: list[exp.Expr] = [node] if isinstance(node, _SELF_TYPED) else []
     if isinstance(node, (exp.Div, exp.Mod, exp.Add, exp.Sub, exp.Mul, exp.DPipe)):
-        return [node.this, node.expression]
+        return [*own, node.this, node.expression]
+    if isinstance(node, (exp.Neg, exp.Abs, exp.Ceil, exp.Floor, exp.Trunc, exp.Sign)):
+        return [*own, node.this]
     if isinstance(node, (exp.Round, exp.TimestampTrunc, exp.Cast, exp.Extract)):
-        return [node.expression if isinstance(node, exp.Extract) else node.this]
+        return [*own, node.expression if isinstance(node, exp.Extract) else node.this]
     if isinstance(node, exp.Concat):
         return list(node.expressions)
-    return []
+    if isinstance(node, exp.In):
+        return [node.this, *node.expressions]
+    return own
 
 
 def refused_for_types(node: exp.Expr) -> str | None:
@@ -284,8 +329,12 @@ def refused_for_types(node: exp.Expr) -> str | None:
         for op in ops:
             if _text_kind(op) not in _TEXT_SAFE:
                 return f"{_name(node)}: the text of a {op.meta.get('pg_type')} value differs between the engines"
-    if isinstance(node, exp.Extract) and _kind(node.expression) not in ("date", "timestamp", "timestamptz"):
-        return f"{_name(node)}: the fragment extracts fields of dates and timestamps"
+    if isinstance(node, exp.Extract):
+        kind = _kind(node.expression)
+        if kind not in ("date", "timestamp", "timestamptz"):
+            return f"{_name(node)}: the fragment extracts fields of dates and timestamps"
+        if kind == "date" and node.this.name.upper() in ("HOUR", "MINUTE", "SECOND"):
+            return f"{_name(node)}: a date has no {node.this.name.lower()} (PostgreSQL refuses it)"
     return None
 
 
@@ -307,9 +356,25 @@ def _cast_refused(node: exp.Cast) -> str | None:
         if source not in (*_TEXT_SAFE, "char", "literal"):
             return f"{name}: the text of a {node.this.meta.get('pg_type')} value differs between the engines"
         return None
+    if source in ("text", "char") and to not in (
+        exp.DataType.Type.UUID,
+        exp.DataType.Type.JSON,
+        exp.DataType.Type.JSONB,
+    ):
+        # PostgreSQL and DuckDB read text differently: '1.5'::int is an error in PostgreSQL and
+        # 2 in DuckDB, ' yes '::boolean true in PostgreSQL and an error in DuckDB, '1e308'::real
+        # an error in PostgreSQL and infinity in DuckDB, '1_000'::numeric depends on the version.
+        if to in exp.DataType.INTEGER_TYPES:
+            return f"{name}: PostgreSQL refuses text like '1.5' as an integer where DuckDB rounds it"
+        if to in (
+            exp.DataType.Type.DATE,
+            exp.DataType.Type.TIMESTAMP,
+            exp.DataType.Type.TIMESTAMPTZ,
+            exp.DataType.Type.TIMESTAMPLTZ,
+        ):
+            return f"{name}: PostgreSQL reads many more date formats than DuckDB"
+        return f"{name}: PostgreSQL and DuckDB read text as {target.name} differently; cast text only to text"
     if to in exp.DataType.INTEGER_TYPES:
-        if source in ("text", "char"):
-            return f"{name}: PostgreSQL refuses text like '1.5' as an integer where DuckDB rounds it; cast to numeric"
         return None
     if to in (exp.DataType.Type.DECIMAL, exp.DataType.Type.BIGDECIMAL):
         if source == "float":
@@ -323,8 +388,8 @@ def _cast_refused(node: exp.Cast) -> str | None:
         exp.DataType.Type.TIMESTAMPTZ,
         exp.DataType.Type.TIMESTAMPLTZ,
     ):
-        if source in ("text", "char"):
-            return f"{name}: PostgreSQL reads many more date formats than DuckDB"
+        if node.to.expressions and source in ("timestamp", "timestamptz", "time"):
+            return f"{name}: casts to a timestamp of fewer digits round differently; cast to timestamp"
         return None
     return f"{name}: casts to {target.name} are not in the fragment"
 
@@ -357,26 +422,136 @@ def _error(message: str) -> exp.Expr:
     return exp.Anonymous(this="error", expressions=[exp.Literal.string(message)])
 
 
+def _own(node: exp.Expr) -> str:
+    return str(node.meta.get("pg_type", ""))
+
+
+_INT_TYPES = {"smallint": "SMALLINT", "integer": "INTEGER", "bigint": "BIGINT"}
+_ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)
+
+
+def _scale(op: exp.Expr) -> int | None:
+    t = str(op.meta.get("pg_type", ""))
+    if t == "numeric":
+        return 16
+    if t.startswith("numeric("):
+        return int(t[len("numeric(") : -1].split(",")[1])
+    return None
+
+
+def _operands_as(node: exp.Expr) -> None:
+    """Operands computed in the type PostgreSQL computes ``node`` in: an integer result
+    from integers of that width (``smallint * 2`` is an integer in PostgreSQL, a smallint
+    that overflows in DuckDB); decimals widened to 38 digits (DuckDB multiplies
+    ``numeric(10,2)`` values in 64 bits)."""
+    own = _own(node)
+    for key in ("this", "expression"):
+        op = node.args.get(key)
+        if op is None:
+            continue
+        if own in ("double precision", "real") and isinstance(node, _ARITHMETIC):
+            # In double precision (DuckDB divides an integer by a float in single precision);
+            # a real result is rounded to a float's value after (pg_f4).
+            node.set(key, _typed_cast(op, "DOUBLE", "double precision"))
+        elif own in _INT_TYPES and _kind(op) == "integer" and _own(op) != own:
+            node.set(key, _typed_cast(op, _INT_TYPES[own], own))
+        elif PgType(own).is_numeric and isinstance(node, (exp.Add, exp.Sub, exp.Mul)):
+            scale = _scale(op)
+            if scale is not None:
+                node.set(key, _typed_cast(op, f"DECIMAL(38, {scale})", str(op.meta.get("pg_type"))))
+
+
+def _typed_cast(op: exp.Expr, duck_type: str, pg_type: str) -> exp.Expr:
+    """``CAST(op AS duck_type)``, remembered as PostgreSQL type ``pg_type`` (what the rules
+    that follow read)."""
+    cast = exp.Cast(this=op, to=exp.DataType.build(duck_type))
+    cast.meta["pg_type"] = pg_type
+    return cast
+
+
+def _float_checked(node: exp.Expr, kind: str) -> exp.Expr:
+    """A float result with PostgreSQL's range checks (overflow and underflow are errors
+    there, infinity and zero in DuckDB), in single precision for a ``real`` result."""
+    a, b = node.args["this"].copy(), node.args["expression"].copy()
+    macro = {exp.Add: "add", exp.Sub: "add", exp.Mul: "mul", exp.Div: "div"}[type(node)]  # type: ignore[index]
+    return exp.Anonymous(this=f"pg_{kind}_{macro}", expressions=[node, a, b])
+
+
+#: DuckDB macros (created on every DuckDB connection cdcflow opens) that give float
+#: arithmetic PostgreSQL's errors: float8pl/mi/mul/div and their float4 forms.
+MACROS = [
+    "CREATE MACRO pg_f8_add(r, a, b) AS CASE WHEN isinf(r) AND NOT isinf(a) AND NOT isinf(b) "
+    "THEN error('value out of range: overflow') ELSE r END",
+    "CREATE MACRO pg_f8_mul(r, a, b) AS CASE WHEN isinf(r) AND NOT isinf(a) AND NOT isinf(b) "
+    "THEN error('value out of range: overflow') WHEN r = 0 AND a <> 0 AND b <> 0 "
+    "THEN error('value out of range: underflow') ELSE r END",
+    "CREATE MACRO pg_f8_div(r, a, b) AS CASE WHEN isinf(r) AND NOT isinf(a) "
+    "THEN error('value out of range: overflow') WHEN r = 0 AND a <> 0 AND NOT isinf(b) "
+    "THEN error('value out of range: underflow') ELSE r END",
+    "CREATE MACRO pg_f4(r) AS CASE WHEN r <> 0 AND CAST(r AS FLOAT) = 0 "
+    "THEN error('value out of range: underflow') ELSE CAST(r AS FLOAT) END",
+    "CREATE MACRO pg_f4_add(r, a, b) AS CASE WHEN isinf(CAST(r AS FLOAT)) AND NOT isinf(a) AND NOT isinf(b) "
+    "THEN error('value out of range: overflow') ELSE CAST(r AS FLOAT) END",
+    "CREATE MACRO pg_f4_mul(r, a, b) AS CASE WHEN r = 0 AND a <> 0 AND b <> 0 "
+    "THEN error('value out of range: underflow') ELSE pg_f4(r) END",
+    "CREATE MACRO pg_f4_div(r, a, b) AS CASE WHEN r = 0 AND a <> 0 AND NOT isinf(b) "
+    "THEN error('value out of range: underflow') ELSE pg_f4(r) END",
+]
+
+
 def _rewrite_node(node: exp.Expr) -> exp.Expr:
+    out = _rewrite_kind(node)
+    own = _own(node)
+    if own == "real" and not isinstance(out, exp.Anonymous) and not isinstance(node, exp.Column):
+        # real is carried as a double holding a float's value; a real result is rounded to one.
+        return exp.Anonymous(this="pg_f4", expressions=[out])
+    return out
+
+
+def _rewrite_kind(node: exp.Expr) -> exp.Expr:
+    own = _own(node)
+    if isinstance(node, _ARITHMETIC):
+        _operands_as(node)
     if isinstance(node, exp.Div):
         kinds = {_kind(node.this), _kind(node.expression)}
         if kinds == {"integer"}:
             return exp.IntDiv(this=node.this, expression=node.expression)
-        divisor = node.expression
+        a, b = node.this, node.expression
         guarded = exp.Case(
             ifs=[
+                exp.If(this=exp.Is(this=a.copy(), expression=exp.Null()), true=exp.Null()),
                 exp.If(
-                    this=exp.EQ(this=divisor.copy(), expression=exp.Literal.number(0)), true=_error("division by zero")
-                )
+                    this=exp.And(
+                        this=exp.EQ(this=b.copy(), expression=exp.Literal.number(0)),
+                        expression=exp.Not(this=exp.Anonymous(this="isnan", expressions=[a.copy()])),
+                    ),
+                    true=_error("division by zero"),
+                ),
             ],
-            default=divisor,
+            default=b,
         )
-        return exp.Div(this=node.this, expression=exp.Paren(this=guarded))
+        node.set("expression", exp.Paren(this=guarded))
+    if isinstance(node, (exp.Add, exp.Sub, exp.Mul, exp.Div)) and own in ("double precision", "real"):
+        return _float_checked(node, "f8" if own == "double precision" else "f4")
     if isinstance(node, exp.Round) and _kind(node.this) == "float" and node.args.get("decimals") is None:
         return exp.Anonymous(this="round_even", expressions=[node.this, exp.Literal.number(0)])
     if isinstance(node, exp.TimestampTrunc) and _kind(node.this) == "date":
         node.set("this", exp.Cast(this=node.this, to=exp.DataType.build("TIMESTAMPTZ")))
         return node
+    if (
+        isinstance(node, exp.In)
+        and _own(node.this) == "real"
+        and not any(_own(e) == "double precision" for e in node.expressions)
+    ):
+        # PostgreSQL compares x IN (0.1, ...) in the list's common type, real; x = 0.1 in double.
+        node.set("this", exp.Cast(this=node.this, to=exp.DataType.build("FLOAT")))
+        node.set("expressions", [exp.Cast(this=e, to=exp.DataType.build("FLOAT")) for e in node.expressions])
+        return node
+    if isinstance(node, exp.Upper):
+        # PostgreSQL's upper leaves ß alone (it has no one-letter capital); DuckDB gives ẞ.
+        return exp.Replace(this=node, expression=exp.Literal.string("ẞ"), replacement=exp.Literal.string("ß"))
+    if isinstance(node, exp.Interval):
+        return exp.Cast(this=exp.Literal.string(interval_text(node) or ""), to=exp.DataType.build("INTERVAL"))
     if isinstance(node, exp.Cast):
         to = node.to
         if to.this in (exp.DataType.Type.DECIMAL, exp.DataType.Type.BIGDECIMAL) and not to.expressions:
@@ -386,6 +561,8 @@ def _rewrite_node(node: exp.Expr) -> exp.Expr:
             length = to.expressions[0].this if isinstance(to.expressions[0], exp.DataTypeParam) else to.expressions[0]
             text = exp.Cast(this=node.this, to=exp.DataType.build("VARCHAR"))
             return exp.Left(this=text, expression=length.copy())
+        if to.this == exp.DataType.Type.FLOAT:
+            node.set("to", exp.DataType.build("DOUBLE"))  # then rounded to a float's value (pg_f4)
         return node
     if isinstance(node, (exp.Like, exp.ILike)) and not isinstance(node.parent, exp.Escape):
         return exp.Escape(this=node, expression=exp.Literal.string("\\"))
@@ -413,6 +590,30 @@ def _rewrite_node(node: exp.Expr) -> exp.Expr:
     return node
 
 
+_INTERVAL_UNITS = ("microsecond", "millisecond", "second", "minute", "hour", "day", "week", "month", "year")
+_INTERVAL_PART = re.compile(r"^(-?\d+(?:\.\d+)?) +(" + "|".join(_INTERVAL_UNITS) + r")s?$")
+
+
+def interval_text(node: exp.Interval) -> str | None:
+    """The interval constant as ``'<n> <unit> ...'`` (full unit names, no ``ago``), or None when
+    it is written another way (abbreviations, ISO 8601, '1-2'), which the engines read
+    differently."""
+    text = node.this.name if isinstance(node.this, exp.Literal) else ""
+    unit = node.args.get("unit")
+    if unit is not None:
+        text = f"{text} {unit.name}"
+    words = text.lower().split()
+    if not words or len(words) % 2:
+        return None
+    parts = []
+    for n, u in zip(words[::2], words[1::2], strict=True):
+        m = _INTERVAL_PART.match(f"{n} {u}")
+        if m is None:
+            return None
+        parts.append(f"{m.group(1)} {m.group(2)}")
+    return " ".join(parts)
+
+
 def _bool_text(e: exp.Expr) -> exp.Expr:
     if _kind(e) != "boolean":
         return e
@@ -426,10 +627,21 @@ def _bool_text(e: exp.Expr) -> exp.Expr:
 
 def _substring(node: exp.Substring) -> exp.Expr:
     start, length = node.args.get("start"), node.args.get("length")
-    if start is None or (_nonnegative_literal(start) and int(start.this) >= 1):
-        return node
     s = node.this
     one = exp.Literal.number(1)
+    if length is not None and not _nonnegative_literal(length):
+        length = exp.Case(  # PostgreSQL refuses a negative length; DuckDB counts it backwards
+            ifs=[
+                exp.If(
+                    this=exp.LT(this=length.copy(), expression=exp.Literal.number(0)),
+                    true=_error("negative substring length not allowed"),
+                )
+            ],
+            default=length,
+        )
+        node.set("length", length)
+    if start is None or (_nonnegative_literal(start) and int(start.this) >= 1):
+        return node
     if length is None:
         return exp.Substring(this=s, start=exp.Greatest(this=start, expressions=[one]))
     shortened = exp.Greatest(
