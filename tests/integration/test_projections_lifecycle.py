@@ -95,7 +95,7 @@ class Serving:
         projection: base.Projection,
         *,
         self_check: bool = False,
-        check_minutes: list | None = None,
+        check_keys: list | None = None,
         reader: bool = False,
     ) -> base.CycleResult:
         """One committed cycle; ``reader``: state read on a second connection (as the worker
@@ -109,7 +109,7 @@ class Serving:
                 projection,
                 self.settings,
                 self_check=self_check,
-                check_minutes=check_minutes,
+                check_keys=check_keys,
                 reader=second,
             )
             conn.commit()
@@ -402,7 +402,7 @@ def _corrupt_the_current_minute(srv, kpi) -> tuple[dt.datetime, list]:
 
 def _suspects(srv, kpi) -> list:
     with base.snapshot_connection(srv.settings.serving_dsn) as conn:
-        return kpi.window_suspects(conn, srv.settings)
+        return kpi.find_suspects(conn, srv.settings)
 
 
 def _rows(srv) -> list:
@@ -436,12 +436,12 @@ def test_snapshot_check_finds_the_wrong_rows_without_the_cycle_lock(srv):
     (suspects,) = found
     minute = srv.conn.execute("SELECT date_trunc('minute', %s::timestamptz)", (now,)).fetchone()[0]
     assert sorted(suspects) == [(minute, "ENTERPRISE"), (minute, "GHOST"), (minute, "SMB")]
-    srv.cycle(kpi, self_check=True, check_minutes=suspects)
+    srv.cycle(kpi, self_check=True, check_keys=suspects)
     assert srv.meta(KPI)[3] == 3
     assert _rows(srv) == good
     # Rows that are right by the time the cycle checks them (corrected meanwhile, say by a
     # rebuild) are left alone: the count of restated rows (a running total) stays.
-    assert srv.cycle(kpi, self_check=True, check_minutes=suspects).restated == 0
+    assert srv.cycle(kpi, self_check=True, check_keys=suspects).restated == 0
     assert srv.meta(KPI)[3] == 3
     assert _suspects(srv, kpi) == []
 

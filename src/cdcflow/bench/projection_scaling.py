@@ -4,25 +4,27 @@ For each size (staged rows before the delta: 1e5, 1e6, 1e7 by default) a fresh s
 database gets staging and control tables, a set-based history written straight into
 staging (``sql/bench/projection_scaling.sql``: 1% customers, 40% orders made 10 a minute, so
 history spans size/25 minutes, 20% order updates, 39% payments, each 30 s after its
-order), and one ``cdcflow rebuild`` of the KPI projection to build its state. Then
-several deltas of exactly 10,000 changes (segment changes, new orders, late updates of
-old orders, deletes, new payments, payments of orders that do not exist yet, payment
-updates and deletes) are staged one after the other; each is applied by one incremental
-KPI cycle (``run_cycle`` + commit, exactly what the worker does), timed; the first is a
-warm-up. All sizes are set up first and then take turns, delta by delta, so that the
-sizes compared ran under the same load of a shared machine. Profile ``recent`` (default)
+order), and one rebuild of each measured projection (the seed's KPI; users' queries from
+``cdcflow/bench/projections/``) to build its state. Then several deltas of exactly 10,000
+changes (segment changes, new orders, late updates of old orders, deletes, new payments,
+payments of orders that do not exist yet, payment updates and deletes) are staged one
+after the other; each is applied by one incremental cycle of each projection
+(``run_cycle`` + commit, exactly what the worker does), timed; the first is a warm-up.
+All sizes are set up first and then take turns, delta by delta, so that the sizes
+compared ran under the same load of a shared machine. Profile ``recent`` (default)
 sends 80% of updates and deletes to the newest 50,000 orders/payments and 20% anywhere in
 history (late updates); ``uniform`` sends all of them anywhere (the worst case for
-caches). For the same delta, the seed's way is timed too: every staged row loaded into
-DuckDB, latest state per key by ``row_number()``, all buckets aggregated, the projection
-rewritten (rolled back, so the incremental state stays in place).
+caches). For the same data, a full recompute is timed too: the query over the latest
+staged version of every row, in PostgreSQL (``mode: full``), and for the KPI the seed's
+way (every staged row loaded into DuckDB, latest state per key by ``row_number()``, all
+buckets aggregated); both rolled back, so the incremental state stays in place.
 
 Targets: the cycle at 1e7 takes at most 1.5x the cycle at 1e5, and at least 20x less
 than the full recompute.
 
 The embedded server is sized like a serving database for its working set:
 ``shared_buffers`` = ``--shared-buffers`` (default ``SHARED_BUFFERS``, enough to hold the
-KPI state at 1e7, about 1.2 GB) and ``max_wal_size`` = ``--max-wal-size`` (default
+state of two projections at 1e7, about 1.2 GB each) and ``max_wal_size`` = ``--max-wal-size`` (default
 ``MAX_WAL_SIZE``: with PostgreSQL's 1GB a 1e7 cycle's WAL forces a checkpoint every few
 cycles, and the server logs that checkpoints occur too frequently). ``--shared-buffers
 128MB --max-wal-size 1GB`` are PostgreSQL's stock values. ``huge_pages`` stays ``try``
@@ -30,7 +32,7 @@ cycles, and the server logs that checkpoints occur too frequently). ``--shared-b
 ``--huge-pages off`` is the A/B. The settings in force, ``huge_pages_status`` included, are
 recorded in the results, also for ``--dsn`` (whose server is used as it is configured).
 
-    python benchmarks/projection_scaling.py --sizes 1e5,1e6,1e7 [--profiles recent,uniform]
+    python benchmarks/projection_scaling.py --sizes 1e5,1e6,1e7 [--profiles recent,uniform] [--projections kpi,revenue]
         [--shared-buffers 2GB] [--max-wal-size 8GB] [--huge-pages try|off] [--parallel-reads on|off]
         [--data-dir .cdcflow/bench-pg-projections] [--dsn ...]
 """
@@ -56,7 +58,7 @@ from psycopg import sql
 from cdcflow import projections, sqlfiles
 from cdcflow.config import Settings
 from cdcflow.projections import base, catalog
-from cdcflow.projections.arrowio import BIGINT, LSN, MONEY, TEXT, TSTZ, read_arrow, write_arrow
+from cdcflow.projections.arrowio import read_arrow, write_arrow
 from cdcflow.serving import schema
 from cdcflow.sources.base import Column, TableSpec
 
@@ -70,7 +72,7 @@ PROFILES = ("recent", "uniform")
 # Its own embedded server: the sizing below persists in the data dir (ALTER SYSTEM), so it
 # must not change the server other benchmarks (catch-up: .cdcflow/bench-pg) measure on.
 DATA_DIR = ROOT / ".cdcflow" / "bench-pg-projections"
-SHARED_BUFFERS = "2GB"  # embedded server: holds the KPI state at 1e7 (~1.2 GB)
+SHARED_BUFFERS = "4GB"  # embedded server: holds the state of the KPI and a user's query at 1e7 (~1.2 GB each)
 MAX_WAL_SIZE = "8GB"  # embedded server: at 1e7 a cycle writes 50-250 MB of WAL; 1GB checkpoints every few cycles
 SERVER_SETTINGS = (
     "shared_buffers",
@@ -122,6 +124,13 @@ SPECS = [
         ),
     ),
 ]
+BIGINT, LSN, MONEY, TEXT, TSTZ = (
+    pa.int64(),
+    pa.decimal128(25, 0),
+    pa.decimal128(18, 2),
+    pa.string(),
+    pa.timestamp("us", tz="UTC"),
+)
 ALL_SCHEMAS = {
     "customers": pa.schema(
         [("__lsn", LSN), ("__seqval", LSN), ("__op", BIGINT), ("customer_id", BIGINT), ("segment", TEXT)]
@@ -169,9 +178,6 @@ def _run_block(conn: psycopg.Connection, name: str, params: dict) -> None:
 #: benchmarks (cdcflow/bench/projections/), each kept by the SQL engine.
 KPI = "proj_orders_kpi_by_minute_segment"
 USER_QUERIES = {"revenue": "proj_revenue_by_segment_status", "activity": "proj_customer_activity"}
-#: The hand-written KPI module the SQL definition replaces, measured beside it on a copy of
-#: the same database (``--compare-handwritten``) while it still exists.
-HANDWRITTEN = "handwritten_kpi"
 
 
 def bench_projections_dir() -> str:
@@ -181,8 +187,7 @@ def bench_projections_dir() -> str:
 
 
 class Scenario:
-    """One serving database holding ``size`` staged rows of history (and, to compare the
-    hand-written KPI, a copy of it made before any projection was built)."""
+    """One serving database holding ``size`` staged rows of history."""
 
     def __init__(
         self,
@@ -199,8 +204,7 @@ class Scenario:
         self.measured = measured
         self.admin_dsn, self.db = admin_dsn, f"{DB}_{size}"
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            for db in (self.db, self.db + "_hw"):
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db)))
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db)))
         self.dsn = _dsn(admin_dsn, self.db)
         self.settings = Settings(
@@ -220,9 +224,6 @@ class Scenario:
         self.next_payment = self.payments + 1_000_000_000
         self.deltas = 0
         self.projections: dict[str, base.Projection] = {}
-
-    def dsn_of(self, name: str) -> str:
-        return _dsn(self.admin_dsn, self.db + "_hw") if name == HANDWRITTEN else self.dsn
 
     def load_history(self) -> dict[str, float]:
         t0 = time.monotonic()
@@ -251,55 +252,39 @@ class Scenario:
             _run_block(conn, "advance", {"lsn": self.lsn})
             conn.commit()
         loaded = time.monotonic() - t0
-        if HANDWRITTEN in self.measured:
-            with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
-                admin.execute(
-                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                        sql.Identifier(self.db + "_hw"), sql.Identifier(self.db)
-                    )
-                )
         self.progress(f"  {self.size:.0e}: history of {self.lsn:,} staged rows in {loaded:.1f}s; rebuilding state")
         out = {"load_s": round(loaded, 2)}
         for name in self.measured:
             t1 = time.monotonic()
             duck = base.open_duckdb()
-            with base.open_connection(self.dsn_of(name)) as conn:
+            with base.open_connection(self.dsn) as conn:
                 projection = self.build(name, conn)
                 base.rebuild(conn, duck, projection, self.settings)
                 conn.commit()
             duck.close()
             out[f"rebuild_s_{name}"] = round(time.monotonic() - t1, 2)
             self.progress(f"  {self.size:.0e}: rebuild of {name} {out[f'rebuild_s_{name}']:.1f}s")
-        for name in {self.dsn_of(n) for n in self.measured}:
-            with psycopg.connect(name, autocommit=True) as conn:
-                conn.execute("VACUUM ANALYZE")
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
         return out
 
     def build(self, name: str, conn: psycopg.Connection) -> base.Projection:
-        if name == HANDWRITTEN:
-            from cdcflow.projections.orders_kpi import OrdersKpi
-
-            projection: base.Projection = OrdersKpi()
-            base.ensure_control_rows(conn, projection, self.settings.source_name)
-        else:
-            projection = projections.resolve(self.settings, conn, [name])[0]
+        projection = projections.resolve(self.settings, conn, [name])[0]
         self.projections[name] = projection
         return projection
 
     def prepare(self) -> None:
         """Right before the measured cycles: warm each projection's tables, flush the set-up's writes."""
-        for dsn in {self.dsn_of(n) for n in self.measured}:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                warm_tables(conn)
-                # The set-up's writes are flushed now, not during the measured cycles; from here
-                # each cycle pays the full-page images its first touch of a page after a
-                # checkpoint costs, as on a running server.
-                conn.execute("CHECKPOINT")
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            warm_tables(conn)
+            # The set-up's writes are flushed now, not during the measured cycles; from here
+            # each cycle pays the full-page images its first touch of a page after a
+            # checkpoint costs, as on a running server.
+            conn.execute("CHECKPOINT")
 
     def drop(self) -> None:
         with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
-            for db in (self.db, self.db + "_hw"):
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db)))
 
     def stage_delta(self, seed: float) -> None:
         recent = self.profile == "recent"
@@ -318,11 +303,10 @@ class Scenario:
             "next_order": self.next_order,
             "next_payment": self.next_payment,
         }
-        for dsn in {self.dsn_of(n) for n in self.measured}:
-            with psycopg.connect(dsn) as conn:
-                _run_block(conn, "delta", params)
-                _run_block(conn, "advance", {"lsn": self.lsn + DELTA})
-                conn.commit()
+        with psycopg.connect(self.dsn) as conn:
+            _run_block(conn, "delta", params)
+            _run_block(conn, "advance", {"lsn": self.lsn + DELTA})
+            conn.commit()
         self.lsn += DELTA
         self.next_order += 200_000
         self.next_payment += 10_000
@@ -331,7 +315,7 @@ class Scenario:
         """Seconds one cycle of ``name`` takes, the MB of WAL it wrote, and the rows it touched by kind."""
         duck = base.open_duckdb()
         parallel = self.settings.projection_parallel_reads
-        dsn = self.dsn_of(name)
+        dsn = self.dsn
         projection = self.projections[name]
         with (
             base.open_connection(dsn) as conn,
@@ -478,8 +462,8 @@ def run(
 ) -> dict:
     """Run the benchmark for each size and delta profile; write ``projection_scaling.json`` into ``out_dir``.
 
-    ``measured``: the projections (:data:`KPI`, the values of :data:`USER_QUERIES`, and
-    :data:`HANDWRITTEN`). Without ``dsn`` an embedded server on ``data_dir`` (default
+    ``measured``: the projections (:data:`KPI` and the values of :data:`USER_QUERIES`).
+    Without ``dsn`` an embedded server on ``data_dir`` (default
     :data:`DATA_DIR`) runs with ``shared_buffers``, ``max_wal_size`` and ``huge_pages``
     (defaults :data:`SHARED_BUFFERS`, :data:`MAX_WAL_SIZE`, ``try``); a server given by
     ``dsn`` is used as it is configured (all three must then be None).
@@ -549,8 +533,6 @@ def run(
         results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         for entry, sc in zip(results["sizes"], scenarios, strict=True):
             for name in measured:
-                if name == HANDWRITTEN:
-                    continue
                 full = entry.setdefault("full_recompute_s", {})[name] = round(sc.full_recompute(name), 3)
                 for profile in profiles:
                     cell = entry[profile][name]
@@ -564,11 +546,6 @@ def run(
                 for profile in profiles:
                     cell = entry[profile][KPI]
                     cell["speedup_vs_seed"] = round(seed / cell["cycle_median_s"], 1)
-            if KPI in measured and HANDWRITTEN in measured:
-                for profile in profiles:
-                    ratio = entry[profile][KPI]["cycle_median_s"] / entry[profile][HANDWRITTEN]["cycle_median_s"]
-                    entry[profile]["sql_vs_handwritten"] = round(ratio, 2)
-                    progress(f"  {sc.size:.0e} {profile}: the SQL KPI's cycle / the hand-written one's: {ratio:.2f}")
             (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
     finally:
         for sc in scenarios:
@@ -608,10 +585,8 @@ def measured_names(text: str) -> tuple[str, ...]:
             out.append(KPI)
         elif part in USER_QUERIES:
             out.append(USER_QUERIES[part])
-        elif part == HANDWRITTEN:
-            out.append(HANDWRITTEN)
         else:
-            raise ValueError(f"unknown projection {part!r}: expected kpi, {', '.join(USER_QUERIES)} or {HANDWRITTEN}")
+            raise ValueError(f"unknown projection {part!r}: expected kpi or one of {', '.join(USER_QUERIES)}")
     return tuple(out)
 
 
@@ -653,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         default="kpi",
         help="what to measure, comma-separated: kpi (the seed's), "
         + ", ".join(USER_QUERIES)
-        + f" (users' queries, cdcflow/bench/projections/), {HANDWRITTEN} (the KPI's old hand-written module)",
+        + " (users' queries, cdcflow/bench/projections/)",
     )
     args = p.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]

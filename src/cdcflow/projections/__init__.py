@@ -115,6 +115,10 @@ def bootstrap(conn: psycopg.Connection, settings: Settings) -> None:
     projections, problems = load(settings, conn)
     for projection in projections:
         base.ensure_control_rows(conn, projection, settings.source_name)
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (projection.name,)).fetchone()
+        if not (exists and exists[0]):
+            # Its tables exist (empty) from now on; its first cycle builds it from staging.
+            projection.prepare(conn)
     for name, message in problems:
         _record_problem(conn, name, message)
     removed = conn.execute(sqlfiles.query(Q, "removed"), {"names": found.names}).fetchall()

@@ -1,9 +1,10 @@
 """Moving rows between the serving PostgreSQL and Arrow (hence DuckDB) with COPY.
 
 Reads run ``COPY (query) TO STDOUT (FORMAT csv)`` and parse with pyarrow's CSV reader
-into a fixed schema; writes render Arrow as CSV and ``COPY ... FROM STDIN``. CSV keeps
-NULL (unquoted empty) apart from the empty string (quoted), and numeric values travel
-as text, so ``numeric(18,2)`` stays exact end to end. The connection's TimeZone must be
+into a schema made from the columns' PostgreSQL types (:mod:`.pgtypes`); writes render
+Arrow as CSV and ``COPY ... FROM STDIN``. CSV keeps NULL (unquoted empty) apart from the
+empty string (quoted), and numeric values travel as text, so ``numeric(18,2)`` stays
+exact end to end. The connection's TimeZone must be
 UTC (:func:`cdcflow.projections.base.open_connection` sets it).
 """
 
@@ -15,17 +16,8 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
-
-# Arrow types for the column kinds projections move.
-BIGINT = pa.int64()
-MONEY = pa.decimal128(18, 2)
-TEXT = pa.string()
-TSTZ = pa.timestamp("us", tz="UTC")
-BOOL = pa.bool_()
-LSN = pa.decimal128(25, 0)
 
 
 def read_arrow(
@@ -84,38 +76,3 @@ def write_arrow(conn: psycopg.Connection, table: str, data: pa.Table, *, analyze
             # the big table it is joined with.
             cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
     return data.num_rows
-
-
-def column_list(table: pa.Table, name: str) -> list[Any]:
-    """A column as a Python list without NULLs."""
-    return [v for v in table.column(name).to_pylist() if v is not None]
-
-
-def key_set(*columns: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """The distinct non-NULL values of integer key columns, computed in Arrow (no Python
-    object per value: a cycle's reads run in a thread beside ingestion's, and hold the GIL
-    less this way)."""
-    chunks = [c for col in columns for c in (col.chunks if isinstance(col, pa.ChunkedArray) else [col])]
-    return pc.unique(pc.drop_null(pa.chunked_array(chunks, type=BIGINT)))
-
-
-def key_difference(keys: pa.Array, other: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """``keys`` (from :func:`key_set`) that are not in ``other``."""
-    if isinstance(other, pa.ChunkedArray):
-        other = other.combine_chunks()
-    return pc.filter(keys, pc.invert(pc.is_in(keys, value_set=other)))
-
-
-def rows_with_keys(table: pa.Table, column: str, keys: pa.Array) -> pa.Table:
-    """The rows of ``table`` whose ``column`` is one of ``keys``."""
-    return table.filter(pc.is_in(table.column(column), value_set=keys))
-
-
-def keys_literal(keys: pa.Array) -> str:
-    """Integer keys (from :func:`key_set`) as a PostgreSQL array literal, for
-    ``= ANY(%s::bigint[])``, built in Arrow."""
-    if len(keys) == 0:
-        return "{}"
-    text = pc.cast(keys, pa.string())
-    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(text)], pa.int32()), text), ",")
-    return "{" + joined[0].as_py() + "}"

@@ -1,4 +1,4 @@
-"""The lifecycle every projection shares (the seed's, made incremental).
+"""The lifecycle every projection shares.
 
 One cycle, in one serving transaction:
 
@@ -10,11 +10,12 @@ One cycle, in one serving transaction:
 3. read the checkpoints; is there a staged change in ``(checkpoint, cutoff]``? (a
    primary-key range scan on ``__lsn``);
 4. the projection applies that delta (:meth:`Projection.apply`): DuckDB in process,
-   state read by index, rows written with COPY;
-5. optionally the self-check (:meth:`Projection.self_check`): of the whole recompute
-   window, or (what the worker does) of only the minutes that a check run outside the
-   cycle, on a snapshot of its own (:meth:`Projection.window_suspects`), found different,
-   so that checking a busy window never holds up the cycles;
+   state read by index, rows written with COPY (a projection whose definition is new or
+   changed is rebuilt from staging instead);
+5. optionally the self-check (:meth:`Projection.self_check`): of the whole projection, or
+   (what the worker does) of only the keys that a check run outside the cycle, on a
+   snapshot of its own (:meth:`Projection.find_suspects`), found different, so that a
+   check of a large projection never holds up the cycles;
 6. checkpoints := cutoff, metadata := OK/STALE with ``as_of_lsn`` = cutoff, commit.
 
 A failure rolls everything back; the metadata then says ERROR with the message (in a
@@ -93,7 +94,7 @@ class Projection(ABC):
     mode = "incremental"
     #: The file it was defined in, shown in status.
     definition_file: str | None = None
-    #: Whether :meth:`self_check` and :meth:`window_suspects` do anything (the worker runs
+    #: Whether :meth:`self_check` and :meth:`find_suspects` do anything (the worker runs
     #: no self-check thread otherwise).
     has_self_check = False
     #: Whether :meth:`apply` reads stored state on :attr:`Context.reader` (the worker opens
@@ -111,17 +112,17 @@ class Projection(ABC):
     def prepare(self, conn: psycopg.Connection) -> None:  # noqa: B027 (optional, nothing to do by default)
         """Before a rebuild: create (or re-create) the projection's tables."""
 
-    def self_check(self, ctx: Context, minutes: list[dt.datetime] | None = None) -> int:
-        """Recompute recent rows from state (the recompute window, or only ``minutes``),
-        correct differences; returns how many."""
+    def self_check(self, ctx: Context, keys: list | None = None) -> int:
+        """Under the cycle's lock: restate the rows among ``keys`` (from :meth:`find_suspects`;
+        None: check everything now) that differ from what the state gives; returns how many."""
         return 0
 
-    def window_suspects(
+    def find_suspects(
         self, conn: psycopg.Connection, settings: Settings, pause: Callable[[float], bool] | None = None
-    ) -> list[dt.datetime]:
+    ) -> list:
         """Outside any cycle, on one snapshot of state and projection (``conn``: from
-        :func:`snapshot_connection`): the minutes of the recompute window whose rows differ
-        from what the state gives (normally none)."""
+        :func:`snapshot_connection`): the keys whose rows differ from what the state gives
+        (normally none). ``pause(seconds)`` may be called between parts of a long check."""
         return []
 
 
@@ -261,13 +262,13 @@ def run_cycle(
     settings: Settings,
     *,
     self_check: bool = False,
-    check_minutes: list[dt.datetime] | None = None,
+    check_keys: list | None = None,
     reader: psycopg.Connection | None = None,
 ) -> CycleResult:
     """One incremental cycle inside the caller's transaction (the caller commits).
 
-    ``self_check``: also run the self-check, of the whole window or, with
-    ``check_minutes``, of those minutes only. ``reader``: see :attr:`Context.reader`
+    ``self_check``: also run the self-check, of the whole projection or, with
+    ``check_keys``, of those keys only. ``reader``: see :attr:`Context.reader`
     (without it, state is read on ``conn`` before anything is written)."""
     started = time.monotonic()
     status, digest = _lock(conn, projection, settings.source_name)
@@ -304,7 +305,7 @@ def run_cycle(
         result.rows_changed = projection.apply(ctx)
         result.applied = True
     if self_check:
-        result.restated = projection.self_check(ctx, check_minutes)
+        result.restated = projection.self_check(ctx, check_keys)
     _finish(conn, projection, settings, ctx, result)
     result.seconds = time.monotonic() - started
     return result

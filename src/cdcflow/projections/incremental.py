@@ -121,7 +121,7 @@ class SqlProjection(base.Projection):
 
     # the self-check ---------------------------------------------------------------
 
-    def window_suspects(
+    def find_suspects(
         self, conn: psycopg.Connection, settings: Settings, pause: Callable[[float], bool] | None = None
     ) -> list:
         """The keys whose rows differ from the query over the state, on one snapshot of
@@ -131,10 +131,10 @@ class SqlProjection(base.Projection):
         finally:
             conn.rollback()
 
-    def self_check(self, ctx: base.Context, minutes: list | None = None) -> int:
-        """Restate what is still wrong among ``minutes`` (keys from :meth:`window_suspects`;
-        None: check the whole projection now), under the cycle's lock."""
-        keys = self.checker.suspects(ctx.conn) if minutes is None else list(minutes)
+    def self_check(self, ctx: base.Context, keys: list | None = None) -> int:
+        """Restate what is still wrong among ``keys`` (from :meth:`find_suspects`; None: check
+        the whole projection now), under the cycle's lock."""
+        keys = self.checker.suspects(ctx.conn) if keys is None else list(keys)
         restated = self.checker.restate(ctx.conn, keys)
         if restated:
             log.warning(

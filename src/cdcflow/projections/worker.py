@@ -76,8 +76,8 @@ class ProjectionWorker:
         self._listener: psycopg.Connection | None = None
         self._duck = base.open_duckdb()
         self._next_check = time.monotonic() + settings.projection_self_check_seconds
-        #: The self-check's snapshot check runs in a thread of its own (window_suspects);
-        #: the minutes it found different wait here for the next cycle to check and restate.
+        #: The self-check's snapshot check runs in a thread of its own (find_suspects);
+        #: the keys it found different wait here for the next cycle to check and restate.
         self._checker: threading.Thread | None = None
         self._suspects: list | None = None
         self._suspects_lock = threading.Lock()
@@ -183,7 +183,7 @@ class ProjectionWorker:
     def _run_check(self) -> None:
         started = time.monotonic()
         try:
-            suspects = self._window_suspects()
+            suspects = self._find_suspects()
         finally:
             # Paced: after a check of t seconds the next starts no sooner than
             # CHECK_PACE * t after it ended, so however busy the window, the check takes at
@@ -212,15 +212,15 @@ class ProjectionWorker:
             self._add_suspects(suspects)
             self.wake.set()
 
-    def _window_suspects(self) -> list | None:
-        """The snapshot check's different minutes; None when it could not run (logged; the
+    def _find_suspects(self) -> list | None:
+        """The snapshot check's different keys; None when it could not run (logged; the
         next check tries again, cycles go on meanwhile)."""
         try:
             conn = self._check_conn = base.snapshot_connection(self.serving_dsn)
             try:
                 # Between slices of the window the check rests as long as the slice took
                 # (half the machine at most while it runs) and gives way to a stop.
-                return self.projection.window_suspects(conn, self.settings, pause=lambda s: not self.stop.wait(s))
+                return self.projection.find_suspects(conn, self.settings, pause=lambda s: not self.stop.wait(s))
             finally:
                 self._check_conn = None
                 conn.close()
@@ -249,19 +249,19 @@ class ProjectionWorker:
         if self._checker is not None:
             self._checker.join(5)
 
-    def _add_suspects(self, minutes: list | None) -> None:
+    def _add_suspects(self, keys: list | None) -> None:
         """Minutes for the next cycle to check (found by the snapshot check, or left by a
         cycle that failed)."""
-        if minutes:
+        if keys:
             with self._suspects_lock:
-                self._suspects = list(dict.fromkeys([*(self._suspects or []), *minutes]))
+                self._suspects = list(dict.fromkeys([*(self._suspects or []), *keys]))
 
     def cycle(self, token: int | None = None) -> base.CycleResult:
         """One cycle, committed. With a lease ``token``, the commit is fenced by it."""
         conn = self.conn()
         self._start_check()
         with self._suspects_lock:
-            minutes, self._suspects = self._suspects, None
+            keys, self._suspects = self._suspects, None
         started = time.monotonic()
         try:
             result = base.run_cycle(
@@ -269,8 +269,8 @@ class ProjectionWorker:
                 self._duck,
                 self.projection,
                 self.settings,
-                self_check=bool(minutes),
-                check_minutes=minutes,
+                self_check=bool(keys),
+                check_keys=keys,
                 reader=self.reader()
                 if self.projection.uses_reader and self.settings.projection_parallel_reads
                 else None,
@@ -279,14 +279,14 @@ class ProjectionWorker:
                 self.lease.fence(conn, token)
             conn.commit()
         except psycopg.Error as exc:
-            self._add_suspects(minutes)
+            self._add_suspects(keys)
             try:
                 conn.rollback()
             except psycopg.Error:
                 pass
             raise db.wrap_db_error(f"projection {self.projection.name}", exc) from None
         except BaseException:
-            self._add_suspects(minutes)
+            self._add_suspects(keys)
             db.safe_rollback(conn)
             raise
         self.cycles += 1

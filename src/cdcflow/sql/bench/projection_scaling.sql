@@ -78,28 +78,6 @@ FROM generate_series(1, 200) AS g;
 -- Every capture staged up to %(lsn)s.
 UPDATE ctl_ingestion_watermarks SET last_lsn = %(lsn)s, state = 'OK', updated_at = now();
 
--- name: warm_state
--- After set-up: read the KPI state's tables and indexes once, so the measured cycles see
--- the cache of a server that has been running cycles (the set-up's bulk writes pushed
--- the state out; pg_prewarm is not part of the embedded build). Index-only scans read
--- each index whole.
-SELECT count(*) FROM pst_kpi_customers;
-SELECT count(*) FROM pst_kpi_orders;
-SELECT count(*) FROM pst_kpi_payments;
-SELECT count(*) FROM proj_orders_kpi_by_minute_segment;
-SET enable_seqscan = off;
-SET enable_bitmapscan = off;
-SELECT count(*) FROM pst_kpi_customers WHERE customer_id > -1;
-SELECT count(*) FROM pst_kpi_orders WHERE order_id > -1;
-SELECT count(*) FROM pst_kpi_orders WHERE customer_id > -1;
-SELECT count(*) FROM pst_kpi_orders WHERE created_minute > '-infinity';
-SELECT count(*) FROM pst_kpi_payments WHERE payment_id > -1;
-SELECT count(*) FROM pst_kpi_payments WHERE order_id > -1;
-SELECT count(*) FROM pst_kpi_payments WHERE paid_minute > '-infinity';
-SELECT count(*) FROM proj_orders_kpi_by_minute_segment WHERE minute_bucket > '-infinity';
-RESET enable_seqscan;
-RESET enable_bitmapscan;
-
 -- name: full_recompute
 -- The seed's way, in DuckDB: latest state per key over all staged rows, all buckets.
 WITH

@@ -1,4 +1,5 @@
--- Serving schema (idempotent): control tables and the seed's projection tables.
+-- Serving schema (idempotent): control tables. (Projection tables are made from their
+-- definitions by the engine.)
 -- Staging tables (stg_cdc_<table>) are created from the source's catalog by bootstrap,
 -- so a fourth captured table needs configuration, not a new script.
 
@@ -53,25 +54,4 @@ CREATE TABLE IF NOT EXISTS ctl_leases (
     expires_at   timestamptz NOT NULL,
     acquired_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     renewed_at   timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-
-CREATE TABLE IF NOT EXISTS proj_orders_kpi_by_minute_segment (
-    minute_bucket      timestamptz   NOT NULL,
-    segment            text          NOT NULL,
-    orders_count       bigint        NOT NULL,
-    orders_amount_sum  numeric(18,2) NOT NULL,
-    paid_amount_sum    numeric(18,2) NOT NULL,
-    updated_at         timestamptz   NOT NULL DEFAULT now(),
-    PRIMARY KEY (minute_bucket, segment)
-);
-
-CREATE TABLE IF NOT EXISTS proj_orders_latest (
-    order_id       bigint        PRIMARY KEY,
-    customer_id    bigint,
-    segment        text,
-    amount         numeric(18,2),
-    status         text,
-    created_at     timestamptz,
-    updated_at     timestamptz,
-    __source_lsn   numeric(25,0) NOT NULL
 );
