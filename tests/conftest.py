@@ -25,6 +25,7 @@ from psycopg import sql
 
 from cdcflow.config import Settings
 from cdcflow.leases import _pid_alive
+from tests.pgutil import drop_slot
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
@@ -149,18 +150,7 @@ def make_databases(server: PgServer, **overrides) -> Databases:
 
 def drop_databases(dbs: Databases) -> None:
     with dbs.server.admin() as conn:
-        for _ in range(50):
-            row = conn.execute(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (dbs.settings.slot,)
-            ).fetchone()
-            if row is None:
-                break
-            if row[0] is not None:
-                conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
-                time.sleep(0.1)
-                continue
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (dbs.settings.slot,))
-            break
+        drop_slot(conn, dbs.settings.slot)
         for dsn in (dbs.source_dsn, dbs.serving_dsn):
             name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

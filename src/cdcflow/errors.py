@@ -46,3 +46,7 @@ class GapError(TerminalError):
 
 class DefinitionError(TerminalError):
     """A projection definition cannot be used as written."""
+
+
+class UncarriedValue(TerminalError):
+    """A source value has no form in the incremental engine's types."""

@@ -36,9 +36,9 @@ PostgreSQL, with what went wrong. Most have been fixed since (``_FIXED``: they r
 every other case now), or are refused by the translation (``NOW_REFUSED``: checked as
 refusals). What is left are documented limits (docs/projections.md), each an error where
 PostgreSQL gives a value, never a wrong value: results before year 1, products beyond
-DuckDB's 38 digits; and ``date_part``, which the parser turns into ``extract`` (numeric
-where PostgreSQL says double precision, the same values). They run in
-``test_known_mismatches`` (xfail): when one agrees there, delete its entry.
+DuckDB's 38 digits. They run in
+``test_known_mismatches_are_errors_never_wrong_values``, which fails if one of them gives a
+wrong value instead of an error.
 """
 
 from __future__ import annotations
@@ -374,9 +374,11 @@ SPECIAL: dict[str, list[str]] = {
         "1969-07-20 20:17:40.5",
         "0001-01-01 00:00:00",
         "9999-12-31 23:59:59.999999",
+        "2024-05-01 10:00:01.393744",  # date_part('second'|'milliseconds') is not extract(...)::float8
     ],
     "tz": [
         "2023-12-31 23:59:59.999999+00",
+        "2024-05-01 10:00:01.393744+00",
         "2024-02-29 23:59:59.5+00",
         "1970-01-01 00:00:00+00",
         "1969-12-31 23:59:59.999999+00",
@@ -1083,6 +1085,12 @@ def value_cases() -> Iterator[Case]:
         "date_part('second', t.ts)",
         "date_part('dow', t.d)",
         "date_part('hour', t.d)",
+        "date_part('second', t.tz)",
+        "date_part('milliseconds', t.ts)",
+        "date_part('microseconds', t.tz)",
+        "date_part('epoch', t.ts)",
+        "date_part('epoch', t.d)",
+        "date_part('minute', t.ts) + date_part('second', t.ts) / 60",
     ]:
         yield v(e)
     # casts
@@ -1477,7 +1485,7 @@ CSV = [
 ]
 
 # Known engine bugs: accepted by the translation, evaluated differently from PostgreSQL.
-# Each entry is a case label and what goes wrong; they run in test_known_mismatches (xfail)
+# Each entry is a case label and what goes wrong; they run in test_known_mismatches_are_errors_never_wrong_values
 # until fixed. Reasons marked FAILS make the engine's cycle fail (or PostgreSQL raise).
 _F4 = (
     "real: PostgreSQL computes real with a non-real operand (and ceil/floor/round/trunc of a real) in double "
@@ -1786,8 +1794,6 @@ _NOW_REFUSED_PHRASE = {
 NOW_REFUSED = {label: _NOW_REFUSED_PHRASE[why] for label, why in KNOWN_MISMATCHES.items() if why in _NOW_REFUSED_PHRASE}
 NOW_REFUSED.update(
     {
-        "value: date_part('hour', t.d)": "a date has no",
-        "zone: date_part('hour', t.d)": "a date has no",
         "csv: t.f8::text": "the text of a",
         "zone: t.tx::numeric": "read text as",
         "zone: t.tx::float8": "read text as double precision differently",
@@ -1796,7 +1802,7 @@ NOW_REFUSED.update(
     }
 )
 # Fixed in the translation since they were found: checked with every other case.
-_FIXED = (_F4, _F4CMP, _UPPER, _DECMUL, _I2LIT, _FLOATOVER, _NULLDIV, _SUBSTR)
+_FIXED = (_F4, _F4CMP, _UPPER, _DECMUL, _I2LIT, _FLOATOVER, _NULLDIV, _SUBSTR, _DATEPART)
 # (PostgreSQL raises for this filter on the main rows, so as a filter it compares nothing;
 # the zone cases check float overflow.)
 _KEEP = {"where: t.f8 / nullif(t.f4, 0) > 1"}
@@ -1935,7 +1941,7 @@ REFUSED: list[tuple[str, str]] = [
 ]
 
 
-# Refusals whose message does not name the construct (engine bugs, in test_known_mismatches).
+# Refusals whose message does not name the construct (checked in test_known_mismatches_are_errors_never_wrong_values).
 KNOWN_REFUSAL_PROBLEMS: set[str] = set()
 # Definitions checked on their own folder (a planning error there stops the bootstrap of
 # every definition of its folder): grouped by output position and by output name.
@@ -2446,7 +2452,10 @@ def test_refused_constructs_name_themselves(results: Results) -> None:
     assert not results.refusals, "\n".join(results.refusals)
 
 
-@pytest.mark.xfail(reason="engine bugs listed in KNOWN_MISMATCHES, reported to the engine's owner", strict=False)
-def test_known_mismatches(results: Results) -> None:
+def test_known_mismatches_are_errors_never_wrong_values(results: Results) -> None:
+    """The documented limits (KNOWN_MISMATCHES) may differ from PostgreSQL only by failing:
+    the engine's cycle raises where PostgreSQL gives a value, or PostgreSQL raises where
+    the engine does not. A known case whose rows differ is a wrong value, and fails here."""
     found = results.mismatches.get("known", [])
-    assert not found and not results.known_other, "\n".join([_report(found), *results.known_other])
+    wrong = [m for m in found if "the engine's cycle fails" not in m.detail and "PostgreSQL raises" not in m.detail]
+    assert not wrong and not results.known_other, "\n".join([_report(wrong), *results.known_other])

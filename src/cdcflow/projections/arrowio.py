@@ -11,6 +11,7 @@ UTC (:func:`cdcflow.projections.base.open_connection` sets it).
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
+
+from cdcflow.errors import UncarriedValue
 
 
 def read_arrow(
@@ -36,6 +39,26 @@ def read_arrow(
     if buf.tell() == 0:
         return schema.empty_table()
     buf.seek(0)
+    try:
+        return _parse(buf, schema)
+    except pa.ArrowInvalid as exc:
+        raise uncarried(exc, schema) from None
+
+
+def uncarried(exc: pa.ArrowInvalid, schema: pa.Schema) -> UncarriedValue:
+    """The error of a value PostgreSQL holds that its column's Arrow type cannot: numeric
+    NaN and ±Infinity, timestamps and dates at ±infinity or before year 1."""
+    found = re.search(r"CSV column #(\d+)", str(exc))
+    where = f"column {schema.names[int(found.group(1))]!r}" if found else "a column"
+    detail = re.sub(r"^In CSV column #\d+: ", "", str(exc))
+    return UncarriedValue(
+        f"{where} holds a value the incremental engine cannot carry ({detail}): numeric NaN or Infinity, an "
+        "infinite timestamp or date, or one before year 1 have no DuckDB form; change the value at the source "
+        "or add '-- mode: full' to compute this projection in PostgreSQL"
+    )
+
+
+def _parse(buf: io.BytesIO, schema: pa.Schema) -> pa.Table:
     return pacsv.read_csv(
         buf,
         read_options=pacsv.ReadOptions(column_names=schema.names, block_size=64 << 20),

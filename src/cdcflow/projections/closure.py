@@ -292,19 +292,51 @@ class Closure:
                 add(table, self._witnesses(conn, table, cols, values, changed))
 
 
+def _fits(value: object, to: pa.DataType) -> bool:
+    """Whether ``value`` converts to ``to`` without loss."""
+    if value is None:
+        return True
+    try:
+        pa.array([value]).cast(to)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return False
+    return True
+
+
 def _unique(
     table: pa.Table,
     cols: tuple[str, ...],
     rename: tuple[str, ...] | None = None,
     types: list[pa.DataType] | None = None,
 ) -> pa.Table:
-    """The distinct non-NULL value tuples of ``cols`` (renamed and cast to ``types``)."""
+    """The distinct non-NULL value tuples of ``cols`` (renamed and cast to ``types``).
+
+    A value the cast cannot represent (a bigint beyond an integer's range, 100 for a
+    numeric(3,1), 1.25 for a numeric(3,1)) equals no value of the type it is cast to: its
+    tuple is dropped, where the cast would wrap or round it (or PostgreSQL's refuse it)."""
     t = table.select(list(cols))
     if rename:
         t = t.rename_columns(list(rename))
         cols = rename
     if types is not None:
-        t = pa.table({c: pc.cast(t.column(c), types[i], safe=False) for i, c in enumerate(cols)})
+        kept = None
+        columns = {}
+        for i, c in enumerate(cols):
+            have = t.column(c)
+            if have.type == types[i]:
+                columns[c] = have
+                continue
+            try:
+                columns[c] = pc.cast(have, types[i])
+                continue
+            except pa.ArrowInvalid:
+                pass
+            fits = pa.array([_fits(v, types[i]) for v in have.to_pylist()], pa.bool_())
+            kept = fits if kept is None else pc.and_(kept, fits)
+            columns[c] = pc.cast(pc.if_else(fits, have, pa.scalar(None, have.type)), types[i])
+        t = pa.table(columns)
+        if kept is not None:
+            t = t.filter(kept)  # NULL (a NULL value) drops the tuple too
     for c in cols:
         t = t.filter(pc.is_valid(t.column(c)))
     if t.num_rows == 0:

@@ -32,10 +32,11 @@ import sqlglot
 from sqlglot import exp
 
 from cdcflow.errors import DefinitionError
+from cdcflow.projections.translate import PostgresDialect
 
-#: Bumped when the engine's storage of a projection changes: every projection is then
-#: rebuilt once, as if its definition had changed.
-ENGINE_VERSION = "1"
+#: Bumped when the engine's storage of a projection, or the values it computes, change:
+#: every projection is then rebuilt once, as if its definition had changed.
+ENGINE_VERSION = "2"
 MODES = ("incremental", "full")
 _DIRECTIVE_RE = re.compile(r"^--\s*(key|mode)\s*:\s*(.*?)\s*$", re.I)
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -104,7 +105,7 @@ def parse(text: str, path: str, stem: str, *, builtin: bool = False) -> Definiti
                 raise DefinitionError(f"{where}: '-- mode: {value}' is not one of {', '.join(MODES)}")
     _check_intervals(text, where)
     try:
-        statements = [s for s in sqlglot.parse(text, read="postgres") if s is not None]
+        statements = [s for s in sqlglot.parse(text, read=PostgresDialect) if s is not None]
     except sqlglot.errors.ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
         detail = str(first.get("description", exc)).split(".")[0]

@@ -98,8 +98,16 @@ class DuckQueries:
         return shell
 
     @staticmethod
-    def _items(exprs: list[tuple[exp.Expr, str]]) -> list[exp.Expr]:
-        return [exp.alias_(translate.rewrite(e), name, quoted=True) for e, name in exprs]
+    def _items(exprs: list[tuple[exp.Expr, str]], types: list[str] | None = None) -> list[exp.Expr]:
+        """Translated, named; with ``types`` (a UNION ALL branch's), each cast to the decimal
+        of its PostgreSQL type where that is numeric (:func:`translate.as_carried`)."""
+        out = []
+        for i, (e, name) in enumerate(exprs):
+            value = translate.rewrite(e)
+            if types is not None:
+                value = translate.as_carried(value, types[i])
+            out.append(exp.alias_(value, name, quoted=True))
+        return out
 
     def tuples(self, side: str) -> str:
         return self._once(("tuples", side), lambda: self._tuples(side))  # type: ignore[return-value]
@@ -114,7 +122,7 @@ class DuckQueries:
             parts = []
             for b in plan.branches:
                 cols = [(item.unalias(), o.name) for item, o in zip(b.select.expressions, plan.outputs, strict=True)]
-                items = self._items(cols)
+                items = self._items(cols, [o.pg_type for o in plan.outputs] if len(plan.branches) > 1 else None)
                 items.append(
                     exp.alias_(exp.column("__lsn", table=b.driving.name, quoted=True), "__source_lsn", quoted=True)
                 )
@@ -127,7 +135,7 @@ class DuckQueries:
         parts = []
         for b in plan.branches:
             cols = [(item.unalias(), name) for item, name in zip(b.select.expressions, plan.union_columns, strict=True)]
-            parts.append(self._select(b, self._items(cols), side))
+            parts.append(self._select(b, self._items(cols, plan.union_types), side))
         outer = plan.outer.copy()
         outer.set("expressions", self._items(pre) or [exp.alias_(exp.Literal.number(1), "__one", quoted=True)])
         for arg in ("group", "having", "order", "limit"):

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from cdcflow.config import Settings
-from cdcflow.errors import DefinitionError
+from cdcflow.errors import DefinitionError, UncarriedValue
 from cdcflow.projections import base
 from cdcflow.projections.arrowio import write_arrow
 from cdcflow.projections.closure import Closure, read_delta, state_schema
@@ -191,7 +191,13 @@ class SqlProjection(base.Projection):
         with _registered(duck, inputs):
             for view in self.duckq.views():
                 duck.execute(view)
-            changed = self._write_groups(ctx) if self.plan.aggregated else self._write_rows(ctx)
+            try:
+                changed = self._write_groups(ctx) if self.plan.aggregated else self._write_rows(ctx)
+            except duckdb.OutOfRangeException as exc:
+                raise UncarriedValue(
+                    f"projection {self.name}: {exc} (DuckDB's decimals have at most 38 digits, PostgreSQL's "
+                    "numeric has no such bound: add '-- mode: full' to compute this projection in PostgreSQL)"
+                ) from None
         if not ctx.fresh:
             base.index_plans(conn, on=False)
         self.last_touched = {

@@ -168,6 +168,7 @@ class Plan:
     aggregates: list[Aggregate] = field(default_factory=list)
     having: exp.Expr | None = None
     union_columns: list[str] = field(default_factory=list)
+    union_types: list[str] = field(default_factory=list)  # PostgreSQL's, of union_columns
     #: The whole query as analysed: columns qualified, stars expanded (the branches and the
     #: outer SELECT are parts of it). PostgreSQL runs it over the state in the self-check.
     query: exp.Query | None = None
@@ -352,6 +353,8 @@ class Analyzer:
             assert found is not None  # resolve_tables checked every reference
             aliases.append(Alias(name, found, index))
         b = Branch(index, select, aliases, [])
+        for a in aliases:
+            self.use(a, "")  # a table read for its rows alone (count(*) FROM t) is read by its key
         self.qualify(b)
         for pos, join in enumerate(select.args.get("joins") or [], start=1):
             b.edges.extend(self.join_edges(b, pos, join))
@@ -641,6 +644,7 @@ class Analyzer:
         group_exprs = self.group_by(top)
         aggs = self.aggregates(top)
         args: list[Arg] = []
+        unfiltered: dict[int, exp.Expr] = {}  # a FILTER's CASE by the argument it wraps
         for a in aggs:
             node = a.node.this if isinstance(a.node, exp.Filter) else a.node
             arg_expr = _agg_argument(node)
@@ -649,12 +653,15 @@ class Analyzer:
                 a.kind, arg_expr = "count", exp.Literal.number(1)
             if arg_expr is None:
                 continue
+            inner = arg_expr
             if filt is not None:
                 arg_expr = exp.Case(ifs=[exp.If(this=filt.copy(), true=arg_expr.copy())])
             same = next((x for x in args if x.expr == arg_expr), None)
             if same is None:
                 same = Arg(len(args), arg_expr, "")
                 args.append(same)
+                if filt is not None:
+                    unfiltered[same.index] = inner
             a.arg = same
         for x in args:
             x.nullable = not _never_null(x.expr, branches if outer_alias else None)
@@ -684,7 +691,21 @@ class Analyzer:
             _check_carried(self, g, typed[i][1])
         for x, (_, t) in zip(args, typed[len(group_exprs) :], strict=True):
             x.pg_type = t
-            _check_carried(self, x.expr, t)
+        lost = [x for x in args if x.pg_type == "numeric" and x.index in unfiltered]
+        if lost:
+            # CASE WHEN f THEN x END drops x's numeric(p,s) (its implicit ELSE NULL has none):
+            # the argument is cast back to the type x has.
+            inner_types = probe(
+                self.conn,
+                "SELECT "
+                + ", ".join(f"{unfiltered[x.index].sql(dialect='postgres')} AS c{i}" for i, x in enumerate(lost))
+                + f" {scope_from}",
+            )
+            for x, (_, t) in zip(lost, inner_types, strict=True):
+                if t != "numeric":
+                    x.expr, x.pg_type = exp.Cast(this=x.expr, to=exp.DataType.build(t, dialect="postgres")), t
+        for x in args:
+            _check_carried(self, x.expr, x.pg_type)
         for a in aggs:
             if a.kind == "avg" and a.arg is not None and a.arg.pg_type == "numeric":
                 raise self.fail(
@@ -719,6 +740,7 @@ class Analyzer:
         )
         if outer_alias:
             plan.union_columns = [c for c, _ in union_cols]
+            plan.union_types = [t for _, t in union_cols]
         if self.d.key and list(self.d.key) != [o.name for o in outputs if o.name in plan.key]:
             raise self.fail("'-- key:' is for queries without GROUP BY: a grouped result is keyed by its GROUP BY")
         return plan
@@ -759,7 +781,8 @@ class Analyzer:
                 g = top.expressions[int(g.this) - 1].unalias()
             elif isinstance(g, exp.Column) and not g.table and g.name.lower() in by_alias:
                 g = by_alias[g.name.lower()]
-            out.append(g.copy())
+            if g not in out:  # GROUP BY a, a groups as GROUP BY a
+                out.append(g.copy())
         # Expressions written with output names resolve to the same expressions.
         for e in [*top.expressions, *([top.args["having"]] if top.args.get("having") else [])]:
             for col in list(e.find_all(exp.Column)):

@@ -31,8 +31,27 @@ import re
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.parsers.postgres import PostgresParser
 
 from cdcflow.projections.pgtypes import PgType
+
+
+class DatePart(exp.Expression, exp.Func):
+    """PostgreSQL's ``date_part(field, source)``: double precision, where ``extract`` is
+    numeric (sqlglot's PostgreSQL dialect reads both as ``EXTRACT``)."""
+
+    arg_types = {"this": True, "expression": True}
+    _sql_names = ["DATE_PART"]
+
+
+class PostgresDialect(Postgres):
+    """sqlglot's PostgreSQL dialect, but for ``date_part``, read as :class:`DatePart`."""
+
+    class Parser(PostgresParser):
+        FUNCTION_PARSERS = {k: v for k, v in PostgresParser.FUNCTION_PARSERS.items() if k != "DATE_PART"}
+        FUNCTIONS = {**PostgresParser.FUNCTIONS, "DATE_PART": DatePart.from_arg_list}
+
 
 # Constructs refused anywhere in an incremental definition, and why.
 _VOLATILE = (
@@ -121,6 +140,7 @@ _ALLOWED = (
     exp.StrPosition,
     exp.TimestampTrunc,
     exp.Extract,
+    DatePart,
     exp.Cast,
     exp.DataType,
     exp.DataTypeParam,
@@ -159,6 +179,8 @@ EXTRACT_FIELDS = {
     "MILLENNIUM",
     "EPOCH",
 }
+#: date_part's fields: extract's, and its own fractional ones.
+DATE_PART_FIELDS = EXTRACT_FIELDS | {"MILLISECONDS", "MICROSECONDS"}
 # Types whose text (::text, ||, concat) is the same in both engines.
 _TEXT_SAFE = ("text", "integer", "boolean", "numeric", "date", "timestamp", "timestamptz", "uuid", "json")
 
@@ -169,7 +191,7 @@ def quote(name: str) -> str:
 
 
 def parse_pg(text: str) -> exp.Select:
-    return sqlglot.parse_one(text, read="postgres")  # type: ignore[return-value]
+    return sqlglot.parse_one(text, read=PostgresDialect)  # type: ignore[return-value]
 
 
 def parse_pg_expr(text: str) -> exp.Expr:
@@ -246,6 +268,13 @@ def refused_before_aggregation(node: exp.Expr) -> str | None:
         field = node.this.name.upper()
         if field not in EXTRACT_FIELDS:
             return f"extract field {field.lower()} in {_name(node)} is not in the fragment"
+    if isinstance(node, DatePart):
+        field = node.this
+        if not (isinstance(field, exp.Literal) and field.is_string and field.name.upper() in DATE_PART_FIELDS):
+            return (
+                f"{_name(node)}: the fragment takes date_part with a constant field among "
+                f"{', '.join(sorted(f.lower() for f in DATE_PART_FIELDS))}"
+            )
     if isinstance(node, exp.Interval) and not isinstance(node.parent, (exp.Add, exp.Sub)):
         return f"interval {_name(node)}: the fragment adds or subtracts intervals from dates and timestamps only"
     if isinstance(node, exp.Interval) and interval_text(node) is None:
@@ -296,8 +325,8 @@ def typed_operands(node: exp.Expr) -> list[exp.Expr]:
         return [*own, node.this, node.expression]
     if isinstance(node, (exp.Neg, exp.Abs, exp.Ceil, exp.Floor, exp.Trunc, exp.Sign)):
         return [*own, node.this]
-    if isinstance(node, (exp.Round, exp.TimestampTrunc, exp.Cast, exp.Extract)):
-        return [*own, node.expression if isinstance(node, exp.Extract) else node.this]
+    if isinstance(node, (exp.Round, exp.TimestampTrunc, exp.Cast, exp.Extract, DatePart)):
+        return [*own, node.expression if isinstance(node, (exp.Extract, DatePart)) else node.this]
     if isinstance(node, exp.Concat):
         return list(node.expressions)
     if isinstance(node, exp.In):
@@ -335,6 +364,9 @@ def refused_for_types(node: exp.Expr) -> str | None:
             return f"{_name(node)}: the fragment extracts fields of dates and timestamps"
         if kind == "date" and node.this.name.upper() in ("HOUR", "MINUTE", "SECOND"):
             return f"{_name(node)}: a date has no {node.this.name.lower()} (PostgreSQL refuses it)"
+    if isinstance(node, DatePart):
+        if _kind(node.expression) not in ("date", "timestamp", "timestamptz"):
+            return f"{_name(node)}: the fragment takes date_part of dates and timestamps"
     return None
 
 
@@ -350,6 +382,8 @@ def _cast_refused(node: exp.Cast) -> str | None:
     if isinstance(node.this, exp.Literal) and node.this.is_string:
         source = "literal"  # a constant written as text: both engines parse ISO forms alike
     name = _name(node)
+    if isinstance(node.this, exp.Null) and to not in (exp.DataType.Type.CHAR, exp.DataType.Type.NCHAR):
+        return None  # a typed NULL is NULL in both engines
     if to in (exp.DataType.Type.CHAR, exp.DataType.Type.NCHAR):
         return f"{name}: casts to character(n) pad with spaces that compare differently; cast to text"
     if to in exp.DataType.TEXT_TYPES:
@@ -397,6 +431,40 @@ def _cast_refused(node: exp.Cast) -> str | None:
 # -- translation ------------------------------------------------------------------------
 
 _FREE_DECIMAL = exp.DataType.build("DECIMAL(38, 16)")
+
+
+def decimal_type(pg_type: str) -> exp.DataType | None:
+    """The DuckDB decimal carrying PostgreSQL type ``pg_type``; None unless it is numeric."""
+    if pg_type == "numeric":
+        return _FREE_DECIMAL.copy()
+    if pg_type.startswith("numeric("):
+        return exp.DataType.build(pg_type.replace("numeric", "DECIMAL"))
+    return None
+
+
+def as_carried(node: exp.Expr, pg_type: str) -> exp.Expr:
+    """``node`` (translated) cast to the decimal of ``pg_type`` when that is numeric.
+
+    Where DuckDB unifies the types of several values (CASE, COALESCE, GREATEST, LEAST,
+    UNION ALL), decimals of 38 digits with different scales become DECIMAL(38, 0): 3.5
+    turns into 4. PostgreSQL's numeric keeps every value's digits; each value is cast to
+    the decimal of the type PostgreSQL gives the result."""
+    to = decimal_type(pg_type)
+    return node if to is None else exp.Cast(this=node, to=to)
+
+
+def _unify_decimals(node: exp.Expr) -> None:
+    own = _own(node)
+    if decimal_type(own) is None:
+        return
+    if isinstance(node, exp.Case):
+        for branch in node.args.get("ifs") or []:
+            branch.set("true", as_carried(branch.args["true"], own))
+        if node.args.get("default") is not None:
+            node.set("default", as_carried(node.args["default"], own))
+    elif isinstance(node, (exp.Coalesce, exp.Greatest, exp.Least)):
+        node.set("this", as_carried(node.this, own))
+        node.set("expressions", [as_carried(e, own) for e in node.expressions])
 
 
 def rewrite(node: exp.Expr) -> exp.Expr:
@@ -510,6 +578,7 @@ def _rewrite_node(node: exp.Expr) -> exp.Expr:
 
 def _rewrite_kind(node: exp.Expr) -> exp.Expr:
     own = _own(node)
+    _unify_decimals(node)
     if isinstance(node, _ARITHMETIC):
         _operands_as(node)
     if isinstance(node, exp.Div):
@@ -577,6 +646,8 @@ def _rewrite_kind(node: exp.Expr) -> exp.Expr:
             if _kind(op) not in ("text", "char", "?"):
                 node.set(key, exp.Cast(this=op, to=exp.DataType.build("VARCHAR")))
         return node
+    if isinstance(node, DatePart):
+        return _date_part(node.this.name.upper(), node.expression)
     if isinstance(node, exp.Extract):
         field = node.this.name.upper()
         if field in ("SECOND", "EPOCH"):
@@ -588,6 +659,40 @@ def _rewrite_kind(node: exp.Expr) -> exp.Expr:
             return exp.Paren(this=exp.Mul(this=micros, expression=scale))
         return node
     return node
+
+
+def _date_part(field: str, source: exp.Expr) -> exp.Expr:
+    """``date_part(field, source)`` in the double precision arithmetic PostgreSQL does
+    (``timestamp_part_common``): seconds as ``sec + usec / 1000000.0``, which is not always
+    ``extract(second ...)::float8``. A date is read as the timestamp of its midnight."""
+
+    def double(e: exp.Expr) -> exp.Expr:
+        return exp.Cast(this=e, to=exp.DataType.build("DOUBLE"))
+
+    def number(v: str) -> exp.Expr:
+        return double(exp.Literal.number(v))
+
+    if _kind(source) == "date":
+        source = exp.Cast(this=source, to=exp.DataType.build("TIMESTAMP"))
+    if field == "EPOCH":
+        micros = exp.Anonymous(this="epoch_us", expressions=[source])
+        return exp.Paren(this=exp.Div(this=double(micros), expression=number("1000000")))
+    if field in ("SECOND", "MILLISECONDS", "MICROSECONDS"):
+        within = exp.Anonymous(this="microsecond", expressions=[source])  # microseconds of the minute
+        sec = double(exp.IntDiv(this=within, expression=exp.Literal.number(1000000)))
+        usec = double(exp.Mod(this=within.copy(), expression=exp.Literal.number(1000000)))
+        if field == "SECOND":
+            value: exp.Expr = exp.Add(this=sec, expression=exp.Div(this=usec, expression=number("1000000")))
+        elif field == "MILLISECONDS":
+            value = exp.Add(
+                this=exp.Mul(this=sec, expression=number("1000")),
+                expression=exp.Div(this=usec, expression=number("1000")),
+            )
+        else:
+            value = exp.Add(this=exp.Mul(this=sec, expression=number("1000000")), expression=usec)
+        return exp.Paren(this=value)
+    extract = exp.Extract(this=exp.var(field), expression=source)
+    return double(_rewrite_node(extract))
 
 
 _INTERVAL_UNITS = ("microsecond", "millisecond", "second", "minute", "hour", "day", "week", "month", "year")
