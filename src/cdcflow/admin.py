@@ -11,7 +11,7 @@ import logging
 import psycopg
 from psycopg import sql
 
-from cdcflow import db, snapshot, sqlfiles
+from cdcflow import backfill, db, leases, snapshot, sqlfiles
 from cdcflow.bootstrap import bootstrap, make_source
 from cdcflow.config import Settings
 from cdcflow.errors import ConfigError
@@ -22,7 +22,12 @@ Q = "serving_runtime.sql"
 
 
 def resync(settings: Settings, captures: list[str] | None) -> int:
-    """Fresh snapshot for the source's captures (they share one slot). Returns the watermark."""
+    """Repair captures with a fresh snapshot. Returns the position streaming goes on from.
+
+    PostgreSQL: the named captures (default: those in GAP) are backfilled alone, the others
+    streaming on, while the slot is sound and some other capture is complete; otherwise (slot
+    missing or lost, every capture named or in GAP) the slot is re-created and every capture
+    re-snapshotted, as it must: they share it."""
     _, serving_dsn = settings.require_dsns()
     source = make_source(settings)
     if source.engine == "sqlserver":
@@ -30,11 +35,6 @@ def resync(settings: Settings, captures: list[str] | None) -> int:
     try:
         source.check()
         specs = _checked_specs(source, settings, captures)
-        if captures and len(specs) > 1:
-            log.info(
-                "the captures of a PostgreSQL source share one slot: re-snapshotting all of them (%s)",
-                ", ".join(s.capture for s in specs),
-            )
         source.ensure_publication()
         with db.connect(serving_dsn, "serving") as serving:
             wms = read_watermarks(serving, settings.source_name)
@@ -42,9 +42,57 @@ def resync(settings: Settings, captures: list[str] | None) -> int:
             for wm in wms.values():
                 if not wm.active:
                     log.info("capture %s is %s: %s", wm.capture, wm.state, wm.last_error or "")
+            by_name = {s.qualified: s.capture for s in specs}
+            wanted = sorted(
+                {by_name.get(c, c) for c in captures}
+                if captures
+                else {c for c, w in wms.items() if w.state in ("GAP", "BACKFILL")}
+            )
+            alone = _why_not_alone(source, wms, wanted)
+            if alone is None:
+                return _backfill_captures(settings, source, serving, wanted)
+            log.info("re-snapshotting every capture of source %s: %s", settings.source_name, alone)
             return snapshot.resync(source, serving, settings.source_name)
     finally:
         source.close()
+
+
+def _why_not_alone(source, wms: dict, wanted: list[str]) -> str | None:
+    """Why the captures ``wanted`` cannot be backfilled alone (None: they can)."""
+    if not wanted:
+        return "no capture is in GAP"
+    state = source.slot_state()
+    if state is None:
+        return f"replication slot {source.slot} is missing"
+    if state.wal_status == "lost":
+        return f"replication slot {source.slot} lost the WAL it needed"
+    if not any(w.state == "OK" for c, w in wms.items() if c not in wanted):
+        return "no other capture is streaming (they share one slot)"
+    return None
+
+
+def _backfill_captures(settings: Settings, source, serving, wanted: list[str]) -> int:
+    """Backfill each capture: by the running ``cdcflow run`` if there is one (this waits,
+    showing its progress), else here and now."""
+    _, serving_dsn = settings.require_dsns()
+    runner = leases.live_holder(serving, f"ingest:{settings.source_name}")
+    for capture in wanted:
+        if runner is None:
+            backfill.run(
+                source, serving_dsn, settings.source_name, capture, why="resync: re-copying its table", streaming=False
+            )
+        else:
+            log.info(
+                "cdcflow run (%s) streams this source: it backfills %s; waiting for it (Ctrl-C stops "
+                "waiting, not the backfill)",
+                runner,
+                capture,
+            )
+            backfill.begin(serving, settings.source_name, capture, "resync: re-copying its table")
+            backfill.wait_done(serving, settings.source_name, capture)
+    wms = read_watermarks(serving, settings.source_name)
+    serving.rollback()
+    return max(wms[c].last_lsn for c in wanted)
 
 
 def _checked_specs(source, settings: Settings, captures: list[str] | None) -> list:
@@ -105,7 +153,7 @@ def reset(settings: Settings) -> None:
                     serving.execute(
                         sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(t) for t in tables))
                     )
-                for name in ("reset_watermarks", "reset_checkpoints", "reset_metadata"):
+                for name in ("reset_watermarks", "reset_backfills", "reset_checkpoints", "reset_metadata"):
                     serving.execute(sqlfiles.query(Q, name), {"source": settings.source_name})
                 serving.commit()
             except psycopg.Error as exc:

@@ -198,7 +198,10 @@ class Compactor:
                     if self.stop.is_set():
                         break
                     t0 = time.monotonic()
-                    horizon = self.horizon(conn, capture, wm.last_lsn, wm.staging_table, readers.get(capture, []))
+                    # A capture being backfilled keeps everything after its history: the
+                    # backfill deletes what its snapshot has, and needs the rest as staged.
+                    upto = (wm.backfill_from or 0) if wm.incomplete else wm.last_lsn
+                    horizon = self.horizon(conn, capture, upto, wm.staging_table, readers.get(capture, []))
                     conn.commit()
                     if horizon <= 0:
                         continue

@@ -26,10 +26,13 @@ from cdcflow.config import Settings
 from cdcflow.errors import GapError, SchemaDriftError, TerminalError, TransientError
 from cdcflow.positions import format_lsn
 from cdcflow.serving import control, schema
-from cdcflow.serving.staging import CopyLane, StagingWriter
+from cdcflow.serving.staging import CopyLane, StagingWriter, WatermarkMoved
 from cdcflow.sources.base import BatchResult, TableSpec
 
 log = logging.getLogger(__name__)
+#: A backlog's batches follow one another without reading the watermarks again for at
+#: most this long: a resync or backfill that moved one is seen within it.
+REREAD_SECONDS = 1.0
 
 
 class IngestWorker:
@@ -61,8 +64,10 @@ class IngestWorker:
         self._dedupe = False
         #: The serving connection's staging work, in order (COPY chunks, queued commits).
         self._lane = CopyLane(name=self.name + ":copy")
-        #: (lease token, watermark, active captures) of a batch whose commit is queued.
-        self._follow: tuple[int, int, list[str]] | None = None
+        #: (lease token, watermark, each active capture's watermark) after a batch whose
+        #: commit is queued.
+        self._follow: tuple[int, int, dict[str, int]] | None = None
+        self._read_at = 0.0  # when the watermarks were last read
         #: Queue a backlog batch's commit and read on (False: commit each batch before the next).
         self.queue_commits = True
         self._committed_lsn = 0  # highest watermark committed by this process
@@ -154,10 +159,9 @@ class IngestWorker:
         specs = self.specs()
         cycle_id = uuid.uuid4().hex[:8]
         follow, self._follow = self._follow, None
-        if follow is not None and follow[0] == token:
+        if follow is not None and follow[0] == token and time.monotonic() - self._read_at < REREAD_SECONDS:
             # Continuing a backlog: the previous batch's commit is queued, not done yet.
-            _, after, active = follow
-            expected = [after] * len(active)
+            _, after, positions = follow
         else:
             self._settle_mapped()
             try:
@@ -165,15 +169,24 @@ class IngestWorker:
             except psycopg.Error as exc:
                 db.safe_rollback(conn)
                 raise db.wrap_db_error("reading watermarks", exc) from None
-            active = [c for c in specs if c in wms and wms[c].active]
+            self._read_at = time.monotonic()
+            positions = {c: wms[c].last_lsn for c in specs if c in wms and wms[c].active}
             self.source.skip_captures.clear()
-            self.source.skip_captures.update(c for c in specs if c not in active)
-            if not active:
+            self.source.skip_captures.update(c for c in specs if c not in positions)
+            if not positions:
                 db.safe_rollback(conn)
                 self.stop.wait(self.settings.poll_interval_seconds)
                 return False
-            after = min(wms[c].last_lsn for c in active)
-            expected = [wms[c].last_lsn for c in active]
+            # The stream starts after the lowest complete capture: one whose table is still
+            # being copied (INIT, BACKFILL) streams along from there on, its earlier changes
+            # being in the copy.
+            complete = [c for c in positions if not wms[c].incomplete] or list(positions)
+            after = min(positions[c] for c in complete)
+        active = list(positions)
+        # A capture staged past the stream's start (a backfill's snapshot) drops what it has.
+        self.source.floors.clear()
+        self.source.floors.update({c: p for c, p in positions.items() if p > after})
+        expected = [positions[c] for c in active]
         writer = StagingWriter(conn, specs, self.settings.source_name, dedupe=self._dedupe, lane=self._lane)
         started = time.monotonic()
         try:
@@ -189,8 +202,13 @@ class IngestWorker:
                 writer.rollback()
                 return False
             before = dict(zip(active, expected, strict=True))
-            advancing = [c for c in active if c not in result.truncated and c not in result.paused]
-            adv_expected = [e for c, e in zip(active, expected, strict=True) if c in advancing]
+            # A capture at or past the batch's end has nothing in it and stays where it is.
+            advancing = [
+                c
+                for c in active
+                if c not in result.truncated and c not in result.paused and positions[c] < result.end_lsn
+            ]
+            adv_expected = [positions[c] for c in advancing]
 
             def committed() -> None:
                 self._committed(result, started, cycle_id)
@@ -198,7 +216,8 @@ class IngestWorker:
             queue = (
                 self.queue_commits
                 and result.rows > 0
-                and advancing == active
+                and not result.truncated
+                and not result.paused
                 and not self._dedupe
                 and not self.stop.is_set()
             )
@@ -225,7 +244,11 @@ class IngestWorker:
                 then=committed if queue else None,
             )
             if queue:
-                self._follow = (token, result.end_lsn, active)
+                self._follow = (
+                    token,
+                    result.end_lsn,
+                    {c: result.end_lsn if c in advancing else positions[c] for c in active},
+                )
                 return True
         except leases.LeaseLost:
             writer.rollback()
@@ -359,6 +382,10 @@ class IngestWorker:
                     self.last_error = None
                     if not more:
                         continue
+                except WatermarkMoved as exc:
+                    # Expected when another command moves a watermark: no error to report.
+                    log.info("%s: %s", self.name, exc)
+                    self._drop_connections()
                 except TransientError as exc:
                     self._errored(exc)
                     delay = backoff.next_delay()

@@ -179,6 +179,19 @@ class LeaseKeeper:
             self._thread.join(timeout)
 
 
+def live_holder(conn: psycopg.Connection, resource: str) -> str | None:
+    """Who holds ``resource`` now (None: nobody, or a process of this host that is gone)."""
+    row = conn.execute(sqlfiles.query(Q, "holder"), {"resource": resource}).fetchone()
+    conn.commit()
+    if row is None:
+        return None
+    host, _, rest = row[0].partition(":")
+    pid = rest.partition(":")[0]
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        return None
+    return str(row[0])
+
+
 def list_leases(conn: psycopg.Connection) -> list[tuple]:
     try:
         return conn.execute(sqlfiles.query(Q, "list_leases")).fetchall()

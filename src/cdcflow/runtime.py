@@ -17,8 +17,8 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol
 
+from cdcflow import backfill, compaction, metrics, projections
 from cdcflow import bootstrap as boot
-from cdcflow import compaction, metrics, projections
 from cdcflow.config import Settings
 from cdcflow.ingest import IngestWorker
 
@@ -83,8 +83,10 @@ class Runtime:
                 for one in source.per_capture()  # type: ignore[attr-defined]
             ]
         else:
-            # One replication slot carries every captured table: one ingestor.
-            self.workers = [IngestWorker(settings, source, serving_dsn, self.stop, self.staged, fault_point)]
+            # One replication slot carries every captured table: one ingestor, and the
+            # backfills of tables added to it (or resynced alone) beside it.
+            ingest = IngestWorker(settings, source, serving_dsn, self.stop, self.staged, fault_point)
+            self.workers = [ingest, backfill.BackfillWorker(settings, serving_dsn, self.stop, ingest)]
         self.workers.extend(projections.build_workers(settings, serving_dsn, self.stop, self.staged))
         self.workers.extend(compaction.build_workers(settings, self.stop))
         self.threads: list[threading.Thread] = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
@@ -80,14 +81,14 @@ def take_snapshot(source: PostgresSource, serving: psycopg.Connection, source_na
                 reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
                 for spec in specs:
-                    counts[spec.capture] = _copy_table(reader, writer, spec, watermark)
+                    counts[spec.capture] = copy_table(reader, writer, spec, watermark)
                 reader.rollback()
             finally:
                 reader.close()
             writer.flush()
             if repair:
                 for spec in specs:
-                    counts[spec.capture] += _stage_vanished(serving, spec, watermark, counts[spec.capture])
+                    counts[spec.capture] += stage_vanished(serving, spec, watermark, counts[spec.capture])
             commit_snapshot(serving, source_name, watermark, counts)
     finally:
         repl.close()  # type: ignore[attr-defined]
@@ -102,7 +103,15 @@ def take_snapshot(source: PostgresSource, serving: psycopg.Connection, source_na
     return watermark
 
 
-def _copy_table(reader: psycopg.Connection, writer: StagingWriter, spec: TableSpec, watermark: int) -> int:
+def copy_table(
+    reader: psycopg.Connection,
+    writer: StagingWriter,
+    spec: TableSpec,
+    watermark: int,
+    on_rows: Callable[[int], None] | None = None,
+) -> int:
+    """Stage every row of ``spec``'s table that ``reader``'s snapshot shows, as op 5 at
+    ``watermark``; ``on_rows`` hears the count every 10,000 rows. Returns the rows staged."""
     n = 0
     prefix = b"%d\t" % watermark
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in spec.column_names)
@@ -111,13 +120,21 @@ def _copy_table(reader: psycopg.Connection, writer: StagingWriter, spec: TableSp
         for row in copy:  # one text-format row per block, newline included
             n += 1
             writer.add_line(spec.capture, b"%s%d\t%d\t\\N\t%s" % (prefix, n, OP_SNAPSHOT, bytes(row)))
-            if n % PROGRESS_ROWS == 0:
-                log.info("snapshot of %s: %d rows so far", spec.qualified, n)
+            if n % 10_000 == 0:
+                if on_rows is not None:
+                    on_rows(n)
+                elif n % PROGRESS_ROWS == 0:
+                    log.info("snapshot of %s: %d rows so far", spec.qualified, n)
     log.info("snapshot of %s: %d rows", spec.qualified, n)
     return n
 
 
-def _stage_vanished(serving: psycopg.Connection, spec: TableSpec, watermark: int, base: int) -> int:
+def stage_vanished(
+    serving: psycopg.Connection, spec: TableSpec, watermark: int, base: int, history: int | None = None
+) -> int:
+    """Stage a delete at ``watermark`` for every key whose latest state staged at or before
+    ``history`` (default: before ``watermark``) is live but which the snapshot staged at
+    ``watermark`` does not have. Returns how many."""
     keys = [sql.Identifier(k) for k in spec.key_columns]
     cur = serving.execute(
         sqlfiles.query(
@@ -128,7 +145,7 @@ def _stage_vanished(serving: psycopg.Connection, spec: TableSpec, watermark: int
             k_keys=sql.SQL(", ").join(sql.SQL("k.{}").format(k) for k in keys),
             match=sql.SQL(" AND ").join(sql.SQL("s.{k} = k.{k}").format(k=k) for k in keys),
         ),
-        {"lsn": watermark, "base": base},
+        {"lsn": watermark, "base": base, "history": watermark if history is None else history},
     )
     if cur.rowcount:
         log.info("resync: %s had %d keys deleted during the gap; staged their deletes", spec.qualified, cur.rowcount)

@@ -20,7 +20,8 @@ from cdcflow.errors import CdcflowError
 from cdcflow.positions import format_lsn
 from cdcflow.serving.control import read_watermarks
 
-HEALTHY_CAPTURE = ("OK",)
+#: BACKFILL: its table is being copied while it streams (a table added, a resync of it alone).
+HEALTHY_CAPTURE = ("OK", "BACKFILL")
 #: REMOVED: no definition any more (not maintained, nothing wrong with it).
 HEALTHY_PROJECTION = ("OK", "INIT", "REMOVED")
 
@@ -60,6 +61,7 @@ class Status:
     captures: list[CaptureStatus] = field(default_factory=list)
     projections: list[ProjectionStatus] = field(default_factory=list)
     owners: list[dict] = field(default_factory=list)  # lease holders (several cdcflow run processes)
+    backfills: list[dict] = field(default_factory=list)  # tables being copied: rows done, estimate, rate
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -106,6 +108,9 @@ def collect(settings: Settings) -> Status:
             wms = read_watermarks(conn, settings.source_name)
             meta = conn.execute(sqlfiles.query("serving_status.sql", "projection_metadata")).fetchall()
             lease_rows = leases.list_leases(conn)
+            backfills = conn.execute(
+                sqlfiles.query("serving_runtime.sql", "read_backfills"), {"source": settings.source_name}
+            ).fetchall()
         except psycopg.errors.UndefinedTable:
             raise CdcflowError("the serving database has no cdcflow tables: run 'cdcflow bootstrap' first") from None
     for wm in wms.values():
@@ -137,6 +142,17 @@ def collect(settings: Settings) -> Status:
         )
         if wm.state not in HEALTHY_CAPTURE:
             problems.append(f"capture {wm.capture} is {wm.state}" + (f": {wm.last_error}" if wm.last_error else ""))
+    for capture, _lsn, done, estimate, started_at, updated_at in backfills:
+        seconds = (updated_at - started_at).total_seconds()
+        out.backfills.append(
+            {
+                "capture": capture,
+                "rows_done": int(done),
+                "rows_estimate": int(estimate) if estimate is not None else None,
+                "rows_per_second": round(done / seconds) if seconds > 0 else None,
+                "since": started_at,
+            }
+        )
     for resource, owner, token, expires_at, acquired_at, _renewed, live in lease_rows:
         out.owners.append(
             {
@@ -222,6 +238,23 @@ def render_text(status: Status) -> str:
                 [
                     [p.projection, p.status, _fmt(p.mode), p.as_of, _fmt(p.freshness_seconds), str(p.restated_buckets)]
                     for p in status.projections
+                ],
+            )
+        )
+    if status.backfills:
+        parts.append("")
+        parts.append(
+            _table(
+                ["BACKFILL", "ROWS", "OF_ABOUT", "ROWS_PER_S", "SINCE"],
+                [
+                    [
+                        b["capture"],
+                        str(b["rows_done"]),
+                        _fmt(b["rows_estimate"]),
+                        _fmt(b["rows_per_second"]),
+                        b["since"].isoformat(timespec="seconds"),
+                    ]
+                    for b in status.backfills
                 ],
             )
         )

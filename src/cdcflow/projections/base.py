@@ -198,7 +198,9 @@ def _lock(conn: psycopg.Connection, projection: Projection, source_name: str) ->
 def _position(
     conn: psycopg.Connection, projection: Projection, source_name: str
 ) -> tuple[int, dict[str, str], list[str]]:
-    """Cutoff, staging tables and held captures (GAP/PAUSED) for the projection."""
+    """Cutoff, staging tables and held captures for the projection, each as "capture is
+    why". A capture in GAP or PAUSED holds the cutoff at its watermark; one whose table is
+    still being copied (INIT, BACKFILL) holds it where its staged history ends."""
     wms = control.read_watermarks(conn, source_name)
     missing = [c for c in projection.captures if c not in wms]
     if missing:
@@ -206,8 +208,12 @@ def _position(
             f"projection {projection.name} needs capture {missing[0]} of source {source_name}, which is not "
             f"captured: add its table to CAPTURE_TABLES or disable the projection"
         )
-    cutoff = min(wms[c].last_lsn for c in projection.captures)
-    held = [c for c in projection.captures if wms[c].state in HELD_STATES]
+    cutoff = min((wms[c].backfill_from or 0) if wms[c].incomplete else wms[c].last_lsn for c in projection.captures)
+    held = [
+        f"{c} is being backfilled" if wms[c].incomplete else f"{c} is {wms[c].state}"
+        for c in projection.captures
+        if wms[c].state in HELD_STATES or wms[c].incomplete
+    ]
     return cutoff, {c: wms[c].staging_table for c in projection.captures}, held
 
 
@@ -237,7 +243,7 @@ def _finish(
     error = None
     if result.held:
         result.status = "STALE"
-        error = f"capture {', '.join(result.held)} is held (GAP or PAUSED): rows are as of its watermark"
+        error = f"capture {'; capture '.join(result.held)}: rows are as of where its staging is complete"
     conn.execute(
         sqlfiles.query(Q, "metadata_built"),
         {

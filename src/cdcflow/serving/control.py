@@ -26,11 +26,24 @@ class Watermark:
     engine: str
     source_table: str
     staging_table: str
+    #: Where the capture's staged history ends while its table is backfilled.
+    backfill_from: int | None = None
 
     @property
     def active(self) -> bool:
         """Still advancing (not stopped by a gap or a pause)."""
         return self.state not in ("GAP", "PAUSED")
+
+    @property
+    def incomplete(self) -> bool:
+        """Its table's existing rows are not all staged yet (INIT: not snapshotted; BACKFILL:
+        being copied). Such a capture streams, but no projection reads it, and its watermark
+        does not set where the stream starts."""
+        return self.state in INCOMPLETE_STATES
+
+
+#: Capture states whose staged rows are not yet the whole table.
+INCOMPLETE_STATES = ("INIT", "BACKFILL")
 
 
 def read_watermarks(conn: psycopg.Connection, source_name: str) -> dict[str, Watermark]:
@@ -49,6 +62,7 @@ def read_watermarks(conn: psycopg.Connection, source_name: str) -> dict[str, Wat
             engine=r[9],
             source_table=r[10],
             staging_table=r[11],
+            backfill_from=int(r[12]) if r[12] is not None else None,
         )
         for r in rows
     }

@@ -47,8 +47,8 @@ _COPY_SQL: dict[tuple[str, tuple[str, ...], str, bool], bytes] = {}
 
 
 class WatermarkMoved(TransientError):
-    """A watermark changed between reading it and committing a batch after it (a reset or a
-    resync ran meanwhile): the batch is rolled back and the worker starts over from there."""
+    """A watermark changed between reading it and committing a batch after it (a reset, a
+    resync or a backfill ran meanwhile): the batch is rolled back and the worker starts over from there."""
 
 
 @dataclass
@@ -340,7 +340,7 @@ class StagingWriter:
             advanced = self._advance(watermark, captures, last_commit_time, expected)
             if advanced.rowcount != len(captures):
                 raise WatermarkMoved(
-                    "a watermark changed while a batch was being staged (reset or resync?): "
+                    "a watermark changed while a batch was being staged (reset, resync or backfill): "
                     "the batch is rolled back and ingestion restarts from the new watermark"
                 )
             if notify and any(self.rows_written.values()):

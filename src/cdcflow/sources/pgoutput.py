@@ -145,8 +145,12 @@ class PgOutputDecoder:
         *,
         accelerated: bool = True,
         binary: bool = False,
+        floors: dict[str, int] | None = None,
     ) -> None:
         self.specs = specs
+        #: Per capture, the commit LSN up to which its changes are staged already (a capture
+        #: ahead of the stream's start, such as one just backfilled): those are dropped.
+        self.floors = floors if floors is not None else {}
         #: The stream is in pgoutput's binary mode: rows come out in COPY's binary format.
         self.binary = binary
         #: The C row builder, or None for the pure-Python path (``accelerated=False``, or not built).
@@ -306,6 +310,8 @@ class PgOutputDecoder:
             raise ValueError(f"change for relation {relid} before its Relation message")
         if rel.spec is None or self.skipping or rel.capture in self.skip_captures:
             return None
+        if self.floors and self.commit_lsn <= self.floors.get(rel.capture, 0):
+            return None
         return rel
 
     # -- changes ----------------------------------------------------------------
@@ -450,6 +456,11 @@ class PgOutputDecoder:
             (relid,) = _I32.unpack_from(buf, pos)
             pos += 4
             rel = self.relations.get(relid)
-            if rel is not None and rel.spec is not None and not self.skipping:
+            if (
+                rel is not None
+                and rel.spec is not None
+                and not self.skipping
+                and self.commit_lsn > self.floors.get(rel.spec.capture, 0)
+            ):
                 self.truncated.setdefault(rel.spec.capture, self.commit_lsn)
                 self.skip_captures.add(rel.spec.capture)

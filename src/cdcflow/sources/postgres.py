@@ -18,6 +18,7 @@ consistent point ``cp`` is staged at ``lsn = cp - 1`` with ``W = cp - 1``.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import time
 from collections.abc import Iterable
@@ -58,6 +59,14 @@ def _never() -> bool:
     return False
 
 
+#: pg_type.typtype, as the start-up line about a source-only type names it.
+_KINDS = {"e": "enum", "d": "domain", "c": "composite type", "r": "range type", "m": "multirange type", "b": "type"}
+
+
+#: (source, table, column) whose staged type was logged: said once per process.
+_SAID: set[tuple[str, str, str]] = set()
+
+
 def _split(qualified: str) -> tuple[str, str]:
     schema, _, table = qualified.partition(".")
     return schema, table
@@ -90,6 +99,8 @@ class PostgresSource:
         self._specs: list[TableSpec] | None = None
         self._sink: ChangeSink | None = None
         self.skip_captures: set[str] = set()
+        #: Captures whose changes are staged up to a commit LSN past the stream's start.
+        self.floors: dict[str, int] = {}
         self._last_keepalive_request = 0.0
         self._stream_pos = -1
         self._heard = 0.0
@@ -146,6 +157,18 @@ class PostgresSource:
                     f"captured table {qualified} does not exist in the source database: create it, "
                     "or remove it from CAPTURE_TABLES"
                 )
+            for name, staged, _key, _ident, _oid, source_type, kind in rows:
+                if staged != source_type and (self.dsn, qualified, name) not in _SAID:
+                    _SAID.add((self.dsn, qualified, name))
+                    what = _KINDS.get(kind, "type")
+                    log.info(
+                        "%s.%s: %s %s exists only in the source; staged as %s, values as the source prints them",
+                        qualified,
+                        name,
+                        what,
+                        source_type,
+                        staged,
+                    )
             specs.append(TableSpec(schema, table, tuple(Column(r[0], r[1], bool(r[2]), int(r[4])) for r in rows)))
         names = [s.name for s in specs]
         dupes = {n for n in names if names.count(n) > 1}
@@ -258,8 +281,8 @@ class PostgresSource:
         if state.confirmed_flush is not None and state.confirmed_flush > watermark + 1:
             raise GapError(
                 f"replication slot {self.slot} starts at {format_pg_lsn(state.confirmed_flush)}, after "
-                f"our watermark {format_pg_lsn(watermark)} (re-created or advanced by someone else): "
-                "changes in between are lost; run 'cdcflow resync' to re-snapshot",
+                f"our watermark {format_pg_lsn(watermark)}: the slot cannot send the changes in between "
+                "again; run 'cdcflow resync' to re-snapshot",
                 watermark,
                 state.confirmed_flush,
             )
@@ -277,27 +300,38 @@ class PostgresSource:
         except psycopg2.Error as exc:
             raise db.wrap_connect_error("source (replication)", exc) from None
 
-    def create_slot_with_snapshot(self) -> tuple[int, str, object]:
+    def create_slot_with_snapshot(self, *, temporary: bool = False) -> tuple[int, str, object]:
         """Create the slot over the replication protocol, exporting its snapshot.
 
         Returns (consistent point, snapshot name, the replication connection). The
         snapshot stays importable only while that connection is open and idle: the
         caller reads the tables with ``SET TRANSACTION SNAPSHOT`` and then closes it.
+
+        ``temporary``: a slot of its own, gone when that connection closes, never streamed
+        from (so it holds WAL only while the caller reads): a one-table backfill's split point.
         """
         import psycopg2
 
+        name = f"{self.slot}_backfill_{os.getpid()}"[:63] if temporary else self.slot
+        kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
         conn = self._replication_connect()
         try:
             cur = conn.cursor()
-            cur.execute(f"CREATE_REPLICATION_SLOT {_quote_ident(self.slot)} LOGICAL pgoutput EXPORT_SNAPSHOT")
+            cur.execute(f"CREATE_REPLICATION_SLOT {_quote_ident(name)} {kind} pgoutput EXPORT_SNAPSHOT")
             _, consistent_point, snapshot_name, _ = cur.fetchone()
         except psycopg2.Error as exc:
             conn.close()
             if "already exists" in str(exc):
-                raise TransientError(f"replication slot {self.slot} was created concurrently") from None
-            raise db.wrap_db_error("creating the replication slot", exc) from None
-        log.info("created replication slot %s at %s", self.slot, consistent_point)
+                raise TransientError(f"replication slot {name} was created concurrently") from None
+            raise db.wrap_db_error(f"creating replication slot {name}", exc) from None
+        if not temporary:
+            log.info("created replication slot %s at %s", name, consistent_point)
         return parse_pg_lsn(consistent_point), snapshot_name, conn
+
+    def estimate_rows(self, spec: TableSpec) -> int | None:
+        """The planner's estimate of the table's rows, or None when it has none."""
+        row = self._one("estimate_rows", {"schema": spec.schema, "table": spec.name})
+        return int(row[0]) if row and row[0] is not None and row[0] > 0 else None
 
     def binary_transfer(self) -> tuple[bool, str]:
         """Whether to stream in pgoutput's binary mode, and why (or why not).
@@ -358,7 +392,7 @@ class PostgresSource:
         self._repl, self._cur = conn, cur
         self._heard = time.monotonic()
         specs = {(s.schema, s.name): s for s in self.describe_tables()}
-        self._decoder = PgOutputDecoder(specs, self.skip_captures, binary=binary)
+        self._decoder = PgOutputDecoder(specs, self.skip_captures, binary=binary, floors=self.floors)
         self._binary = binary
         self._stream_pos = after_lsn
         log.info(

@@ -87,6 +87,8 @@ class SqlServerSource:
         self._specs: list[TableSpec] | None = None
         self._instances: dict[str, str] = {}  # spec.capture -> the capture instance's real name
         self.skip_captures: set[str] = set()
+        #: Unused: one capture per instance, so its stream starts at its own watermark.
+        self.floors: dict[str, int] = {}
 
     # -- connection -------------------------------------------------------------
 
@@ -444,7 +446,7 @@ def stage_snapshot(source: SqlServerSource, serving, source_name: str, *, repair
 
     from cdcflow import db, sqlfiles
     from cdcflow.serving.staging import StagingWriter
-    from cdcflow.snapshot import _stage_vanished, commit_snapshot
+    from cdcflow.snapshot import commit_snapshot, stage_vanished
 
     (spec,) = source.describe_tables()
     table = spec.staging_table
@@ -459,7 +461,7 @@ def stage_snapshot(source: SqlServerSource, serving, source_name: str, *, repair
         count = source.snapshot_rows(writer, w, base).rows
         writer.flush()
         if repair:
-            count += _stage_vanished(serving, spec, w, base + count)
+            count += stage_vanished(serving, spec, w, base + count)
         commit_snapshot(serving, source_name, w, {spec.capture: count})
     return w
 

@@ -9,7 +9,7 @@ ON CONFLICT (source_name, capture_instance) DO NOTHING;
 -- name: read_watermarks
 -- Every capture of a source with its position and state.
 SELECT capture_instance, last_lsn, state, gap_from_lsn, gap_to_lsn, last_error, rows_staged,
-       last_commit_time, updated_at, engine, source_table, staging_table
+       last_commit_time, updated_at, engine, source_table, staging_table, backfill_from_lsn
 FROM ctl_ingestion_watermarks
 WHERE source_name = %(source)s
 ORDER BY capture_instance;
@@ -24,8 +24,9 @@ UPDATE ctl_ingestion_watermarks AS w
 SET last_lsn = %(lsn)s,
     last_commit_time = coalesce(%(commit_time)s, w.last_commit_time),
     rows_staged = w.rows_staged + d.rows,
-    state = 'OK',
-    last_error = NULL,
+    -- a capture being backfilled streams too, and stays BACKFILL (or INIT) until its rows are in
+    state = CASE WHEN w.state IN ('INIT', 'BACKFILL') THEN w.state ELSE 'OK' END,
+    last_error = CASE WHEN w.state IN ('INIT', 'BACKFILL') THEN w.last_error END,
     updated_at = now()
 FROM unnest(%(captures)s::text[], %(rows)s::bigint[], %(expected)s::numeric[]) AS d(capture, rows, expected)
 WHERE w.source_name = %(source)s
@@ -94,7 +95,7 @@ ORDER BY a.attnum;
 UPDATE ctl_ingestion_watermarks AS w
 SET last_lsn = %(lsn)s,
     rows_staged = w.rows_staged + d.rows,
-    state = 'OK', last_error = NULL, gap_from_lsn = NULL, gap_to_lsn = NULL,
+    state = 'OK', last_error = NULL, gap_from_lsn = NULL, gap_to_lsn = NULL, backfill_from_lsn = NULL,
     updated_at = now()
 FROM unnest(%(captures)s::text[], %(rows)s::bigint[]) AS d(capture, rows)
 WHERE w.source_name = %(source)s AND w.capture_instance = d.capture;
@@ -107,7 +108,7 @@ SELECT %(lsn)s, %(base)s + row_number() OVER (), 1, NULL, {k_keys}
 FROM (
     SELECT DISTINCT ON ({keys}) {keys}, __op
     FROM {table}
-    WHERE __lsn < %(lsn)s AND __op <> 3
+    WHERE __lsn < %(lsn)s AND __lsn <= %(history)s AND __op <> 3
     ORDER BY {keys}, __lsn DESC, __seqval DESC
 ) AS k
 WHERE k.__op <> 1
@@ -124,8 +125,12 @@ ORDER BY 1;
 -- Reset: every capture of the source back to "nothing staged".
 UPDATE ctl_ingestion_watermarks
 SET last_lsn = 0, last_commit_time = NULL, rows_staged = 0, state = 'INIT', last_error = NULL,
-    gap_from_lsn = NULL, gap_to_lsn = NULL, updated_at = now()
+    gap_from_lsn = NULL, gap_to_lsn = NULL, backfill_from_lsn = NULL, updated_at = now()
 WHERE source_name = %(source)s;
+
+-- name: reset_backfills
+-- Reset: no backfill is in flight.
+DELETE FROM ctl_backfills WHERE source_name = %(source)s;
 
 -- name: reset_checkpoints
 -- Reset: projections start over.
@@ -153,3 +158,52 @@ SELECT digest FROM ctl_schema_version WHERE folder = %(folder)s;
 -- Remember the scripts just applied.
 INSERT INTO ctl_schema_version (folder, digest) VALUES (%(folder)s, %(digest)s)
 ON CONFLICT (folder) DO UPDATE SET digest = excluded.digest, applied_at = now();
+
+-- name: backfill_begin
+-- A capture's backfill starts: it streams from now on (BACKFILL), and its staged history
+-- ends at backfill_from_lsn (kept from an earlier attempt that did not finish).
+UPDATE ctl_ingestion_watermarks
+SET state = 'BACKFILL',
+    backfill_from_lsn = coalesce(backfill_from_lsn, CASE WHEN state = 'INIT' THEN 0 ELSE last_lsn END),
+    last_error = %(why)s, gap_from_lsn = NULL, gap_to_lsn = NULL, updated_at = now()
+WHERE source_name = %(source)s AND capture_instance = %(capture)s
+RETURNING backfill_from_lsn, last_lsn;
+
+-- name: backfill_progress
+-- The backfill in flight: position and rows copied so far (its own short transaction).
+INSERT INTO ctl_backfills AS b (source_name, capture_instance, snapshot_lsn, rows_done, rows_estimate)
+VALUES (%(source)s, %(capture)s, %(lsn)s, %(rows)s, %(estimate)s)
+ON CONFLICT (source_name, capture_instance) DO UPDATE
+SET snapshot_lsn = excluded.snapshot_lsn, rows_done = excluded.rows_done,
+    rows_estimate = excluded.rows_estimate, updated_at = now(),
+    started_at = CASE WHEN b.snapshot_lsn IS DISTINCT FROM excluded.snapshot_lsn THEN now() ELSE b.started_at END;
+
+-- name: read_backfills
+-- Backfills in flight (status).
+SELECT capture_instance, snapshot_lsn, rows_done, rows_estimate, started_at, updated_at
+FROM ctl_backfills WHERE source_name = %(source)s ORDER BY capture_instance;
+
+-- name: backfill_lock
+-- The snapshot's rows are staged: take the capture's row (ingestion's batches that stage
+-- this capture wait from here to the commit) and move its watermark to the snapshot, so
+-- that a batch read before now, which may hold changes the snapshot has, rolls back.
+UPDATE ctl_ingestion_watermarks
+SET last_lsn = greatest(last_lsn, %(lsn)s), updated_at = now()
+WHERE source_name = %(source)s AND capture_instance = %(capture)s AND state = 'BACKFILL'
+RETURNING backfill_from_lsn;
+
+-- name: backfill_drop_streamed
+-- Changes streamed during the backfill that the snapshot already holds: those after the
+-- capture's staged history and before the snapshot's position (at which only its own rows are).
+DELETE FROM {table} WHERE __lsn > %(history)s AND __lsn < %(lsn)s;
+
+-- name: backfill_done
+-- The backfill commits: the capture is complete again.
+UPDATE ctl_ingestion_watermarks
+SET state = 'OK', last_error = NULL, backfill_from_lsn = NULL, rows_staged = rows_staged + %(rows)s,
+    updated_at = now()
+WHERE source_name = %(source)s AND capture_instance = %(capture)s;
+
+-- name: backfill_forget
+-- The backfill's progress row goes with it.
+DELETE FROM ctl_backfills WHERE source_name = %(source)s AND capture_instance = %(capture)s;

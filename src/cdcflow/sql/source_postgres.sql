@@ -8,20 +8,40 @@ SELECT current_setting('wal_level') AS wal_level,
 
 -- name: table_columns
 -- Columns of a captured table in attribute order (what pgoutput sends), with key flags:
--- the primary key, or else the replica identity index.
+-- the primary key, or else the replica identity index. type_sql is the type staging uses:
+-- the column's own when it is built in; for a domain, the built-in type under it; else
+-- (enum, composite, range or extension type, their arrays) text, which holds the value as
+-- the source prints it. source_type and kind (pg_type.typtype) say what it was.
 SELECT a.attname AS name,
-       format_type(a.atttypid, a.atttypmod) AS type_sql,
+       CASE
+           WHEN a.atttypid < 16384 THEN format_type(a.atttypid, a.atttypmod)
+           WHEN dom.base IS NOT NULL AND dom.base < 16384 THEN format_type(dom.base, dom.typmod)
+           ELSE 'text'
+       END AS type_sql,
        coalesce(a.attnum = ANY (k.indkey::int2[]), false) AS is_key,
        c.relreplident AS replident,
-       a.atttypid::int AS type_oid
+       a.atttypid::int AS type_oid,
+       format_type(a.atttypid, a.atttypmod) AS source_type,
+       t.typtype::text AS kind
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN LATERAL (
     SELECT i.indkey FROM pg_index i
     WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)
     ORDER BY i.indisprimary DESC LIMIT 1
 ) k ON true
+LEFT JOIN LATERAL (
+    -- a domain (over domains): the type at the bottom, with the typmod of the domain over it
+    WITH RECURSIVE d (base, typmod, depth) AS (
+        SELECT t.typbasetype, t.typtypmod, 0 WHERE t.typtype = 'd'
+        UNION ALL
+        SELECT b.typbasetype, b.typtypmod, d.depth + 1
+        FROM d JOIN pg_type b ON b.oid = d.base WHERE b.typtype = 'd' AND d.depth < 16
+    )
+    SELECT base, typmod FROM d ORDER BY depth DESC LIMIT 1
+) dom ON true
 WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND c.relkind IN ('r', 'p')
   AND a.attgenerated = ''
 ORDER BY a.attnum;
@@ -55,3 +75,8 @@ WHERE EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %(slot)s);
 -- Of these type OIDs, how many cannot travel in binary (no send or receive function).
 SELECT count(*) FROM pg_type
 WHERE oid = ANY(%(oids)s::oid[]) AND (typsend::oid = 0 OR typreceive::oid = 0);
+
+-- name: estimate_rows
+-- The planner's row count of a table (for a backfill's progress; -1 or 0: never analysed).
+SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname = %(table)s;

@@ -1,0 +1,18 @@
+-- Backfills (idempotent): a capture added to a running deployment, or resynced alone, has
+-- its table's rows copied from a snapshot while every other capture keeps streaming.
+-- backfill_from_lsn: the capture's watermark when its backfill began (its staged history
+-- ends there; what is staged above it was streamed during the backfill).
+ALTER TABLE ctl_ingestion_watermarks ADD COLUMN IF NOT EXISTS backfill_from_lsn numeric(25,0);
+
+-- Progress of the backfill in flight, per capture, written outside its transaction so
+-- that `cdcflow status` shows it; the row goes when the backfill commits.
+CREATE TABLE IF NOT EXISTS ctl_backfills (
+    source_name       text          NOT NULL,
+    capture_instance  text          NOT NULL,
+    snapshot_lsn      numeric(25,0),
+    rows_done         bigint        NOT NULL DEFAULT 0,
+    rows_estimate     bigint,
+    started_at        timestamptz   NOT NULL DEFAULT now(),
+    updated_at        timestamptz   NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_name, capture_instance)
+);

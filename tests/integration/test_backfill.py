@@ -1,0 +1,254 @@
+"""A table added to a running deployment, and a capture resynced alone: backfilled while
+the other captures stream on, none of them re-read, no GAP, nothing lost or doubled."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+import pytest
+
+from cdcflow import admin, status
+from cdcflow.bootstrap import bootstrap
+from tests.conftest import RunningPipeline, wait_caught_up, wait_until
+from tests.integration.test_projections_oracle import Workload, settle
+from tests.oracle import assert_latest_state_equals_source, assert_projection_matches
+
+EXTRA_ROWS = 30_000
+EXTRA_QUERY = (
+    "SELECT e.kind, count(*) AS n, sum(e.v) AS v, count(o.order_id) AS with_order "
+    "FROM extra e LEFT JOIN orders o ON o.order_id = e.order_id GROUP BY e.kind"
+)
+TABLES = ("customers", "orders", "payments")
+
+
+def _create_extra(src: psycopg.Connection) -> None:
+    src.execute("CREATE TABLE extra (id bigserial PRIMARY KEY, kind text NOT NULL, v numeric(12,2), order_id bigint)")
+    src.execute(
+        "INSERT INTO extra (kind, v, order_id) SELECT 'k' || (g %% 7), g / 100.0, g %% 400 + 1 "
+        "FROM generate_series(1, %s) g",
+        (EXTRA_ROWS,),
+    )
+
+
+def _extra_writes(src: psycopg.Connection, rng: random.Random) -> None:
+    """One transaction on extra: inserts, updates that move rows between groups, deletes."""
+    with src.transaction():
+        src.execute("INSERT INTO extra (kind, v, order_id) VALUES (%s, %s, %s)", (f"k{rng.randrange(9)}", 1.5, 7))
+        lo = rng.randrange(1, EXTRA_ROWS)
+        src.execute(
+            "UPDATE extra SET kind = %s, v = v + 1 WHERE id BETWEEN %s AND %s", (f"k{rng.randrange(9)}", lo, lo + 20)
+        )
+        src.execute("DELETE FROM extra WHERE id = %s", (rng.randrange(1, EXTRA_ROWS),))
+
+
+def _staged(serving: psycopg.Connection) -> dict[str, tuple[int, int]]:
+    """Per demo table: (snapshot rows staged, all rows staged)."""
+    return {
+        t: serving.execute(f"SELECT count(*) FILTER (WHERE __op = 5), count(*) FROM stg_cdc_{t}").fetchone()  # type: ignore[misc]
+        for t in TABLES
+    }
+
+
+def _assert_extra_staged_once(src: psycopg.Connection, serving: psycopg.Connection) -> None:
+    """Staging's latest state of extra equals the source's rows, and nothing streamed before
+    the backfill's snapshot position stays staged beside it: each change reaches staging
+    once, in the snapshot or streamed after it."""
+    want = {r[0] for r in src.execute("SELECT ROW(id, kind, v, order_id)::text FROM extra")}
+    got = {
+        r[0]
+        for r in serving.execute(
+            "SELECT ROW(id, kind, v, order_id)::text FROM (SELECT DISTINCT ON (id) * FROM "
+            "stg_cdc_extra WHERE __op <> 3 ORDER BY id, __lsn DESC, __seqval DESC) s WHERE __op <> 1"
+        )
+    }
+    assert got == want, f"missing {sorted(want - got)[:3]}, extra {sorted(got - want)[:3]}"
+    before = serving.execute(
+        "SELECT count(*) FROM stg_cdc_extra WHERE __lsn < (SELECT min(__lsn) FROM stg_cdc_extra WHERE __op = 5)"
+    ).fetchone()[0]
+    assert before == 0, f"{before} changes streamed before the snapshot's position are staged beside it"
+
+
+class _Watch(threading.Thread):
+    """Samples every capture's state and watermark while the test runs."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.stop = dsn, threading.Event()
+        self.states: dict[str, set[str]] = {}
+        self.backwards: list[str] = []
+
+    def run(self) -> None:
+        last: dict[str, int] = {}
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            while not self.stop.wait(0.05):
+                for cap, state, lsn in c.execute(
+                    "SELECT capture_instance, state, last_lsn FROM ctl_ingestion_watermarks"
+                ):
+                    self.states.setdefault(cap, set()).add(state)
+                    if lsn < last.get(cap, 0):
+                        self.backwards.append(f"{cap}: {last[cap]} -> {lsn}")
+                    last[cap] = int(lsn)
+
+
+def _load(dsn: str, stop: threading.Event, errors: list, extra: bool) -> None:
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            wl, rng = Workload(c, 3), random.Random(3)
+            while not stop.is_set():
+                wl.run(10)
+                if extra:
+                    _extra_writes(c, rng)
+    except BaseException as exc:  # noqa: BLE001 - reported by the test
+        errors.append(exc)
+
+
+@pytest.mark.parametrize("writes_to_extra", [True, False], ids=["extra-written", "extra-quiet"])
+def test_table_added_while_streaming_is_backfilled_and_nothing_is_reread(dbs, tmp_path, writes_to_extra):
+    folder = tmp_path / "projections"
+    folder.mkdir()
+    (folder / "extra_kinds.sql").write_text(EXTRA_QUERY + "\n")
+    three = dbs.settings.replace(projection_interval_seconds=0.2)
+    bootstrap(three, demo=True).source.close()
+    with dbs.source() as src, RunningPipeline(three):
+        Workload(src, 1).run(300)
+        _create_extra(src)
+        wait_caught_up(three)
+    four = three.replace(capture_tables=(*three.capture_tables, "public.extra"), projections_dir=str(folder))
+    with dbs.serving() as serving:
+        before = _staged(serving)
+    watch = _Watch(dbs.serving_dsn)
+    watch.start()
+    stop, errors = threading.Event(), []
+    load = threading.Thread(target=_load, args=(dbs.source_dsn, stop, errors, writes_to_extra))
+    load.start()
+    try:
+        bootstrap(four).source.close()  # what 'cdcflow run' does first: publication, staging, control row
+        with RunningPipeline(four):
+            wait_until(lambda: "OK" in watch.states.get("public_extra", ()), timeout=120, what="extra backfilled")
+            stop.wait(1.0)
+            stop.set()
+            load.join(30)
+            assert not errors, errors
+            settle(four, timeout=90)
+            with dbs.source() as src, dbs.serving() as serving:
+                assert_latest_state_equals_source(src, serving)
+                _assert_extra_staged_once(src, serving)
+                # Each row of the backfill's snapshot staged once.
+                assert (
+                    serving.execute(
+                        "SELECT count(*) FROM (SELECT id FROM stg_cdc_extra WHERE __op = 5 "
+                        "GROUP BY id HAVING count(*) > 1) d"
+                    ).fetchone()[0]
+                    == 0
+                )
+                assert assert_projection_matches(src, serving, "proj_extra_kinds", EXTRA_QUERY) > 0
+                after = _staged(serving)
+    finally:
+        stop.set()
+        load.join(30)
+        watch.stop.set()
+        watch.join(5)
+    # The other captures were never re-read (no new snapshot rows) and never stopped.
+    for t in TABLES:
+        assert after[t][0] == before[t][0], f"{t} was re-snapshotted: {before[t]} -> {after[t]}"
+        assert watch.states[f"public_{t}"] == {"OK"}, watch.states
+    assert "GAP" not in watch.states["public_extra"] and "BACKFILL" in watch.states["public_extra"], watch.states
+    assert not watch.backwards, watch.backwards
+
+
+def test_resync_of_one_capture_rereads_only_it(dbs):
+    """A TRUNCATE stops one capture (GAP); 'cdcflow resync public_orders' repairs it alone,
+    while 'cdcflow run' streams, and the other captures' staging does not move."""
+    bootstrap(dbs.settings, demo=True).source.close()
+    with dbs.source() as src, RunningPipeline(dbs.settings):
+        Workload(src, 2).run(300)
+        wait_caught_up(dbs.settings)
+        src.execute("TRUNCATE orders")
+        src.execute("INSERT INTO orders (customer_id, amount) SELECT g % 10 + 1, g FROM generate_series(1, 500) g")
+        wait_until(lambda: any(c.state == "GAP" for c in status.collect(dbs.settings).captures), what="orders in GAP")
+        wait_caught_up(dbs.settings, timeout=30)
+        with dbs.serving() as serving:
+            before = {t: serving.execute(f"SELECT count(*) FROM stg_cdc_{t}").fetchone()[0] for t in TABLES}
+            rows_staged = dict(serving.execute("SELECT capture_instance, rows_staged FROM ctl_ingestion_watermarks"))
+        admin.resync(dbs.settings, ["public_orders"])
+        wait_caught_up(dbs.settings)
+        with dbs.serving() as serving:
+            after = {t: serving.execute(f"SELECT count(*) FROM stg_cdc_{t}").fetchone()[0] for t in TABLES}
+            staged_after = dict(serving.execute("SELECT capture_instance, rows_staged FROM ctl_ingestion_watermarks"))
+            states = dict(serving.execute("SELECT capture_instance, state FROM ctl_ingestion_watermarks"))
+            assert_latest_state_equals_source(src, serving)
+    assert set(states.values()) == {"OK"}, states
+    for t in ("customers", "payments"):
+        assert after[t] == before[t] and staged_after[f"public_{t}"] == rows_staged[f"public_{t}"], (t, before, after)
+    assert after["orders"] > before["orders"]
+
+
+def _capture_state(dbs, capture: str) -> str | None:
+    with dbs.serving() as s:
+        row = s.execute("SELECT state FROM ctl_ingestion_watermarks WHERE capture_instance = %s", (capture,)).fetchone()
+    return row[0] if row else None
+
+
+def test_sigkill_during_a_backfill_restarts_it_and_nothing_is_lost_or_doubled(edbs, tmp_path):
+    """'cdcflow run' is SIGKILLed at random moments of a table's backfill, at least five times,
+    while every table is written; each restart begins the copy again, and at the end staging
+    holds every row of the new table once and the other tables' changes exactly."""
+    bootstrap(edbs.settings, demo=True).source.close()
+    with edbs.source() as src:
+        src.execute(
+            "CREATE TABLE extra (id bigserial PRIMARY KEY, kind text NOT NULL, v numeric(12,2), order_id bigint)"
+        )
+        src.execute(
+            "INSERT INTO extra (kind, v, order_id) SELECT 'k' || (g %% 7), g / 100.0, g %% 400 + 1 "
+            "FROM generate_series(1, %s) g",
+            (300_000,),
+        )
+    four = edbs.settings.replace(capture_tables=(*edbs.settings.capture_tables, "public.extra"))
+    env = edbs.env(CAPTURE_TABLES=",".join(four.capture_tables), LOG_LEVEL="info", LEASE_SECONDS="3")
+    stop, errors = threading.Event(), []
+    load = threading.Thread(target=_load, args=(edbs.source_dsn, stop, errors, True))
+    load.start()
+    rng = random.Random(11)
+    mid_backfill = 0
+    with open(tmp_path / "run.log", "wb") as log:
+        try:
+            for _ in range(6):
+                proc = subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=log)
+                wait_until(lambda: _capture_state(edbs, "public_extra") == "BACKFILL", timeout=60, what="BACKFILL")
+                time.sleep(rng.uniform(0.0, 2.5))
+                state = _capture_state(edbs, "public_extra")
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+                mid_backfill += state == "BACKFILL"
+            proc = subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=log)
+            try:
+                wait_until(lambda: _capture_state(edbs, "public_extra") == "OK", timeout=120, what="backfill done")
+                stop.set()
+                load.join(30)
+                assert not errors, errors
+                wait_caught_up(four, timeout=60)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(30) == 0
+        finally:
+            stop.set()
+            load.join(30)
+    assert mid_backfill >= 5, f"only {mid_backfill} kills landed during the backfill"
+    with edbs.source() as src, edbs.serving() as serving:
+        assert_latest_state_equals_source(src, serving)
+        _assert_extra_staged_once(src, serving)
+        assert serving.execute("SELECT count(DISTINCT __lsn) FROM stg_cdc_extra WHERE __op = 5").fetchone()[0] == 1, (
+            "rows of an interrupted copy were left staged"
+        )
+        # No temporary slot outlived its process.
+        assert (
+            src.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '%backfill%'").fetchone()[0]
+            == 0
+        )
