@@ -36,7 +36,7 @@ from cdcflow.projections.translate import PostgresDialect
 
 #: Bumped when the engine's storage of a projection, or the values it computes, change:
 #: every projection is then rebuilt once, as if its definition had changed.
-ENGINE_VERSION = "2"
+ENGINE_VERSION = "3"
 MODES = ("incremental", "full")
 _DIRECTIVE_RE = re.compile(r"^--\s*(key|mode)\s*:\s*(.*?)\s*$", re.I)
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")

@@ -187,12 +187,15 @@ class DuckQueries:
         def delta(agg: str) -> str:
             return f"coalesce({agg} FILTER (WHERE __sign > 0), 0) - coalesce({agg} FILTER (WHERE __sign < 0), 0)"
 
+        aggregates = layout.part_aggregates(lambda i: f"__a{i}")
         parts = [f"CAST({delta('count(*)')} AS BIGINT) AS __count"]
-        parts += [f"CAST({delta(f'count(__a{i})')} AS BIGINT) AS __n{i}" for i in layout.counts]
-        parts += [f"{delta(f'sum(__a{i})')} AS __s{i}" for i in layout.sums]
+        parts += [
+            f"CAST({delta(agg)} AS BIGINT) AS {name}" if agg.startswith("count") else f"{delta(agg)} AS {name}"
+            for name, agg in aggregates
+        ]
         g = ", ".join(q(c) for c in self.groups)
         inner = f"SELECT {g + ', ' if g else ''}{', '.join(parts)} FROM __t" + (f" GROUP BY {g}" if g else "")
-        cols = [*self.groups, "__count", *(f"__n{i}" for i in layout.counts), *(f"__s{i}" for i in layout.sums)]
+        cols = [*self.groups, "__count", *(name for name, _ in aggregates)]
         select = f"SELECT {', '.join(q(c) for c in cols)}, {self._mask(self.groups)} AS __nulls FROM ({inner}) AS l"
         if not self.groups:
             return select  # the one group of a query without GROUP BY is always written

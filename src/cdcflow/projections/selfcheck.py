@@ -182,16 +182,16 @@ class SelfCheck:
                 f"INSERT INTO {q(value_table(plan.name, arg))} ({names}) SELECT {names} FROM ({values}) AS v",  # type: ignore[arg-type]
                 params,
             )
+        aggregates = layout.part_aggregates(lambda i: q(f"__a{i}"))
         parts = ["count(*) AS __count"]
-        parts += [f"count({q(f'__a{i}')}) AS __n{i}" for i in layout.counts]
-        parts += [f"coalesce(sum({q(f'__a{i}')}), 0) AS __s{i}" for i in layout.sums]
+        parts += [f"coalesce({agg}, 0) AS {name}" for name, agg in aggregates]
         g = ", ".join(q(c) for c in gkeys)
         groups = f"SELECT {g + ', ' if g else ''}{', '.join(parts)} FROM ({pre}) AS p" + (f" GROUP BY {g}" if g else "")
         groups, params = self._filtered(groups, gkeys, keys)
         name, ddl = layout.diff_temp()
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
         conn.execute(ddl)
-        cols = [*gkeys, "__count", *(f"__n{i}" for i in layout.counts), *(f"__s{i}" for i in layout.sums)]
+        cols = [*gkeys, "__count", *(name for name, _ in aggregates)]
         names = ", ".join(q(c) for c in cols)
         conn.execute(
             f"INSERT INTO {q(name)} ({names}, __nulls) SELECT {names}, 0 FROM ({groups}) AS s",  # type: ignore[arg-type]
@@ -217,7 +217,7 @@ class SelfCheck:
 
 
 def _is_part(name: str) -> bool:
-    return name == "__count" or (name.startswith(("__n", "__s")) and name[3:].isdigit())
+    return name == "__count" or (name.startswith(("__n", "__s", "__p", "__m", "__x")) and name[3:].isdigit())
 
 
 def _union_selects(node: exp.Expr):

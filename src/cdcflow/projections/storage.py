@@ -73,6 +73,15 @@ def sum_part_type(arg: Arg) -> str:
     return "double precision" if arg.pg_type in ("real", "double precision") else "numeric"
 
 
+#: Float infinity, as PostgreSQL and DuckDB both read it. NaN compares above it in both.
+_INF = "CAST('Infinity' AS DOUBLE PRECISION)"
+#: A float sum keeps its finite part in __s<i> and counts the values it cannot subtract
+#: again: +Infinity (__p<i>), -Infinity (__m<i>) and NaN (__x<i>). Removing a NaN from a
+#: plain running sum would leave NaN for ever; PostgreSQL's sum is NaN while any NaN (or
+#: both infinities) is in, an infinity while one is in, else the finite sum.
+_NONFINITE = (("__p", f"= {_INF}"), ("__m", f"= -{_INF}"), ("__x", f"> {_INF}"))
+
+
 class Layout:
     """The tables of one plan and the statements over them."""
 
@@ -81,6 +90,7 @@ class Layout:
         self.name = plan.name
         self.having = plan.aggregated and plan.having is not None
         self.sums = sorted({a.arg.index for a in plan.aggregates if a.kind in ("sum", "avg") and a.arg})
+        self.float_sums = [i for i in self.sums if sum_part_type(plan.args[i]) == "double precision"]
         # Non-NULL counts are kept for arguments that can be NULL; for the others it is __count.
         self.counts = sorted(
             {a.arg.index for a in plan.aggregates if a.kind in ("count", "sum", "avg") and a.arg and a.arg.nullable}
@@ -109,7 +119,23 @@ class Layout:
         cols = [Column("__count", "bigint")]
         cols += [Column(f"__n{i}", "bigint") for i in self.counts]
         cols += [Column(f"__s{i}", sum_part_type(self.plan.args[i])) for i in self.sums]
+        cols += [Column(f"{prefix}{i}", "bigint") for i in self.float_sums for prefix, _ in _NONFINITE]
         return cols
+
+    def part_aggregates(self, arg: Callable[[int], str]) -> list[tuple[str, str]]:
+        """(part column, the aggregate over input rows that makes it) for every part after
+        __count, in :meth:`part_columns` order; ``arg(i)`` names argument i's column. Valid
+        in PostgreSQL and DuckDB alike."""
+        out = [(f"__n{i}", f"count({arg(i)})") for i in self.counts]
+        for i in self.sums:
+            if i in self.float_sums:
+                a = arg(i)
+                out.append((f"__s{i}", f"sum(CASE WHEN {a} > -{_INF} AND {a} < {_INF} THEN {a} END)"))
+            else:
+                out.append((f"__s{i}", f"sum({arg(i)})"))
+        for i in self.float_sums:
+            out += [(f"{prefix}{i}", f"count(CASE WHEN {arg(i)} {test} THEN 1 END)") for prefix, test in _NONFINITE]
+        return out
 
     def hidden_keys(self) -> list[Column]:
         outputs = {o.name for o in self.plan.outputs}
@@ -439,12 +465,18 @@ class Layout:
             return p("__count")
         if a.kind == "count":
             return n
-        if a.kind == "sum":
-            return f"CAST(CASE WHEN {n} = 0 THEN NULL ELSE {p(f'__s{i}')} END AS {a.pg_type})"
-        if a.kind == "avg":
+        if a.kind in ("sum", "avg"):
             assert a.arg is not None
             s = p(f"__s{i}") if sum_part_type(a.arg) != "numeric" else f"CAST({p(f'__s{i}')} AS numeric)"
-            return f"CAST(CASE WHEN {n} = 0 THEN NULL ELSE {s} / {n} END AS {a.pg_type})"
+            value = s if a.kind == "sum" else f"{s} / {n}"
+            nonfinite = ""
+            if i in self.float_sums:
+                plus, minus, nan = (p(f"{prefix}{i}") for prefix, _ in _NONFINITE)
+                nonfinite = (
+                    f"WHEN {nan} > 0 OR ({plus} > 0 AND {minus} > 0) THEN CAST('NaN' AS double precision) "
+                    f"WHEN {plus} > 0 THEN {_INF} WHEN {minus} > 0 THEN -{_INF} "
+                )
+            return f"CAST(CASE WHEN {n} = 0 THEN NULL {nonfinite}ELSE {value} END AS {a.pg_type})"
         assert a.arg is not None
         table = q(value_table(self.name, a.arg))
         keys_sql = [f"__g{g.index}" for g in self.plan.group_keys]
