@@ -44,8 +44,7 @@ from cdcflow import db, sqlfiles
 from cdcflow.errors import TransientError
 from cdcflow.positions import format_pg_lsn
 from cdcflow.serving.control import read_watermarks
-from cdcflow.serving.staging import StagingWriter
-from cdcflow.snapshot import copy_table, stage_vanished
+from cdcflow.snapshot import copy_table, stage_vanished, use_binary
 from cdcflow.sources.base import TableSpec
 from cdcflow.sources.postgres import PostgresSource
 
@@ -141,16 +140,15 @@ def run(
         progress = _Progress(serving_dsn, source_name, spec, watermark, source.estimate_rows(spec))
         try:
             with db.rolled_back_on_error(serving, f"backfilling {spec.qualified}"):
-                writer = StagingWriter(serving, {capture: spec}, source_name)
+                binary = use_binary(source, serving)
                 reader = db.connect(source.dsn, "source")
                 try:
                     reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
-                    rows = copy_table(reader, writer, spec, watermark, on_rows=progress)
+                    rows = copy_table(reader, serving, spec, watermark, binary=binary, on_rows=progress)
                     reader.rollback()
                 finally:
                     reader.close()
-                writer.flush()
                 if (
                     serving.execute(
                         sqlfiles.query(Q, "backfill_lock"),

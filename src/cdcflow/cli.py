@@ -155,6 +155,10 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             progress(
                 json.dumps({k: v for k, v in res.items() if k in ("ratio", "changes", "stages")}, default=str)[:2000]
             )
+        elif name == "snapshot":
+            from cdcflow.bench import snapshot
+
+            snapshot.run(out / stamp / "snapshot", args.rows or (100_000 if args.quick else 10_000_000), progress)
         else:
             import cdcflow.bench.projection_scaling as projection_scaling
 
@@ -391,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_resync)
 
     bn = sub.add_parser("bench", help="benchmarks: sustained load, catch-up, projection scaling (results under --out)")
-    bn.add_argument("which", nargs="?", default="sustained", choices=["sustained", "catchup", "projections", "all"])
+    bn.add_argument(
+        "which", nargs="?", default="sustained", choices=["sustained", "catchup", "projections", "snapshot", "all"]
+    )
     bn.add_argument("--quick", action="store_true", help="a short run that shows the tool works (about 10 s each)")
     bn.add_argument("--out", default="benchmarks/results", help="results folder (a timestamped folder is made in it)")
     bn.add_argument("--rate", type=float, default=None, help="sustained: changes per second (default 20000)")
@@ -402,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sustained: only the seed's two projections (default: also two users' projections)",
     )
     bn.add_argument("--changes", type=int, default=None, help="catchup: changes to pre-generate (default 1000000)")
+    bn.add_argument("--rows", type=int, default=None, help="snapshot: rows in the table (default 10000000)")
     bn.add_argument("--sizes", default=None, help="projections: staged rows before the delta (default 1e5,1e6,1e7)")
     bn.add_argument(
         "--projections",

@@ -27,9 +27,9 @@ from psycopg import sql
 
 from cdcflow import db, sqlfiles
 from cdcflow.positions import format_pg_lsn
+from cdcflow.serving import schema
 from cdcflow.serving.control import read_watermarks
-from cdcflow.serving.staging import StagingWriter
-from cdcflow.sources.base import OP_SNAPSHOT, TableSpec
+from cdcflow.sources.base import META_COLUMNS, OP_SNAPSHOT, TableSpec
 from cdcflow.sources.postgres import PostgresSource
 
 log = logging.getLogger(__name__)
@@ -75,17 +75,17 @@ def take_snapshot(source: PostgresSource, serving: psycopg.Connection, source_na
     counts: dict[str, int] = {}
     try:
         with db.rolled_back_on_error(serving, "snapshot"):
-            writer = StagingWriter(serving, {s.capture: s for s in specs}, source_name)
+            binary = use_binary(source, serving)
             reader = db.connect(source.dsn, "source")
             try:
                 reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
                 for spec in specs:
-                    counts[spec.capture] = copy_table(reader, writer, spec, watermark)
+                    with schema.indexes_built_after(serving, spec):
+                        counts[spec.capture] = copy_table(reader, serving, spec, watermark, binary=binary)
                 reader.rollback()
             finally:
                 reader.close()
-            writer.flush()
             if repair:
                 for spec in specs:
                     counts[spec.capture] += stage_vanished(serving, spec, watermark, counts[spec.capture])
@@ -105,28 +105,60 @@ def take_snapshot(source: PostgresSource, serving: psycopg.Connection, source_na
 
 def copy_table(
     reader: psycopg.Connection,
-    writer: StagingWriter,
+    serving: psycopg.Connection,
     spec: TableSpec,
     watermark: int,
+    *,
+    binary: bool = False,
     on_rows: Callable[[int], None] | None = None,
 ) -> int:
     """Stage every row of ``spec``'s table that ``reader``'s snapshot shows, as op 5 at
-    ``watermark``; ``on_rows`` hears the count every 10,000 rows. Returns the rows staged."""
+    ``watermark``, inside ``serving``'s open transaction. Returns the rows staged.
+
+    The source builds the staging rows itself (``COPY (SELECT position, row number, 5, NULL,
+    columns ...) TO STDOUT``) and each block goes unchanged into ``COPY stg_cdc_... FROM
+    STDIN``: no row is parsed or rebuilt here, memory is one block. ``binary``: both COPYs in
+    binary format (same major version and built-in types only: see
+    ``PostgresSource.binary_transfer``). ``on_rows`` hears the count every 10,000 rows."""
+    fmt = sql.SQL(" (FORMAT binary)") if binary else sql.SQL("")
+    cols = [sql.Identifier(c) for c in spec.column_names]
+    select = sql.SQL(
+        "COPY (SELECT CAST({lsn} AS numeric(25,0)), CAST(row_number() OVER () AS numeric(25,0)), "
+        "CAST({op} AS smallint), CAST(NULL AS timestamptz), {cols} FROM {table}) TO STDOUT{fmt}"
+    ).format(
+        lsn=sql.Literal(watermark),
+        op=sql.Literal(OP_SNAPSHOT),
+        cols=sql.SQL(", ").join(cols),
+        table=sql.Identifier(spec.schema, spec.name),
+        fmt=fmt,
+    )
+    target = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
+        sql.Identifier(spec.staging_table),
+        sql.SQL(", ").join(sql.Identifier(c) for c in (*META_COLUMNS, *spec.column_names)),
+        fmt,
+    )
     n = 0
-    prefix = b"%d\t" % watermark
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in spec.column_names)
-    stmt = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(cols, sql.Identifier(spec.schema, spec.name))
-    with reader.cursor() as cur, cur.copy(stmt) as copy:
-        for row in copy:  # one text-format row per block, newline included
+    with reader.cursor() as rcur, rcur.copy(select) as out, serving.cursor() as wcur, wcur.copy(target) as into:
+        for block in out:  # COPY TO sends one message per row
+            into.write(block)
             n += 1
-            writer.add_line(spec.capture, b"%s%d\t%d\t\\N\t%s" % (prefix, n, OP_SNAPSHOT, bytes(row)))
             if n % 10_000 == 0:
                 if on_rows is not None:
                     on_rows(n)
                 elif n % PROGRESS_ROWS == 0:
                     log.info("snapshot of %s: %d rows so far", spec.qualified, n)
+    if binary:
+        n -= 1  # the header comes with the first row, the trailer alone in the last message
     log.info("snapshot of %s: %d rows", spec.qualified, n)
     return n
+
+
+def use_binary(source: PostgresSource, serving: psycopg.Connection) -> bool:
+    """Whether a snapshot may copy in binary format (the stream's rule), said once in the log."""
+    source.serving_version = serving.info.server_version
+    binary, why = source.binary_transfer()
+    log.info("snapshot copy: %s", why)
+    return binary
 
 
 def stage_vanished(

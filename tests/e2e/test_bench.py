@@ -33,3 +33,22 @@ def test_quick_sustained_bench_writes_samples_and_summary(tmp_path):
     with open(run_dir / "sustained" / "samples.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["kind"] for r in rows} == {"ingestion_lag", "projection_freshness"}
+
+
+def test_quick_snapshot_bench_measures_cdcflow_against_the_raw_pipe(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCE_", "SERVING_", "CDC_", "ENABLE_PROJ"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdcflow", "bench", "snapshot", "--quick", "--out", str(tmp_path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    summary = json.loads((run_dir / "snapshot" / "snapshot.json").read_text())
+    # Both stages moved every row of the table, in every round.
+    assert {(r["stage"], r["rows"]) for r in summary["rounds"]} == {("raw", 100_000), ("cdcflow", 100_000)}
+    assert len(summary["ratios"]) == 2 and all(r > 0 for r in summary["ratios"])
+    assert summary["peak_rss_mb"] > 0 and "cdcflow / raw pipe" in proc.stdout

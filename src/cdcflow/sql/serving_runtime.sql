@@ -207,3 +207,11 @@ WHERE source_name = %(source)s AND capture_instance = %(capture)s;
 -- name: backfill_forget
 -- The backfill's progress row goes with it.
 DELETE FROM ctl_backfills WHERE source_name = %(source)s AND capture_instance = %(capture)s;
+
+-- name: bulk_index_memory
+-- For the rest of the transaction, index builds sort in at least 256MB of memory.
+SELECT set_config(
+    'maintenance_work_mem',
+    (greatest(pg_size_bytes(current_setting('maintenance_work_mem')), 256 * 1024 * 1024) / 1024)::bigint || 'kB',
+    true
+);
