@@ -125,7 +125,7 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     if settings.log_level == "info":
         logging.getLogger().setLevel(logging.WARNING)  # the progress lines are the output
-    which = ["sustained", "catchup", "projections"] if args.which == "all" else [args.which]
+    which = ["sustained", "catchup", "projections", "snapshot"] if args.which == "all" else [args.which]
     ok = True
 
     def progress(msg: str) -> None:

@@ -11,10 +11,11 @@ import sys
 from tests.conftest import ROOT
 
 
-def test_quick_sustained_bench_writes_samples_and_summary(tmp_path):
+def _bench(tmp_path, which: str) -> subprocess.CompletedProcess:
+    """``cdcflow bench WHICH --quick`` in a clean environment; it must succeed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCE_", "SERVING_", "CDC_", "ENABLE_PROJ"))}
     proc = subprocess.run(
-        [sys.executable, "-m", "cdcflow", "bench", "sustained", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "cdcflow", "bench", which, "--quick", "--out", str(tmp_path)],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -22,6 +23,11 @@ def test_quick_sustained_bench_writes_samples_and_summary(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_quick_sustained_bench_writes_samples_and_summary(tmp_path):
+    proc = _bench(tmp_path, "sustained")
     assert "staged" in proc.stdout and "sustained:" in proc.stdout  # progress while it runs
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     summary = json.loads((run_dir / "sustained" / "summary.json").read_text())
@@ -36,16 +42,7 @@ def test_quick_sustained_bench_writes_samples_and_summary(tmp_path):
 
 
 def test_quick_snapshot_bench_measures_cdcflow_against_the_raw_pipe(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOURCE_", "SERVING_", "CDC_", "ENABLE_PROJ"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "cdcflow", "bench", "snapshot", "--quick", "--out", str(tmp_path)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _bench(tmp_path, "snapshot")
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     summary = json.loads((run_dir / "snapshot" / "snapshot.json").read_text())
     # Both stages moved every row of the table, in every round.
