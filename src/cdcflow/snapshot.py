@@ -155,8 +155,11 @@ def copy_table(
 
 def use_binary(source: PostgresSource, serving: psycopg.Connection) -> bool:
     """Whether a snapshot may copy in binary format (the stream's rule), said once in the log."""
-    source.serving_version = serving.info.server_version
-    binary, why = source.binary_transfer()
+    told, source.serving_version = source.serving_version, serving.info.server_version
+    try:
+        binary, why = source.binary_transfer()
+    finally:
+        source.serving_version = told  # the stream's own choice stays the ingestion worker's
     log.info("snapshot copy: %s", why)
     return binary
 
