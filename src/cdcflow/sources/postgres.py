@@ -42,6 +42,10 @@ Q = "source_postgres.sql"
 
 #: How often an idle stream asks the server for a keepalive (which carries its position).
 KEEPALIVE_REQUEST_SECONDS = 0.5
+#: An idle stream moves the watermark to the server's position at most this often. Without
+#: the pause, a serving database on the source's server spins: each idle advance commits,
+#: its WAL moves the server's position, and the next read returns at once to advance again.
+IDLE_ADVANCE_SECONDS = 0.2
 #: A stream that answers none of our keepalive requests for this long is presumed dead
 #: (a silent network partition) and reconnected.
 STREAM_SILENCE_SECONDS = 30.0
@@ -102,6 +106,7 @@ class PostgresSource:
         #: Captures whose changes are staged up to a commit LSN past the stream's start.
         self.floors: dict[str, int] = {}
         self._last_keepalive_request = 0.0
+        self._last_idle_advance = 0.0
         self._stream_pos = -1
         self._heard = 0.0
         #: The serving server's ``server_version_num``, told by the ingestion worker: binary
@@ -461,17 +466,22 @@ class PostgresSource:
                         # is free, more data comes, or the batch is full.
                         select.select([self._repl], [], [], BACKLOG_POLL_SECONDS)
                         continue
-                    if cur.wal_end - 1 > end_lsn:
+                    now = time.monotonic()
+                    if cur.wal_end - 1 > end_lsn and (
+                        now - self._last_idle_advance >= IDLE_ADVANCE_SECONDS or now >= deadline
+                    ):
                         # Idle advance: the server has decoded up to wal_end and sent us
                         # every transaction whose commit record starts before it.
+                        self._last_idle_advance = now
                         return self._result(cur.wal_end - 1, 0, None, more=False)
-                    now = time.monotonic()
                     if now >= deadline:
                         return self._result(end_lsn, 0, None, more=False)
                     if now - self._last_keepalive_request >= KEEPALIVE_REQUEST_SECONDS:
                         cur.send_feedback(reply=True)
                         self._last_keepalive_request = now
                     timeout = min(deadline - now, KEEPALIVE_REQUEST_SECONDS)
+                    if cur.wal_end - 1 > end_lsn:  # an idle advance is due when the pause ends
+                        timeout = min(timeout, IDLE_ADVANCE_SECONDS - (now - self._last_idle_advance))
                 else:
                     timeout = 1.0
                 if select.select([self._repl], [], [], max(0.0, timeout))[0]:
