@@ -149,14 +149,19 @@ def run(
                     reader.rollback()
                 finally:
                     reader.close()
-                if (
-                    serving.execute(
-                        sqlfiles.query(Q, "backfill_lock"),
-                        {"source": source_name, "capture": capture, "lsn": watermark},
-                    ).fetchone()
-                    is None
-                ):
+                locked = serving.execute(
+                    sqlfiles.query(Q, "backfill_lock"), {"source": source_name, "capture": capture, "lsn": watermark}
+                ).fetchone()
+                if locked is None:
                     raise BackfillAborted(f"capture {capture} left BACKFILL while its table was copied: nothing staged")
+                if streaming and locked[2] is not None and int(locked[1]) < int(locked[2]):
+                    # A batch staged the others past this capture's position without it: its
+                    # changes there are neither copied nor staged. Copy again, later.
+                    raise TransientError(
+                        f"backfill of {spec.qualified}: ingestion staged the other captures up to "
+                        f"{format_pg_lsn(int(locked[2]))} without this one (at {format_pg_lsn(int(locked[1]))}); "
+                        "discarding this copy and taking a new one"
+                    )
                 dropped = serving.execute(
                     sqlfiles.query(Q, "backfill_drop_streamed", table=sql.Identifier(spec.staging_table)),
                     {"history": history, "lsn": watermark},

@@ -107,6 +107,9 @@ class PostgresSource:
         self.floors: dict[str, int] = {}
         self._last_keepalive_request = 0.0
         self._last_idle_advance = 0.0
+        #: (after, wal_end) of the last idle read: the server sent nothing of the
+        #: publication's between the two (see verify_slot).
+        self._quiet: tuple[int, int] | None = None
         self._stream_pos = -1
         self._heard = 0.0
         #: The serving server's ``server_version_num``, told by the ingestion worker: binary
@@ -283,6 +286,12 @@ class PostgresSource:
                 watermark,
                 state.confirmed_flush,
             )
+        quiet = self._quiet
+        if quiet is not None and quiet[0] <= watermark and state.confirmed_flush is not None:
+            if state.confirmed_flush <= quiet[1]:
+                # psycopg2 confirms a keepalive's position by itself when everything received
+                # was confirmed; this stream saw nothing of ours up to there: no change is lost.
+                return
         if state.confirmed_flush is not None and state.confirmed_flush > watermark + 1:
             raise GapError(
                 f"replication slot {self.slot} starts at {format_pg_lsn(state.confirmed_flush)}, after "
@@ -473,6 +482,7 @@ class PostgresSource:
                         # Idle advance: the server has decoded up to wal_end and sent us
                         # every transaction whose commit record starts before it.
                         self._last_idle_advance = now
+                        self._quiet = (after_lsn, cur.wal_end)
                         return self._result(cur.wal_end - 1, 0, None, more=False)
                     if now >= deadline:
                         return self._result(end_lsn, 0, None, more=False)

@@ -187,10 +187,14 @@ FROM ctl_backfills WHERE source_name = %(source)s ORDER BY capture_instance;
 -- The snapshot's rows are staged: take the capture's row (ingestion's batches that stage
 -- this capture wait from here to the commit) and move its watermark to the snapshot, so
 -- that a batch read before now, which may hold changes the snapshot has, rolls back.
-UPDATE ctl_ingestion_watermarks
-SET last_lsn = greatest(last_lsn, %(lsn)s), updated_at = now()
-WHERE source_name = %(source)s AND capture_instance = %(capture)s AND state = 'BACKFILL'
-RETURNING backfill_from_lsn;
+-- Also returns the new watermark and the lowest of the source's streaming captures: below
+-- it, some batch after the snapshot did not carry this capture.
+UPDATE ctl_ingestion_watermarks AS w
+SET last_lsn = greatest(w.last_lsn, %(lsn)s), updated_at = now()
+WHERE w.source_name = %(source)s AND w.capture_instance = %(capture)s AND w.state = 'BACKFILL'
+RETURNING w.backfill_from_lsn, w.last_lsn,
+    (SELECT min(o.last_lsn) FROM ctl_ingestion_watermarks AS o
+     WHERE o.source_name = w.source_name AND o.capture_instance <> w.capture_instance AND o.state = 'OK');
 
 -- name: backfill_drop_streamed
 -- Changes streamed during the backfill that the snapshot already holds: those after the
