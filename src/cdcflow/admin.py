@@ -52,7 +52,7 @@ def resync(settings: Settings, captures: list[str] | None) -> int:
             if alone is None:
                 return _backfill_captures(settings, source, serving, wanted)
             log.info("re-snapshotting every capture of source %s: %s", settings.source_name, alone)
-            return snapshot.resync(source, serving, settings.source_name)
+            return snapshot.resync(source, serving, settings)
     finally:
         source.close()
 

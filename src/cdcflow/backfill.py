@@ -1,8 +1,8 @@
 """Backfills: one capture's table copied into staging while every other capture streams on.
 
 A table added to ``CAPTURE_TABLES`` on a running deployment (its capture is ``INIT`` while
-others have streamed), and ``cdcflow resync CAPTURE``, go through here; nothing else is
-re-read. On a PostgreSQL source, for capture X:
+others have streamed), ``cdcflow resync CAPTURE``, and an initial snapshot or full resync
+that stopped half-way go through here; nothing else is re-read. For capture X:
 
 1. ``BACKFILL``: X's watermark row records where its staged history ends
    (``backfill_from_lsn``: 0 for a new table, the gap's start for a resync). From the next
@@ -11,53 +11,51 @@ re-read. On a PostgreSQL source, for capture X:
 2. Once ingestion has committed a batch that carries X (its watermark moved), a temporary
    slot is created with ``EXPORT_SNAPSHOT``: its consistent point ``cp`` splits every commit
    into "in the snapshot" (before) and "streamed" (after). X streams continuously from
-   before ``cp``, so every change after it is staged.
-3. X's rows are read in that snapshot and staged as op 5 at ``cp - 1`` (an odd position:
-   never a commit's), through the staging writer's COPY chunks (bounded memory), in one
-   serving transaction that commits with:
-   - X's watermark raised to ``cp - 1`` if it was below. Raising it first takes X's row
-     lock, so a batch of changes before ``cp`` not yet committed rolls back and is read
-     again with X's changes up to ``cp - 1`` dropped;
-   - the changes to X streamed between its history and ``cp`` deleted: the snapshot has them;
-   - for a resync, a delete for every key live in X's history but not in the snapshot;
-   - X back to ``OK``.
-
-A crash anywhere leaves X in ``BACKFILL`` with nothing of the copy staged; the next
-``cdcflow run`` starts the copy again with a new snapshot (step 2), and step 3's delete
-covers what was streamed meanwhile.
+   before ``cp``.
+3. X's table is copied in chunks at ``cp - 1`` (an odd position, never a commit's), each
+   committed with its record (``cdcflow.copying``). A crash loses the chunks in flight; the
+   next attempt copies the others from a new snapshot.
+4. Completion (:func:`complete`), once the whole source has streamed past the last chunk's
+   position: for a resync, a delete for every key live in X's history that no chunk has;
+   the staging indexes if the copy dropped them; X back to ``OK``. Until the others' and
+   X's watermarks pass that position, staging below it would show X without the rows of
+   the later chunks, so projections keep waiting.
 
 Without a running ingestion (``cdcflow resync X`` while ``cdcflow run`` is stopped) step 2's
-wait is skipped: no change is confirmed to the slot meanwhile, so when ingestion starts it
-streams X from its watermark, dropping what the snapshot has.
+wait is skipped, and step 4 is left to the next ``cdcflow run``, which streams X from its
+watermark (what the snapshot has is superseded) and completes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
 
-from cdcflow import db, sqlfiles
+from cdcflow import copying, db, sqlfiles
+from cdcflow.copying import CopyAborted, CopyOptions, stage_vanished, use_binary
 from cdcflow.errors import TransientError
 from cdcflow.positions import format_pg_lsn
+from cdcflow.serving import schema
 from cdcflow.serving.control import read_watermarks
-from cdcflow.snapshot import copy_table, stage_vanished, use_binary
 from cdcflow.sources.base import TableSpec
 from cdcflow.sources.postgres import PostgresSource
 
 log = logging.getLogger(__name__)
 Q = "serving_runtime.sql"
-#: How often a backfill in flight records its progress (and logs a line).
-PROGRESS_SECONDS = 2.0
+#: How often a progress line is logged while another process backfills.
+PROGRESS_SECONDS = copying.PROGRESS_SECONDS
 #: How long to wait for ingestion to carry a capture's changes before giving up (then retried).
 STREAM_WAIT_SECONDS = 120.0
+#: The seqvals of a resync's deletes: above every chunk's (``copying.SEQVAL_STRIDE`` per block).
+VANISHED_SEQVAL_BASE = 1 << 63
 
-
-class BackfillAborted(TransientError):
-    """The capture left BACKFILL while it was copied (a reset, a full resync): nothing staged."""
+BackfillAborted = CopyAborted
 
 
 def begin(serving: psycopg.Connection, source_name: str, capture: str, why: str) -> tuple[int, int]:
@@ -71,51 +69,6 @@ def begin(serving: psycopg.Connection, source_name: str, capture: str, why: str)
     return int(row[0]), int(row[1])
 
 
-class _Progress:
-    """Rows copied so far, in ``ctl_backfills`` (for status) and as a log line with rate and ETA."""
-
-    def __init__(self, serving_dsn: str, source_name: str, spec: TableSpec, lsn: int, estimate: int | None) -> None:
-        self.conn = db.connect(serving_dsn, "serving", autocommit=True)
-        self.source_name, self.spec, self.lsn, self.estimate = source_name, spec, lsn, estimate
-        self.started = self.last = time.monotonic()
-        self.rows = 0
-        self.write()
-
-    def write(self) -> None:
-        try:
-            self.conn.execute(
-                sqlfiles.query(Q, "backfill_progress"),
-                {
-                    "source": self.source_name,
-                    "capture": self.spec.capture,
-                    "lsn": self.lsn,
-                    "rows": self.rows,
-                    "estimate": self.estimate,
-                },
-            )
-        except psycopg.Error as exc:  # progress is for people; the copy goes on
-            log.debug("backfill progress not recorded: %s", db.describe_error(exc))
-
-    def __call__(self, rows: int) -> None:
-        self.rows = rows
-        now = time.monotonic()
-        if now - self.last < PROGRESS_SECONDS:
-            return
-        self.last = now
-        rate = rows / max(now - self.started, 1e-6)
-        eta = ""
-        if self.estimate and self.estimate > rows:
-            eta = f", about {(self.estimate - rows) / max(rate, 1):.0f} s left"
-        total = f" of about {self.estimate:,}" if self.estimate else ""
-        log.info(
-            "backfill of %s: %s%s rows (%s rows/s%s)", self.spec.qualified, f"{rows:,}", total, f"{rate:,.0f}", eta
-        )
-        self.write()
-
-    def close(self) -> None:
-        db.close_quietly(self.conn)
-
-
 def run(
     source: PostgresSource,
     serving_dsn: str,
@@ -125,68 +78,161 @@ def run(
     why: str,
     streaming: bool,
     stop: threading.Event | None = None,
+    options: CopyOptions | None = None,
 ) -> int:
     """Backfill one capture (see the module's docstring). ``streaming``: a running ingestion
-    worker carries the source's changes meanwhile. Returns the rows staged."""
+    worker carries the source's changes meanwhile. Returns the rows its chunks hold."""
     specs = {s.capture: s for s in source.describe_tables()}
     spec = specs[capture]
     started = time.monotonic()
+    with copy_lock(serving_dsn, source_name, [capture], wait=not streaming) as mine:
+        if not mine:
+            log.debug("backfill of %s: another process copies it", spec.qualified)
+            return 0
+        return _run(source, serving_dsn, source_name, spec, why, streaming, stop, options, started)
+
+
+def _run(source, serving_dsn, source_name, spec, why, streaming, stop, options, started) -> int:
+    capture = spec.capture
     with db.connect(serving_dsn, "serving") as serving:
         history, since = begin(serving, source_name, capture, why)
+        with db.rolled_back_on_error(serving, f"indexing {spec.staging_table}"):
+            schema.ensure_indexes(serving, spec)  # a copy that a crash stopped may have dropped them
+            serving.commit()
         if streaming:
             _wait_for_stream(serving, source_name, spec, since, stop)
         cp, snapshot_name, repl = source.create_slot_with_snapshot(temporary=True)
-        watermark = cp - 1
-        progress = _Progress(serving_dsn, source_name, spec, watermark, source.estimate_rows(spec))
         try:
-            with db.rolled_back_on_error(serving, f"backfilling {spec.qualified}"):
-                binary = use_binary(source, serving)
-                reader = db.connect(source.dsn, "source")
-                try:
-                    reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
-                    rows = copy_table(reader, serving, spec, watermark, binary=binary, on_rows=progress)
-                    reader.rollback()
-                finally:
-                    reader.close()
-                locked = serving.execute(
-                    sqlfiles.query(Q, "backfill_lock"), {"source": source_name, "capture": capture, "lsn": watermark}
-                ).fetchone()
-                if locked is None:
-                    raise BackfillAborted(f"capture {capture} left BACKFILL while its table was copied: nothing staged")
-                if streaming and locked[2] is not None and int(locked[1]) < int(locked[2]):
-                    # A batch staged the others past this capture's position without it: its
-                    # changes there are neither copied nor staged. Copy again, later.
-                    raise TransientError(
-                        f"backfill of {spec.qualified}: ingestion staged the other captures up to "
-                        f"{format_pg_lsn(int(locked[2]))} without this one (at {format_pg_lsn(int(locked[1]))}); "
-                        "discarding this copy and taking a new one"
-                    )
-                dropped = serving.execute(
-                    sqlfiles.query(Q, "backfill_drop_streamed", table=sql.Identifier(spec.staging_table)),
-                    {"history": history, "lsn": watermark},
-                ).rowcount
-                vanished = stage_vanished(serving, spec, watermark, rows, history) if history > 0 else 0
-                serving.execute(
-                    sqlfiles.query(Q, "backfill_done"),
-                    {"source": source_name, "capture": capture, "rows": rows + vanished - dropped},
-                )
-                serving.execute(sqlfiles.query(Q, "backfill_forget"), {"source": source_name, "capture": capture})
-                serving.execute(sqlfiles.query(Q, "notify_staged"), {"source": source_name})
-                serving.commit()
+            rows = copying.copy_table(
+                source,
+                serving_dsn,
+                source_name,
+                spec,
+                snapshot_name,
+                cp - 1,
+                history=history,
+                drop_indexes=False,
+                binary=use_binary(source, serving),
+                options=options or CopyOptions(),
+                stop=stop,
+            )
         finally:
-            progress.close()
             repl.close()  # type: ignore[attr-defined]  # the temporary slot goes with it
-    log.info(
-        "backfill of %s staged %d rows at %s in %.1fs (%d streamed changes it already had dropped, %d deletes)",
-        spec.qualified,
-        rows,
-        format_pg_lsn(watermark),
-        time.monotonic() - started,
-        dropped,
-        vanished,
-    )
+        if complete(serving, source_name, spec, history, streaming=streaming, stop=stop):
+            log.info("backfill of %s: %d rows in %.1fs", spec.qualified, rows, time.monotonic() - started)
     return rows
+
+
+@contextlib.contextmanager
+def copy_lock(serving_dsn: str, source_name: str, captures: list[str], *, wait: bool) -> Iterator[bool]:
+    """Hold the right to copy these captures' tables (one process at a time: a running
+    backfill worker and a 'cdcflow resync' would otherwise copy the same table together).
+    A session advisory lock per capture, released when the block ends or the process dies.
+    ``wait``: until they are free (saying so); else yields False if one is taken."""
+    conn = db.connect(serving_dsn, "serving", autocommit=True)
+    try:
+        yield _lock_all(conn, source_name, captures, wait)
+    finally:
+        db.close_quietly(conn)
+
+
+def _lock_all(conn: psycopg.Connection, source_name: str, captures: list[str], wait: bool) -> bool:
+    try:
+        for capture in sorted(captures):
+            key = f"cdcflow copy {source_name} {capture}"
+            got = conn.execute(sqlfiles.query(Q, "copy_try_lock"), {"key": key}).fetchone()
+            if got and got[0]:
+                continue
+            if not wait:
+                return False
+            log.info("waiting for the copy of %s that another process runs", capture)
+            conn.execute(sqlfiles.query(Q, "copy_lock"), {"key": key})
+        return True
+    except psycopg.Error as exc:
+        raise db.wrap_db_error("taking the copy lock", exc) from None
+
+
+def complete(
+    serving: psycopg.Connection,
+    source_name: str,
+    spec: TableSpec,
+    history: int,
+    *,
+    streaming: bool,
+    stop: threading.Event | None = None,
+) -> bool:
+    """Once the source has streamed past the last chunk's position, the capture is complete
+    (see the module's docstring, step 4). Without ``streaming``, returns False when it has
+    not (the next ``cdcflow run`` completes it)."""
+    capture = spec.capture
+    first, last = serving.execute(
+        sqlfiles.query(Q, "backfill_chunk_positions"), {"source": source_name, "capture": capture}
+    ).fetchone()  # type: ignore[misc]
+    serving.rollback()
+    if last is None:
+        raise TransientError(f"backfill of {spec.qualified}: no chunk of its table is staged")
+    first, last = int(first), int(last)
+    deadline = time.monotonic() + STREAM_WAIT_SECONDS
+    while (behind := _lowest_watermark(serving, source_name, capture)) < last:
+        if not streaming:
+            log.info(
+                "backfill of %s is copied; 'cdcflow run' completes it once it streams past %s (now at %s)",
+                spec.qualified,
+                format_pg_lsn(last),
+                format_pg_lsn(behind),
+            )
+            return False
+        if time.monotonic() > deadline:
+            raise TransientError(
+                f"backfill of {spec.qualified}: the stream has not reached {format_pg_lsn(last)} in "
+                f"{STREAM_WAIT_SECONDS:.0f}s (it is at {format_pg_lsn(behind)}); is the ingestion worker running?"
+            )
+        _pause(stop, 0.1, f"backfill of {spec.qualified} stopped before it completed")
+    with db.rolled_back_on_error(serving, f"completing the backfill of {spec.qualified}"):
+        locked = serving.execute(
+            sqlfiles.query(Q, "backfill_lock"), {"source": source_name, "capture": capture, "lsn": last}
+        ).fetchone()
+        if locked is None:
+            raise BackfillAborted(f"capture {capture} left BACKFILL while its table was copied: nothing staged")
+        if streaming and locked[2] is not None and int(locked[1]) < int(locked[2]):
+            # A batch staged the others past this capture's position without it: its changes
+            # there are neither copied nor staged. The copy starts over.
+            serving.rollback()
+            serving.execute(sqlfiles.query(Q, "backfill_restart"), {"source": source_name, "capture": capture})
+            serving.commit()
+            raise TransientError(
+                f"backfill of {spec.qualified}: ingestion staged the other captures up to "
+                f"{format_pg_lsn(int(locked[2]))} without this one (at {format_pg_lsn(int(locked[1]))}); "
+                "copying its table again"
+            )
+        # Streamed below the first chunk's position: every chunk's rows supersede it (the
+        # watermarks are past the last chunk's, so no such batch is still to commit).
+        dropped = serving.execute(
+            sqlfiles.query(Q, "backfill_drop_streamed", table=sql.Identifier(spec.staging_table)),
+            {"history": history, "lsn": first},
+        ).rowcount
+        vanished = 0
+        if history > 0:
+            vanished = stage_vanished(serving, spec, first, VANISHED_SEQVAL_BASE, history, snapshot_from=history + 1)
+        schema.ensure_indexes(serving, spec)
+        serving.execute(
+            sqlfiles.query(Q, "backfill_done"), {"source": source_name, "capture": capture, "rows": vanished - dropped}
+        )
+        serving.execute(sqlfiles.query(Q, "backfill_forget"), {"source": source_name, "capture": capture})
+        serving.execute(sqlfiles.query(Q, "notify_staged"), {"source": source_name})
+        serving.commit()
+    return True
+
+
+def _lowest_watermark(serving: psycopg.Connection, source_name: str, capture: str) -> int:
+    """The capture's watermark, or a complete capture's if one is lower: where the source has
+    streamed to for every projection that could read the capture once it is complete."""
+    wms = read_watermarks(serving, source_name)
+    serving.rollback()
+    own = wms.get(capture)
+    if own is None or own.state != "BACKFILL":
+        raise BackfillAborted(f"capture {capture} left BACKFILL while its table was copied")
+    return min([own.last_lsn] + [w.last_lsn for c, w in wms.items() if c != capture and w.state == "OK"])
 
 
 def _wait_for_stream(
@@ -206,10 +252,15 @@ def _wait_for_stream(
                 f"backfill of {spec.qualified}: ingestion has not streamed this capture for "
                 f"{STREAM_WAIT_SECONDS:.0f}s; is the ingestion worker running?"
             )
-        if stop is not None and stop.wait(0.2):
-            raise BackfillAborted(f"backfill of {spec.qualified} stopped before its table was copied")
-        if stop is None:
-            time.sleep(0.2)
+        _pause(stop, 0.2, f"backfill of {spec.qualified} stopped before its table was copied")
+
+
+def _pause(stop: threading.Event | None, seconds: float, stopped: str) -> None:
+    """Wait a little; raises BackfillAborted(``stopped``) if the process is stopping."""
+    if stop is None:
+        time.sleep(seconds)
+    elif stop.wait(seconds):
+        raise BackfillAborted(stopped)
 
 
 def pending(serving: psycopg.Connection, source_name: str) -> list[str]:
@@ -258,6 +309,7 @@ class BackfillWorker:
                                 why=why,
                                 streaming=True,
                                 stop=self.stop,
+                                options=CopyOptions.of(self.settings),
                             )
                         finally:
                             source.close()
@@ -266,10 +318,13 @@ class BackfillWorker:
                     self.last_error = None
                 except BackfillAborted as exc:
                     log.info("%s: %s", self.name, exc)
-                except Exception as exc:  # noqa: BLE001 - logged and retried; staging is untouched
+                except Exception as exc:  # noqa: BLE001 - logged and retried; chunks committed stay done
+                    exc = db.wrap_db_error("backfilling", exc) if isinstance(exc, psycopg.Error) else exc
                     self.last_error = str(exc)
                     delay = backoff.next_delay()
-                    log.error("%s: %s (retrying in %.0fs)", self.name, db.describe_error(exc), delay)
+                    # A lost connection is retried like ingestion's; anything else is an error.
+                    level = logging.WARNING if isinstance(exc, TransientError) else logging.ERROR
+                    log.log(level, "%s: %s (retrying in %.0fs)", self.name, db.describe_error(exc), delay)
                     self.stop.wait(delay)
         finally:
             self.alive = False
@@ -288,7 +343,7 @@ def wait_done(serving: psycopg.Connection, source_name: str, capture: str, stop:
             return
         if capture in rows and time.monotonic() - last >= PROGRESS_SECONDS:
             last = time.monotonic()
-            _, _, done, estimate, _, _ = rows[capture]
+            _, _, done, estimate, _, _, _ = rows[capture]
             total = f" of about {estimate:,}" if estimate else ""
             log.info("backfill of %s: %s%s rows copied", capture, f"{done:,}", total)
         if stop is not None and stop.wait(0.5):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from cdcflow import db, privileges, projections, snapshot
+from cdcflow import backfill, db, privileges, projections, snapshot
 from cdcflow.config import Settings
 from cdcflow.serving import schema
 from cdcflow.sources.base import TableSpec
@@ -65,6 +65,7 @@ def bootstrap(settings: Settings, *, demo: bool = False, snapshot_now: bool = Tr
             schema.run_scripts(serving, "serving")
             for spec in specs:
                 schema.ensure_staging(serving, spec)
+                schema.ensure_indexes(serving, spec)  # a copy that a crash stopped may have dropped them
             schema.ensure_control_rows(serving, settings.source_name, source.engine, specs)
             projections.bootstrap(serving, settings)
             serving.commit()
@@ -72,7 +73,7 @@ def bootstrap(settings: Settings, *, demo: bool = False, snapshot_now: bool = Tr
             serving.rollback()
             raise db.wrap_db_error("bootstrapping the serving database", exc) from None
         if snapshot_now:
-            initial_snapshots(source, serving, settings.source_name, specs)
+            initial_snapshots(source, serving, settings, specs)
     return Bootstrapped(source, specs)
 
 
@@ -95,8 +96,9 @@ def _bootstrap_source(settings: Settings, demo: bool) -> tuple[PostgresSource, l
     return source, specs
 
 
-def initial_snapshots(source, serving: psycopg.Connection, source_name: str, specs: list[TableSpec]) -> None:
+def initial_snapshots(source, serving: psycopg.Connection, settings: Settings, specs: list[TableSpec]) -> None:
     """Stage the rows that existed before capture began, where nothing is staged yet."""
+    source_name = settings.source_name
     if source.engine == "sqlserver":
         from cdcflow.serving.control import read_watermarks
         from cdcflow.sources.sqlserver import stage_initial_snapshot
@@ -109,7 +111,11 @@ def initial_snapshots(source, serving: psycopg.Connection, source_name: str, spe
                 stage_initial_snapshot(one, serving, source_name)
             one.close()
     elif snapshot.needs_initial_snapshot(serving, source_name, specs):
-        snapshot.initial_snapshot(source, serving, source_name)
+        snapshot.initial_snapshot(source, serving, settings)
+    else:
+        todo = backfill.pending(serving, source_name)
+        if todo:
+            log.info("tables still to copy (%s): 'cdcflow run' copies them while it streams", ", ".join(todo))
 
 
 def _source_scripts(demo: bool) -> list[tuple[str, str]]:

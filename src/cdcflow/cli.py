@@ -151,14 +151,20 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             from cdcflow.bench import catchup
 
             changes = args.changes or (20_000 if args.quick else 1_000_000)
-            res = catchup.run(out / stamp / "catchup", changes, progress)
+            res = catchup.run(out / stamp / "catchup", changes, progress, dsn=args.dsn)
             progress(
                 json.dumps({k: v for k, v in res.items() if k in ("ratio", "changes", "stages")}, default=str)[:2000]
             )
         elif name == "snapshot":
             from cdcflow.bench import snapshot
 
-            snapshot.run(out / stamp / "snapshot", args.rows or (100_000 if args.quick else 10_000_000), progress)
+            snapshot.run(
+                out / stamp / "snapshot",
+                args.rows or (100_000 if args.quick else 10_000_000),
+                progress,
+                workers=args.workers,
+                dsn=args.dsn,
+            )
         else:
             import cdcflow.bench.projection_scaling as projection_scaling
 
@@ -409,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bn.add_argument("--changes", type=int, default=None, help="catchup: changes to pre-generate (default 1000000)")
     bn.add_argument("--rows", type=int, default=None, help="snapshot: rows in the table (default 10000000)")
+    bn.add_argument(
+        "--dsn",
+        default=None,
+        help="catchup, snapshot: an existing PostgreSQL server (a superuser DSN; default: an embedded server)",
+    )
+    bn.add_argument(
+        "--workers", type=int, default=1, help="snapshot: connections copying side by side (SNAPSHOT_WORKERS)"
+    )
     bn.add_argument("--sizes", default=None, help="projections: staged rows before the delta (default 1e5,1e6,1e7)")
     bn.add_argument(
         "--projections",

@@ -175,6 +175,20 @@ class Settings:
         _int_range(1, 10_000_000),
         "Rows after which a batch ends at the next transaction boundary.",
     )
+    snapshot_chunk_rows: int = _opt(
+        1_000_000,
+        "SNAPSHOT_CHUNK_ROWS",
+        _int_range(1_000, 1_000_000_000),
+        "About how many rows a snapshot or backfill copies per chunk; each chunk commits, and a copy that stops"
+        " resumes from the chunks done.",
+    )
+    snapshot_workers: int = _opt(
+        1,
+        "SNAPSHOT_WORKERS",
+        _int_range(1, 64),
+        "Connections that copy a table's chunks side by side from one snapshot (each a source and a serving"
+        " connection).",
+    )
     projection_interval_seconds: float = _opt(
         15.0,
         "PROJECTION_INTERVAL_SECONDS",

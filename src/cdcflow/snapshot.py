@@ -1,40 +1,44 @@
 """Consistent snapshots of a PostgreSQL source: the initial load (invariant 6) and resync.
 
 The slot is created over the replication protocol with ``EXPORT_SNAPSHOT``; while that
-connection stays open, a regular connection imports the snapshot (``SET TRANSACTION
-SNAPSHOT``) and reads each captured table with COPY. The rows are exactly the state
-before the slot's consistent point ``cp``: every later commit is streamed. They are
-staged as op 5 at ``lsn = cp - 1`` (before any streamed change), seqval = row number,
-and every capture's watermark becomes ``cp - 1``, all in one serving transaction. Large
-tables stream through the staging writer's COPY chunks (bounded memory), with a progress
-line every 200,000 rows. A crash before the commit leaves nothing staged; the next start
-drops the unused slot and begins again, so nothing is doubled.
+connection stays open, connections that import the snapshot (``SET TRANSACTION
+SNAPSHOT``) read each captured table with COPY. The rows are exactly the state before the
+slot's consistent point ``cp``: every later commit is streamed. They are staged as op 5 at
+``lsn = cp - 1`` (before any streamed change), in chunks of heap blocks that each commit
+with their record (``cdcflow.copying``), so memory stays one COPY block and a crash loses
+only the chunks in flight.
 
-Resync (``cdcflow resync``) repairs a gap the same way with a new slot, and also stages a
-delete (op 1) for every key whose latest staged state is live but which the snapshot no
-longer has, so projections equal the source again. All captures of a source share one
-slot, so a resync re-snapshots all of them.
+First, in one transaction, every capture goes to ``BACKFILL`` with its watermark at
+``cp - 1``. A crash after that leaves the captures there: the next ``cdcflow run`` streams
+from ``cp - 1`` and its backfill worker copies the chunks not done, from new snapshots
+(``cdcflow.backfill``). A crash before it leaves every capture ``INIT``: the next start
+drops the unused slot and begins again. Each capture becomes ``OK`` once its table is in.
+
+Resync (``cdcflow resync`` when the slot is lost, or every capture is in GAP) repairs the
+same way with a new slot, and also stages a delete (op 1) for every key whose latest
+staged state is live but that the snapshot no longer has, so projections equal the
+source again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 import psycopg
-from psycopg import sql
 
-from cdcflow import db, sqlfiles
+from cdcflow import backfill, db, sqlfiles
+from cdcflow.config import Settings
+from cdcflow.copying import CopyOptions, copy_table, stage_vanished, use_binary
 from cdcflow.positions import format_pg_lsn
-from cdcflow.serving import schema
 from cdcflow.serving.control import read_watermarks
-from cdcflow.sources.base import META_COLUMNS, OP_SNAPSHOT, TableSpec
+from cdcflow.sources.base import TableSpec
 from cdcflow.sources.postgres import PostgresSource
+
+__all__ = ["commit_snapshot", "initial_snapshot", "needs_initial_snapshot", "resync", "stage_vanished"]
 
 log = logging.getLogger(__name__)
 Q = "serving_runtime.sql"
-PROGRESS_ROWS = 200_000
 
 
 def needs_initial_snapshot(serving: psycopg.Connection, source_name: str, specs: list[TableSpec]) -> bool:
@@ -54,48 +58,70 @@ def commit_snapshot(serving: psycopg.Connection, source_name: str, lsn: int, cou
     serving.commit()
 
 
-def initial_snapshot(source: PostgresSource, serving: psycopg.Connection, source_name: str) -> int:
+def initial_snapshot(source: PostgresSource, serving: psycopg.Connection, settings: Settings) -> int:
     """Create the slot and stage every captured table's rows. Returns the new watermark."""
-    return take_snapshot(source, serving, source_name, repair=False)
+    return take_snapshot(source, serving, settings, repair=False)
 
 
-def take_snapshot(source: PostgresSource, serving: psycopg.Connection, source_name: str, *, repair: bool) -> int:
+def take_snapshot(source: PostgresSource, serving: psycopg.Connection, settings: Settings, *, repair: bool) -> int:
     specs = source.describe_tables()
+    _, serving_dsn = settings.require_dsns()
+    with backfill.copy_lock(serving_dsn, settings.source_name, [s.capture for s in specs], wait=True):
+        return _snapshot(source, serving, settings, specs, repair)
+
+
+def _snapshot(source: PostgresSource, serving: psycopg.Connection, settings: Settings, specs, repair: bool) -> int:
+    source_name = settings.source_name
+    _, serving_dsn = settings.require_dsns()
     if source.slot_state() is not None:
         if repair:
             log.warning("resync: dropping replication slot %s to take a fresh snapshot", source.slot)
         else:
-            # Created by a start that died before its snapshot committed: nothing was staged
+            # Created by a start that died before its snapshot began: nothing was staged
             # from it (every capture is INIT), so it is safe to start over.
             log.warning("dropping replication slot %s: it was created but nothing was staged from it", source.slot)
         source.drop_slot()
     cp, snapshot_name, repl = source.create_slot_with_snapshot()
     watermark = cp - 1
     started = time.monotonic()
-    counts: dict[str, int] = {}
     try:
         with db.rolled_back_on_error(serving, "snapshot"):
-            binary = use_binary(source, serving)
-            reader = db.connect(source.dsn, "source")
-            try:
-                reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                reader.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
-                for spec in specs:
-                    with schema.indexes_built_after(serving, spec):
-                        counts[spec.capture] = copy_table(reader, serving, spec, watermark, binary=binary)
-                reader.rollback()
-            finally:
-                reader.close()
-            if repair:
-                for spec in specs:
-                    counts[spec.capture] += stage_vanished(serving, spec, watermark, counts[spec.capture])
-            commit_snapshot(serving, source_name, watermark, counts)
+            # From here on a crash leaves the captures in BACKFILL at the slot's position:
+            # 'cdcflow run' streams from there and copies the chunks not done.
+            rows = serving.execute(
+                sqlfiles.query(Q, "snapshot_begin"),
+                {
+                    "source": source_name,
+                    "captures": [s.capture for s in specs],
+                    "lsn": watermark,
+                    "why": ("resync: " if repair else "") + "its table's rows are being copied",
+                },
+            ).fetchall()
+            for spec in specs:
+                serving.execute(sqlfiles.query(Q, "backfill_restart"), {"source": source_name, "capture": spec.capture})
+            serving.commit()
+        history = {str(c): int(h) for c, h in rows}
+        binary = use_binary(source, serving)
+        for spec in specs:
+            copy_table(
+                source,
+                serving_dsn,
+                source_name,
+                spec,
+                snapshot_name,
+                watermark,
+                history=history[spec.capture],
+                drop_indexes=True,
+                binary=binary,
+                options=CopyOptions.of(settings),
+            )
     finally:
         repl.close()  # type: ignore[attr-defined]
+    for spec in specs:
+        backfill.complete(serving, source_name, spec, history[spec.capture], streaming=False)
     log.info(
-        "%s staged %d rows from %d tables in %.1fs; streaming from %s",
+        "%s staged %d tables in %.1fs; streaming from %s",
         "resync snapshot" if repair else "initial snapshot",
-        sum(counts.values()),
         len(specs),
         time.monotonic() - started,
         format_pg_lsn(watermark),
@@ -103,90 +129,6 @@ def take_snapshot(source: PostgresSource, serving: psycopg.Connection, source_na
     return watermark
 
 
-def copy_table(
-    reader: psycopg.Connection,
-    serving: psycopg.Connection,
-    spec: TableSpec,
-    watermark: int,
-    *,
-    binary: bool = False,
-    on_rows: Callable[[int], None] | None = None,
-) -> int:
-    """Stage every row of ``spec``'s table that ``reader``'s snapshot shows, as op 5 at
-    ``watermark``, inside ``serving``'s open transaction. Returns the rows staged.
-
-    The source builds the staging rows itself (``COPY (SELECT position, row number, 5, NULL,
-    columns ...) TO STDOUT``) and each block goes unchanged into ``COPY stg_cdc_... FROM
-    STDIN``: no row is parsed or rebuilt here, memory is one block. ``binary``: both COPYs in
-    binary format (same major version and built-in types only: see
-    ``PostgresSource.binary_transfer``). ``on_rows`` hears the count every 10,000 rows."""
-    fmt = sql.SQL(" (FORMAT binary)") if binary else sql.SQL("")
-    cols = [sql.Identifier(c) for c in spec.column_names]
-    select = sql.SQL(
-        "COPY (SELECT CAST({lsn} AS numeric(25,0)), CAST(row_number() OVER () AS numeric(25,0)), "
-        "CAST({op} AS smallint), CAST(NULL AS timestamptz), {cols} FROM {table}) TO STDOUT{fmt}"
-    ).format(
-        lsn=sql.Literal(watermark),
-        op=sql.Literal(OP_SNAPSHOT),
-        cols=sql.SQL(", ").join(cols),
-        table=sql.Identifier(spec.schema, spec.name),
-        fmt=fmt,
-    )
-    target = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
-        sql.Identifier(spec.staging_table),
-        sql.SQL(", ").join(sql.Identifier(c) for c in (*META_COLUMNS, *spec.column_names)),
-        fmt,
-    )
-    n = 0
-    with reader.cursor() as rcur, rcur.copy(select) as out, serving.cursor() as wcur, wcur.copy(target) as into:
-        for block in out:  # COPY TO sends one message per row
-            into.write(block)
-            n += 1
-            if n % 10_000 == 0:
-                if on_rows is not None:
-                    on_rows(n)
-                elif n % PROGRESS_ROWS == 0:
-                    log.info("snapshot of %s: %d rows so far", spec.qualified, n)
-    if binary:
-        n -= 1  # the header comes with the first row, the trailer alone in the last message
-    log.info("snapshot of %s: %d rows", spec.qualified, n)
-    return n
-
-
-def use_binary(source: PostgresSource, serving: psycopg.Connection) -> bool:
-    """Whether a snapshot may copy in binary format (the stream's rule), said once in the log."""
-    told, source.serving_version = source.serving_version, serving.info.server_version
-    try:
-        binary, why = source.binary_transfer()
-    finally:
-        source.serving_version = told  # the stream's own choice stays the ingestion worker's
-    log.info("snapshot copy: %s", why)
-    return binary
-
-
-def stage_vanished(
-    serving: psycopg.Connection, spec: TableSpec, watermark: int, base: int, history: int | None = None
-) -> int:
-    """Stage a delete at ``watermark`` for every key whose latest state staged at or before
-    ``history`` (default: before ``watermark``) is live but which the snapshot staged at
-    ``watermark`` does not have. Returns how many."""
-    keys = [sql.Identifier(k) for k in spec.key_columns]
-    cur = serving.execute(
-        sqlfiles.query(
-            Q,
-            "stage_vanished_deletes",
-            table=sql.Identifier(spec.staging_table),
-            keys=sql.SQL(", ").join(keys),
-            k_keys=sql.SQL(", ").join(sql.SQL("k.{}").format(k) for k in keys),
-            match=sql.SQL(" AND ").join(sql.SQL("s.{k} = k.{k}").format(k=k) for k in keys),
-        ),
-        {"lsn": watermark, "base": base, "history": watermark if history is None else history},
-    )
-    if cur.rowcount:
-        log.info("resync: %s had %d keys deleted during the gap; staged their deletes", spec.qualified, cur.rowcount)
-    return max(cur.rowcount, 0)
-
-
-def resync(source: PostgresSource, serving: psycopg.Connection, source_name: str) -> int:
+def resync(source: PostgresSource, serving: psycopg.Connection, settings: Settings) -> int:
     """Repair a gap: fresh slot and snapshot, deletes for vanished keys, captures back to OK."""
-    return take_snapshot(source, serving, source_name, repair=True)
+    return take_snapshot(source, serving, settings, repair=True)

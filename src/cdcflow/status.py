@@ -142,14 +142,14 @@ def collect(settings: Settings) -> Status:
         )
         if wm.state not in HEALTHY_CAPTURE:
             problems.append(f"capture {wm.capture} is {wm.state}" + (f": {wm.last_error}" if wm.last_error else ""))
-    for capture, _lsn, done, estimate, started_at, updated_at in backfills:
+    for capture, _lsn, done, estimate, started_at, updated_at, resumed in backfills:
         seconds = (updated_at - started_at).total_seconds()
         out.backfills.append(
             {
                 "capture": capture,
                 "rows_done": int(done),
                 "rows_estimate": int(estimate) if estimate is not None else None,
-                "rows_per_second": round(done / seconds) if seconds > 0 else None,
+                "rows_per_second": round((done - resumed) / seconds) if seconds > 0 else None,
                 "since": started_at,
             }
         )

@@ -129,14 +129,16 @@ def test_missing_captured_table_is_one_line(edbs):
         )
 
 
-def test_bootstrap_run_status_and_sigterm(edbs):
+def test_bootstrap_run_status_and_sigterm(edbs, tmp_path):
     env = edbs.env()
     proc = cdcflow("bootstrap", "--demo", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "public.orders -> stg_cdc_orders" in proc.stdout
-    run = subprocess.Popen(
-        [sys.executable, "-m", "cdcflow", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # The run's log goes to a file: a pipe nobody reads until the end would block its
+    # logging once the pipe's buffer is full.
+    log = tmp_path / "run.log"
+    with open(log, "wb") as sink:
+        run = subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
         with edbs.source() as src:
             src.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 12.5)")
@@ -145,10 +147,19 @@ def test_bootstrap_run_status_and_sigterm(edbs):
             with edbs.serving() as s:
                 return s.execute("SELECT count(*) FROM stg_cdc_orders WHERE __op = 2").fetchone()[0] == 1
 
-        wait_until(staged, timeout=30, what="the insert to be staged")
+        try:
+            wait_until(staged, timeout=30, what="the insert to be staged")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the run's log:\n{log.read_text()[-4000:]}") from None
     finally:
         run.send_signal(signal.SIGTERM)
-        out, _ = run.communicate(timeout=20)
+        try:
+            run.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+            raise AssertionError(f"cdcflow run did not stop on SIGTERM; its log:\n{log.read_text()[-4000:]}") from None
+    out = log.read_text()
     assert run.returncode == 0, out
     assert "SIGTERM received" in out
     status = cdcflow("status", env=env)

@@ -196,11 +196,26 @@ def _capture_state(dbs, capture: str) -> str | None:
     return row[0] if row else None
 
 
-def test_sigkill_during_a_backfill_restarts_it_and_nothing_is_lost_or_doubled(edbs, tmp_path):
-    """'cdcflow run' is SIGKILLed at random moments of a table's backfill, at least five times,
-    while every table is written; each restart begins the copy again, and at the end staging
-    holds every row of the new table once and the other tables' changes exactly."""
-    bootstrap(edbs.settings, demo=True).source.close()
+def _all_states(dbs) -> set[str]:
+    with dbs.serving() as s:
+        return {r[0] for r in s.execute("SELECT state FROM ctl_ingestion_watermarks")}
+
+
+def _chunks_done(dbs) -> int:
+    with dbs.serving() as s:
+        return s.execute("SELECT count(*) FROM ctl_backfill_chunks").fetchone()[0]
+
+
+@pytest.mark.parametrize("copy", ["table-added", "initial-snapshot"])
+def test_sigkill_during_a_chunked_copy_resumes_it_and_nothing_is_lost_or_doubled(edbs, tmp_path, copy):
+    """'cdcflow run' is SIGKILLed at random moments of a table's chunked copy, at least five
+    times, while every table is written: the copy of a table added to a running deployment,
+    or the initial snapshot of all four (then the first run's bootstrap takes it). Each
+    restart resumes from the chunks done (the rows copied over all attempts stay well below
+    one copy per attempt), and at the end staging holds the big table's rows and the other
+    tables' changes exactly."""
+    # 'initial-snapshot': the demo schema and control rows only; the first run snapshots.
+    bootstrap(edbs.settings, demo=True, snapshot_now=copy == "table-added").source.close()
     with edbs.source() as src:
         src.execute(
             "CREATE TABLE extra (id bigserial PRIMARY KEY, kind text NOT NULL, v numeric(12,2), order_id bigint)"
@@ -210,8 +225,11 @@ def test_sigkill_during_a_backfill_restarts_it_and_nothing_is_lost_or_doubled(ed
             "FROM generate_series(1, %s) g",
             (300_000,),
         )
+        src.execute("ANALYZE extra")  # the planner's rows per block size the chunks
     four = edbs.settings.replace(capture_tables=(*edbs.settings.capture_tables, "public.extra"))
-    env = edbs.env(CAPTURE_TABLES=",".join(four.capture_tables), LOG_LEVEL="info", LEASE_SECONDS="3")
+    env = edbs.env(
+        CAPTURE_TABLES=",".join(four.capture_tables), LOG_LEVEL="info", LEASE_SECONDS="3", SNAPSHOT_CHUNK_ROWS="15000"
+    )
     stop, errors = threading.Event(), []
     load = threading.Thread(target=_load, args=(edbs.source_dsn, stop, errors, True))
     load.start()
@@ -221,15 +239,17 @@ def test_sigkill_during_a_backfill_restarts_it_and_nothing_is_lost_or_doubled(ed
         try:
             for _ in range(6):
                 proc = subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=log)
-                wait_until(lambda: _capture_state(edbs, "public_extra") == "BACKFILL", timeout=60, what="BACKFILL")
-                time.sleep(rng.uniform(0.0, 2.5))
+                # Killed at a random moment after this run has committed a chunk of its own.
+                seen = _chunks_done(edbs)
+                wait_until(lambda seen=seen: _chunks_done(edbs) > seen, timeout=60, what="a chunk copied")
+                time.sleep(rng.uniform(0.0, 0.3))
                 state = _capture_state(edbs, "public_extra")
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(30)
                 mid_backfill += state == "BACKFILL"
             proc = subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=log)
             try:
-                wait_until(lambda: _capture_state(edbs, "public_extra") == "OK", timeout=120, what="backfill done")
+                wait_until(lambda: _all_states(edbs) == {"OK"}, timeout=120, what="every copy done")
                 stop.set()
                 load.join(30)
                 assert not errors, errors
@@ -244,11 +264,17 @@ def test_sigkill_during_a_backfill_restarts_it_and_nothing_is_lost_or_doubled(ed
     with edbs.source() as src, edbs.serving() as serving:
         assert_latest_state_equals_source(src, serving)
         _assert_extra_staged_once(src, serving)
-        assert serving.execute("SELECT count(DISTINCT __lsn) FROM stg_cdc_extra WHERE __op = 5").fetchone()[0] == 1, (
-            "rows of an interrupted copy were left staged"
-        )
+        positions, copied, twice = serving.execute(
+            "SELECT count(DISTINCT __lsn), count(*), count(*) - count(DISTINCT (__lsn, id)) "
+            "FROM stg_cdc_extra WHERE __op = 5"
+        ).fetchone()
+        assert twice == 0, f"{twice} rows staged twice by one snapshot"
+        assert positions >= 2, "the copy never resumed: every chunk came from one snapshot"
+        assert copied < 300_000 * 1.5, f"{copied} rows copied for a 300,000-row table: chunks were copied again"
+        assert serving.execute("SELECT count(*) FROM ctl_backfill_chunks").fetchone()[0] == 0
         # No temporary slot outlived its process.
         assert (
             src.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '%backfill%'").fetchone()[0]
             == 0
         )
+    assert "resuming" in (tmp_path / "run.log").read_text(), "no restart resumed from the chunks done"

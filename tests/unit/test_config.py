@@ -63,6 +63,8 @@ BAD = [
     ("COMPACTION_INTERVAL_SECONDS", "-3", "number of seconds"),
     ("COMPACTION_BATCH_ROWS", "10", "whole number"),
     ("LEASE_SECONDS", "0", "number of seconds"),
+    ("SNAPSHOT_CHUNK_ROWS", "10", "whole number"),
+    ("SNAPSHOT_WORKERS", "0", "whole number"),
 ]
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
@@ -86,25 +84,33 @@ def ensure_staging(conn: psycopg.Connection, spec: TableSpec) -> None:
     )
 
 
-@contextlib.contextmanager
-def indexes_built_after(conn: psycopg.Connection, spec: TableSpec) -> Iterator[None]:
-    """Inside the caller's transaction: when ``spec``'s staging table is empty, its primary
-    key and key index are dropped for the block and built again after it, in one sorted
-    pass each (a bulk load then costs about what the raw COPY does, instead of two B-tree
-    insertions per row). A staging table that holds rows keeps its indexes."""
+def drop_indexes_if_empty(conn: psycopg.Connection, spec: TableSpec) -> bool:
+    """Inside the caller's transaction: when ``spec``'s staging table is empty, drop its
+    primary key and key index, so that a bulk load costs about what the raw COPY does
+    instead of two B-tree insertions per row; :func:`ensure_indexes` builds them again, in
+    one sorted pass each. Only while nothing else writes the table: the ingestion's retry
+    path needs the primary key. Returns whether they were dropped."""
     table = sql.Identifier(spec.staging_table)
     empty = conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(table)).fetchone()
     if not (empty and empty[0]):
-        yield
-        return
-    pk, index = sql.Identifier(spec.staging_table + "_pkey"), sql.Identifier(spec.staging_table + "_key_idx")
+        return False
+    pk, index = _index_names(spec)
     conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(table, pk))
     conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(index))
-    yield
-    # The sorts of the two builds: in memory rather than in temporary files, up to this much
-    # (PostgreSQL's default of 64MB sorts a 10-million-row snapshot on disk).
-    conn.execute(sqlfiles.query(Q, "bulk_index_memory"))
-    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY (__lsn, __seqval, __op)").format(table, pk))
+    return True
+
+
+def ensure_indexes(conn: psycopg.Connection, spec: TableSpec) -> None:
+    """Inside the caller's transaction: the staging table's primary key and key index, built
+    if a bulk load dropped them (and a crash kept it from building them again)."""
+    table = sql.Identifier(spec.staging_table)
+    pk, index = _index_names(spec)
+    has_pk = conn.execute(sqlfiles.query(Q, "staging_has_primary_key"), {"table": spec.staging_table}).fetchone()
+    if not (has_pk and has_pk[0]):
+        # The sorts of the builds: in memory rather than in temporary files, up to this much
+        # (PostgreSQL's default of 64MB sorts a 10-million-row snapshot on disk).
+        conn.execute(sqlfiles.query(Q, "bulk_index_memory"))
+        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY (__lsn, __seqval, __op)").format(table, pk))
     conn.execute(
         sqlfiles.query(
             Q,
@@ -114,6 +120,10 @@ def indexes_built_after(conn: psycopg.Connection, spec: TableSpec) -> Iterator[N
             keys=sql.SQL(", ").join(sql.Identifier(k) for k in spec.key_columns),
         )
     )
+
+
+def _index_names(spec: TableSpec) -> tuple[sql.Identifier, sql.Identifier]:
+    return sql.Identifier(spec.staging_table + "_pkey"), sql.Identifier(spec.staging_table + "_key_idx")
 
 
 def reconcile(conn: psycopg.Connection, spec: TableSpec) -> tuple[TableSpec, str | None]:

@@ -101,8 +101,9 @@ FROM unnest(%(captures)s::text[], %(rows)s::bigint[]) AS d(capture, rows)
 WHERE w.source_name = %(source)s AND w.capture_instance = d.capture;
 
 -- name: stage_vanished_deletes
--- Resync: a key whose latest staged state is live but that the fresh snapshot does not
--- have was deleted during the gap; stage its delete at the snapshot position.
+-- Resync: a key whose latest staged state is live but that the fresh snapshot (its rows
+-- staged at or after snapshot_from) does not have was deleted during the gap; stage its
+-- delete at the given position.
 INSERT INTO {table} (__lsn, __seqval, __op, __commit_time, {keys})
 SELECT %(lsn)s, %(base)s + row_number() OVER (), 1, NULL, {k_keys}
 FROM (
@@ -112,7 +113,7 @@ FROM (
     ORDER BY {keys}, __lsn DESC, __seqval DESC
 ) AS k
 WHERE k.__op <> 1
-  AND NOT EXISTS (SELECT 1 FROM {table} AS s WHERE s.__lsn = %(lsn)s AND s.__op = 5 AND {match});
+  AND NOT EXISTS (SELECT 1 FROM {table} AS s WHERE s.__lsn >= %(snapshot_from)s AND s.__op = 5 AND {match});
 
 -- name: cdcflow_tables
 -- Staging, projection and projection-state tables in the serving database (for reset).
@@ -130,6 +131,7 @@ WHERE source_name = %(source)s;
 
 -- name: reset_backfills
 -- Reset: no backfill is in flight.
+WITH chunks AS (DELETE FROM ctl_backfill_chunks WHERE source_name = %(source)s)
 DELETE FROM ctl_backfills WHERE source_name = %(source)s;
 
 -- name: reset_checkpoints
@@ -171,16 +173,16 @@ RETURNING backfill_from_lsn, last_lsn;
 
 -- name: backfill_progress
 -- The backfill in flight: position and rows copied so far (its own short transaction).
-INSERT INTO ctl_backfills AS b (source_name, capture_instance, snapshot_lsn, rows_done, rows_estimate)
-VALUES (%(source)s, %(capture)s, %(lsn)s, %(rows)s, %(estimate)s)
+INSERT INTO ctl_backfills AS b (source_name, capture_instance, snapshot_lsn, rows_done, rows_estimate, rows_resumed)
+VALUES (%(source)s, %(capture)s, %(lsn)s, %(rows)s, %(estimate)s, %(resumed)s)
 ON CONFLICT (source_name, capture_instance) DO UPDATE
 SET snapshot_lsn = excluded.snapshot_lsn, rows_done = excluded.rows_done,
-    rows_estimate = excluded.rows_estimate, updated_at = now(),
+    rows_estimate = excluded.rows_estimate, rows_resumed = excluded.rows_resumed, updated_at = now(),
     started_at = CASE WHEN b.snapshot_lsn IS DISTINCT FROM excluded.snapshot_lsn THEN now() ELSE b.started_at END;
 
 -- name: read_backfills
 -- Backfills in flight (status).
-SELECT capture_instance, snapshot_lsn, rows_done, rows_estimate, started_at, updated_at
+SELECT capture_instance, snapshot_lsn, rows_done, rows_estimate, started_at, updated_at, rows_resumed
 FROM ctl_backfills WHERE source_name = %(source)s ORDER BY capture_instance;
 
 -- name: backfill_lock
@@ -209,8 +211,35 @@ SET state = 'OK', last_error = NULL, backfill_from_lsn = NULL, rows_staged = row
 WHERE source_name = %(source)s AND capture_instance = %(capture)s;
 
 -- name: backfill_forget
--- The backfill's progress row goes with it.
+-- The backfill's progress row and chunk records go with it.
+WITH chunks AS (
+    DELETE FROM ctl_backfill_chunks WHERE source_name = %(source)s AND capture_instance = %(capture)s
+)
 DELETE FROM ctl_backfills WHERE source_name = %(source)s AND capture_instance = %(capture)s;
+
+-- name: read_backfill_chunks
+-- The chunks of a capture's copy done so far: block range and rows.
+SELECT first_block, last_block, rows FROM ctl_backfill_chunks
+WHERE source_name = %(source)s AND capture_instance = %(capture)s ORDER BY first_block;
+
+-- name: backfill_chunk_positions
+-- The lowest and highest snapshot positions of a capture's chunks.
+SELECT min(snapshot_lsn), max(snapshot_lsn) FROM ctl_backfill_chunks
+WHERE source_name = %(source)s AND capture_instance = %(capture)s;
+
+-- name: backfill_record_chunk
+-- A chunk is staged (in the transaction that staged it).
+INSERT INTO ctl_backfill_chunks (source_name, capture_instance, first_block, last_block, snapshot_lsn, rows)
+VALUES (%(source)s, %(capture)s, %(first)s, %(last)s, %(lsn)s, %(rows)s);
+
+-- name: backfill_count_rows
+-- Rows staged (or dropped) for a capture being copied; no row updated: it left BACKFILL.
+UPDATE ctl_ingestion_watermarks SET rows_staged = rows_staged + %(rows)s, updated_at = now()
+WHERE source_name = %(source)s AND capture_instance = %(capture)s AND state = 'BACKFILL';
+
+-- name: backfill_restart
+-- A copy that must start over: its chunks are forgotten (its rows are dropped before the next first chunk).
+DELETE FROM ctl_backfill_chunks WHERE source_name = %(source)s AND capture_instance = %(capture)s;
 
 -- name: bulk_index_memory
 -- For the rest of the transaction, index builds sort in at least 256MB of memory.
@@ -219,3 +248,28 @@ SELECT set_config(
     (greatest(pg_size_bytes(current_setting('maintenance_work_mem')), 256 * 1024 * 1024) / 1024)::bigint || 'kB',
     true
 );
+
+-- name: staging_has_primary_key
+-- Whether a staging table has its primary key (a bulk load drops it for a while).
+SELECT EXISTS (
+    SELECT 1 FROM pg_constraint
+    WHERE conrelid = to_regclass(quote_ident(%(table)s)) AND contype = 'p'
+);
+
+-- name: snapshot_begin
+-- A snapshot of every capture begins at a new slot's position: each is copied from here
+-- (BACKFILL), its staged history kept as where it ends, and streams from the position.
+UPDATE ctl_ingestion_watermarks
+SET state = 'BACKFILL', last_error = %(why)s, last_lsn = %(lsn)s,
+    backfill_from_lsn = coalesce(backfill_from_lsn, CASE WHEN state = 'INIT' THEN 0 ELSE last_lsn END),
+    gap_from_lsn = NULL, gap_to_lsn = NULL, updated_at = now()
+WHERE source_name = %(source)s AND capture_instance = ANY(%(captures)s::text[])
+RETURNING capture_instance, backfill_from_lsn;
+
+-- name: copy_try_lock
+-- The right to copy one capture's table (session advisory lock), if free.
+SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0));
+
+-- name: copy_lock
+-- The right to copy one capture's table, waiting for it.
+SELECT pg_advisory_lock(hashtextextended(%(key)s, 0));

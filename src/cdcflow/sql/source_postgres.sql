@@ -80,3 +80,13 @@ WHERE oid = ANY(%(oids)s::oid[]) AND (typsend::oid = 0 OR typreceive::oid = 0);
 -- The planner's row count of a table (for a backfill's progress; -1 or 0: never analysed).
 SELECT c.reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relname = %(table)s;
+
+-- name: table_blocks
+-- A table's heap blocks now (its largest partition's, for a partitioned table) and the
+-- planner's rows per block (0: no statistics yet): how a copy splits it into chunks.
+SELECT greatest(pg_relation_size(c.oid),
+                coalesce((SELECT max(pg_relation_size(t.relid)) FROM pg_partition_tree(c.oid) AS t), 0))
+         / current_setting('block_size')::bigint,
+       CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 0 END
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname = %(table)s;

@@ -16,3 +16,20 @@ CREATE TABLE IF NOT EXISTS ctl_backfills (
     updated_at        timestamptz   NOT NULL DEFAULT now(),
     PRIMARY KEY (source_name, capture_instance)
 );
+
+-- Rows the copy in flight found done by earlier attempts (its rate counts the rest).
+ALTER TABLE ctl_backfills ADD COLUMN IF NOT EXISTS rows_resumed bigint NOT NULL DEFAULT 0;
+
+-- The chunks of a capture's copy already staged, each committed with its rows, so that a
+-- copy that stopped resumes from them: a range of the table's heap blocks (last_block NULL:
+-- to the end) and the snapshot position its rows were staged at.
+CREATE TABLE IF NOT EXISTS ctl_backfill_chunks (
+    source_name       text          NOT NULL,
+    capture_instance  text          NOT NULL,
+    first_block       bigint        NOT NULL,
+    last_block        bigint,
+    snapshot_lsn      numeric(25,0) NOT NULL,
+    rows              bigint        NOT NULL,
+    done_at           timestamptz   NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_name, capture_instance, first_block)
+);
