@@ -9,9 +9,20 @@ Python, the documented behaviour of what cdcflow calls:
 * ``sys.fn_cdc_get_min_lsn(ci)``: the capture instance's ``start_lsn``; 0x00... for an
   unknown (or empty) name. ``sys.fn_cdc_get_max_lsn()``: the newest LSN in
   ``cdc.lsn_time_mapping`` (harvested transactions, plus the capture job's idle-scan marks).
-* A transaction's changes share its commit LSN (``__$start_lsn``), ordered by
-  ``__$seqval``; an UPDATE is two change rows, op 3 (before) and op 4 (after), with the
-  same seqval; ``N'all'`` returns op 4 only, ``N'all update old'`` both.
+* A transaction's changes share its commit LSN (``__$start_lsn``). ``__$command_id``
+  numbers the row operations of a transaction in the order they ran; an UPDATE is two
+  change rows, op 3 (before) and op 4 (after), with the same seqval and command id;
+  ``N'all'`` returns op 4 only, ``N'all update old'`` both.
+* A *split update* (:meth:`FakeTransaction.split_update`: MERGE, an update of a
+  unique-index column, a row moving in the clustered index) is recorded as a delete (op 1)
+  and an insert (op 2) of the row, the insert with the LOWER ``__$seqval`` (KB 3030352,
+  https://support.microsoft.com/help/3030352) but the delete with the lower
+  ``__$command_id``. The change-table page says ``__$seqval`` must not be used to order
+  changes inside a transaction, ``__$command_id`` must
+  (https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-capture-instance-ct-transact-sql).
+* ``cdc.fn_cdc_get_all_changes_<ci>`` returns no ``__$command_id`` and orders by
+  ``__$seqval``; the change table ``cdc.<ci>_CT`` can be read directly, with
+  ``__$command_id``, and (a table, not the function) never raises error 313.
 * ``cdc.fn_cdc_get_all_changes_<ci>(from, to, filter)`` raises error 313 when
   ``from < min_lsn(ci)``, ``to > max_lsn()`` or ``from > to``.
 * The cleanup job (``cleanup``, or ``sys.sp_cdc_cleanup_change_table``) removes changes
@@ -97,6 +108,7 @@ class FakeChange:
     seqval: int
     op: int
     values: tuple
+    command_id: int = 1
 
 
 @dataclass
@@ -301,23 +313,41 @@ class FakeCdcServer:
             (lsn_bytes(self.min_lsn(p["capture"])), lsn_bytes(self.max_lsn()), lsn_bytes(inc))
         ]
 
+    def change_table(self, instance: str, from_lsn: int, to_lsn: int) -> list[FakeChange]:
+        """``cdc.<ci>_CT`` read directly: every operation, in the documented order
+        ``(__$start_lsn, __$command_id, __$seqval, __$operation)``; no range check."""
+        cap = self.captures.get(instance)
+        if cap is None:
+            raise ProgrammingError(208, f"Invalid object name 'cdc.{instance}_CT'.".encode())
+        rows = [c for c in cap.changes if from_lsn <= c.lsn <= to_lsn]
+        return sorted(rows, key=lambda c: (c.lsn, c.command_id, c.seqval, c.op))
+
     def _q_changes(self, conn, idents, p):
-        m = re.fullmatch(r"\[cdc\]\.\[fn_cdc_get_all_changes_((?:[^\]]|\]\])+)\]", idents["changes_fn"])
-        assert m, f"changes function not bracket-quoted: {idents['changes_fn']}"
-        instance = m.group(1).replace("]]", "]")
-        changes = self.all_changes(instance, lsn_int(p["from_lsn"]), lsn_int(p["to_lsn"]), "all")
+        if "change_table" in idents:
+            m = re.fullmatch(r"\[cdc\]\.\[((?:[^\]]|\]\])+)_CT\]", idents["change_table"])
+            assert m, f"change table not bracket-quoted: {idents['change_table']}"
+            instance = m.group(1).replace("]]", "]")
+            changes = self.change_table(instance, lsn_int(p["from_lsn"]), lsn_int(p["to_lsn"]))
+        else:  # the function, as cdcflow read it before it read the change table
+            m = re.fullmatch(r"\[cdc\]\.\[fn_cdc_get_all_changes_((?:[^\]]|\]\])+)\]", idents["changes_fn"])
+            assert m, f"changes function not bracket-quoted: {idents['changes_fn']}"
+            instance = m.group(1).replace("]]", "]")
+            changes = self.all_changes(instance, lsn_int(p["from_lsn"]), lsn_int(p["to_lsn"]), "all")
         n = int(p["max_rows"])
         if len(changes) > n:  # TOP (n) WITH TIES ... ORDER BY __$start_lsn
             last = changes[n - 1].lsn
             changes = [c for c in changes if c.lsn <= last]
         table = self.captures[instance].table
         picks = _column_picks(idents["columns"], table, alias="c")
-        rows = [
-            (lsn_bytes(c.lsn), lsn_bytes(c.seqval), c.op, self.mapping.get(c.lsn)) + tuple(c.values[i] for i in picks)
-            for c in changes
-        ]
-        names = ["__$start_lsn", "__$seqval", "__$operation", "commit_time"] + [table.columns[i].name for i in picks]
-        return names, rows
+        with_command = "change_table" in idents
+        names = ["__$start_lsn", "__$seqval", "__$operation"] + (["__$command_id"] if with_command else [])
+        names += ["commit_time"] + [table.columns[i].name for i in picks]
+        return names, self._change_rows(changes, picks, with_command)
+
+    def _change_rows(self, changes: list[FakeChange], picks: list[int], with_command: bool) -> Iterator[tuple]:
+        for c in changes:
+            head = (lsn_bytes(c.lsn), lsn_bytes(c.seqval), c.op) + ((c.command_id,) if with_command else ())
+            yield head + (self.mapping.get(c.lsn),) + tuple(c.values[i] for i in picks)
 
     def _q_begin_snapshot_read(self, conn, idents, p):
         if not self.snapshot_isolation:
@@ -370,7 +400,8 @@ class FakeTransaction:
 
     def __init__(self, server: FakeCdcServer) -> None:
         self.server = server
-        self.ops: list[tuple[FakeTable, int, tuple, tuple | None]] = []  # table, op, after, before
+        # table, op, after, before, split: one entry per row operation, in the order run
+        self.ops: list[tuple[FakeTable, int, tuple, tuple | None, bool]] = []
 
     def __enter__(self) -> FakeTransaction:
         return self
@@ -390,36 +421,55 @@ class FakeTransaction:
             values[key_col] = t.next_id
         t.next_id = max(t.next_id, int(values[key_col]) + 1)
         row = tuple(values.get(c.name) for c in t.columns)
-        self.ops.append((t, 2, row, None))
+        self.ops.append((t, 2, row, None, False))
         return values[key_col]
 
     def update(self, table: str, key: Any, **changes: Any) -> None:
+        """An UPDATE recorded as an op 3/4 pair. Changing the key column this way is what a
+        singleton update of a unique key does under trace flag 8207 (the old key is then
+        only in the op 3 row)."""
+        self._update(table, key, changes, split=False)
+
+    def split_update(self, table: str, key: Any, **changes: Any) -> None:
+        """An UPDATE recorded as a delete plus an insert, the insert with the lower seqval
+        (KB 3030352): MERGE, an update of a unique-index column, a clustered-index move."""
+        self._update(table, key, changes, split=True)
+
+    def _update(self, table: str, key: Any, changes: dict, split: bool) -> None:
         t = self._table(table)
         before = self._current(t, key)
         after = tuple(changes.get(c.name, before[i]) for i, c in enumerate(t.columns))
-        self.ops.append((t, 4, after, before))
+        k = t.key_index
+        if after[k] != key and (after[k] in t.rows or after[k] in self.live_keys(table)):
+            raise KeyError(f"duplicate key {after[k]!r} in fake table {t.name}")
+        t.next_id = max(t.next_id, int(after[k]) + 1) if isinstance(after[k], int) else t.next_id
+        self.ops.append((t, 4, after, before, split))
 
     def delete(self, table: str, key: Any) -> None:
         t = self._table(table)
-        self.ops.append((t, 1, self._current(t, key), None))
+        self.ops.append((t, 1, self._current(t, key), None, False))
 
     def live_keys(self, table: str) -> list[Any]:
         """Keys that exist as this transaction sees them (its own writes included)."""
         t = self._table(table)
         keys = dict.fromkeys(t.rows)
-        for tt, op, after, _before in self.ops:
+        for tt, op, after, before, _split in self.ops:
             if tt is t:
-                if op == 1:
-                    keys.pop(after[t.key_index], None)
-                else:
+                if op == 1 or before is not None:
+                    keys.pop((after if op == 1 else before)[t.key_index], None)
+                if op != 1:
                     keys[after[t.key_index]] = None
         return list(keys)
 
     def _current(self, t: FakeTable, key: Any) -> tuple:
         row = t.rows.get(key)
-        for table, _op, after, _before in self.ops:  # read your own writes
-            if table is t and after[t.key_index] == key:
-                row = None if _op == 1 else after
+        for table, op, after, before, _split in self.ops:  # read your own writes
+            if table is not t:
+                continue
+            if before is not None and before[t.key_index] == key:
+                row = None  # updated away from this key (or to it, below)
+            if after[t.key_index] == key:
+                row = None if op == 1 else after
         if row is None:
             raise KeyError(f"no row {key!r} in fake table {t.name}")
         return row
@@ -429,20 +479,32 @@ class FakeTransaction:
         if not self.ops:
             return None
         lsn = srv._next_lsn()
-        changes: list[tuple[str, FakeChange]] = []
-        for t, op, after, before in self.ops:
-            srv._seq += 1
-            key = after[t.key_index]
+        routed: list[tuple[str, FakeChange]] = []
+        command = 0
+        for t, op, after, before, split in self.ops:
+            k = t.key_index
+            if before is not None:
+                t.rows.pop(before[k], None)
             if op == 1:
-                t.rows.pop(key, None)
+                t.rows.pop(after[k], None)
             else:
-                t.rows[key] = after
+                t.rows[after[k]] = after
+            changes: list[FakeChange] = []
+            command += 1
+            if split:  # the delete first by command id, the insert first by seqval (KB 3030352)
+                changes.append(FakeChange(lsn, srv._seq + 2, 1, before, command))  # type: ignore[arg-type]
+                command += 1
+                changes.append(FakeChange(lsn, srv._seq + 1, 2, after, command))
+                srv._seq += 2
+            else:
+                srv._seq += 1
+                if op == 4:  # an update is a 3/4 pair sharing one seqval and command id
+                    changes.append(FakeChange(lsn, srv._seq, 3, before, command))  # type: ignore[arg-type]
+                changes.append(FakeChange(lsn, srv._seq, op, after, command))
             for cap in srv.captures.values():
                 if cap.table is t:
-                    if op == 4:  # an update is a 3/4 pair sharing one seqval
-                        changes.append((cap.instance, FakeChange(lsn, srv._seq, 3, before)))  # type: ignore[arg-type]
-                    changes.append((cap.instance, FakeChange(lsn, srv._seq, op, after)))
-        srv.pending.append((lsn, changes))
+                    routed.extend((cap.instance, c) for c in changes)
+        srv.pending.append((lsn, routed))
         if srv.auto_harvest:
             srv.harvest()
         self.ops = []

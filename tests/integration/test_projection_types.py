@@ -161,8 +161,10 @@ def test_seed_projections_on_a_sql_server_source_FAKE(edbs):
                             r = rng.random()
                             if r < 0.5 or not keys:
                                 tx.insert(table, **_values(table, rng, now))
-                            elif r < 0.85:
+                            elif r < 0.7:
                                 tx.update(table, rng.choice(keys), **_values(table, rng, now))
+                            elif r < 0.85:  # delete + insert, insert first by seqval (KB 3030352)
+                                tx.split_update(table, rng.choice(keys), **_values(table, rng, now))
                             else:
                                 tx.delete(table, rng.choice(keys))
                 fake.harvest()

@@ -157,6 +157,12 @@ def changes_function(capture_instance: str) -> Quoted:
     return Quoted(quote_ident("cdc") + "." + quote_ident("fn_cdc_get_all_changes_" + capture_instance))
 
 
+def change_table(capture_instance: str) -> Quoted:
+    """``[cdc].[<capture_instance>_CT]``, the capture instance's change table, validated and quoted."""
+    check_capture_instance(capture_instance)
+    return Quoted(quote_ident("cdc") + "." + quote_ident(capture_instance + "_CT"))
+
+
 def column_list(columns: tuple[str, ...] | list[str], alias: str | None = None) -> Quoted:
     prefix = (quote_ident(alias) + ".") if alias else ""
     return Quoted(", ".join(prefix + quote_ident(c) for c in columns))

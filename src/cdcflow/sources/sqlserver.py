@@ -1,4 +1,4 @@
-"""SQL Server source: native CDC read through the seed's functions, gap-safe.
+"""SQL Server source: native CDC (the seed's LSN functions, the change tables), gap-safe.
 
 One ingestor per capture instance, as in the seed: :meth:`SqlServerSource.per_capture`
 gives one source object per captured table, and only such a single-capture object
@@ -10,17 +10,17 @@ Per read, for watermark ``W`` (every change with ``__$start_lsn <= W`` is staged
   ``max = sys.fn_cdc_get_max_lsn()``, ``from = sys.fn_cdc_increment_lsn(W)``.
 * ``from < min``: the cleanup job (or a re-created capture instance) removed changes we
   have not staged. That is a :class:`GapError` (capture state ``GAP`` with the range),
-  never "no rows". So is error 313 from the changes function, whatever the cause.
+  never "no rows".
 * ``from > max``: nothing new; wait (at most ``wait_seconds``) for the capture job.
-* Otherwise read ``cdc.fn_cdc_get_all_changes_<ci>(from, max, N'all')`` in
-  ``(__$start_lsn, __$seqval, __$operation)`` order with ``TOP (n) WITH TIES`` on
-  ``__$start_lsn``: the row cap never splits an LSN (the seed's ``TOP (n)`` did, and then
-  started the next window after that LSN, losing the rest of it). Fewer than ``n`` rows
-  means the whole window was read, so the new watermark is ``max`` even with no rows:
-  an idle capture advances. ``n`` rows or more: the watermark is the last row's LSN.
-
-Updates arrive as op 4 only (row filter ``N'all'``); the change table's op 3 rows
-("all update old") are not read: projections ignore them.
+* Otherwise read the change table ``cdc.<ci>_CT`` for ``[from, max]`` in
+  ``(__$start_lsn, __$command_id, __$seqval, __$operation)`` order
+  (:mod:`cdcflow.sources.mssql_changes` says why and how seqvals are staged) with
+  ``TOP (n) WITH TIES`` on ``__$start_lsn``: the row cap never splits an LSN. Fewer than
+  ``n`` rows means the whole window was read, so the new watermark is ``max`` even with no
+  rows: an idle capture advances. ``n`` rows or more: the watermark is the last row's LSN.
+* After the read, ``min`` is read again: a table read checks no range, so a cleanup that
+  ran during the read is seen only there (``min > from``: a gap, and the batch is not
+  committed).
 
 Snapshots: :meth:`SqlServerSource.snapshot` (the method and why it is consistent are in
 its docstring); :func:`stage_snapshot` stages one into serving with the watermark, and
@@ -38,10 +38,11 @@ from types import ModuleType
 from typing import Any
 
 from cdcflow import db
-from cdcflow.errors import CdcflowError, GapError, SourceConfigError, TerminalError, TransientError
+from cdcflow.errors import GapError, SourceConfigError, TerminalError, TransientError
 from cdcflow.positions import format_mssql_lsn, mssql_lsn_from_bytes, mssql_lsn_to_bytes
 from cdcflow.sources import mssql_support as ms
 from cdcflow.sources.base import OP_SNAPSHOT, BatchResult, ChangeSink, Column, TableSpec, copy_line
+from cdcflow.sources.mssql_changes import ChangeStager
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,15 @@ class SqlServerSource:
             if left <= 0:
                 return BatchResult(end_lsn=after_lsn)
             self._sleep(min(IDLE_POLL_SECONDS, left))
-        return self._read_window(spec, instance, after_lsn, from_lsn, max_lsn, max(1, max_rows), sink)
+        result = self._read_window(spec, instance, after_lsn, from_lsn, max_lsn, max(1, max_rows), sink)
+        # A table read checks no range: the cleanup job may have removed rows of the window
+        # while it was read. The window is whole only if the min LSN is still at or below it.
+        min_after = self.bounds()[0]
+        if min_after == _ZERO_LSN or min_after > from_lsn:
+            raise self._gap(
+                spec, instance, after_lsn, min_after, "the CDC cleanup job removed changes while they were read"
+            )
+        return result
 
     def _read_window(
         self,
@@ -287,67 +296,43 @@ class SqlServerSource:
         max_rows: int,
         sink: ChangeSink,
     ) -> BatchResult:
+        """Stage the changes of ``[from_lsn, to_lsn]`` (whole LSNs, at most about ``max_rows``);
+        order and staged seqvals: :mod:`cdcflow.sources.mssql_changes`."""
         drv = self.driver()
         sql = ms.query(
-            "changes",
-            columns=ms.column_list(spec.column_names, alias="c"),
-            changes_fn=ms.changes_function(instance),
+            "changes", columns=ms.column_list(spec.column_names, alias="c"), change_table=ms.change_table(instance)
         )
         params = {"max_rows": max_rows, "from_lsn": mssql_lsn_to_bytes(from_lsn), "to_lsn": mssql_lsn_to_bytes(to_lsn)}
-        capture = spec.capture
-        rows = txns = 0
-        last_lsn = after_lsn
-        last_time: dt.datetime | None = None
+        stager = ChangeStager(spec.capture, sink, after_lsn)
         try:
             cur = self.conn().cursor()
             try:
                 cur.execute(sql, params)
                 for row in cur:
-                    lsn = _lsn(row[0])
-                    if lsn != last_lsn:
-                        txns += 1
-                        last_lsn = lsn
-                        last_time = row[3]
-                    sink.add_line(capture, copy_line(lsn, _lsn(row[1]), int(row[2]), row[3], row[4:]))
-                    rows += 1
+                    stager.add(row)
             finally:
                 cur.close()
         except drv.Error as exc:
-            if ms.error_number(exc) == ms.ERROR_INSUFFICIENT_ARGUMENTS:
-                min_lsn = self._min_lsn_or_none(instance)
-                raise self._gap(
-                    spec,
-                    instance,
-                    after_lsn,
-                    min_lsn,
-                    f"error 313 for the window {format_mssql_lsn(from_lsn)}..{format_mssql_lsn(to_lsn)} "
-                    "(outside what the capture instance holds)",
-                ) from None
-            err = ms.wrap_error(f"reading changes of {instance}", exc)
+            err = ms.wrap_error(f"reading changes of {instance} (cdc.{instance}_CT)", exc)
             if isinstance(err, TransientError):
                 self.close()
             raise err from None
-        if rows >= max_rows and last_lsn < to_lsn:
-            end, more = last_lsn, True  # capped: the last LSN came whole (WITH TIES)
+        stats = stager.finish()
+        if stats.fetched >= max_rows and stats.last_lsn < to_lsn:
+            end, more = stats.last_lsn, True  # capped: the last LSN came whole (WITH TIES)
         else:
             end, more = to_lsn, False  # the whole window was read: advance to it, rows or not
+        last_time = stats.last_time
         if last_time is not None and last_time.tzinfo is None:
             last_time = last_time.replace(tzinfo=dt.UTC)
         return BatchResult(
             end_lsn=end,
-            rows=rows,
-            transactions=txns,
-            rows_by_capture={capture: rows} if rows else {},
+            rows=stats.rows,
+            transactions=stats.transactions,
+            rows_by_capture={spec.capture: stats.rows} if stats.rows else {},
             last_commit_time=last_time,
             more_pending=more,
         )
-
-    def _min_lsn_or_none(self, instance: str) -> int | None:
-        try:
-            rows = self._run("reading CDC LSN bounds", ms.query("lsn_bounds"), {"capture": instance})
-        except CdcflowError:
-            return None
-        return _lsn(rows[0][0]) or None
 
     # -- initial snapshot -------------------------------------------------------
 

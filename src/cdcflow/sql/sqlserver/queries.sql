@@ -51,21 +51,26 @@ SELECT sys.fn_cdc_get_min_lsn(%(capture)s) AS min_lsn,
        sys.fn_cdc_increment_lsn(%(after_lsn)s) AS from_lsn;
 
 -- name: changes
--- Changes with from_lsn <= __$start_lsn <= to_lsn in commit order. TOP ... WITH TIES on
--- __$start_lsn applies the row cap without ever splitting an LSN: the rows that share
--- the last LSN come along. Error 313 means the window is outside [min_lsn, max_lsn].
+-- Changes with from_lsn <= __$start_lsn <= to_lsn, read from the change table itself
+-- (cdc.<capture_instance>_CT): the cdc.fn_cdc_get_all_changes_<ci> function does not return
+-- __$command_id, and Microsoft's change-table page says to order the changes of a
+-- transaction by __$command_id, not __$seqval (KB 3030352: the insert of an update recorded
+-- as delete + insert can have the lower seqval). Every operation is read, op 3 included.
+-- A table read checks no range (no error 313): the caller checks the min LSN before and
+-- after. TOP ... WITH TIES on __$start_lsn applies the row cap without splitting an LSN.
 -- Commit time: cdc.lsn_time_mapping holds server local time; shifted to UTC with the
 -- server's current offset.
-SELECT c.[__$start_lsn], c.[__$seqval], c.[__$operation],
+SELECT c.[__$start_lsn], c.[__$seqval], c.[__$operation], c.[__$command_id],
        DATEADD(minute, -DATEPART(TZOFFSET, SYSDATETIMEOFFSET()), m.tran_end_time) AS commit_time,
        {columns}
 FROM (
     SELECT TOP (%(max_rows)s) WITH TIES *
-    FROM {changes_fn}(%(from_lsn)s, %(to_lsn)s, N'all')
+    FROM {change_table}
+    WHERE [__$start_lsn] >= %(from_lsn)s AND [__$start_lsn] <= %(to_lsn)s
     ORDER BY [__$start_lsn]
 ) AS c
 LEFT JOIN cdc.lsn_time_mapping AS m ON m.start_lsn = c.[__$start_lsn]
-ORDER BY c.[__$start_lsn], c.[__$seqval], c.[__$operation];
+ORDER BY c.[__$start_lsn], c.[__$command_id], c.[__$seqval], c.[__$operation];
 
 -- name: begin_snapshot_read
 -- The initial snapshot's transaction: one point in time, writers not blocked.
