@@ -430,6 +430,13 @@ class FakeTransaction:
         only in the op 3 row)."""
         self._update(table, key, changes, split=False)
 
+    def change_key(self, table: str, key: Any) -> Any:
+        """:meth:`update` of the key column to a new value (the table's next id); returns it."""
+        t = self._table(table)
+        new_key = t.next_id
+        self.update(table, key, **{t.columns[t.key_index].name: new_key})
+        return new_key
+
     def split_update(self, table: str, key: Any, **changes: Any) -> None:
         """An UPDATE recorded as a delete plus an insert, the insert with the lower seqval
         (KB 3030352): MERGE, an update of a unique-index column, a clustered-index move."""

@@ -163,6 +163,8 @@ def test_seed_projections_on_a_sql_server_source_FAKE(edbs):
                                 tx.insert(table, **_values(table, rng, now))
                             elif r < 0.7:
                                 tx.update(table, rng.choice(keys), **_values(table, rng, now))
+                            elif r < 0.78:  # a key change recorded as an op 3/4 pair (trace flag 8207)
+                                tx.change_key(table, rng.choice(keys))
                             elif r < 0.85:  # delete + insert, insert first by seqval (KB 3030352)
                                 tx.split_update(table, rng.choice(keys), **_values(table, rng, now))
                             else:

@@ -78,3 +78,32 @@ def test_split_update_with_the_insert_first_by_seqval_leaves_the_row_live(fake):
     assert latest[2] is not None and latest[2][1] == b"MOVED"
     assert latest[3] is not None and latest[3][1] == b"MOVED-AGAIN"
     assert len({(int(p[0]), int(p[1]), int(p[2])) for p in sink.lines}) == len(sink.lines)  # staging's primary key
+
+
+def test_key_change_recorded_as_update_old_and_new_deletes_the_old_key(fake):
+    """An update that changes the key can be recorded as an op 3/4 pair (old values, new
+    values: cdc.<capture_instance>_CT page, __$operation 3 and 4,
+    https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-capture-instance-ct-transact-sql;
+    trace flag 8207 records singleton updates of a unique key this way, KB 238254,
+    https://learn.microsoft.com/troubleshoot/sql/database-engine/replication/update-statements-replicated-as-delete-insert).
+    The old key must not stay live in serving."""
+    source = customers(fake)
+    w = source.snapshot(ListSink()).end_lsn
+    with fake.transaction() as tx:
+        tx.update("customers", 2, customer_id=50, segment="RENUMBERED")
+        tx.update("customers", 3, segment="SAME-KEY")
+    with fake.transaction() as tx:
+        tx.update("customers", 50, customer_id=51)
+        tx.insert("customers", customer_id=2, segment="REUSED", is_active=True)  # the old key, live again
+    ops = [(c.op, c.values[0]) for c in fake.captures["dbo_customers"].changes if c.lsn > w]
+    assert ops[:2] == [(3, 2), (4, 50)]  # the model: the old key is only in the op 3 row
+    sink, _ = read_all(source, w)
+    latest = sink.latest()
+    assert 50 not in latest or latest[50] is None
+    assert latest[51] is not None and latest[51][1] == b"RENUMBERED"
+    assert latest[2] is not None and latest[2][1] == b"REUSED"
+    assert latest[3] is not None and latest[3][1] == b"SAME-KEY"
+    assert {k: v is not None for k, v in latest.items()} == {
+        k: k in fake.tables[("dbo", "customers")].rows for k in latest
+    }
+    assert [int(p[2]) for p in sink.lines].count(1) == 2  # one delete per key change, none for the same-key update

@@ -49,13 +49,22 @@ class WindowStats:
 
 
 class ChangeStager:
-    """Turns change-table rows (the ``changes`` query, in its order) into staging lines."""
+    """Turns change-table rows (the ``changes`` query, in its order) into staging lines.
 
-    def __init__(self, capture: str, sink: ChangeSink, after_lsn: int) -> None:
+    An update is an op 3 row (old values) followed by an op 4 row (new values) with the same
+    ``__$seqval`` and ``__$command_id``. Op 3 is not staged, except when the pair changed the
+    row's key (a singleton update of a unique key under trace flag 8207 is recorded this
+    way rather than as delete + insert): then the old key is staged as a delete (op 1) at
+    the op 3 row's position, so it does not stay live in serving.
+    """
+
+    def __init__(self, capture: str, sink: ChangeSink, after_lsn: int, key_indexes: tuple[int, ...]) -> None:
         self.capture = capture
         self.sink = sink
         self.stats = WindowStats(last_lsn=after_lsn)
+        self.key_indexes = key_indexes
         self._position = 0
+        self._old: tuple[int, tuple] | None = None  # (position, row) of an op 3 awaiting its op 4
 
     def add(self, row: tuple) -> None:
         commit_lsn = lsn(row[0])
@@ -67,9 +76,20 @@ class ChangeStager:
         self._position += 1
         self.stats.fetched += 1
         op = int(row[2])
+        old, self._old = self._old, None
         if op == OP_UPDATE_OLD:
-            return  # the old values of an update: projections ignore them
+            self._old = (self._position, row)  # the old values of an update: staged only on a key change
+            return
+        if op == OP_UPDATE_NEW and old is not None and self._same_update(old[1], row):
+            old_values, new_values = old[1][HEAD:], row[HEAD:]
+            if any(old_values[i] != new_values[i] for i in self.key_indexes):
+                self._stage(commit_lsn, old[0], OP_DELETE, row[4], old_values)
         self._stage(commit_lsn, self._position, op, row[4], row[HEAD:])
+
+    @staticmethod
+    def _same_update(old: tuple, new: tuple) -> bool:
+        """Same commit LSN, seqval and command id: the two rows of one update."""
+        return (bytes(old[0]), bytes(old[1]), old[3]) == (bytes(new[0]), bytes(new[1]), new[3])
 
     def _stage(self, commit_lsn: int, position: int, op: int, commit_time: Any, values: tuple) -> None:
         self.sink.add_line(self.capture, copy_line(commit_lsn, position, op, commit_time, values))

@@ -303,7 +303,8 @@ class SqlServerSource:
             "changes", columns=ms.column_list(spec.column_names, alias="c"), change_table=ms.change_table(instance)
         )
         params = {"max_rows": max_rows, "from_lsn": mssql_lsn_to_bytes(from_lsn), "to_lsn": mssql_lsn_to_bytes(to_lsn)}
-        stager = ChangeStager(spec.capture, sink, after_lsn)
+        keys = tuple(i for i, c in enumerate(spec.columns) if c.is_key)
+        stager = ChangeStager(spec.capture, sink, after_lsn, keys)
         try:
             cur = self.conn().cursor()
             try:
