@@ -27,6 +27,11 @@ Python, the documented behaviour of what cdcflow calls:
   ``from < min_lsn(ci)``, ``to > max_lsn()`` or ``from > to``.
 * The cleanup job (``cleanup``, or ``sys.sp_cdc_cleanup_change_table``) removes changes
   below a low water mark and raises the capture instance's ``start_lsn`` to it.
+* The cleanup job can also run in the middle of a read
+  (:meth:`FakeCdcServer.cleanup_during_next_read`): the rest of the read sees only the
+  rows left, and nothing raises an error (the function checks its range once, at the
+  start: sys.fn_cdc_get_min_lsn's page says to check the range against the min LSN
+  because cleanup moves it, https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql).
 * The capture job can lag (``auto_harvest = False``): a commit changes the table at once
   but reaches the change table and ``max_lsn`` only at :meth:`FakeCdcServer.harvest`.
 
@@ -172,6 +177,7 @@ class FakeCdcServer:
         self.down = False
         self.statements: list[str] = []
         self._fail_next: Error | None = None
+        self._cleanup_mid_read: tuple[str, int, int | None] | None = None
         self._seq = 0
         self._patterns = _patterns()
 
@@ -342,10 +348,26 @@ class FakeCdcServer:
         with_command = "change_table" in idents
         names = ["__$start_lsn", "__$seqval", "__$operation"] + (["__$command_id"] if with_command else [])
         names += ["commit_time"] + [table.columns[i].name for i in picks]
-        return names, self._change_rows(changes, picks, with_command)
+        return names, self._change_rows(instance, changes, picks, with_command)
 
-    def _change_rows(self, changes: list[FakeChange], picks: list[int], with_command: bool) -> Iterator[tuple]:
-        for c in changes:
+    def cleanup_during_next_read(self, instance: str, after_rows: int, low_water_mark: int | None = None) -> None:
+        """The cleanup job running while the next change read is under way: after that read
+        has returned ``after_rows`` rows, :meth:`cleanup` runs, and the rest of the read sees
+        only the rows left. Neither the function (it reads with NOLOCK and checks its range
+        once, at the start) nor a table read raises an error for it."""
+        self._cleanup_mid_read = (instance, after_rows, low_water_mark)
+
+    def _change_rows(
+        self, instance: str, changes: list[FakeChange], picks: list[int], with_command: bool
+    ) -> Iterator[tuple]:
+        pending, self._cleanup_mid_read = self._cleanup_mid_read, None
+        cap = self.captures[instance]
+        for n, c in enumerate(changes):
+            if pending is not None and pending[0] == instance and n == pending[1]:
+                self.cleanup(instance, pending[2])
+                pending = None
+            if not any(c is kept for kept in cap.changes):
+                continue  # removed by the cleanup after the read began
             head = (lsn_bytes(c.lsn), lsn_bytes(c.seqval), c.op) + ((c.command_id,) if with_command else ())
             yield head + (self.mapping.get(c.lsn),) + tuple(c.values[i] for i in picks)
 
@@ -538,23 +560,22 @@ class FakeCursor:
     def __init__(self, conn: FakeConnection) -> None:
         self.conn = conn
         self.description: list[tuple] | None = None
-        self._rows: list[tuple] = []
+        self._rows: Iterator[tuple] = iter(())
 
     def execute(self, text: str, params: dict | None = None) -> None:
         names, rows = self.conn.server.execute(self.conn, text, params)
         self.description = [(n,) for n in names] if names is not None else None
-        self._rows = list(rows)
+        self._rows = iter(rows)  # fetched as the client iterates, as a server streams a result
 
     def fetchall(self) -> list[tuple]:
-        rows, self._rows = self._rows, []
+        rows, self._rows = list(self._rows), iter(())
         return rows
 
     def __iter__(self) -> Iterator[tuple]:
-        while self._rows:
-            yield self._rows.pop(0)
+        yield from self._rows
 
     def close(self) -> None:
-        self._rows = []
+        self._rows = iter(())
 
 
 def _now() -> dt.datetime:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from cdcflow.errors import GapError
 from cdcflow.sources.sqlserver import SqlServerSource
 from tests.fakes.fake_mssql import FakeCdcServer
 
@@ -107,3 +108,25 @@ def test_key_change_recorded_as_update_old_and_new_deletes_the_old_key(fake):
         k: k in fake.tables[("dbo", "customers")].rows for k in latest
     }
     assert [int(p[2]) for p in sink.lines].count(1) == 2  # one delete per key change, none for the same-key update
+
+
+def test_cleanup_during_a_read_is_a_gap_not_a_silent_loss(fake):
+    """The cleanup job moves a capture instance's low endpoint while changes are read
+    (sys.fn_cdc_get_min_lsn page: check ranges against it because cleanup changes it,
+    https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql;
+    the change functions check their range once, at the start, and the change table not at
+    all). Rows removed during the read are a gap, never a batch that looks whole."""
+    source = customers(fake)
+    w = source.snapshot(ListSink()).end_lsn
+    lsns = []
+    for i in range(3):
+        with fake.transaction() as tx:
+            tx.insert("customers", segment=f"T{i}", is_active=True)
+        lsns.append(fake.last_lsn)
+    fake.cleanup_during_next_read("dbo_customers", after_rows=1, low_water_mark=lsns[2])
+    sink = ListSink()
+    with pytest.raises(GapError) as info:
+        source.read_batch(w, 100, sink, 0)
+    assert info.value.gap_from == w and info.value.gap_to == lsns[2]
+    assert "while they were read" in str(info.value) and "resync" in str(info.value)
+    assert [int(p[0]) for p in sink.lines] == [lsns[0], lsns[2]]  # the second transaction went missing
