@@ -32,6 +32,9 @@ Python, the documented behaviour of what cdcflow calls:
   rows left, and nothing raises an error (the function checks its range once, at the
   start: sys.fn_cdc_get_min_lsn's page says to check the range against the min LSN
   because cleanup moves it, https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql).
+* Column types as ``sys.columns`` and ``sys.types`` describe them: the CLR types
+  (geography, geometry, hierarchyid) share ``system_type_id`` 240 and are told apart only
+  by ``user_type_id`` (:data:`SYS_TYPES`).
 * The capture job can lag (``auto_harvest = False``): a commit changes the table at once
   but reaches the change table and ``max_lsn`` only at :meth:`FakeCdcServer.harvest`.
 
@@ -178,6 +181,7 @@ class FakeCdcServer:
         self.statements: list[str] = []
         self._fail_next: Error | None = None
         self._cleanup_mid_read: tuple[str, int, int | None] | None = None
+        self._current_text = ""
         self._seq = 0
         self._patterns = _patterns()
 
@@ -279,6 +283,7 @@ class FakeCdcServer:
         if self._fail_next is not None:
             err, self._fail_next = self._fail_next, None
             raise err
+        self._current_text = text
         for name, pattern in self._patterns:
             m = pattern.fullmatch(text.strip())
             if m:
@@ -303,8 +308,9 @@ class FakeCdcServer:
     def _q_capture_columns(self, conn, idents, p):
         cap = self.captures.get(p["capture"])
         cols = cap.table.columns if cap else []
+        joins_types = "sys.types" in self._current_text
         return ["column_name", "type_name", "precision", "scale", "is_key"], [
-            (c.name, c.type_name, c.precision, c.scale, c.is_key) for c in cols
+            (c.name, _type_name(c.type_name, joins_types), c.precision, c.scale, c.is_key) for c in cols
         ]
 
     def _q_lsn_bounds(self, conn, idents, p):
@@ -576,6 +582,28 @@ class FakeCursor:
 
     def close(self) -> None:
         self._rows = iter(())
+
+
+# sys.types (https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-types-transact-sql):
+# name -> (system_type_id, user_type_id). System types have user_type_id = system_type_id;
+# the CLR types geography, geometry and hierarchyid share system_type_id 240 and differ by
+# user_type_id, so TYPE_NAME(system_type_id) (TYPE_NAME takes a user_type_id) is NULL for them.
+SYS_TYPES = {
+    "hierarchyid": (240, 128),
+    "geometry": (240, 129),
+    "geography": (240, 130),
+}
+CLR_SYSTEM_TYPE_ID = 240
+
+
+def _type_name(declared: str, joins_types: bool) -> str | None:
+    """What the capture_columns query answers for a column declared with this type: with
+    the join to sys.types on user_type_id, the type's own name for a CLR (assembly) type;
+    otherwise TYPE_NAME(system_type_id), NULL for a CLR type."""
+    system_type_id, _user_type_id = SYS_TYPES.get(declared, (None, None))
+    if system_type_id != CLR_SYSTEM_TYPE_ID:
+        return declared
+    return declared if joins_types else None
 
 
 def _now() -> dt.datetime:

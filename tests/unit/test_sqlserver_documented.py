@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from cdcflow.errors import GapError
+from cdcflow.errors import GapError, SourceConfigError
 from cdcflow.sources.sqlserver import SqlServerSource
-from tests.fakes.fake_mssql import FakeCdcServer
+from tests.fakes.fake_mssql import FakeCdcServer, FakeColumn
 
 DSN = "mssql://sa:Fake-Pw-7@fake-host:1433/demo"
 DEMO = ("public.customers", "public.orders", "public.payments")
@@ -130,3 +130,21 @@ def test_cleanup_during_a_read_is_a_gap_not_a_silent_loss(fake):
     assert info.value.gap_from == w and info.value.gap_to == lsns[2]
     assert "while they were read" in str(info.value) and "resync" in str(info.value)
     assert [int(p[0]) for p in sink.lines] == [lsns[0], lsns[2]]  # the second transaction went missing
+
+
+@pytest.mark.parametrize("clr_type", ["geography", "geometry", "hierarchyid"])
+def test_clr_type_columns_stop_start_up_with_one_line_naming_the_column(fake, clr_type):
+    """geography, geometry and hierarchyid are CLR types that share system_type_id 240 and
+    differ by user_type_id (sys.types page,
+    https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-types-transact-sql;
+    TYPE_NAME takes a type id and answers NULL for 240,
+    https://learn.microsoft.com/sql/t-sql/functions/type-name-transact-sql). A captured
+    column of such a type is a one-line configuration error, not an AttributeError."""
+    fake.create_table("dbo", "places", [FakeColumn("id", "int", 10, 0, True), FakeColumn("spot", clr_type)])
+    fake.enable_table("dbo", "places")
+    with pytest.raises(SourceConfigError) as info:
+        SqlServerSource(DSN, ["dbo.places"], driver=fake.driver()).describe_tables()
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"dbo.places.spot has type {clr_type} (a CLR type)" in message
+    assert "@captured_column_list" in message and "dbo_places" in message

@@ -253,6 +253,22 @@ _SIMPLE_TYPES = {
 }
 
 
+#: CLR types (sys.types.is_assembly_type = 1): no PostgreSQL staging type.
+CLR_TYPES = frozenset({"geography", "geometry", "hierarchyid"})
+
+
+def unsupported_type_message(column: str, type_name: str | None, instance: str) -> str:
+    """One line for a captured column cdcflow cannot stage: what, where, what to do."""
+    fix = (
+        f"re-create capture instance {instance} with an @captured_column_list that leaves it out "
+        "(sys.sp_cdc_disable_table, then sys.sp_cdc_enable_table)"
+    )
+    if type_name is None:
+        return f"column {column} has a type cdcflow cannot identify (no name in sys.types): {fix}"
+    kind = " (a CLR type)" if type_name.lower() in CLR_TYPES else ""
+    return f"column {column} has type {type_name}{kind}, which cdcflow cannot stage: {fix}"
+
+
 def pg_type(type_name: str, precision: int | None, scale: int | None) -> str | None:
     """The PostgreSQL type (as ``format_type`` prints it) for a SQL Server type; None if unsupported."""
     t = type_name.lower()

@@ -178,11 +178,10 @@ class SqlServerSource:
             rows = self._run("reading captured columns", ms.query("capture_columns"), {"capture": instance})
             columns = []
             for name, type_name, precision, scale, is_key in rows:
-                type_sql = ms.pg_type(type_name, precision, scale)
+                type_sql = ms.pg_type(type_name, precision, scale) if type_name else None
                 if type_sql is None:
                     raise SourceConfigError(
-                        f"column {schema}.{table}.{name} has type {type_name}, which cdcflow cannot stage: "
-                        f"leave it out of capture instance {instance} (@captured_column_list)"
+                        ms.unsupported_type_message(f"{schema}.{table}.{name}", type_name, instance)
                     )
                 columns.append(Column(name, type_sql, bool(is_key)))
             if not any(c.is_key for c in columns):

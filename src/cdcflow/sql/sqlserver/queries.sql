@@ -21,15 +21,19 @@ ORDER BY ct.create_date DESC;
 
 -- name: capture_columns
 -- Captured columns in change-table order, with their source types and key flags (the
--- columns of the unique index the capture instance identifies rows by).
+-- columns of the unique index the capture instance identifies rows by). Type: the base
+-- system type (an alias type's too), except for CLR types (geography, geometry,
+-- hierarchyid): they share system_type_id 240, for which TYPE_NAME answers NULL, and are
+-- named by their own sys.types row (user_type_id).
 SELECT cc.column_name,
-       TYPE_NAME(c.system_type_id) AS type_name,
+       CASE WHEN t.is_assembly_type = 1 THEN t.name ELSE TYPE_NAME(c.system_type_id) END AS type_name,
        c.precision,
        c.scale,
        CAST(CASE WHEN ic.column_name IS NULL THEN 0 ELSE 1 END AS bit) AS is_key
 FROM cdc.change_tables AS ct
 JOIN cdc.captured_columns AS cc ON cc.object_id = ct.object_id
 JOIN sys.columns AS c ON c.object_id = ct.source_object_id AND c.name = cc.column_name
+JOIN sys.types AS t ON t.user_type_id = c.user_type_id
 LEFT JOIN cdc.index_columns AS ic ON ic.object_id = ct.object_id AND ic.column_name = cc.column_name
 WHERE ct.capture_instance = %(capture)s
 ORDER BY cc.column_ordinal;
