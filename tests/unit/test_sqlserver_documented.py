@@ -6,10 +6,15 @@ show is listed in docs/sqlserver.md.
 
 from __future__ import annotations
 
+import datetime as dt
+
+import psycopg
 import pytest
 
 from cdcflow.errors import GapError, SourceConfigError
-from cdcflow.sources.sqlserver import SqlServerSource
+from cdcflow.serving import schema
+from cdcflow.serving.staging import StagingWriter
+from cdcflow.sources.sqlserver import SqlServerSource, stage_initial_snapshot
 from tests.fakes.fake_mssql import FakeCdcServer, FakeColumn
 
 DSN = "mssql://sa:Fake-Pw-7@fake-host:1433/demo"
@@ -148,3 +153,46 @@ def test_clr_type_columns_stop_start_up_with_one_line_naming_the_column(fake, cl
     assert "\n" not in message
     assert f"dbo.places.spot has type {clr_type} (a CLR type)" in message
     assert "@captured_column_list" in message and "dbo_places" in message
+
+
+def test_datetime_types_stage_without_a_time_zone_datetimeoffset_with_its_offset(edbs):
+    """datetime, datetime2 and smalldatetime carry no time zone offset, datetimeoffset does
+    (https://learn.microsoft.com/sql/t-sql/data-types/datetime2-transact-sql,
+    https://learn.microsoft.com/sql/t-sql/data-types/datetimeoffset-transact-sql): a server
+    writing local time (GETDATE()) must come through as the same wall-clock value, not
+    shifted by a time zone cdcflow assumed; a datetimeoffset keeps its instant."""
+    fake = FakeCdcServer(seed=5)
+    fake.create_table(
+        "dbo",
+        "events",
+        [
+            FakeColumn("id", "int", 10, 0, True),
+            FakeColumn("at_dt", "datetime", 23, 3),
+            FakeColumn("at_dt2", "datetime2", 27, 7),
+            FakeColumn("at_small", "smalldatetime", 16, 0),
+            FakeColumn("at_offset", "datetimeoffset", 34, 7),
+        ],
+    )
+    local = dt.datetime(2026, 3, 1, 9, 30, 15)  # what GETDATE() gives on a server in UTC+1
+    stamped = dt.datetime(2026, 3, 1, 9, 30, 15, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    with fake.transaction() as tx:
+        tx.insert("events", id=1, at_dt=local, at_dt2=local, at_small=local, at_offset=stamped)
+    source = SqlServerSource(DSN, ["dbo.events"], driver=fake.driver())
+    source.bootstrap_source(demo=False)
+    (spec,) = source.describe_tables()
+    with psycopg.connect(edbs.serving_dsn) as conn:
+        schema.run_scripts(conn, "serving")
+        schema.ensure_staging(conn, spec)
+        schema.ensure_control_rows(conn, "mssql1", "sqlserver", [spec])
+        conn.commit()
+        w = stage_initial_snapshot(source, conn, "mssql1")
+        with fake.transaction() as tx:
+            tx.update("events", 1, at_dt2=local + dt.timedelta(minutes=1))
+        writer = StagingWriter(conn, {spec.capture: spec}, "mssql1")
+        result = source.read_batch(w, 100, writer, 0)
+        writer.commit(result.end_lsn, [spec.capture], result.last_commit_time, expected=[w])
+        conn.execute("SET TimeZone = 'Asia/Tokyo'")  # a reader's session zone changes nothing
+        rows = conn.execute("SELECT at_dt, at_dt2, at_small, at_offset FROM stg_cdc_events ORDER BY __lsn").fetchall()
+    assert rows[0] == (local, local, local, stamped)
+    assert rows[1] == (local, local + dt.timedelta(minutes=1), local, stamped)
+    assert [c.type_sql for c in spec.columns[1:]] == ["timestamp without time zone"] * 3 + ["timestamp with time zone"]

@@ -267,7 +267,7 @@ def test_fake_snapshot_falls_back_to_read_committed():
 def test_fake_describe_maps_types_to_postgresql(fake):
     spec = customers_source(fake).describe_tables()[0]
     assert spec.capture == "dbo_customers" and spec.key_columns == ("customer_id",)
-    assert [c.type_sql for c in spec.columns] == ["bigint", "text", "boolean", "timestamp with time zone"]
+    assert [c.type_sql for c in spec.columns] == ["bigint", "text", "boolean", "timestamp without time zone"]
 
 
 def test_fake_unsupported_type_and_missing_key_are_config_errors(fake):

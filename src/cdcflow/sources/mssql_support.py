@@ -238,11 +238,11 @@ _SIMPLE_TYPES = {
     "xml": "text",
     "date": "date",
     "time": "time without time zone",
-    # The seed's convention: SQL Server timestamps hold UTC (SYSUTCDATETIME()); they are
-    # staged as timestamptz, as the PostgreSQL source's are.
-    "datetime": "timestamp with time zone",
-    "datetime2": "timestamp with time zone",
-    "smalldatetime": "timestamp with time zone",
+    # datetime, datetime2 and smalldatetime carry no offset (a server may write local time,
+    # GETDATE()): staged as they are, without a time zone. datetimeoffset carries one.
+    "datetime": "timestamp without time zone",
+    "datetime2": "timestamp without time zone",
+    "smalldatetime": "timestamp without time zone",
     "datetimeoffset": "timestamp with time zone",
     "binary": "bytea",
     "varbinary": "bytea",
