@@ -35,6 +35,12 @@ Python, the documented behaviour of what cdcflow calls:
 * Column types as ``sys.columns`` and ``sys.types`` describe them: the CLR types
   (geography, geometry, hierarchyid) share ``system_type_id`` 240 and are told apart only
   by ``user_type_id`` (:data:`SYS_TYPES`).
+* ``cdc.change_tables.start_lsn`` is NULL (and the min LSN 0x00...) until the capture job
+  first processes a new capture instance. A login outside the instance's gating role also
+  gets 0x00... (sys.fn_cdc_get_min_lsn page). A stopped capture job
+  (:meth:`FakeCdcServer.stop_capture_job`) freezes max_lsn and the last log scan session
+  of ``sys.dm_cdc_log_scan_sessions``. ``SERVERPROPERTY`` answers ``version`` (12..16)
+  and ``engine_edition`` (5: Azure SQL Database, which reports 12).
 * The capture job can lag (``auto_harvest = False``): a commit changes the table at once
   but reaches the change table and ``max_lsn`` only at :meth:`FakeCdcServer.harvest`.
 
@@ -136,8 +142,9 @@ class FakeTable:
 class FakeCapture:
     instance: str
     table: FakeTable
-    start_lsn: int
+    start_lsn: int | None  # NULL until the capture job first processes the instance
     changes: list[FakeChange] = field(default_factory=list)
+    role_name: str | None = None  # the gating role (sp_cdc_enable_table @role_name)
 
 
 _TS = ("datetime2", 26, 6)
@@ -168,8 +175,18 @@ DEMO_TABLES = {  # the demo schema of sql/sqlserver/bootstrap/10_schema.sql: (na
 class FakeCdcServer:
     """One fake database with CDC enabled. See the module docstring."""
 
-    def __init__(self, *, seed: int = 0, snapshot_isolation: bool = True) -> None:
+    def __init__(
+        self, *, seed: int = 0, snapshot_isolation: bool = True, version: int = 16, engine_edition: int = 3
+    ) -> None:
         self.rng = random.Random(seed)
+        # SERVERPROPERTY('ProductMajorVersion') and ('EngineEdition'): 13..16 are SQL Server
+        # 2016..2022 (edition 2 Standard, 3 Enterprise/Developer); Azure SQL Database
+        # (edition 5) and Managed Instance (8) report 12.
+        self.version = version
+        self.engine_edition = engine_edition
+        self.role_members: dict[str, set[str]] = {}  # database role -> users in it
+        self.capture_job_running = True
+        self.last_scan = _now()  # when the capture job last ended a log scan session
         self.last_lsn = LSN_START
         self.mapping: dict[int, dt.datetime] = {}  # cdc.lsn_time_mapping
         self.tables: dict[tuple[str, str], FakeTable] = {}
@@ -195,13 +212,30 @@ class FakeCdcServer:
         for name, cols in DEMO_TABLES.items():
             self.create_table("dbo", name, [FakeColumn(*c) for c in cols])
 
-    def enable_table(self, schema: str, name: str, capture_instance: str | None = None) -> FakeCapture:
+    def enable_table(
+        self, schema: str, name: str, capture_instance: str | None = None, role_name: str | None = None
+    ) -> FakeCapture:
+        """sys.sp_cdc_enable_table. The instance's start_lsn stays NULL until the capture job
+        processes it (at once with ``auto_harvest``, else at the next :meth:`harvest`)."""
         instance = capture_instance or f"{schema}_{name}"
         if instance not in self.captures:
-            start = self._next_lsn()
-            self.mapping[start] = _now()
-            self.captures[instance] = FakeCapture(instance, self.tables[(schema, name)], start)
+            self.captures[instance] = FakeCapture(instance, self.tables[(schema, name)], None, role_name=role_name)
+            if self.auto_harvest:
+                self._start_new_instances()
         return self.captures[instance]
+
+    def _start_new_instances(self) -> None:
+        for cap in self.captures.values():
+            if cap.start_lsn is None:
+                cap.start_lsn = self._next_lsn()
+                self.mapping[cap.start_lsn] = _now()
+
+    def stop_capture_job(self, seconds_ago: float = 600) -> None:
+        """The capture job (SQL Server Agent) stopped ``seconds_ago``: nothing more reaches
+        the change tables or max_lsn, and sys.dm_cdc_log_scan_sessions shows no new session."""
+        self.capture_job_running = False
+        self.auto_harvest = False
+        self.last_scan = _now() - dt.timedelta(seconds=seconds_ago)
 
     def _next_lsn(self) -> int:
         self.last_lsn += self.rng.randint(1, 40)
@@ -212,6 +246,10 @@ class FakeCdcServer:
 
     def harvest(self) -> None:
         """The capture job: move committed changes into change tables and the LSN map."""
+        if not self.capture_job_running:
+            return
+        self.last_scan = _now()
+        self._start_new_instances()
         for lsn, changes in self.pending:
             self.mapping[lsn] = _now()
             for instance, change in changes:
@@ -220,6 +258,9 @@ class FakeCdcServer:
 
     def idle_scan(self) -> int:
         """The capture job's end-of-scan mark with no changes: max LSN advances."""
+        if not self.capture_job_running:
+            return self.max_lsn()
+        self.last_scan = _now()
         lsn = self._next_lsn()
         self.mapping[lsn] = _now()
         return lsn
@@ -231,7 +272,7 @@ class FakeCdcServer:
         if mark not in self.mapping:
             raise OperationalError(22964, b"LSN is not in cdc.lsn_time_mapping")
         cap.changes = [c for c in cap.changes if c.lsn >= mark]
-        cap.start_lsn = max(cap.start_lsn, mark)
+        cap.start_lsn = max(cap.start_lsn or 0, mark)
         return cap.start_lsn
 
     def fail_next(self, number: int, message: str = "injected failure") -> None:
@@ -239,9 +280,16 @@ class FakeCdcServer:
 
     # -- the documented functions ---------------------------------------------------
 
-    def min_lsn(self, instance: str) -> int:
+    def min_lsn(self, instance: str, user: str | None = None) -> int:
+        """0 when the instance does not exist, has not been processed yet, or when ``user``
+        may not read its changes: not in its gating role (sys.fn_cdc_get_min_lsn page)."""
         cap = self.captures.get(instance) if instance else None
-        return cap.start_lsn if cap else 0
+        if cap is None or cap.start_lsn is None or not self.may_read(cap, user):
+            return 0
+        return cap.start_lsn
+
+    def may_read(self, cap: FakeCapture, user: str | None) -> bool:
+        return cap.role_name is None or user is None or user in self.role_members.get(cap.role_name, set())
 
     def max_lsn(self) -> int:
         return max(self.mapping, default=0)
@@ -254,7 +302,7 @@ class FakeCdcServer:
         cap = self.captures.get(instance)
         if cap is None:
             raise ProgrammingError(208, f"Invalid object name 'cdc.fn_cdc_get_all_changes_{instance}'.".encode())
-        if from_lsn < cap.start_lsn or to_lsn > self.max_lsn() or from_lsn > to_lsn:
+        if from_lsn < (cap.start_lsn or 0) or to_lsn > self.max_lsn() or from_lsn > to_lsn:
             raise error_313(instance)
         rows = [c for c in cap.changes if from_lsn <= c.lsn <= to_lsn and (c.op != 3 or row_filter != "all")]
         return sorted(rows, key=lambda c: (c.lsn, c.seqval, c.op))
@@ -293,13 +341,26 @@ class FakeCdcServer:
     # -- statement handlers (one per named block) -----------------------------------
 
     def _q_server_info(self, conn, idents, p):
-        return ["major_version", "database_name", "is_cdc_enabled", "snapshot_isolation_state"], [
-            (16, "fakedb", True, 1 if self.snapshot_isolation else 0)
-        ]
+        names = ["major_version", "database_name", "is_cdc_enabled", "snapshot_isolation_state"]
+        row: tuple = (self.version, "fakedb", True, 1 if self.snapshot_isolation else 0)
+        if "EngineEdition" in self._current_text:
+            names, row = [*names, "engine_edition"], (*row, self.engine_edition)
+        return names, [row]
+
+    def _q_capture_state(self, conn, idents, p):
+        cap = self.captures.get(p["capture"])
+        user = conn.kwargs.get("user")
+        if cap is None:
+            return ["start_lsn", "role_name", "in_role"], []
+        rows = [(cap.start_lsn and lsn_bytes(cap.start_lsn), cap.role_name, self.may_read(cap, user))]
+        return ["start_lsn", "role_name", "in_role"], rows
+
+    def _q_capture_job_scan(self, conn, idents, p):
+        return ["seconds_since_scan"], [(int((_now() - self.last_scan).total_seconds()),)]
 
     def _q_capture_instances(self, conn, idents, p):
         rows = [
-            (c.instance, lsn_bytes(c.start_lsn))
+            (c.instance, c.start_lsn and lsn_bytes(c.start_lsn))
             for c in self.captures.values()
             if (c.table.schema, c.table.name) == (p["schema"], p["table"])
         ]
@@ -314,7 +375,8 @@ class FakeCdcServer:
         ]
 
     def _q_lsn_bounds(self, conn, idents, p):
-        return ["min_lsn", "max_lsn"], [(lsn_bytes(self.min_lsn(p["capture"])), lsn_bytes(self.max_lsn()))]
+        low = self.min_lsn(p["capture"], conn.kwargs.get("user"))
+        return ["min_lsn", "max_lsn"], [(lsn_bytes(low), lsn_bytes(self.max_lsn()))]
 
     def _q_max_lsn(self, conn, idents, p):
         return ["max_lsn"], [(lsn_bytes(self.max_lsn()),)]
@@ -322,7 +384,7 @@ class FakeCdcServer:
     def _q_read_window(self, conn, idents, p):
         inc = self.increment_lsn(lsn_int(p["after_lsn"]))
         return ["min_lsn", "max_lsn", "from_lsn"], [
-            (lsn_bytes(self.min_lsn(p["capture"])), lsn_bytes(self.max_lsn()), lsn_bytes(inc))
+            (lsn_bytes(self.min_lsn(p["capture"], conn.kwargs.get("user"))), lsn_bytes(self.max_lsn()), lsn_bytes(inc))
         ]
 
     def change_table(self, instance: str, from_lsn: int, to_lsn: int) -> list[FakeChange]:

@@ -11,7 +11,7 @@ import datetime as dt
 import psycopg
 import pytest
 
-from cdcflow.errors import GapError, SourceConfigError
+from cdcflow.errors import GapError, SourceConfigError, TransientError
 from cdcflow.serving import schema
 from cdcflow.serving.staging import StagingWriter
 from cdcflow.sources.sqlserver import SqlServerSource, stage_initial_snapshot
@@ -196,3 +196,73 @@ def test_datetime_types_stage_without_a_time_zone_datetimeoffset_with_its_offset
     assert rows[0] == (local, local, local, stamped)
     assert rows[1] == (local, local + dt.timedelta(minutes=1), local, stamped)
     assert [c.type_sql for c in spec.columns[1:]] == ["timestamp without time zone"] * 3 + ["timestamp with time zone"]
+
+
+def test_min_lsn_zero_for_a_login_outside_the_gating_role_says_so_and_is_not_retried(fake):
+    """sys.fn_cdc_get_min_lsn answers 0x00... "when the caller is not authorized to access
+    the change data" and reading it needs membership in the capture instance's gating role
+    (https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql).
+    That is a configuration error naming the role, not "the capture job is behind"."""
+    fake.create_table("dbo", "secret", [FakeColumn("id", "int", 10, 0, True), FakeColumn("v", "int", 10, 0)])
+    fake.enable_table("dbo", "secret", role_name="cdc_reader")
+    source = SqlServerSource("mssql://reader:Fake-Pw-7@fake-host:1433/demo", ["dbo.secret"], driver=fake.driver())
+    for attempt in (lambda: source.snapshot(ListSink()), lambda: source.read_batch(fake.max_lsn(), 10, ListSink(), 0)):
+        with pytest.raises(SourceConfigError) as info:
+            attempt()
+        assert "ALTER ROLE [cdc_reader] ADD MEMBER [reader]" in str(info.value) and "\n" not in str(info.value)
+    fake.role_members["cdc_reader"] = {"reader"}
+    assert source.snapshot(ListSink()).end_lsn == fake.max_lsn()
+
+
+def test_capture_instance_the_capture_job_has_not_processed_is_waited_for(fake):
+    """cdc.change_tables.start_lsn is NULL until the capture job processes a new capture
+    instance, and sys.fn_cdc_get_min_lsn answers 0x00... meanwhile (sys.fn_cdc_get_min_lsn
+    returns start_lsn, https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql;
+    cdc.change_tables, https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-change-tables-transact-sql).
+    That is worth retrying (TransientError), in the snapshot and in a read."""
+    fake.auto_harvest = False  # the capture job lags
+    fake.create_table("dbo", "late", [FakeColumn("id", "int", 10, 0, True)])
+    fake.enable_table("dbo", "late")
+    assert fake.captures["dbo_late"].start_lsn is None
+    source = SqlServerSource(DSN, ["dbo.late"], driver=fake.driver())
+    for attempt in (lambda: source.read_batch(fake.max_lsn(), 10, ListSink(), 0), lambda: source.snapshot(ListSink())):
+        with pytest.raises(TransientError, match="has not been processed by the CDC capture job"):
+            attempt()
+    fake.harvest()
+    assert source.snapshot(ListSink()).end_lsn == fake.max_lsn()
+
+
+def test_stopped_capture_job_is_reported_not_taken_for_caught_up(fake):
+    """A stopped capture job (SQL Server Agent) freezes sys.fn_cdc_get_max_lsn, and
+    sys.dm_cdc_log_scan_sessions shows no log scan session since
+    (https://learn.microsoft.com/sql/relational-databases/system-dynamic-management-views/change-data-capture-sys-dm-cdc-log-scan-sessions).
+    A caught-up reader says so in one line instead of looking caught up."""
+    source = customers(fake)
+    w = source.snapshot(ListSink()).end_lsn
+    assert source.read_batch(w, 10, ListSink(), 0).end_lsn == w  # idle, job running: caught up, no error
+    fake.stop_capture_job(seconds_ago=900)
+    with fake.transaction() as tx:
+        tx.insert("customers", segment="NEVER-HARVESTED", is_active=True)
+    stopped = customers(fake)
+    with pytest.raises(TransientError) as info:
+        stopped.read_batch(w, 10, ListSink(), 0)
+    assert "capture job has not scanned the log for 9" in str(info.value) and "sp_cdc_start_job" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("version", "edition", "accepted"),
+    [(16, 3, True), (15, 2, True), (14, 3, True), (13, 3, True), (12, 5, True), (12, 8, True), (12, 3, False)],
+)
+def test_versions_2016_and_newer_and_azure_sql_reporting_12_are_accepted(version, edition, accepted):
+    """SERVERPROPERTY('ProductMajorVersion') is 12 on Azure SQL Database and Managed
+    Instance, told apart by SERVERPROPERTY('EngineEdition') 5 and 8
+    (https://learn.microsoft.com/sql/t-sql/functions/serverproperty-transact-sql). SQL Server
+    2016 (13) to 2022 (16) and Azure SQL are read; SQL Server 2014 (12, on premises) is
+    refused with one line."""
+    srv = FakeCdcServer(version=version, engine_edition=edition)
+    source = SqlServerSource(DSN, DEMO, driver=srv.driver())
+    if accepted:
+        source.check()
+    else:
+        with pytest.raises(SourceConfigError, match="major version 12: cdcflow needs SQL Server 2016"):
+            source.check()

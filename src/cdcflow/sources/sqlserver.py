@@ -38,8 +38,9 @@ from types import ModuleType
 from typing import Any
 
 from cdcflow import db
-from cdcflow.errors import GapError, SourceConfigError, TerminalError, TransientError
+from cdcflow.errors import CdcflowError, GapError, SourceConfigError, TerminalError, TransientError
 from cdcflow.positions import format_mssql_lsn, mssql_lsn_from_bytes, mssql_lsn_to_bytes
+from cdcflow.sources import mssql_state as mstate
 from cdcflow.sources import mssql_support as ms
 from cdcflow.sources.base import OP_SNAPSHOT, BatchResult, ChangeSink, Column, TableSpec, copy_line
 from cdcflow.sources.mssql_changes import ChangeStager
@@ -88,6 +89,7 @@ class SqlServerSource:
         self._specs: list[TableSpec] | None = None
         self._instances: dict[str, str] = {}  # spec.capture -> the capture instance's real name
         self.skip_captures: set[str] = set()
+        self._job_watch = mstate.CaptureJobWatch(self._run)
         #: Unused: one capture per instance, so its stream starts at its own watermark.
         self.floors: dict[str, int] = {}
 
@@ -128,11 +130,8 @@ class SqlServerSource:
         rows = self._run("reading server settings", ms.query("server_info"))
         if not rows:
             raise SourceConfigError("cannot read sys.databases for the source database")
-        major, database, cdc_enabled, _ = rows[0]
-        if major is not None and int(major) < 13:
-            raise SourceConfigError(
-                f"source SQL Server major version {major}: cdcflow needs SQL Server 2016 (13) or newer"
-            )
+        major, database, cdc_enabled, _, engine_edition = rows[0]
+        mstate.check_version(major, engine_edition)
         if not cdc_enabled:
             raise SourceConfigError(
                 f"change data capture is not enabled on database {database!r}: run 'cdcflow bootstrap' as "
@@ -240,6 +239,9 @@ class SqlServerSource:
         )
         return _lsn(rows[0][0]), _lsn(rows[0][1]), _lsn(rows[0][2])
 
+    def _zero_min_lsn(self, spec: TableSpec, instance: str) -> CdcflowError:
+        return mstate.zero_min_lsn_error(self._run, instance, spec.schema, spec.name, self.params.user)
+
     def _gap(self, spec: TableSpec, instance: str, after_lsn: int, min_lsn: int | None, why: str) -> GapError:
         since = format_mssql_lsn(min_lsn) if min_lsn else "unknown"
         return GapError(
@@ -261,11 +263,7 @@ class SqlServerSource:
         while True:
             min_lsn, max_lsn, from_lsn = self._window(instance, after_lsn)
             if min_lsn == _ZERO_LSN:
-                raise SourceConfigError(
-                    f"sys.fn_cdc_get_min_lsn(N'{instance}') answered 0x00...: the capture instance does not "
-                    "exist (any more), the capture job has not started it yet, or this login may not read it; "
-                    "run 'cdcflow bootstrap' and check that SQL Server Agent runs"
-                )
+                raise self._zero_min_lsn(spec, instance)
             if from_lsn < min_lsn:
                 why = "it has never been snapshotted" if after_lsn == 0 else "the CDC cleanup job removed them"
                 raise self._gap(spec, instance, after_lsn, min_lsn, why)
@@ -273,6 +271,7 @@ class SqlServerSource:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
+                self._job_watch.check()  # caught up, or is the capture job stopped?
                 return BatchResult(end_lsn=after_lsn)
             self._sleep(min(IDLE_POLL_SECONDS, left))
         result = self._read_window(spec, instance, after_lsn, from_lsn, max_lsn, max(1, max_rows), sink)
@@ -359,9 +358,11 @@ class SqlServerSource:
 
     def snapshot_position(self) -> int:
         """W for a snapshot read that starts now (see :meth:`snapshot`)."""
-        _, instance = self._single()
+        spec, instance = self._single()
         min_lsn, w = self.bounds()
-        if min_lsn == _ZERO_LSN or w == _ZERO_LSN:
+        if min_lsn == _ZERO_LSN:
+            raise self._zero_min_lsn(spec, instance)
+        if w == _ZERO_LSN:
             raise TransientError(
                 f"capture instance {instance} has no LSN range yet: the capture job (SQL Server Agent) has "
                 "not processed it; retrying"

@@ -4,11 +4,14 @@
 -- LSNs travel as binary(10) both ways.
 
 -- name: server_info
--- Major version, database, whether CDC is enabled, whether SNAPSHOT isolation is allowed.
+-- Major version, database, whether CDC is enabled, whether SNAPSHOT isolation is allowed,
+-- and the engine edition (5 = Azure SQL Database, 8 = Azure SQL Managed Instance: both
+-- report major version 12 whatever the engine's real version).
 SELECT CAST(SERVERPROPERTY('ProductMajorVersion') AS int) AS major_version,
        DB_NAME() AS database_name,
        d.is_cdc_enabled,
-       d.snapshot_isolation_state
+       d.snapshot_isolation_state,
+       CAST(SERVERPROPERTY('EngineEdition') AS int) AS engine_edition
 FROM sys.databases AS d
 WHERE d.database_id = DB_ID();
 
@@ -37,6 +40,25 @@ JOIN sys.types AS t ON t.user_type_id = c.user_type_id
 LEFT JOIN cdc.index_columns AS ic ON ic.object_id = ct.object_id AND ic.column_name = cc.column_name
 WHERE ct.capture_instance = %(capture)s
 ORDER BY cc.column_ordinal;
+
+-- name: capture_state
+-- Why sys.fn_cdc_get_min_lsn answered 0x00...: no row (the capture instance does not
+-- exist), start_lsn NULL (the capture job has not processed it yet), or a row with a
+-- start_lsn (this login may not read it: not in the gating role, or no SELECT on the
+-- captured columns).
+SELECT ct.start_lsn,
+       ct.role_name,
+       CAST(CASE WHEN ct.role_name IS NULL THEN 1 ELSE COALESCE(IS_ROLEMEMBER(ct.role_name), 0) END AS bit) AS in_role
+FROM cdc.change_tables AS ct
+WHERE ct.capture_instance = %(capture)s;
+
+-- name: capture_job_scan
+-- Seconds since the capture job last ended a log scan session (session_id 0 aggregates
+-- them; both times are server local time). No row after a restart or failover; needs
+-- VIEW DATABASE STATE.
+SELECT DATEDIFF(second, s.end_time, GETDATE()) AS seconds_since_scan
+FROM sys.dm_cdc_log_scan_sessions AS s
+WHERE s.session_id = 0;
 
 -- name: lsn_bounds
 -- The oldest LSN the capture instance still holds (0x00... if it does not exist or we
