@@ -56,120 +56,33 @@ import datetime as dt
 import random
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 from cdcflow import sqlfiles
 from cdcflow.sources import mssql_support as ms
-
-
-class Error(Exception):
-    """pymssql.Error's shape: ``args = ((number, message bytes),)``, as pymssql 2.4 raises."""
-
-    def __init__(self, number: int, message: bytes) -> None:
-        super().__init__((number, message))
-
-
-class InterfaceError(Error):
-    pass
-
-
-class DatabaseError(Error):
-    pass
-
-
-class OperationalError(DatabaseError):
-    pass
-
-
-class ProgrammingError(DatabaseError):
-    pass
-
-
-LSN_START = 0x0000002A000001F80001
-ZERO = bytes(10)
-
-
-def lsn_bytes(value: int) -> bytes:
-    return value.to_bytes(10, "big")
-
-
-def lsn_int(raw: bytes | None) -> int:
-    return int.from_bytes(raw, "big") if raw else 0
-
-
-def error_313(instance: str) -> OperationalError:
-    return OperationalError(
-        313,
-        b"An insufficient number of arguments were supplied for the procedure or function "
-        + f"cdc.fn_cdc_get_all_changes_{instance}.".encode(),
-    )
-
-
-@dataclass
-class FakeColumn:
-    name: str
-    type_name: str
-    precision: int | None = None
-    scale: int | None = None
-    is_key: bool = False
-
-
-@dataclass
-class FakeChange:
-    lsn: int
-    seqval: int
-    op: int
-    values: tuple
-    command_id: int = 1
-
-
-@dataclass
-class FakeTable:
-    schema: str
-    name: str
-    columns: list[FakeColumn]
-    rows: dict[Any, tuple] = field(default_factory=dict)
-    next_id: int = 1
-
-    @property
-    def key_index(self) -> int:
-        return next(i for i, c in enumerate(self.columns) if c.is_key)
-
-
-@dataclass
-class FakeCapture:
-    instance: str
-    table: FakeTable
-    start_lsn: int | None  # NULL until the capture job first processes the instance
-    changes: list[FakeChange] = field(default_factory=list)
-    role_name: str | None = None  # the gating role (sp_cdc_enable_table @role_name)
-
-
-_TS = ("datetime2", 26, 6)
-DEMO_TABLES = {  # the demo schema of sql/sqlserver/bootstrap/10_schema.sql: (name, type, precision, scale, key)
-    "customers": [
-        ("customer_id", "bigint", 19, 0, True),
-        ("segment", "nvarchar", 0, 0, False),
-        ("is_active", "bit", 1, 0, False),
-        ("updated_at", *_TS, False),
-    ],
-    "orders": [
-        ("order_id", "bigint", 19, 0, True),
-        ("customer_id", "bigint", 19, 0, False),
-        ("amount", "numeric", 18, 2, False),
-        ("status", "nvarchar", 0, 0, False),
-        ("created_at", *_TS, False),
-        ("updated_at", *_TS, False),
-    ],
-    "payments": [
-        ("payment_id", "bigint", 19, 0, True),
-        ("order_id", "bigint", 19, 0, False),
-        ("paid_amount", "numeric", 18, 2, False),
-        ("paid_at", *_TS, False),
-    ],
-}
+from tests.fakes.fake_mssql_model import (  # noqa: F401 - the fake's public names, importable from here
+    CLR_SYSTEM_TYPE_ID,
+    DEMO_TABLES,
+    LSN_START,
+    SYS_TYPES,
+    ZERO,
+    DatabaseError,
+    Error,
+    FakeCapture,
+    FakeChange,
+    FakeColumn,
+    FakeTable,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    _now,
+    _type_name,
+    error_313,
+    lsn_bytes,
+    lsn_int,
+)
+from tests.fakes.fake_mssql_session import FakeConnection, FakeCursor, FakeTransaction  # noqa: F401
 
 
 class FakeCdcServer:
@@ -483,193 +396,6 @@ class FakeCdcServer:
 
     def _q_bootstrap_noop(self, conn, idents, p):
         return None, []
-
-
-class FakeTransaction:
-    """Changes to fake tables, committed together at one LSN on ``with`` exit."""
-
-    def __init__(self, server: FakeCdcServer) -> None:
-        self.server = server
-        # table, op, after, before, split: one entry per row operation, in the order run
-        self.ops: list[tuple[FakeTable, int, tuple, tuple | None, bool]] = []
-
-    def __enter__(self) -> FakeTransaction:
-        return self
-
-    def __exit__(self, exc_type, *_: object) -> None:
-        if exc_type is None:
-            self.commit()
-
-    def _table(self, name: str) -> FakeTable:
-        schema, _, table = name.rpartition(".")
-        return self.server.tables[(schema or "dbo", table)]
-
-    def insert(self, table: str, **values: Any) -> Any:
-        t = self._table(table)
-        key_col = t.columns[t.key_index].name
-        if key_col not in values:
-            values[key_col] = t.next_id
-        t.next_id = max(t.next_id, int(values[key_col]) + 1)
-        row = tuple(values.get(c.name) for c in t.columns)
-        self.ops.append((t, 2, row, None, False))
-        return values[key_col]
-
-    def update(self, table: str, key: Any, **changes: Any) -> None:
-        """An UPDATE recorded as an op 3/4 pair. Changing the key column this way is what a
-        singleton update of a unique key does under trace flag 8207 (the old key is then
-        only in the op 3 row)."""
-        self._update(table, key, changes, split=False)
-
-    def change_key(self, table: str, key: Any) -> Any:
-        """:meth:`update` of the key column to a new value (the table's next id); returns it."""
-        t = self._table(table)
-        new_key = t.next_id
-        self.update(table, key, **{t.columns[t.key_index].name: new_key})
-        return new_key
-
-    def split_update(self, table: str, key: Any, **changes: Any) -> None:
-        """An UPDATE recorded as a delete plus an insert, the insert with the lower seqval
-        (KB 3030352): MERGE, an update of a unique-index column, a clustered-index move."""
-        self._update(table, key, changes, split=True)
-
-    def _update(self, table: str, key: Any, changes: dict, split: bool) -> None:
-        t = self._table(table)
-        before = self._current(t, key)
-        after = tuple(changes.get(c.name, before[i]) for i, c in enumerate(t.columns))
-        k = t.key_index
-        if after[k] != key and (after[k] in t.rows or after[k] in self.live_keys(table)):
-            raise KeyError(f"duplicate key {after[k]!r} in fake table {t.name}")
-        t.next_id = max(t.next_id, int(after[k]) + 1) if isinstance(after[k], int) else t.next_id
-        self.ops.append((t, 4, after, before, split))
-
-    def delete(self, table: str, key: Any) -> None:
-        t = self._table(table)
-        self.ops.append((t, 1, self._current(t, key), None, False))
-
-    def live_keys(self, table: str) -> list[Any]:
-        """Keys that exist as this transaction sees them (its own writes included)."""
-        t = self._table(table)
-        keys = dict.fromkeys(t.rows)
-        for tt, op, after, before, _split in self.ops:
-            if tt is t:
-                if op == 1 or before is not None:
-                    keys.pop((after if op == 1 else before)[t.key_index], None)
-                if op != 1:
-                    keys[after[t.key_index]] = None
-        return list(keys)
-
-    def _current(self, t: FakeTable, key: Any) -> tuple:
-        row = t.rows.get(key)
-        for table, op, after, before, _split in self.ops:  # read your own writes
-            if table is not t:
-                continue
-            if before is not None and before[t.key_index] == key:
-                row = None  # updated away from this key (or to it, below)
-            if after[t.key_index] == key:
-                row = None if op == 1 else after
-        if row is None:
-            raise KeyError(f"no row {key!r} in fake table {t.name}")
-        return row
-
-    def commit(self) -> int | None:
-        srv = self.server
-        if not self.ops:
-            return None
-        lsn = srv._next_lsn()
-        routed: list[tuple[str, FakeChange]] = []
-        command = 0
-        for t, op, after, before, split in self.ops:
-            k = t.key_index
-            if before is not None:
-                t.rows.pop(before[k], None)
-            if op == 1:
-                t.rows.pop(after[k], None)
-            else:
-                t.rows[after[k]] = after
-            changes: list[FakeChange] = []
-            command += 1
-            if split:  # the delete first by command id, the insert first by seqval (KB 3030352)
-                changes.append(FakeChange(lsn, srv._seq + 2, 1, before, command))  # type: ignore[arg-type]
-                command += 1
-                changes.append(FakeChange(lsn, srv._seq + 1, 2, after, command))
-                srv._seq += 2
-            else:
-                srv._seq += 1
-                if op == 4:  # an update is a 3/4 pair sharing one seqval and command id
-                    changes.append(FakeChange(lsn, srv._seq, 3, before, command))  # type: ignore[arg-type]
-                changes.append(FakeChange(lsn, srv._seq, op, after, command))
-            for cap in srv.captures.values():
-                if cap.table is t:
-                    routed.extend((cap.instance, c) for c in changes)
-        srv.pending.append((lsn, routed))
-        if srv.auto_harvest:
-            srv.harvest()
-        self.ops = []
-        return lsn
-
-
-class FakeConnection:
-    def __init__(self, server: FakeCdcServer, kwargs: dict[str, Any]) -> None:
-        self.server = server
-        self.kwargs = kwargs
-        self.closed = False
-        self.view: dict | None = None
-
-    def cursor(self) -> FakeCursor:
-        if self.closed:
-            raise InterfaceError(0, b"Connection is closed.")
-        return FakeCursor(self)
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeCursor:
-    def __init__(self, conn: FakeConnection) -> None:
-        self.conn = conn
-        self.description: list[tuple] | None = None
-        self._rows: Iterator[tuple] = iter(())
-
-    def execute(self, text: str, params: dict | None = None) -> None:
-        names, rows = self.conn.server.execute(self.conn, text, params)
-        self.description = [(n,) for n in names] if names is not None else None
-        self._rows = iter(rows)  # fetched as the client iterates, as a server streams a result
-
-    def fetchall(self) -> list[tuple]:
-        rows, self._rows = list(self._rows), iter(())
-        return rows
-
-    def __iter__(self) -> Iterator[tuple]:
-        yield from self._rows
-
-    def close(self) -> None:
-        self._rows = iter(())
-
-
-# sys.types (https://learn.microsoft.com/sql/relational-databases/system-catalog-views/sys-types-transact-sql):
-# name -> (system_type_id, user_type_id). System types have user_type_id = system_type_id;
-# the CLR types geography, geometry and hierarchyid share system_type_id 240 and differ by
-# user_type_id, so TYPE_NAME(system_type_id) (TYPE_NAME takes a user_type_id) is NULL for them.
-SYS_TYPES = {
-    "hierarchyid": (240, 128),
-    "geometry": (240, 129),
-    "geography": (240, 130),
-}
-CLR_SYSTEM_TYPE_ID = 240
-
-
-def _type_name(declared: str, joins_types: bool) -> str | None:
-    """What the capture_columns query answers for a column declared with this type: with
-    the join to sys.types on user_type_id, the type's own name for a CLR (assembly) type;
-    otherwise TYPE_NAME(system_type_id), NULL for a CLR type."""
-    system_type_id, _user_type_id = SYS_TYPES.get(declared, (None, None))
-    if system_type_id != CLR_SYSTEM_TYPE_ID:
-        return declared
-    return declared if joins_types else None
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)  # the fake server's local time is UTC
 
 
 def _column_picks(text: str, table: FakeTable, alias: str | None) -> list[int]:
