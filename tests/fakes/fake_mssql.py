@@ -41,6 +41,11 @@ Python, the documented behaviour of what cdcflow calls:
   (:meth:`FakeCdcServer.stop_capture_job`) freezes max_lsn and the last log scan session
   of ``sys.dm_cdc_log_scan_sessions``. ``SERVERPROPERTY`` answers ``version`` (12..16)
   and ``engine_edition`` (5: Azure SQL Database, which reports 12).
+* DDL does not reach a capture instance (:meth:`FakeCdcServer.add_column`,
+  :meth:`FakeCdcServer.drop_column`): its captured columns stay those of its creation,
+  so an added column is not captured and a dropped one stays, NULL from then on; each DDL
+  is a row of ``cdc.ddl_history`` per capture instance
+  (https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-ddl-history-transact-sql).
 * The capture job can lag (``auto_harvest = False``): a commit changes the table at once
   but reaches the change table and ``max_lsn`` only at :meth:`FakeCdcServer.harvest`.
 
@@ -72,6 +77,7 @@ from tests.fakes.fake_mssql_model import (  # noqa: F401 - the fake's public nam
     FakeCapture,
     FakeChange,
     FakeColumn,
+    FakeDdl,
     FakeTable,
     InterfaceError,
     OperationalError,
@@ -99,6 +105,7 @@ class FakeCdcServer:
         self.engine_edition = engine_edition
         self.role_members: dict[str, set[str]] = {}  # database role -> users in it
         self.capture_job_running = True
+        self.ddl_history: list[FakeDdl] = []  # cdc.ddl_history
         self.last_scan = _now()  # when the capture job last ended a log scan session
         self.last_lsn = LSN_START
         self.mapping: dict[int, dt.datetime] = {}  # cdc.lsn_time_mapping
@@ -132,7 +139,10 @@ class FakeCdcServer:
         processes it (at once with ``auto_harvest``, else at the next :meth:`harvest`)."""
         instance = capture_instance or f"{schema}_{name}"
         if instance not in self.captures:
-            self.captures[instance] = FakeCapture(instance, self.tables[(schema, name)], None, role_name=role_name)
+            table = self.tables[(schema, name)]
+            self.captures[instance] = FakeCapture(
+                instance, table, None, role_name=role_name, columns=list(table.columns)
+            )
             if self.auto_harvest:
                 self._start_new_instances()
         return self.captures[instance]
@@ -142,6 +152,31 @@ class FakeCdcServer:
             if cap.start_lsn is None:
                 cap.start_lsn = self._next_lsn()
                 self.mapping[cap.start_lsn] = _now()
+
+    def add_column(self, schema: str, name: str, column: FakeColumn) -> int:
+        """ALTER TABLE ... ADD: the table gains the column (NULL in existing rows); no capture
+        instance captures it; cdc.ddl_history records the DDL. Returns its LSN."""
+        table = self.tables[(schema, name)]
+        table.columns.append(column)
+        table.rows = {k: (*r, None) for k, r in table.rows.items()}
+        return self._record_ddl(table, f"ALTER TABLE [{schema}].[{name}] ADD [{column.name}] {column.type_name}")
+
+    def drop_column(self, schema: str, name: str, column: str) -> int:
+        """ALTER TABLE ... DROP COLUMN: gone from the table, still in every capture instance
+        (NULL in later changes); cdc.ddl_history records the DDL. Returns its LSN."""
+        table = self.tables[(schema, name)]
+        i = next(i for i, c in enumerate(table.columns) if c.name == column)
+        del table.columns[i]
+        table.rows = {k: r[:i] + r[i + 1 :] for k, r in table.rows.items()}
+        return self._record_ddl(table, f"ALTER TABLE [{schema}].[{name}] DROP COLUMN [{column}]")
+
+    def _record_ddl(self, table: FakeTable, command: str) -> int:
+        lsn = self._next_lsn()
+        self.mapping[lsn] = _now()
+        for cap in self.captures.values():
+            if cap.table is table:
+                self.ddl_history.append(FakeDdl(cap.instance, lsn, command))
+        return lsn
 
     def stop_capture_job(self, seconds_ago: float = 600) -> None:
         """The capture job (SQL Server Agent) stopped ``seconds_ago``: nothing more reaches
@@ -280,12 +315,32 @@ class FakeCdcServer:
         return ["capture_instance", "start_lsn"], rows[::-1]
 
     def _q_capture_columns(self, conn, idents, p):
+        """Captured columns joined to sys.columns: a dropped one is left out, types are the source's now."""
         cap = self.captures.get(p["capture"])
-        cols = cap.table.columns if cap else []
+        source = {c.name: c for c in cap.table.columns} if cap else {}
+        cols = [source[c.name] for c in cap.columns if c.name in source] if cap else []
         joins_types = "sys.types" in self._current_text
         return ["column_name", "type_name", "precision", "scale", "is_key"], [
             (c.name, _type_name(c.type_name, joins_types), c.precision, c.scale, c.is_key) for c in cols
         ]
+
+    def _q_source_columns(self, conn, idents, p):
+        table = self.tables.get((p["schema"], p["table"]))
+        cols = table.columns if table else []
+        return ["column_name", "type_name"], [(c.name, _type_name(c.type_name, True)) for c in cols]
+
+    def _q_captured_columns(self, conn, idents, p):
+        cap = self.captures.get(p["capture"])
+        return ["column_name", "column_type"], [(c.name, c.type_name) for c in (cap.columns if cap else [])]
+
+    def _q_ddl_history(self, conn, idents, p):
+        lo, hi = lsn_int(p["after_lsn"]), lsn_int(p["to_lsn"])
+        rows = sorted(
+            (d.lsn, d.command, d.required_column_update)
+            for d in self.ddl_history
+            if d.instance == p["capture"] and lo < d.lsn <= hi
+        )
+        return ["ddl_lsn", "ddl_command", "required_column_update"], [(lsn_bytes(a), b, c) for a, b, c in rows[:1]]
 
     def _q_lsn_bounds(self, conn, idents, p):
         low = self.min_lsn(p["capture"], conn.kwargs.get("user"))
@@ -324,11 +379,11 @@ class FakeCdcServer:
         if len(changes) > n:  # TOP (n) WITH TIES ... ORDER BY __$start_lsn
             last = changes[n - 1].lsn
             changes = [c for c in changes if c.lsn <= last]
-        table = self.captures[instance].table
-        picks = _column_picks(idents["columns"], table, alias="c")
+        captured = self.captures[instance].columns
+        picks = _column_picks(idents["columns"], captured, alias="c")
         with_command = "change_table" in idents
         names = ["__$start_lsn", "__$seqval", "__$operation"] + (["__$command_id"] if with_command else [])
-        names += ["commit_time"] + [table.columns[i].name for i in picks]
+        names += ["commit_time"] + [captured[i].name for i in picks]
         return names, self._change_rows(instance, changes, picks, with_command)
 
     def cleanup_during_next_read(self, instance: str, after_rows: int, low_water_mark: int | None = None) -> None:
@@ -368,7 +423,7 @@ class FakeCdcServer:
         key = (m.group(1).replace("]]", "]"), m.group(2).replace("]]", "]"))
         table = self.tables[key]
         rows = conn.view[key] if conn.view is not None else table.rows
-        picks = _column_picks(idents["columns"], table, alias=None)
+        picks = _column_picks(idents["columns"], table.columns, alias=None)
         return [table.columns[i].name for i in picks], [tuple(r[i] for i in picks) for r in rows.values()]
 
     def _q_end_snapshot_read(self, conn, idents, p):
@@ -398,11 +453,14 @@ class FakeCdcServer:
         return None, []
 
 
-def _column_picks(text: str, table: FakeTable, alias: str | None) -> list[int]:
+def _column_picks(text: str, columns: list[FakeColumn], alias: str | None) -> list[int]:
     prefix = rf"\[{alias}\]\." if alias else ""
     names = [m.replace("]]", "]") for m in re.findall(prefix + r"\[((?:[^\]]|\]\])+)\]", text)]
-    by_name = {c.name: i for i, c in enumerate(table.columns)}
-    assert names and all(n in by_name for n in names), f"unknown or unquoted columns: {text}"
+    by_name = {c.name: i for i, c in enumerate(columns)}
+    assert names, f"unquoted columns: {text}"
+    for n in names:
+        if n not in by_name:
+            raise ProgrammingError(207, f"Invalid column name '{n}'.".encode())
     return [by_name[n] for n in names]
 
 

@@ -89,6 +89,27 @@ class FakeCapture:
     start_lsn: int | None  # NULL until the capture job first processes the instance
     changes: list[FakeChange] = field(default_factory=list)
     role_name: str | None = None  # the gating role (sp_cdc_enable_table @role_name)
+    #: The captured columns (cdc.captured_columns): the table's columns when the instance
+    #: was created. DDL never changes them: an added column is not captured, a dropped
+    #: one stays, NULL from then on.
+    columns: list[FakeColumn] = field(default_factory=list)
+
+    def project(self, table: FakeTable, row: tuple | None) -> tuple | None:
+        """A source-table row as this instance's change table holds it."""
+        if row is None:
+            return None
+        by_name = {c.name: v for c, v in zip(table.columns, row, strict=True)}
+        return tuple(by_name.get(c.name) for c in self.columns)
+
+
+@dataclass
+class FakeDdl:
+    """A row of cdc.ddl_history: DDL on a captured table, per capture instance."""
+
+    instance: str
+    lsn: int
+    command: str
+    required_column_update: bool = False
 
 
 _TS = ("datetime2", 26, 6)

@@ -128,7 +128,10 @@ class FakeTransaction:
                 changes.append(FakeChange(lsn, srv._seq, op, after, command))
             for cap in srv.captures.values():
                 if cap.table is t:
-                    routed.extend((cap.instance, c) for c in changes)
+                    routed.extend(
+                        (cap.instance, FakeChange(c.lsn, c.seqval, c.op, cap.project(t, c.values), c.command_id))
+                        for c in changes
+                    )
         srv.pending.append((lsn, routed))
         if srv.auto_harvest:
             srv.harvest()

@@ -11,7 +11,7 @@ import datetime as dt
 import psycopg
 import pytest
 
-from cdcflow.errors import GapError, SourceConfigError, TransientError
+from cdcflow.errors import GapError, SchemaDriftError, SourceConfigError, TransientError
 from cdcflow.serving import schema
 from cdcflow.serving.staging import StagingWriter
 from cdcflow.sources.sqlserver import SqlServerSource, stage_initial_snapshot
@@ -266,3 +266,51 @@ def test_versions_2016_and_newer_and_azure_sql_reporting_12_are_accepted(version
     else:
         with pytest.raises(SourceConfigError, match="major version 12: cdcflow needs SQL Server 2016"):
             source.check()
+
+
+def test_column_added_to_the_table_is_reported_as_not_captured(fake, caplog):
+    """DDL does not reach a capture instance: a column added to the source table is not in
+    cdc.captured_columns and is not captured (About change data capture, "Handling changes
+    to source tables", https://learn.microsoft.com/sql/relational-databases/track-changes/about-change-data-capture-sql-server;
+    cdc.ddl_history records the DDL,
+    https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-ddl-history-transact-sql).
+    cdcflow says so, at start-up and when it reads past the DDL, and keeps reading."""
+    source = customers(fake)
+    w = source.snapshot(ListSink()).end_lsn
+    fake.add_column("dbo", "customers", FakeColumn("tier", "nvarchar", 0, 0))
+    with fake.transaction() as tx:
+        tx.update("customers", 1, segment="AFTER-ADD", tier="GOLD")
+    with caplog.at_level("WARNING"):
+        sink, end = read_all(source, w)
+        assert SqlServerSource(DSN, ["public.customers"], driver=fake.driver()).describe_tables()
+    assert end == fake.max_lsn() and sink.latest()[1][1] == b"AFTER-ADD"
+    lines = [r.getMessage() for r in caplog.records if "tier" in r.getMessage()]
+    assert len(lines) == 2 and all(
+        "dbo.customers.tier is not captured by capture instance dbo_customers" in m for m in lines
+    )
+
+
+def test_column_dropped_from_the_table_pauses_the_capture_at_the_ddl_instead_of_staging_nulls(fake):
+    """A captured column dropped from the source table stays in the capture instance and
+    reads as NULL from then on (About change data capture, "Handling changes to source
+    tables", https://learn.microsoft.com/sql/relational-databases/track-changes/about-change-data-capture-sql-server);
+    the DDL is in cdc.ddl_history
+    (https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-ddl-history-transact-sql).
+    Every change before the DDL is staged; then the capture pauses with one line."""
+    source = customers(fake)
+    w = source.snapshot(ListSink()).end_lsn
+    with fake.transaction() as tx:
+        tx.update("customers", 1, is_active=False)
+    before = fake.last_lsn
+    ddl = fake.drop_column("dbo", "customers", "is_active")
+    with fake.transaction() as tx:
+        tx.update("customers", 2, segment="AFTER-DROP")
+    sink = ListSink()
+    first = source.read_batch(w, 100, sink, 0)
+    assert first.end_lsn == ddl - 1 and {int(p[0]) for p in sink.lines} == {before}
+    assert sink.lines[0][6] == b"f"  # is_active staged with its value, before the drop
+    with pytest.raises(SchemaDriftError) as info:
+        source.read_batch(first.end_lsn, 100, ListSink(), 0)
+    message = str(info.value)
+    assert "\n" not in message and "is_active dropped" in message and "DROP COLUMN [is_active]" in message
+    assert "capture dbo_customers is paused" in message and "resync" in message

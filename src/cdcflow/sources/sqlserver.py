@@ -40,6 +40,7 @@ from typing import Any
 from cdcflow import db
 from cdcflow.errors import CdcflowError, GapError, SourceConfigError, TerminalError, TransientError
 from cdcflow.positions import format_mssql_lsn, mssql_lsn_from_bytes, mssql_lsn_to_bytes
+from cdcflow.sources import mssql_schema as mschema
 from cdcflow.sources import mssql_state as mstate
 from cdcflow.sources import mssql_support as ms
 from cdcflow.sources.base import OP_SNAPSHOT, BatchResult, ChangeSink, Column, TableSpec, copy_line
@@ -90,6 +91,7 @@ class SqlServerSource:
         self._instances: dict[str, str] = {}  # spec.capture -> the capture instance's real name
         self.skip_captures: set[str] = set()
         self._job_watch = mstate.CaptureJobWatch(self._run)
+        self._ddl = mschema.DdlWatch(self._run)
         #: Unused: one capture per instance, so its stream starts at its own watermark.
         self.floors: dict[str, int] = {}
 
@@ -188,6 +190,7 @@ class SqlServerSource:
                     f"capture instance {instance} of {schema}.{table} has no key columns: give the table a "
                     "primary key (or @index_name when enabling CDC) so cdcflow can keep each row's latest state"
                 )
+            mschema.warn_uncaptured(self._run, schema, table, instance)
             spec = TableSpec(schema, table, tuple(columns))
             self._instances[spec.capture] = instance
             specs.append(spec)
@@ -274,7 +277,9 @@ class SqlServerSource:
                 self._job_watch.check()  # caught up, or is the capture job stopped?
                 return BatchResult(end_lsn=after_lsn)
             self._sleep(min(IDLE_POLL_SECONDS, left))
-        result = self._read_window(spec, instance, after_lsn, from_lsn, max_lsn, max(1, max_rows), sink)
+        # DDL that dropped or retyped a captured column: read up to it, then pause (mssql_schema).
+        to_lsn = self._ddl.read_until(spec.schema, spec.name, spec.capture, instance, after_lsn, max_lsn)
+        result = self._read_window(spec, instance, after_lsn, from_lsn, to_lsn, max(1, max_rows), sink)
         # A table read checks no range: the cleanup job may have removed rows of the window
         # while it was read. The window is whole only if the min LSN is still at or below it.
         min_after = self.bounds()[0]

@@ -60,6 +60,33 @@ SELECT DATEDIFF(second, s.end_time, GETDATE()) AS seconds_since_scan
 FROM sys.dm_cdc_log_scan_sessions AS s
 WHERE s.session_id = 0;
 
+-- name: source_columns
+-- The source table's columns now (sys.columns), typed as capture_columns types them.
+SELECT c.name AS column_name,
+       CASE WHEN t.is_assembly_type = 1 THEN t.name ELSE TYPE_NAME(c.system_type_id) END AS type_name
+FROM sys.columns AS c
+JOIN sys.types AS t ON t.user_type_id = c.user_type_id
+WHERE c.object_id = OBJECT_ID(QUOTENAME(%(schema)s) + N'.' + QUOTENAME(%(table)s))
+ORDER BY c.column_id;
+
+-- name: captured_columns
+-- The capture instance's own columns (cdc.captured_columns): fixed when it was created;
+-- DDL on the source table does not change them.
+SELECT cc.column_name, cc.column_type
+FROM cdc.captured_columns AS cc
+JOIN cdc.change_tables AS ct ON ct.object_id = cc.object_id
+WHERE ct.capture_instance = %(capture)s
+ORDER BY cc.column_ordinal;
+
+-- name: ddl_history
+-- The first DDL on the source table after the watermark, up to to_lsn (cdc.ddl_history
+-- has a row per capture instance; object_id is the change table's).
+SELECT TOP (1) h.ddl_lsn, h.ddl_command, h.required_column_update
+FROM cdc.ddl_history AS h
+JOIN cdc.change_tables AS ct ON ct.object_id = h.object_id
+WHERE ct.capture_instance = %(capture)s AND h.ddl_lsn > %(after_lsn)s AND h.ddl_lsn <= %(to_lsn)s
+ORDER BY h.ddl_lsn;
+
 -- name: lsn_bounds
 -- The oldest LSN the capture instance still holds (0x00... if it does not exist or we
 -- may not read it) and the newest LSN the capture job has harvested.
