@@ -147,6 +147,12 @@ class FakeCdcServer:
                 self._start_new_instances()
         return self.captures[instance]
 
+    def disable_table(self, instance: str) -> None:
+        """sys.sp_cdc_disable_table for one capture instance: its change table, captured
+        columns and ddl_history rows are dropped; a table may have two instances at once."""
+        del self.captures[instance]
+        self.ddl_history = [d for d in self.ddl_history if d.instance != instance]
+
     def _start_new_instances(self) -> None:
         for cap in self.captures.values():
             if cap.start_lsn is None:

@@ -314,3 +314,40 @@ def test_column_dropped_from_the_table_pauses_the_capture_at_the_ddl_instead_of_
     message = str(info.value)
     assert "\n" not in message and "is_active dropped" in message and "DROP COLUMN [is_active]" in message
     assert "capture dbo_customers is paused" in message and "resync" in message
+
+
+def test_second_capture_instance_takes_over_when_the_first_is_disabled_after_the_reader_reached_it(fake):
+    """A table may have two capture instances; the switch for a changed table is: create the
+    second, let readers reach its start, disable the first (About change data capture,
+    "Handling changes to source tables",
+    https://learn.microsoft.com/sql/relational-databases/track-changes/about-change-data-capture-sql-server;
+    sys.sp_cdc_enable_table allows two capture instances per table,
+    https://learn.microsoft.com/sql/relational-databases/system-stored-procedures/sys-sp-cdc-enable-table-transact-sql).
+    The reader moves to the second without a gap; disabled too early, it says what to do."""
+    source = customers(fake)
+    w = source.snapshot(ListSink()).end_lsn
+    with fake.transaction() as tx:
+        tx.update("customers", 1, segment="BEFORE-V2")
+    second = fake.enable_table("dbo", "customers", "dbo_customers_v2")
+    with fake.transaction() as tx:
+        tx.update("customers", 2, segment="IN-BOTH")
+    sink, w = read_all(source, w)
+    assert w >= second.start_lsn
+    fake.disable_table("dbo_customers")
+    with fake.transaction() as tx:
+        tx.update("customers", 3, segment="V2-ONLY")
+    more, end = read_all(source, w)
+    assert end == fake.max_lsn() and [p[5] for p in more.lines] == [b"V2-ONLY"]
+    assert source._single()[1] == "dbo_customers_v2"
+
+    early = FakeCdcServer(seed=4)
+    root = SqlServerSource(DSN, DEMO, driver=early.driver())
+    root.bootstrap_source(demo=True)
+    late = customers(early)
+    w = late.snapshot(ListSink()).end_lsn
+    with early.transaction() as tx:
+        tx.update("customers", 1, segment="NOT-IN-V2")
+    early.enable_table("dbo", "customers", "dbo_customers_v2")
+    early.disable_table("dbo_customers")  # before the reader reached the second's start
+    with pytest.raises(SourceConfigError, match="no longer exists.*now dbo_customers_v2.*resync"):
+        late.read_batch(w, 100, ListSink(), 0)

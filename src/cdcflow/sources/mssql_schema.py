@@ -63,7 +63,7 @@ def warn_uncaptured(run: Run, schema: str, table: str, instance: str) -> Drift:
     for name in found.added:
         log.warning(
             "column %s.%s.%s is not captured by capture instance %s (added to the table after it was created): "
-            "it is not staged; to capture it, re-create the capture instance and resync (%s)",
+            "it is not staged (%s)",
             schema,
             table,
             name,
@@ -107,6 +107,34 @@ def _drift_message(schema: str, table: str, capture: str, instance: str, ddl_lsn
     return (
         f"{schema}.{table} changed at {format_mssql_lsn(ddl_lsn)} ({'; '.join(what)}; cdc.ddl_history: {command!r}), "
         f"and capture instance {instance} still has the old columns (a dropped one reads as NULL); capture "
-        f"{capture} is paused with every change before it staged: re-create the capture instance with the "
-        f"table's columns now and run 'cdcflow resync' ({SWITCH_DOC})"
+        f"{capture} is paused with every change before it staged: move to a capture instance with the table's "
+        f"columns now, drop a dropped column from the staging table too, and run 'cdcflow resync' ({SWITCH_DOC})"
     )
+
+
+def successor(run: Run, schema: str, table: str, gone: str, from_lsn: int, columns: tuple[str, ...]) -> str | None:
+    """The table's other capture instance that can take over from ``gone`` (disabled) at
+    ``from_lsn`` without a gap: it has been processed, starts at or before ``from_lsn`` (it
+    holds every change from its start on), and captures every staged column. None if none.
+
+    This is the second half of Microsoft's switch for a changed table: create a second
+    capture instance, let readers reach its start, then disable the first.
+    """
+    rows = run("reading cdc.change_tables", ms.query("capture_instances"), {"schema": schema, "table": table})
+    for name, start in rows:  # newest first
+        if name == gone or start is None or lsn(start) > from_lsn:
+            continue
+        captured = {r[0] for r in run("reading cdc.captured_columns", ms.query("captured_columns"), {"capture": name})}
+        missing = [c for c in columns if c not in captured]
+        if missing:
+            log.warning(
+                "capture instance %s of %s.%s cannot take over from %s: it does not capture %s",
+                name,
+                schema,
+                table,
+                gone,
+                ", ".join(missing),
+            )
+            continue
+        return ms.check_capture_instance(name)
+    return None

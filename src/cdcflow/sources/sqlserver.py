@@ -242,6 +242,19 @@ class SqlServerSource:
         )
         return _lsn(rows[0][0]), _lsn(rows[0][1]), _lsn(rows[0][2])
 
+    def _take_over(self, spec: TableSpec, instance: str, from_lsn: int) -> str:
+        """``instance`` answers a min LSN of 0: read the table's other capture instance if it
+        can take over without a gap (the two-instance switch), else raise why."""
+        rows = self._run("reading cdc.change_tables", ms.query("capture_state"), {"capture": instance})
+        if not rows:  # disabled: a successor may take over
+            names = spec.column_names
+            new = mschema.successor(self._run, spec.schema, spec.name, instance, from_lsn, names)
+            if new is not None:
+                log.warning("capture instance %s of %s is gone: reading %s from here on", instance, spec.qualified, new)
+                self._instances[spec.capture] = new
+                return new
+        raise self._zero_min_lsn(spec, instance)
+
     def _zero_min_lsn(self, spec: TableSpec, instance: str) -> CdcflowError:
         return mstate.zero_min_lsn_error(self._run, instance, spec.schema, spec.name, self.params.user)
 
@@ -266,7 +279,8 @@ class SqlServerSource:
         while True:
             min_lsn, max_lsn, from_lsn = self._window(instance, after_lsn)
             if min_lsn == _ZERO_LSN:
-                raise self._zero_min_lsn(spec, instance)
+                instance = self._take_over(spec, instance, from_lsn)
+                continue
             if from_lsn < min_lsn:
                 why = "it has never been snapshotted" if after_lsn == 0 else "the CDC cleanup job removed them"
                 raise self._gap(spec, instance, after_lsn, min_lsn, why)
