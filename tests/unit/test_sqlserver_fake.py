@@ -2,8 +2,10 @@
 
 No SQL Server runs on these machines. The fake implements the documented behaviour of
 the CDC functions; these tests check the source's logic against it: whole LSNs under a
-row cap, idle advance, gap detection (cleanup, error 313), error classification and
-redaction. What the T-SQL itself does is checked only against a real server.
+row cap, idle advance, gap detection (cleanup before or during a read), error
+classification and redaction. Behaviour the fake once left out is tested in
+tests/unit/test_sqlserver_documented.py. What the T-SQL itself does is checked only
+against a real server.
 """
 
 from __future__ import annotations
