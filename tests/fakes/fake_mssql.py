@@ -9,13 +9,43 @@ Python, the documented behaviour of what cdcflow calls:
 * ``sys.fn_cdc_get_min_lsn(ci)``: the capture instance's ``start_lsn``; 0x00... for an
   unknown (or empty) name. ``sys.fn_cdc_get_max_lsn()``: the newest LSN in
   ``cdc.lsn_time_mapping`` (harvested transactions, plus the capture job's idle-scan marks).
-* A transaction's changes share its commit LSN (``__$start_lsn``), ordered by
-  ``__$seqval``; an UPDATE is two change rows, op 3 (before) and op 4 (after), with the
-  same seqval; ``N'all'`` returns op 4 only, ``N'all update old'`` both.
+* A transaction's changes share its commit LSN (``__$start_lsn``). ``__$command_id``
+  numbers the row operations of a transaction in the order they ran; an UPDATE is two
+  change rows, op 3 (before) and op 4 (after), with the same seqval and command id;
+  ``N'all'`` returns op 4 only, ``N'all update old'`` both.
+* A *split update* (:meth:`FakeTransaction.split_update`: MERGE, an update of a
+  unique-index column, a row moving in the clustered index) is recorded as a delete (op 1)
+  and an insert (op 2) of the row, the insert with the LOWER ``__$seqval`` (KB 3030352,
+  https://support.microsoft.com/help/3030352) but the delete with the lower
+  ``__$command_id``. The change-table page says ``__$seqval`` must not be used to order
+  changes inside a transaction, ``__$command_id`` must
+  (https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-capture-instance-ct-transact-sql).
+* ``cdc.fn_cdc_get_all_changes_<ci>`` returns no ``__$command_id`` and orders by
+  ``__$seqval``; the change table ``cdc.<ci>_CT`` can be read directly, with
+  ``__$command_id``, and (a table, not the function) never raises error 313.
 * ``cdc.fn_cdc_get_all_changes_<ci>(from, to, filter)`` raises error 313 when
   ``from < min_lsn(ci)``, ``to > max_lsn()`` or ``from > to``.
 * The cleanup job (``cleanup``, or ``sys.sp_cdc_cleanup_change_table``) removes changes
   below a low water mark and raises the capture instance's ``start_lsn`` to it.
+* The cleanup job can also run in the middle of a read
+  (:meth:`FakeCdcServer.cleanup_during_next_read`): the rest of the read sees only the
+  rows left, and nothing raises an error (the function checks its range once, at the
+  start: sys.fn_cdc_get_min_lsn's page says to check the range against the min LSN
+  because cleanup moves it, https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql).
+* Column types as ``sys.columns`` and ``sys.types`` describe them: the CLR types
+  (geography, geometry, hierarchyid) share ``system_type_id`` 240 and are told apart only
+  by ``user_type_id`` (:data:`SYS_TYPES`).
+* ``cdc.change_tables.start_lsn`` is NULL (and the min LSN 0x00...) until the capture job
+  first processes a new capture instance. A login outside the instance's gating role also
+  gets 0x00... (sys.fn_cdc_get_min_lsn page). A stopped capture job
+  (:meth:`FakeCdcServer.stop_capture_job`) freezes max_lsn and the last log scan session
+  of ``sys.dm_cdc_log_scan_sessions``. ``SERVERPROPERTY`` answers ``version`` (12..16)
+  and ``engine_edition`` (5: Azure SQL Database, which reports 12).
+* DDL does not reach a capture instance (:meth:`FakeCdcServer.add_column`,
+  :meth:`FakeCdcServer.drop_column`): its captured columns stay those of its creation,
+  so an added column is not captured and a dropped one stays, NULL from then on; each DDL
+  is a row of ``cdc.ddl_history`` per capture instance
+  (https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-ddl-history-transact-sql).
 * The capture job can lag (``auto_harvest = False``): a commit changes the table at once
   but reaches the change table and ``max_lsn`` only at :meth:`FakeCdcServer.harvest`.
 
@@ -31,125 +61,52 @@ import datetime as dt
 import random
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 from cdcflow import sqlfiles
 from cdcflow.sources import mssql_support as ms
-
-
-class Error(Exception):
-    """pymssql.Error's shape: ``args = ((number, message bytes),)``, as pymssql 2.4 raises."""
-
-    def __init__(self, number: int, message: bytes) -> None:
-        super().__init__((number, message))
-
-
-class InterfaceError(Error):
-    pass
-
-
-class DatabaseError(Error):
-    pass
-
-
-class OperationalError(DatabaseError):
-    pass
-
-
-class ProgrammingError(DatabaseError):
-    pass
-
-
-LSN_START = 0x0000002A000001F80001
-ZERO = bytes(10)
-
-
-def lsn_bytes(value: int) -> bytes:
-    return value.to_bytes(10, "big")
-
-
-def lsn_int(raw: bytes | None) -> int:
-    return int.from_bytes(raw, "big") if raw else 0
-
-
-def error_313(instance: str) -> OperationalError:
-    return OperationalError(
-        313,
-        b"An insufficient number of arguments were supplied for the procedure or function "
-        + f"cdc.fn_cdc_get_all_changes_{instance}.".encode(),
-    )
-
-
-@dataclass
-class FakeColumn:
-    name: str
-    type_name: str
-    precision: int | None = None
-    scale: int | None = None
-    is_key: bool = False
-
-
-@dataclass
-class FakeChange:
-    lsn: int
-    seqval: int
-    op: int
-    values: tuple
-
-
-@dataclass
-class FakeTable:
-    schema: str
-    name: str
-    columns: list[FakeColumn]
-    rows: dict[Any, tuple] = field(default_factory=dict)
-    next_id: int = 1
-
-    @property
-    def key_index(self) -> int:
-        return next(i for i, c in enumerate(self.columns) if c.is_key)
-
-
-@dataclass
-class FakeCapture:
-    instance: str
-    table: FakeTable
-    start_lsn: int
-    changes: list[FakeChange] = field(default_factory=list)
-
-
-_TS = ("datetime2", 26, 6)
-DEMO_TABLES = {  # the demo schema of sql/sqlserver/bootstrap/10_schema.sql: (name, type, precision, scale, key)
-    "customers": [
-        ("customer_id", "bigint", 19, 0, True),
-        ("segment", "nvarchar", 0, 0, False),
-        ("is_active", "bit", 1, 0, False),
-        ("updated_at", *_TS, False),
-    ],
-    "orders": [
-        ("order_id", "bigint", 19, 0, True),
-        ("customer_id", "bigint", 19, 0, False),
-        ("amount", "numeric", 18, 2, False),
-        ("status", "nvarchar", 0, 0, False),
-        ("created_at", *_TS, False),
-        ("updated_at", *_TS, False),
-    ],
-    "payments": [
-        ("payment_id", "bigint", 19, 0, True),
-        ("order_id", "bigint", 19, 0, False),
-        ("paid_amount", "numeric", 18, 2, False),
-        ("paid_at", *_TS, False),
-    ],
-}
+from tests.fakes.fake_mssql_model import (  # noqa: F401 - the fake's public names, importable from here
+    CLR_SYSTEM_TYPE_ID,
+    DEMO_TABLES,
+    LSN_START,
+    SYS_TYPES,
+    ZERO,
+    DatabaseError,
+    Error,
+    FakeCapture,
+    FakeChange,
+    FakeColumn,
+    FakeDdl,
+    FakeTable,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    _now,
+    _type_name,
+    error_313,
+    lsn_bytes,
+    lsn_int,
+)
+from tests.fakes.fake_mssql_session import FakeConnection, FakeCursor, FakeTransaction  # noqa: F401
 
 
 class FakeCdcServer:
     """One fake database with CDC enabled. See the module docstring."""
 
-    def __init__(self, *, seed: int = 0, snapshot_isolation: bool = True) -> None:
+    def __init__(
+        self, *, seed: int = 0, snapshot_isolation: bool = True, version: int = 16, engine_edition: int = 3
+    ) -> None:
         self.rng = random.Random(seed)
+        # SERVERPROPERTY('ProductMajorVersion') and ('EngineEdition'): 13..16 are SQL Server
+        # 2016..2022 (edition 2 Standard, 3 Enterprise/Developer); Azure SQL Database
+        # (edition 5) and Managed Instance (8) report 12.
+        self.version = version
+        self.engine_edition = engine_edition
+        self.role_members: dict[str, set[str]] = {}  # database role -> users in it
+        self.capture_job_running = True
+        self.ddl_history: list[FakeDdl] = []  # cdc.ddl_history
+        self.last_scan = _now()  # when the capture job last ended a log scan session
         self.last_lsn = LSN_START
         self.mapping: dict[int, dt.datetime] = {}  # cdc.lsn_time_mapping
         self.tables: dict[tuple[str, str], FakeTable] = {}
@@ -160,6 +117,8 @@ class FakeCdcServer:
         self.down = False
         self.statements: list[str] = []
         self._fail_next: Error | None = None
+        self._cleanup_mid_read: tuple[str, int, int | None] | None = None
+        self._current_text = ""
         self._seq = 0
         self._patterns = _patterns()
 
@@ -173,13 +132,64 @@ class FakeCdcServer:
         for name, cols in DEMO_TABLES.items():
             self.create_table("dbo", name, [FakeColumn(*c) for c in cols])
 
-    def enable_table(self, schema: str, name: str, capture_instance: str | None = None) -> FakeCapture:
+    def enable_table(
+        self, schema: str, name: str, capture_instance: str | None = None, role_name: str | None = None
+    ) -> FakeCapture:
+        """sys.sp_cdc_enable_table. The instance's start_lsn stays NULL until the capture job
+        processes it (at once with ``auto_harvest``, else at the next :meth:`harvest`)."""
         instance = capture_instance or f"{schema}_{name}"
         if instance not in self.captures:
-            start = self._next_lsn()
-            self.mapping[start] = _now()
-            self.captures[instance] = FakeCapture(instance, self.tables[(schema, name)], start)
+            table = self.tables[(schema, name)]
+            self.captures[instance] = FakeCapture(
+                instance, table, None, role_name=role_name, columns=list(table.columns)
+            )
+            if self.auto_harvest:
+                self._start_new_instances()
         return self.captures[instance]
+
+    def disable_table(self, instance: str) -> None:
+        """sys.sp_cdc_disable_table for one capture instance: its change table, captured
+        columns and ddl_history rows are dropped; a table may have two instances at once."""
+        del self.captures[instance]
+        self.ddl_history = [d for d in self.ddl_history if d.instance != instance]
+
+    def _start_new_instances(self) -> None:
+        for cap in self.captures.values():
+            if cap.start_lsn is None:
+                cap.start_lsn = self._next_lsn()
+                self.mapping[cap.start_lsn] = _now()
+
+    def add_column(self, schema: str, name: str, column: FakeColumn) -> int:
+        """ALTER TABLE ... ADD: the table gains the column (NULL in existing rows); no capture
+        instance captures it; cdc.ddl_history records the DDL. Returns its LSN."""
+        table = self.tables[(schema, name)]
+        table.columns.append(column)
+        table.rows = {k: (*r, None) for k, r in table.rows.items()}
+        return self._record_ddl(table, f"ALTER TABLE [{schema}].[{name}] ADD [{column.name}] {column.type_name}")
+
+    def drop_column(self, schema: str, name: str, column: str) -> int:
+        """ALTER TABLE ... DROP COLUMN: gone from the table, still in every capture instance
+        (NULL in later changes); cdc.ddl_history records the DDL. Returns its LSN."""
+        table = self.tables[(schema, name)]
+        i = next(i for i, c in enumerate(table.columns) if c.name == column)
+        del table.columns[i]
+        table.rows = {k: r[:i] + r[i + 1 :] for k, r in table.rows.items()}
+        return self._record_ddl(table, f"ALTER TABLE [{schema}].[{name}] DROP COLUMN [{column}]")
+
+    def _record_ddl(self, table: FakeTable, command: str) -> int:
+        lsn = self._next_lsn()
+        self.mapping[lsn] = _now()
+        for cap in self.captures.values():
+            if cap.table is table:
+                self.ddl_history.append(FakeDdl(cap.instance, lsn, command))
+        return lsn
+
+    def stop_capture_job(self, seconds_ago: float = 600) -> None:
+        """The capture job (SQL Server Agent) stopped ``seconds_ago``: nothing more reaches
+        the change tables or max_lsn, and sys.dm_cdc_log_scan_sessions shows no new session."""
+        self.capture_job_running = False
+        self.auto_harvest = False
+        self.last_scan = _now() - dt.timedelta(seconds=seconds_ago)
 
     def _next_lsn(self) -> int:
         self.last_lsn += self.rng.randint(1, 40)
@@ -190,6 +200,10 @@ class FakeCdcServer:
 
     def harvest(self) -> None:
         """The capture job: move committed changes into change tables and the LSN map."""
+        if not self.capture_job_running:
+            return
+        self.last_scan = _now()
+        self._start_new_instances()
         for lsn, changes in self.pending:
             self.mapping[lsn] = _now()
             for instance, change in changes:
@@ -198,6 +212,9 @@ class FakeCdcServer:
 
     def idle_scan(self) -> int:
         """The capture job's end-of-scan mark with no changes: max LSN advances."""
+        if not self.capture_job_running:
+            return self.max_lsn()
+        self.last_scan = _now()
         lsn = self._next_lsn()
         self.mapping[lsn] = _now()
         return lsn
@@ -209,7 +226,7 @@ class FakeCdcServer:
         if mark not in self.mapping:
             raise OperationalError(22964, b"LSN is not in cdc.lsn_time_mapping")
         cap.changes = [c for c in cap.changes if c.lsn >= mark]
-        cap.start_lsn = max(cap.start_lsn, mark)
+        cap.start_lsn = max(cap.start_lsn or 0, mark)
         return cap.start_lsn
 
     def fail_next(self, number: int, message: str = "injected failure") -> None:
@@ -217,9 +234,16 @@ class FakeCdcServer:
 
     # -- the documented functions ---------------------------------------------------
 
-    def min_lsn(self, instance: str) -> int:
+    def min_lsn(self, instance: str, user: str | None = None) -> int:
+        """0 when the instance does not exist, has not been processed yet, or when ``user``
+        may not read its changes: not in its gating role (sys.fn_cdc_get_min_lsn page)."""
         cap = self.captures.get(instance) if instance else None
-        return cap.start_lsn if cap else 0
+        if cap is None or cap.start_lsn is None or not self.may_read(cap, user):
+            return 0
+        return cap.start_lsn
+
+    def may_read(self, cap: FakeCapture, user: str | None) -> bool:
+        return cap.role_name is None or user is None or user in self.role_members.get(cap.role_name, set())
 
     def max_lsn(self) -> int:
         return max(self.mapping, default=0)
@@ -232,7 +256,7 @@ class FakeCdcServer:
         cap = self.captures.get(instance)
         if cap is None:
             raise ProgrammingError(208, f"Invalid object name 'cdc.fn_cdc_get_all_changes_{instance}'.".encode())
-        if from_lsn < cap.start_lsn or to_lsn > self.max_lsn() or from_lsn > to_lsn:
+        if from_lsn < (cap.start_lsn or 0) or to_lsn > self.max_lsn() or from_lsn > to_lsn:
             raise error_313(instance)
         rows = [c for c in cap.changes if from_lsn <= c.lsn <= to_lsn and (c.op != 3 or row_filter != "all")]
         return sorted(rows, key=lambda c: (c.lsn, c.seqval, c.op))
@@ -261,6 +285,7 @@ class FakeCdcServer:
         if self._fail_next is not None:
             err, self._fail_next = self._fail_next, None
             raise err
+        self._current_text = text
         for name, pattern in self._patterns:
             m = pattern.fullmatch(text.strip())
             if m:
@@ -270,27 +295,62 @@ class FakeCdcServer:
     # -- statement handlers (one per named block) -----------------------------------
 
     def _q_server_info(self, conn, idents, p):
-        return ["major_version", "database_name", "is_cdc_enabled", "snapshot_isolation_state"], [
-            (16, "fakedb", True, 1 if self.snapshot_isolation else 0)
-        ]
+        names = ["major_version", "database_name", "is_cdc_enabled", "snapshot_isolation_state"]
+        row: tuple = (self.version, "fakedb", True, 1 if self.snapshot_isolation else 0)
+        if "EngineEdition" in self._current_text:
+            names, row = [*names, "engine_edition"], (*row, self.engine_edition)
+        return names, [row]
+
+    def _q_capture_state(self, conn, idents, p):
+        cap = self.captures.get(p["capture"])
+        user = conn.kwargs.get("user")
+        if cap is None:
+            return ["start_lsn", "role_name", "in_role"], []
+        rows = [(cap.start_lsn and lsn_bytes(cap.start_lsn), cap.role_name, self.may_read(cap, user))]
+        return ["start_lsn", "role_name", "in_role"], rows
+
+    def _q_capture_job_scan(self, conn, idents, p):
+        return ["seconds_since_scan"], [(int((_now() - self.last_scan).total_seconds()),)]
 
     def _q_capture_instances(self, conn, idents, p):
         rows = [
-            (c.instance, lsn_bytes(c.start_lsn))
+            (c.instance, c.start_lsn and lsn_bytes(c.start_lsn))
             for c in self.captures.values()
             if (c.table.schema, c.table.name) == (p["schema"], p["table"])
         ]
         return ["capture_instance", "start_lsn"], rows[::-1]
 
     def _q_capture_columns(self, conn, idents, p):
+        """Captured columns joined to sys.columns: a dropped one is left out, types are the source's now."""
         cap = self.captures.get(p["capture"])
-        cols = cap.table.columns if cap else []
+        source = {c.name: c for c in cap.table.columns} if cap else {}
+        cols = [source[c.name] for c in cap.columns if c.name in source] if cap else []
+        joins_types = "sys.types" in self._current_text
         return ["column_name", "type_name", "precision", "scale", "is_key"], [
-            (c.name, c.type_name, c.precision, c.scale, c.is_key) for c in cols
+            (c.name, _type_name(c.type_name, joins_types), c.precision, c.scale, c.is_key) for c in cols
         ]
 
+    def _q_source_columns(self, conn, idents, p):
+        table = self.tables.get((p["schema"], p["table"]))
+        cols = table.columns if table else []
+        return ["column_name", "type_name"], [(c.name, _type_name(c.type_name, True)) for c in cols]
+
+    def _q_captured_columns(self, conn, idents, p):
+        cap = self.captures.get(p["capture"])
+        return ["column_name", "column_type"], [(c.name, c.type_name) for c in (cap.columns if cap else [])]
+
+    def _q_ddl_history(self, conn, idents, p):
+        lo, hi = lsn_int(p["after_lsn"]), lsn_int(p["to_lsn"])
+        rows = sorted(
+            (d.lsn, d.command, d.required_column_update)
+            for d in self.ddl_history
+            if d.instance == p["capture"] and lo < d.lsn <= hi
+        )
+        return ["ddl_lsn", "ddl_command", "required_column_update"], [(lsn_bytes(a), b, c) for a, b, c in rows[:1]]
+
     def _q_lsn_bounds(self, conn, idents, p):
-        return ["min_lsn", "max_lsn"], [(lsn_bytes(self.min_lsn(p["capture"])), lsn_bytes(self.max_lsn()))]
+        low = self.min_lsn(p["capture"], conn.kwargs.get("user"))
+        return ["min_lsn", "max_lsn"], [(lsn_bytes(low), lsn_bytes(self.max_lsn()))]
 
     def _q_max_lsn(self, conn, idents, p):
         return ["max_lsn"], [(lsn_bytes(self.max_lsn()),)]
@@ -298,26 +358,60 @@ class FakeCdcServer:
     def _q_read_window(self, conn, idents, p):
         inc = self.increment_lsn(lsn_int(p["after_lsn"]))
         return ["min_lsn", "max_lsn", "from_lsn"], [
-            (lsn_bytes(self.min_lsn(p["capture"])), lsn_bytes(self.max_lsn()), lsn_bytes(inc))
+            (lsn_bytes(self.min_lsn(p["capture"], conn.kwargs.get("user"))), lsn_bytes(self.max_lsn()), lsn_bytes(inc))
         ]
 
+    def change_table(self, instance: str, from_lsn: int, to_lsn: int) -> list[FakeChange]:
+        """``cdc.<ci>_CT`` read directly: every operation, in the documented order
+        ``(__$start_lsn, __$command_id, __$seqval, __$operation)``; no range check."""
+        cap = self.captures.get(instance)
+        if cap is None:
+            raise ProgrammingError(208, f"Invalid object name 'cdc.{instance}_CT'.".encode())
+        rows = [c for c in cap.changes if from_lsn <= c.lsn <= to_lsn]
+        return sorted(rows, key=lambda c: (c.lsn, c.command_id, c.seqval, c.op))
+
     def _q_changes(self, conn, idents, p):
-        m = re.fullmatch(r"\[cdc\]\.\[fn_cdc_get_all_changes_((?:[^\]]|\]\])+)\]", idents["changes_fn"])
-        assert m, f"changes function not bracket-quoted: {idents['changes_fn']}"
-        instance = m.group(1).replace("]]", "]")
-        changes = self.all_changes(instance, lsn_int(p["from_lsn"]), lsn_int(p["to_lsn"]), "all")
+        if "change_table" in idents:
+            m = re.fullmatch(r"\[cdc\]\.\[((?:[^\]]|\]\])+)_CT\]", idents["change_table"])
+            assert m, f"change table not bracket-quoted: {idents['change_table']}"
+            instance = m.group(1).replace("]]", "]")
+            changes = self.change_table(instance, lsn_int(p["from_lsn"]), lsn_int(p["to_lsn"]))
+        else:  # the function, as cdcflow read it before it read the change table
+            m = re.fullmatch(r"\[cdc\]\.\[fn_cdc_get_all_changes_((?:[^\]]|\]\])+)\]", idents["changes_fn"])
+            assert m, f"changes function not bracket-quoted: {idents['changes_fn']}"
+            instance = m.group(1).replace("]]", "]")
+            changes = self.all_changes(instance, lsn_int(p["from_lsn"]), lsn_int(p["to_lsn"]), "all")
         n = int(p["max_rows"])
         if len(changes) > n:  # TOP (n) WITH TIES ... ORDER BY __$start_lsn
             last = changes[n - 1].lsn
             changes = [c for c in changes if c.lsn <= last]
-        table = self.captures[instance].table
-        picks = _column_picks(idents["columns"], table, alias="c")
-        rows = [
-            (lsn_bytes(c.lsn), lsn_bytes(c.seqval), c.op, self.mapping.get(c.lsn)) + tuple(c.values[i] for i in picks)
-            for c in changes
-        ]
-        names = ["__$start_lsn", "__$seqval", "__$operation", "commit_time"] + [table.columns[i].name for i in picks]
-        return names, rows
+        captured = self.captures[instance].columns
+        picks = _column_picks(idents["columns"], captured, alias="c")
+        with_command = "change_table" in idents
+        names = ["__$start_lsn", "__$seqval", "__$operation"] + (["__$command_id"] if with_command else [])
+        names += ["commit_time"] + [captured[i].name for i in picks]
+        return names, self._change_rows(instance, changes, picks, with_command)
+
+    def cleanup_during_next_read(self, instance: str, after_rows: int, low_water_mark: int | None = None) -> None:
+        """The cleanup job running while the next change read is under way: after that read
+        has returned ``after_rows`` rows, :meth:`cleanup` runs, and the rest of the read sees
+        only the rows left. Neither the function (it reads with NOLOCK and checks its range
+        once, at the start) nor a table read raises an error for it."""
+        self._cleanup_mid_read = (instance, after_rows, low_water_mark)
+
+    def _change_rows(
+        self, instance: str, changes: list[FakeChange], picks: list[int], with_command: bool
+    ) -> Iterator[tuple]:
+        pending, self._cleanup_mid_read = self._cleanup_mid_read, None
+        cap = self.captures[instance]
+        for n, c in enumerate(changes):
+            if pending is not None and pending[0] == instance and n == pending[1]:
+                self.cleanup(instance, pending[2])
+                pending = None
+            if not any(c is kept for kept in cap.changes):
+                continue  # removed by the cleanup after the read began
+            head = (lsn_bytes(c.lsn), lsn_bytes(c.seqval), c.op) + ((c.command_id,) if with_command else ())
+            yield head + (self.mapping.get(c.lsn),) + tuple(c.values[i] for i in picks)
 
     def _q_begin_snapshot_read(self, conn, idents, p):
         if not self.snapshot_isolation:
@@ -335,7 +429,7 @@ class FakeCdcServer:
         key = (m.group(1).replace("]]", "]"), m.group(2).replace("]]", "]"))
         table = self.tables[key]
         rows = conn.view[key] if conn.view is not None else table.rows
-        picks = _column_picks(idents["columns"], table, alias=None)
+        picks = _column_picks(idents["columns"], table.columns, alias=None)
         return [table.columns[i].name for i in picks], [tuple(r[i] for i in picks) for r in rows.values()]
 
     def _q_end_snapshot_read(self, conn, idents, p):
@@ -365,138 +459,14 @@ class FakeCdcServer:
         return None, []
 
 
-class FakeTransaction:
-    """Changes to fake tables, committed together at one LSN on ``with`` exit."""
-
-    def __init__(self, server: FakeCdcServer) -> None:
-        self.server = server
-        self.ops: list[tuple[FakeTable, int, tuple, tuple | None]] = []  # table, op, after, before
-
-    def __enter__(self) -> FakeTransaction:
-        return self
-
-    def __exit__(self, exc_type, *_: object) -> None:
-        if exc_type is None:
-            self.commit()
-
-    def _table(self, name: str) -> FakeTable:
-        schema, _, table = name.rpartition(".")
-        return self.server.tables[(schema or "dbo", table)]
-
-    def insert(self, table: str, **values: Any) -> Any:
-        t = self._table(table)
-        key_col = t.columns[t.key_index].name
-        if key_col not in values:
-            values[key_col] = t.next_id
-        t.next_id = max(t.next_id, int(values[key_col]) + 1)
-        row = tuple(values.get(c.name) for c in t.columns)
-        self.ops.append((t, 2, row, None))
-        return values[key_col]
-
-    def update(self, table: str, key: Any, **changes: Any) -> None:
-        t = self._table(table)
-        before = self._current(t, key)
-        after = tuple(changes.get(c.name, before[i]) for i, c in enumerate(t.columns))
-        self.ops.append((t, 4, after, before))
-
-    def delete(self, table: str, key: Any) -> None:
-        t = self._table(table)
-        self.ops.append((t, 1, self._current(t, key), None))
-
-    def live_keys(self, table: str) -> list[Any]:
-        """Keys that exist as this transaction sees them (its own writes included)."""
-        t = self._table(table)
-        keys = dict.fromkeys(t.rows)
-        for tt, op, after, _before in self.ops:
-            if tt is t:
-                if op == 1:
-                    keys.pop(after[t.key_index], None)
-                else:
-                    keys[after[t.key_index]] = None
-        return list(keys)
-
-    def _current(self, t: FakeTable, key: Any) -> tuple:
-        row = t.rows.get(key)
-        for table, _op, after, _before in self.ops:  # read your own writes
-            if table is t and after[t.key_index] == key:
-                row = None if _op == 1 else after
-        if row is None:
-            raise KeyError(f"no row {key!r} in fake table {t.name}")
-        return row
-
-    def commit(self) -> int | None:
-        srv = self.server
-        if not self.ops:
-            return None
-        lsn = srv._next_lsn()
-        changes: list[tuple[str, FakeChange]] = []
-        for t, op, after, before in self.ops:
-            srv._seq += 1
-            key = after[t.key_index]
-            if op == 1:
-                t.rows.pop(key, None)
-            else:
-                t.rows[key] = after
-            for cap in srv.captures.values():
-                if cap.table is t:
-                    if op == 4:  # an update is a 3/4 pair sharing one seqval
-                        changes.append((cap.instance, FakeChange(lsn, srv._seq, 3, before)))  # type: ignore[arg-type]
-                    changes.append((cap.instance, FakeChange(lsn, srv._seq, op, after)))
-        srv.pending.append((lsn, changes))
-        if srv.auto_harvest:
-            srv.harvest()
-        self.ops = []
-        return lsn
-
-
-class FakeConnection:
-    def __init__(self, server: FakeCdcServer, kwargs: dict[str, Any]) -> None:
-        self.server = server
-        self.kwargs = kwargs
-        self.closed = False
-        self.view: dict | None = None
-
-    def cursor(self) -> FakeCursor:
-        if self.closed:
-            raise InterfaceError(0, b"Connection is closed.")
-        return FakeCursor(self)
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class FakeCursor:
-    def __init__(self, conn: FakeConnection) -> None:
-        self.conn = conn
-        self.description: list[tuple] | None = None
-        self._rows: list[tuple] = []
-
-    def execute(self, text: str, params: dict | None = None) -> None:
-        names, rows = self.conn.server.execute(self.conn, text, params)
-        self.description = [(n,) for n in names] if names is not None else None
-        self._rows = list(rows)
-
-    def fetchall(self) -> list[tuple]:
-        rows, self._rows = self._rows, []
-        return rows
-
-    def __iter__(self) -> Iterator[tuple]:
-        while self._rows:
-            yield self._rows.pop(0)
-
-    def close(self) -> None:
-        self._rows = []
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)  # the fake server's local time is UTC
-
-
-def _column_picks(text: str, table: FakeTable, alias: str | None) -> list[int]:
+def _column_picks(text: str, columns: list[FakeColumn], alias: str | None) -> list[int]:
     prefix = rf"\[{alias}\]\." if alias else ""
     names = [m.replace("]]", "]") for m in re.findall(prefix + r"\[((?:[^\]]|\]\])+)\]", text)]
-    by_name = {c.name: i for i, c in enumerate(table.columns)}
-    assert names and all(n in by_name for n in names), f"unknown or unquoted columns: {text}"
+    by_name = {c.name: i for i, c in enumerate(columns)}
+    assert names, f"unquoted columns: {text}"
+    for n in names:
+        if n not in by_name:
+            raise ProgrammingError(207, f"Invalid column name '{n}'.".encode())
     return [by_name[n] for n in names]
 
 

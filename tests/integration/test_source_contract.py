@@ -74,6 +74,16 @@ class Harness:
     def delete_customer(self, key: int) -> None:
         raise NotImplementedError
 
+    def split_update_customer(self, key: int, segment: str) -> None:
+        """An update SQL Server records as a delete plus an insert (an update of a column in
+        a unique index: KB 238254); elsewhere a plain update."""
+        raise NotImplementedError
+
+    def change_customer_key(self, key: int) -> int | None:
+        """Give the row a new key; returns it, or None where the engine cannot (an IDENTITY
+        column on a real SQL Server)."""
+        raise NotImplementedError
+
     def touch_other(self) -> None:
         """A committed change this source does not deliver."""
         raise NotImplementedError
@@ -179,6 +189,14 @@ class PostgresHarness(Harness):
     def touch_other(self):
         self._run("INSERT INTO contract_noise VALUES (1)")
 
+    def split_update_customer(self, key, segment):
+        self.update_customer(key, segment)
+
+    def change_customer_key(self, key):
+        new = self._run("SELECT max(customer_id) + 1000 FROM customers")[0][0]
+        self._run("UPDATE customers SET customer_id = %s WHERE customer_id = %s", (new, key))
+        return new
+
     def source_customers(self):
         return dict(self._run("SELECT customer_id, segment FROM customers"))
 
@@ -255,6 +273,24 @@ class SqlServerHarness(Harness):
             return
         self._run("DELETE FROM dbo.customers WHERE customer_id = %s", (key,))
 
+    def split_update_customer(self, key, segment):
+        if self.fake is not None:
+            with self.fake.transaction() as tx:
+                tx.split_update("customers", key, segment=segment)
+            return
+        # segment is in a unique index: SQL Server runs the update as a delete plus an insert.
+        self._run(
+            "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'ux_contract_segment') "
+            "CREATE UNIQUE INDEX ux_contract_segment ON dbo.customers (segment, customer_id)"
+        )
+        self.update_customer(key, segment)
+
+    def change_customer_key(self, key):
+        if self.fake is not None:
+            with self.fake.transaction() as tx:
+                return tx.change_key("customers", key)
+        return None  # customer_id is an IDENTITY column: SQL Server does not update it
+
     def touch_other(self):
         if self.fake is not None:
             with self.fake.transaction() as tx:
@@ -327,7 +363,7 @@ def test_describes_the_table_with_postgresql_types_and_key(harness):
         ("customer_id", "bigint"),
         ("segment", "text"),
         ("is_active", "boolean"),
-        ("updated_at", "timestamp with time zone"),
+        ("updated_at", "timestamp without time zone" if harness.engine == "sqlserver" else "timestamp with time zone"),
     ]
 
 
@@ -367,6 +403,32 @@ def test_update_and_delete_carry_their_operation_codes(harness):
     assert len({r[0] for r in mine}) == 3  # three transactions, three commit LSNs
     assert key not in harness.staged_latest()
     assert harness.staged_latest() == harness.source_customers()
+
+
+def test_an_update_recorded_as_delete_plus_insert_keeps_the_row(harness):
+    """KB 3030352 (https://support.microsoft.com/help/3030352): the insert of an update
+    recorded as delete + insert can have the lower __$seqval; ordered by __$command_id
+    (cdc.<capture_instance>_CT page) the row stays live."""
+    w = harness.watermark()
+    key = harness.insert_customers(["SPLIT-BEFORE"])[0]
+    harness.split_update_customer(key, "SPLIT-AFTER")
+    harness.read_until(w, 100, lambda lines, end: any(r[3][1] == b"SPLIT-AFTER" for r in lines.rows))
+    assert harness.staged_latest().get(key) == "SPLIT-AFTER"
+    assert harness.staged_latest() == harness.source_customers()
+
+
+def test_a_key_change_leaves_no_old_key_live(harness):
+    """An update of the key (recorded by SQL Server as an op 3/4 pair under trace flag 8207,
+    KB 238254): the old key is gone from serving, the new one live."""
+    w = harness.watermark()
+    key = harness.insert_customers(["RENUMBER"])[0]
+    new = harness.change_customer_key(key)
+    if new is None:
+        pytest.skip("the demo table's key is an IDENTITY column here: it cannot be updated")
+    harness.read_until(w, 100, lambda lines, end: any(int(r[3][0]) == new for r in lines.rows))
+    latest = harness.staged_latest()
+    assert key not in latest and latest[new] == "RENUMBER"
+    assert latest == harness.source_customers()
 
 
 def test_idle_capture_advances_its_watermark(harness):

@@ -2,8 +2,10 @@
 
 No SQL Server runs on these machines. The fake implements the documented behaviour of
 the CDC functions; these tests check the source's logic against it: whole LSNs under a
-row cap, idle advance, gap detection (cleanup, error 313), error classification and
-redaction. What the T-SQL itself does is checked only against a real server.
+row cap, idle advance, gap detection (cleanup before or during a read), error
+classification and redaction. Behaviour the fake once left out is tested in
+tests/unit/test_sqlserver_documented.py. What the T-SQL itself does is checked only
+against a real server.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from cdcflow.config import Settings
 from cdcflow.errors import GapError, SourceConfigError, TerminalError, TransientError
 from cdcflow.redact import REDACTOR
 from cdcflow.sources.sqlserver import SqlServerSource
-from tests.fakes.fake_mssql import FakeCdcServer, FakeColumn, error_313
+from tests.fakes.fake_mssql import FakeCdcServer, FakeColumn
 
 PASSWORD = "Fake-Pw-9f3a!"
 DSN = f"mssql://sa:{PASSWORD}@fake-host:1433/demo"
@@ -186,21 +188,24 @@ def test_fake_cleanup_past_watermark_is_a_gap_not_an_empty_batch(fake):
     assert "resync" in str(info.value) and "0x" in str(info.value)
 
 
-def test_fake_error_313_is_a_gap_even_when_bounds_looked_fine(fake):
+def test_fake_cleanup_between_bounds_and_read_is_a_gap(fake):
+    """sys.fn_cdc_get_min_lsn page: the low endpoint moves when cleanup runs, so check a
+    range against it (https://learn.microsoft.com/sql/relational-databases/system-functions/sys-fn-cdc-get-min-lsn-transact-sql).
+    A change-table read checks no range itself: the min LSN read after it sees the cleanup."""
     source = customers_source(fake)
     w = source.snapshot(ListSink()).end_lsn
     add_customers(fake, 2)
     real_execute = fake.execute
 
     def cleanup_between_bounds_and_read(conn, text, params):
-        if "fn_cdc_get_all_changes_" in text:
-            raise error_313("dbo_customers")
+        if "_CT]" in text:
+            fake.cleanup("dbo_customers")
         return real_execute(conn, text, params)
 
     fake.execute = cleanup_between_bounds_and_read  # type: ignore[method-assign]
     with pytest.raises(GapError) as info:
         source.read_batch(w, 100, ListSink(), 0)
-    assert info.value.gap_from == w and "313" in str(info.value)
+    assert info.value.gap_from == w and "while they were read" in str(info.value)
 
 
 def test_fake_never_snapshotted_watermark_zero_is_a_gap(fake):
@@ -220,7 +225,7 @@ def test_fake_unknown_capture_instance_is_a_config_error(fake):
     source = customers_source(fake)
     source.describe_tables()
     del fake.captures["dbo_customers"]  # disabled behind our back: min LSN answers 0x00...
-    with pytest.raises(SourceConfigError, match="0x00"):
+    with pytest.raises(SourceConfigError, match="no longer exists.*sp_cdc_enable_table"):
         source.read_batch(1, 10, ListSink(), 0)
 
 
@@ -264,7 +269,7 @@ def test_fake_snapshot_falls_back_to_read_committed():
 def test_fake_describe_maps_types_to_postgresql(fake):
     spec = customers_source(fake).describe_tables()[0]
     assert spec.capture == "dbo_customers" and spec.key_columns == ("customer_id",)
-    assert [c.type_sql for c in spec.columns] == ["bigint", "text", "boolean", "timestamp with time zone"]
+    assert [c.type_sql for c in spec.columns] == ["bigint", "text", "boolean", "timestamp without time zone"]
 
 
 def test_fake_unsupported_type_and_missing_key_are_config_errors(fake):
@@ -349,8 +354,8 @@ def test_fake_statements_are_known_blocks_with_quoted_identifiers(fake):
     source.read_batch(source.snapshot(ListSink()).end_lsn - 1, 10, ListSink(), 0)
     texts = defaultdict(int)
     for s in fake.statements:
-        if "fn_cdc_get_all_changes_" in s:
+        if "_CT]" in s:
             texts["changes"] += 1
-            assert "[cdc].[fn_cdc_get_all_changes_dbo_customers](%(from_lsn)s, %(to_lsn)s, N'all')" in s
+            assert "FROM [cdc].[dbo_customers_CT]" in s
             assert "[c].[customer_id], [c].[segment]" in s
     assert texts["changes"] >= 1

@@ -103,8 +103,12 @@ class Pipeline:
                 r = rng.random()
                 if r < 0.45 or not keys:
                     tx.insert(table, **_values(table, rng, now))
-                elif r < 0.85:
+                elif r < 0.7:
                     tx.update(table, rng.choice(keys), **_values(table, rng, now))
+                elif r < 0.78:  # a key change recorded as an op 3/4 pair (trace flag 8207)
+                    tx.change_key(table, rng.choice(keys))
+                elif r < 0.85:  # recorded as delete + insert, insert first by seqval (KB 3030352)
+                    tx.split_update(table, rng.choice(keys), **_values(table, rng, now))
                 else:
                     tx.delete(table, rng.choice(keys))
 
@@ -134,12 +138,23 @@ class Pipeline:
         return {r[0]: (int(r[1]), r[2], r[3] and int(r[3]), r[4] and int(r[4])) for r in rows}
 
     def staged(self, table: str, where: str = "__op <> 5") -> list[tuple[int, int, int]]:
+        """(lsn, op, key) of each staged row (the staged seqval is a position: see mssql_changes)."""
+        key = KEYS[table]
         with psycopg.connect(self.serving_dsn) as c:
-            rows = c.execute(f"SELECT __lsn, __seqval, __op FROM stg_cdc_{table} WHERE {where}").fetchall()  # noqa: S608
-        return sorted((int(a), int(b), int(o)) for a, b, o in rows)
+            rows = c.execute(f"SELECT __lsn, __op, {key} FROM stg_cdc_{table} WHERE {where}").fetchall()  # noqa: S608
+        return sorted((int(a), int(o), int(k)) for a, o, k in rows)
 
     def expected(self, table: str) -> list[tuple[int, int, int]]:
-        return sorted((c.lsn, c.seqval, c.op) for c in self.fake.captures[f"dbo_{table}"].changes if c.op != 3)
+        """What the fake recorded, as staged: op 3 only as the delete of a key an update changed."""
+        changes = self.fake.captures[f"dbo_{table}"].changes
+        new_key = {(c.lsn, c.seqval, c.command_id): c.values[0] for c in changes if c.op == 4}
+        out = [(c.lsn, c.op, int(c.values[0])) for c in changes if c.op != 3]
+        out += [
+            (c.lsn, 1, int(c.values[0]))
+            for c in changes
+            if c.op == 3 and new_key[(c.lsn, c.seqval, c.command_id)] != c.values[0]
+        ]
+        return sorted(out)
 
     def latest_state(self, table: str) -> dict[int, tuple]:
         key = KEYS[table]

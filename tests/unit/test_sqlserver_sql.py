@@ -19,7 +19,7 @@ from cdcflow.sources import mssql_support as ms
 
 IDENTS = {
     "columns": ms.column_list(["customer_id", "segment"], alias="c"),
-    "changes_fn": ms.changes_function("dbo_customers"),
+    "change_table": ms.change_table("dbo_customers"),
     "table": ms.Quoted(ms.quote_ident("dbo") + "." + ms.quote_ident("customers")),
 }
 # sqlglot 30 knows no SNAPSHOT isolation level; the block is parsed with it swapped for
@@ -55,16 +55,17 @@ def test_runtime_query_parses_as_tsql(name, text):
     assert not any(isinstance(s, exp.Command) for s in statements), f"{name} parsed only as an opaque command"
 
 
-def test_changes_query_caps_with_ties_and_orders_by_lsn_seqval_operation():
+def test_changes_query_reads_the_change_table_capped_with_ties_in_command_id_order():
+    """cdc.<capture_instance>_CT page: order a transaction's changes by __$command_id, not
+    __$seqval (https://learn.microsoft.com/sql/relational-databases/system-tables/cdc-capture-instance-ct-transact-sql)."""
     tree = _parse(_as_tsql(sqlfiles.queries(ms.QUERIES)["changes"]))[0]
     inner = tree.find(exp.Subquery).this
     assert inner.args["limit"].args["limit_options"].args["with_ties"] is True
     assert [o.this.name for o in inner.args["order"].expressions] == ["__$start_lsn"]
-    fn = inner.find(exp.Anonymous)
-    assert fn.this.name == "fn_cdc_get_all_changes_dbo_customers" and len(fn.expressions) == 3
-    assert fn.expressions[2].sql("tsql") == "N'all'"
+    table = inner.find(exp.Table)
+    assert (table.db, table.name) == ("cdc", "dbo_customers_CT")
     order = [o.this.sql("tsql") for o in tree.args["order"].expressions]
-    assert order == ["c.[__$start_lsn]", "c.[__$seqval]", "c.[__$operation]"]
+    assert order == ["c.[__$start_lsn]", "c.[__$command_id]", "c.[__$seqval]", "c.[__$operation]"]
 
 
 @pytest.mark.parametrize(("script", "batches"), ms.bootstrap_scripts(demo=True), ids=lambda v: str(v)[:20])

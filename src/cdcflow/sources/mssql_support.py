@@ -157,6 +157,12 @@ def changes_function(capture_instance: str) -> Quoted:
     return Quoted(quote_ident("cdc") + "." + quote_ident("fn_cdc_get_all_changes_" + capture_instance))
 
 
+def change_table(capture_instance: str) -> Quoted:
+    """``[cdc].[<capture_instance>_CT]``, the capture instance's change table, validated and quoted."""
+    check_capture_instance(capture_instance)
+    return Quoted(quote_ident("cdc") + "." + quote_ident(capture_instance + "_CT"))
+
+
 def column_list(columns: tuple[str, ...] | list[str], alias: str | None = None) -> Quoted:
     prefix = (quote_ident(alias) + ".") if alias else ""
     return Quoted(", ".join(prefix + quote_ident(c) for c in columns))
@@ -232,11 +238,11 @@ _SIMPLE_TYPES = {
     "xml": "text",
     "date": "date",
     "time": "time without time zone",
-    # The seed's convention: SQL Server timestamps hold UTC (SYSUTCDATETIME()); they are
-    # staged as timestamptz, as the PostgreSQL source's are.
-    "datetime": "timestamp with time zone",
-    "datetime2": "timestamp with time zone",
-    "smalldatetime": "timestamp with time zone",
+    # datetime, datetime2 and smalldatetime carry no offset (a server may write local time,
+    # GETDATE()): staged as they are, without a time zone. datetimeoffset carries one.
+    "datetime": "timestamp without time zone",
+    "datetime2": "timestamp without time zone",
+    "smalldatetime": "timestamp without time zone",
     "datetimeoffset": "timestamp with time zone",
     "binary": "bytea",
     "varbinary": "bytea",
@@ -245,6 +251,22 @@ _SIMPLE_TYPES = {
     "rowversion": "bytea",
     "uniqueidentifier": "uuid",
 }
+
+
+#: CLR types (sys.types.is_assembly_type = 1): no PostgreSQL staging type.
+CLR_TYPES = frozenset({"geography", "geometry", "hierarchyid"})
+
+
+def unsupported_type_message(column: str, type_name: str | None, instance: str) -> str:
+    """One line for a captured column cdcflow cannot stage: what, where, what to do."""
+    fix = (
+        f"re-create capture instance {instance} with an @captured_column_list that leaves it out "
+        "(sys.sp_cdc_disable_table, then sys.sp_cdc_enable_table)"
+    )
+    if type_name is None:
+        return f"column {column} has a type cdcflow cannot identify (no name in sys.types): {fix}"
+    kind = " (a CLR type)" if type_name.lower() in CLR_TYPES else ""
+    return f"column {column} has type {type_name}{kind}, which cdcflow cannot stage: {fix}"
 
 
 def pg_type(type_name: str, precision: int | None, scale: int | None) -> str | None:

@@ -1,4 +1,4 @@
-"""SQL Server source: native CDC read through the seed's functions, gap-safe.
+"""SQL Server source: native CDC (the seed's LSN functions, the change tables), gap-safe.
 
 One ingestor per capture instance, as in the seed: :meth:`SqlServerSource.per_capture`
 gives one source object per captured table, and only such a single-capture object
@@ -10,17 +10,17 @@ Per read, for watermark ``W`` (every change with ``__$start_lsn <= W`` is staged
   ``max = sys.fn_cdc_get_max_lsn()``, ``from = sys.fn_cdc_increment_lsn(W)``.
 * ``from < min``: the cleanup job (or a re-created capture instance) removed changes we
   have not staged. That is a :class:`GapError` (capture state ``GAP`` with the range),
-  never "no rows". So is error 313 from the changes function, whatever the cause.
+  never "no rows".
 * ``from > max``: nothing new; wait (at most ``wait_seconds``) for the capture job.
-* Otherwise read ``cdc.fn_cdc_get_all_changes_<ci>(from, max, N'all')`` in
-  ``(__$start_lsn, __$seqval, __$operation)`` order with ``TOP (n) WITH TIES`` on
-  ``__$start_lsn``: the row cap never splits an LSN (the seed's ``TOP (n)`` did, and then
-  started the next window after that LSN, losing the rest of it). Fewer than ``n`` rows
-  means the whole window was read, so the new watermark is ``max`` even with no rows:
-  an idle capture advances. ``n`` rows or more: the watermark is the last row's LSN.
-
-Updates arrive as op 4 only (row filter ``N'all'``); the change table's op 3 rows
-("all update old") are not read: projections ignore them.
+* Otherwise read the change table ``cdc.<ci>_CT`` for ``[from, max]`` in
+  ``(__$start_lsn, __$command_id, __$seqval, __$operation)`` order
+  (:mod:`cdcflow.sources.mssql_changes` says why and how seqvals are staged) with
+  ``TOP (n) WITH TIES`` on ``__$start_lsn``: the row cap never splits an LSN. Fewer than
+  ``n`` rows means the whole window was read, so the new watermark is ``max`` even with no
+  rows: an idle capture advances. ``n`` rows or more: the watermark is the last row's LSN.
+* After the read, ``min`` is read again: a table read checks no range, so a cleanup that
+  ran during the read is seen only there (``min > from``: a gap, and the batch is not
+  committed).
 
 Snapshots: :meth:`SqlServerSource.snapshot` (the method and why it is consistent are in
 its docstring); :func:`stage_snapshot` stages one into serving with the watermark, and
@@ -40,8 +40,11 @@ from typing import Any
 from cdcflow import db
 from cdcflow.errors import CdcflowError, GapError, SourceConfigError, TerminalError, TransientError
 from cdcflow.positions import format_mssql_lsn, mssql_lsn_from_bytes, mssql_lsn_to_bytes
+from cdcflow.sources import mssql_schema as mschema
+from cdcflow.sources import mssql_state as mstate
 from cdcflow.sources import mssql_support as ms
 from cdcflow.sources.base import OP_SNAPSHOT, BatchResult, ChangeSink, Column, TableSpec, copy_line
+from cdcflow.sources.mssql_changes import ChangeStager
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,8 @@ class SqlServerSource:
         self._specs: list[TableSpec] | None = None
         self._instances: dict[str, str] = {}  # spec.capture -> the capture instance's real name
         self.skip_captures: set[str] = set()
+        self._job_watch = mstate.CaptureJobWatch(self._run)
+        self._ddl = mschema.DdlWatch(self._run)
         #: Unused: one capture per instance, so its stream starts at its own watermark.
         self.floors: dict[str, int] = {}
 
@@ -127,11 +132,8 @@ class SqlServerSource:
         rows = self._run("reading server settings", ms.query("server_info"))
         if not rows:
             raise SourceConfigError("cannot read sys.databases for the source database")
-        major, database, cdc_enabled, _ = rows[0]
-        if major is not None and int(major) < 13:
-            raise SourceConfigError(
-                f"source SQL Server major version {major}: cdcflow needs SQL Server 2016 (13) or newer"
-            )
+        major, database, cdc_enabled, _, engine_edition = rows[0]
+        mstate.check_version(major, engine_edition)
         if not cdc_enabled:
             raise SourceConfigError(
                 f"change data capture is not enabled on database {database!r}: run 'cdcflow bootstrap' as "
@@ -177,11 +179,10 @@ class SqlServerSource:
             rows = self._run("reading captured columns", ms.query("capture_columns"), {"capture": instance})
             columns = []
             for name, type_name, precision, scale, is_key in rows:
-                type_sql = ms.pg_type(type_name, precision, scale)
+                type_sql = ms.pg_type(type_name, precision, scale) if type_name else None
                 if type_sql is None:
                     raise SourceConfigError(
-                        f"column {schema}.{table}.{name} has type {type_name}, which cdcflow cannot stage: "
-                        f"leave it out of capture instance {instance} (@captured_column_list)"
+                        ms.unsupported_type_message(f"{schema}.{table}.{name}", type_name, instance)
                     )
                 columns.append(Column(name, type_sql, bool(is_key)))
             if not any(c.is_key for c in columns):
@@ -189,6 +190,7 @@ class SqlServerSource:
                     f"capture instance {instance} of {schema}.{table} has no key columns: give the table a "
                     "primary key (or @index_name when enabling CDC) so cdcflow can keep each row's latest state"
                 )
+            mschema.warn_uncaptured(self._run, schema, table, instance)
             spec = TableSpec(schema, table, tuple(columns))
             self._instances[spec.capture] = instance
             specs.append(spec)
@@ -240,6 +242,22 @@ class SqlServerSource:
         )
         return _lsn(rows[0][0]), _lsn(rows[0][1]), _lsn(rows[0][2])
 
+    def _take_over(self, spec: TableSpec, instance: str, from_lsn: int) -> str:
+        """``instance`` answers a min LSN of 0: read the table's other capture instance if it
+        can take over without a gap (the two-instance switch), else raise why."""
+        rows = self._run("reading cdc.change_tables", ms.query("capture_state"), {"capture": instance})
+        if not rows:  # disabled: a successor may take over
+            names = spec.column_names
+            new = mschema.successor(self._run, spec.schema, spec.name, instance, from_lsn, names)
+            if new is not None:
+                log.warning("capture instance %s of %s is gone: reading %s from here on", instance, spec.qualified, new)
+                self._instances[spec.capture] = new
+                return new
+        raise self._zero_min_lsn(spec, instance)
+
+    def _zero_min_lsn(self, spec: TableSpec, instance: str) -> CdcflowError:
+        return mstate.zero_min_lsn_error(self._run, instance, spec.schema, spec.name, self.params.user)
+
     def _gap(self, spec: TableSpec, instance: str, after_lsn: int, min_lsn: int | None, why: str) -> GapError:
         since = format_mssql_lsn(min_lsn) if min_lsn else "unknown"
         return GapError(
@@ -261,11 +279,8 @@ class SqlServerSource:
         while True:
             min_lsn, max_lsn, from_lsn = self._window(instance, after_lsn)
             if min_lsn == _ZERO_LSN:
-                raise SourceConfigError(
-                    f"sys.fn_cdc_get_min_lsn(N'{instance}') answered 0x00...: the capture instance does not "
-                    "exist (any more), the capture job has not started it yet, or this login may not read it; "
-                    "run 'cdcflow bootstrap' and check that SQL Server Agent runs"
-                )
+                instance = self._take_over(spec, instance, from_lsn)
+                continue
             if from_lsn < min_lsn:
                 why = "it has never been snapshotted" if after_lsn == 0 else "the CDC cleanup job removed them"
                 raise self._gap(spec, instance, after_lsn, min_lsn, why)
@@ -273,9 +288,20 @@ class SqlServerSource:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
+                self._job_watch.check()  # caught up, or is the capture job stopped?
                 return BatchResult(end_lsn=after_lsn)
             self._sleep(min(IDLE_POLL_SECONDS, left))
-        return self._read_window(spec, instance, after_lsn, from_lsn, max_lsn, max(1, max_rows), sink)
+        # DDL that dropped or retyped a captured column: read up to it, then pause (mssql_schema).
+        to_lsn = self._ddl.read_until(spec.schema, spec.name, spec.capture, instance, after_lsn, max_lsn)
+        result = self._read_window(spec, instance, after_lsn, from_lsn, to_lsn, max(1, max_rows), sink)
+        # A table read checks no range: the cleanup job may have removed rows of the window
+        # while it was read. The window is whole only if the min LSN is still at or below it.
+        min_after = self.bounds()[0]
+        if min_after == _ZERO_LSN or min_after > from_lsn:
+            raise self._gap(
+                spec, instance, after_lsn, min_after, "the CDC cleanup job removed changes while they were read"
+            )
+        return result
 
     def _read_window(
         self,
@@ -287,67 +313,44 @@ class SqlServerSource:
         max_rows: int,
         sink: ChangeSink,
     ) -> BatchResult:
+        """Stage the changes of ``[from_lsn, to_lsn]`` (whole LSNs, at most about ``max_rows``);
+        order and staged seqvals: :mod:`cdcflow.sources.mssql_changes`."""
         drv = self.driver()
         sql = ms.query(
-            "changes",
-            columns=ms.column_list(spec.column_names, alias="c"),
-            changes_fn=ms.changes_function(instance),
+            "changes", columns=ms.column_list(spec.column_names, alias="c"), change_table=ms.change_table(instance)
         )
         params = {"max_rows": max_rows, "from_lsn": mssql_lsn_to_bytes(from_lsn), "to_lsn": mssql_lsn_to_bytes(to_lsn)}
-        capture = spec.capture
-        rows = txns = 0
-        last_lsn = after_lsn
-        last_time: dt.datetime | None = None
+        keys = tuple(i for i, c in enumerate(spec.columns) if c.is_key)
+        stager = ChangeStager(spec.capture, sink, after_lsn, keys)
         try:
             cur = self.conn().cursor()
             try:
                 cur.execute(sql, params)
                 for row in cur:
-                    lsn = _lsn(row[0])
-                    if lsn != last_lsn:
-                        txns += 1
-                        last_lsn = lsn
-                        last_time = row[3]
-                    sink.add_line(capture, copy_line(lsn, _lsn(row[1]), int(row[2]), row[3], row[4:]))
-                    rows += 1
+                    stager.add(row)
             finally:
                 cur.close()
         except drv.Error as exc:
-            if ms.error_number(exc) == ms.ERROR_INSUFFICIENT_ARGUMENTS:
-                min_lsn = self._min_lsn_or_none(instance)
-                raise self._gap(
-                    spec,
-                    instance,
-                    after_lsn,
-                    min_lsn,
-                    f"error 313 for the window {format_mssql_lsn(from_lsn)}..{format_mssql_lsn(to_lsn)} "
-                    "(outside what the capture instance holds)",
-                ) from None
-            err = ms.wrap_error(f"reading changes of {instance}", exc)
+            err = ms.wrap_error(f"reading changes of {instance} (cdc.{instance}_CT)", exc)
             if isinstance(err, TransientError):
                 self.close()
             raise err from None
-        if rows >= max_rows and last_lsn < to_lsn:
-            end, more = last_lsn, True  # capped: the last LSN came whole (WITH TIES)
+        stats = stager.finish()
+        if stats.fetched >= max_rows and stats.last_lsn < to_lsn:
+            end, more = stats.last_lsn, True  # capped: the last LSN came whole (WITH TIES)
         else:
             end, more = to_lsn, False  # the whole window was read: advance to it, rows or not
+        last_time = stats.last_time
         if last_time is not None and last_time.tzinfo is None:
             last_time = last_time.replace(tzinfo=dt.UTC)
         return BatchResult(
             end_lsn=end,
-            rows=rows,
-            transactions=txns,
-            rows_by_capture={capture: rows} if rows else {},
+            rows=stats.rows,
+            transactions=stats.transactions,
+            rows_by_capture={spec.capture: stats.rows} if stats.rows else {},
             last_commit_time=last_time,
             more_pending=more,
         )
-
-    def _min_lsn_or_none(self, instance: str) -> int | None:
-        try:
-            rows = self._run("reading CDC LSN bounds", ms.query("lsn_bounds"), {"capture": instance})
-        except CdcflowError:
-            return None
-        return _lsn(rows[0][0]) or None
 
     # -- initial snapshot -------------------------------------------------------
 
@@ -374,9 +377,11 @@ class SqlServerSource:
 
     def snapshot_position(self) -> int:
         """W for a snapshot read that starts now (see :meth:`snapshot`)."""
-        _, instance = self._single()
+        spec, instance = self._single()
         min_lsn, w = self.bounds()
-        if min_lsn == _ZERO_LSN or w == _ZERO_LSN:
+        if min_lsn == _ZERO_LSN:
+            raise self._zero_min_lsn(spec, instance)
+        if w == _ZERO_LSN:
             raise TransientError(
                 f"capture instance {instance} has no LSN range yet: the capture job (SQL Server Agent) has "
                 "not processed it; retrying"

@@ -1,6 +1,6 @@
 -- Demo schema (the seed's three tables, as sql/source/10_schema.sql for PostgreSQL).
 -- Run only for the demo: bootstrap never creates or writes a user's tables otherwise.
--- Timestamps hold UTC (SYSUTCDATETIME()); cdcflow stages them as timestamptz.
+-- Timestamps hold UTC (SYSUTCDATETIME()); cdcflow stages datetime2 as timestamp (no time zone).
 IF OBJECT_ID(N'dbo.customers', N'U') IS NULL
     CREATE TABLE dbo.customers (
         customer_id  bigint IDENTITY(1,1) NOT NULL CONSTRAINT pk_customers PRIMARY KEY,
