@@ -484,3 +484,15 @@ def _patterns() -> list[tuple[str, re.Pattern[str]]]:
             name = handler if handler and i == 0 else "bootstrap_noop"
             out.append((name, re.compile(re.escape(batch), re.S)))
     return out
+
+
+def demo_server(seed: int, dsn: str) -> FakeCdcServer:
+    """A fake server with the demo schema created and CDC enabled on it, as ``cdcflow
+    bootstrap --demo`` leaves a real one."""
+    from cdcflow.sources.sqlserver import SqlServerSource
+
+    srv = FakeCdcServer(seed=seed)
+    source = SqlServerSource(dsn, ("public.customers", "public.orders", "public.payments"), driver=srv.driver())
+    source.bootstrap_source(demo=True)
+    source.close()
+    return srv

@@ -15,7 +15,7 @@ from cdcflow.errors import GapError, SchemaDriftError, SourceConfigError, Transi
 from cdcflow.serving import schema
 from cdcflow.serving.staging import StagingWriter
 from cdcflow.sources.sqlserver import SqlServerSource, stage_initial_snapshot
-from tests.fakes.fake_mssql import FakeCdcServer, FakeColumn
+from tests.fakes.fake_mssql import FakeCdcServer, FakeColumn, demo_server
 
 DSN = "mssql://sa:Fake-Pw-7@fake-host:1433/demo"
 DEMO = ("public.customers", "public.orders", "public.payments")
@@ -43,11 +43,7 @@ class ListSink:
 
 @pytest.fixture
 def fake() -> FakeCdcServer:
-    srv = FakeCdcServer(seed=3)
-    source = SqlServerSource(DSN, DEMO, driver=srv.driver())
-    source.bootstrap_source(demo=True)
-    source.close()
-    return srv
+    return demo_server(3, DSN)
 
 
 def customers(srv: FakeCdcServer) -> SqlServerSource:

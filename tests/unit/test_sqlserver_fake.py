@@ -19,7 +19,7 @@ from cdcflow.config import Settings
 from cdcflow.errors import GapError, SourceConfigError, TerminalError, TransientError
 from cdcflow.redact import REDACTOR
 from cdcflow.sources.sqlserver import SqlServerSource
-from tests.fakes.fake_mssql import FakeCdcServer, FakeColumn
+from tests.fakes.fake_mssql import FakeCdcServer, FakeColumn, demo_server
 
 PASSWORD = "Fake-Pw-9f3a!"
 DSN = f"mssql://sa:{PASSWORD}@fake-host:1433/demo"
@@ -39,11 +39,7 @@ class ListSink:
 
 @pytest.fixture
 def fake() -> FakeCdcServer:
-    srv = FakeCdcServer(seed=7)
-    source = SqlServerSource(DSN, DEMO, driver=srv.driver())
-    source.bootstrap_source(demo=True)
-    source.close()
-    return srv
+    return demo_server(7, DSN)
 
 
 def customers_source(srv: FakeCdcServer, **kw) -> SqlServerSource:
