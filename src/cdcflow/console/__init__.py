@@ -59,7 +59,7 @@ class Console:
         from cdcflow.console.feed import Feed, History
 
         self.history = History(sampler)
-        self.feed = Feed(settings, sampler, self.history, stop)
+        self.feed = Feed(settings, self.history, stop)
 
     def thread(self) -> threading.Thread:
         return threading.Thread(target=self.feed.run, name=self.feed.name, daemon=True)

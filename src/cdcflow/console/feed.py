@@ -83,6 +83,10 @@ class History:
         with self._lock:
             self.points.append(point)
 
+    def newest(self) -> dict[str, Any]:
+        with self._lock:
+            return self.points[-1] if self.points else {"lag": {}, "fresh": {}}
+
     def since(self, t: float) -> list[dict[str, Any]]:
         with self._lock:
             return [p for p in self.points if p["t"] > t]
@@ -104,11 +108,8 @@ class Tick:
 class Feed:
     """One thread, running while anyone watches: status and rows about once a second."""
 
-    def __init__(
-        self, settings: Settings, sampler: Sampler, history: History, stop: threading.Event, interval: float = 1.0
-    ) -> None:
+    def __init__(self, settings: Settings, history: History, stop: threading.Event, interval: float = 1.0) -> None:
         self.settings = settings
-        self.sampler = sampler
         self.history = history
         self.stop = stop
         self.interval = interval
@@ -223,16 +224,17 @@ class Feed:
             return None, f"cannot read the pipeline's status: {db.describe_error(exc)}"
 
     def _status(self, st: status.Status | None) -> dict[str, Any] | None:
-        """The status as the page shows it; lag and freshness are the /metrics figures."""
+        """The status as the page shows it. Lag and freshness are the /metrics figures of
+        the charts' newest point, so the tables and the charts agree."""
         if st is None:
             return None
-        s = self.sampler
+        newest = self.history.newest()
         for c in st.captures:
-            if c.capture in s.watermarks:
-                c.lag_seconds = s.clock.staleness(s.watermarks[c.capture])
+            if c.capture in newest["lag"]:
+                c.lag_seconds = newest["lag"][c.capture]
         for p in st.projections:
-            if p.projection in s.projection_names:
-                p.freshness_seconds = s.freshness(p.projection)
+            if p.projection in newest["fresh"]:
+                p.freshness_seconds = newest["fresh"][p.projection]
         data = dataclasses.asdict(st)
         del data["current"], data["owners"]  # each row names its owner
         data["healthy"] = st.healthy
