@@ -22,6 +22,7 @@ import urllib.request
 import psycopg
 import pytest
 
+from cdcflow.embedded import EmbeddedPostgres
 from tests.conftest import ROOT, wait_until
 from tests.e2e.test_demo import _dsn, _env
 from tests.e2e.test_operate_secrets import free_port
@@ -100,6 +101,7 @@ def demo():
             yield d, f"http://127.0.0.1:{port}", token, serving
     finally:
         code = d.stop()
+        EmbeddedPostgres.wipe(data_dir / "pg")  # the demo leaves its server running for the next demo; no test needs it
     assert code == 0, d.output()[-3000:]
     assert token not in d.output()
 
