@@ -142,11 +142,6 @@ class Feed:
         with self._cond:
             self._viewers.remove(viewer)
 
-    @property
-    def viewers(self) -> int:
-        with self._cond:
-            return len(self._viewers)
-
     async def next_tick(self, after: int, timeout: float) -> Tick | None:
         """The newest tick if newer than ``after``, else the next one within ``timeout``."""
         tick = self._tick
