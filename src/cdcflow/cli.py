@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from cdcflow import __version__, logs
+from cdcflow import __version__, console, logs
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError, ConfigError
 from cdcflow.redact import REDACTOR
@@ -28,6 +28,8 @@ def _settings(env: Mapping[str, str]) -> Settings:
     settings = Settings.from_env(env)
     REDACTOR.add_dsn(settings.source_dsn)
     REDACTOR.add_dsn(settings.serving_dsn)
+    if settings.console_token:
+        REDACTOR.add_secret(settings.console_token)
     return settings
 
 
@@ -50,6 +52,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from cdcflow.bootstrap import bootstrap, wait_for_databases
     from cdcflow.runtime import Runtime, stop_on_signals
 
+    console.require_token_if_exposed(settings)  # before waiting for any database
     runtime = Runtime(settings, fault_point=os.environ.get("CDCFLOW_FAULT_POINT") or None)
     with stop_on_signals(runtime.stop):  # a signal during start-up stops cleanly too
         wait_for_databases(settings, runtime.stop)

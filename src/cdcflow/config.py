@@ -137,6 +137,16 @@ def _address(raw: str) -> str:
     return value
 
 
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")  # safe in a URL as it is
+
+
+def _token(raw: str) -> str:
+    value = raw.strip()
+    if not _TOKEN_RE.match(value):
+        raise ValueError("expected 16 to 256 letters, digits or ._~- (e.g. from 'openssl rand -hex 24')")
+    return value
+
+
 def _opt(default: Any, env: str, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -269,6 +279,19 @@ class Settings:
         _int_range(0, 65535),
         "Port of the /metrics and /healthz HTTP endpoint (0 turns the endpoint off).",
     )
+    console_enabled: bool = _opt(
+        True,
+        "CONSOLE_ENABLED",
+        _bool,
+        "Serve the web console (/) on the /metrics listener; false serves /metrics and /healthz alone.",
+    )
+    console_token: str | None = _opt(
+        None,
+        "CONSOLE_TOKEN",
+        _token,
+        "Token viewers of the console must present (open /?token=...); required when METRICS_ADDRESS is not"
+        " a loopback address.",
+    )
     health_max_freshness_seconds: float = _opt(
         120.0,
         "HEALTH_MAX_FRESHNESS_SECONDS",
@@ -333,7 +356,7 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
-                shown = redact_dsn(raw) if "DSN" in name else raw
+                shown = redact_dsn(raw) if "DSN" in name else "***" if "TOKEN" in name else raw
                 raise ConfigError(f"{name}={shown!r} is not valid: {exc}") from None
         return cls(**values)
 

@@ -48,13 +48,16 @@ def _age(now: dt.datetime, t: dt.datetime | None) -> str:
     return "-" if t is None else f"{max(0.0, (now - t).total_seconds()):.2f}s"
 
 
-def render(snap: Snapshot, prev: Snapshot | None, load_rate: float, elapsed: float, where: str) -> str:
+def render(
+    snap: Snapshot, prev: Snapshot | None, load_rate: float, elapsed: float, where: str, console: str = ""
+) -> str:
     now = dt.datetime.now(dt.UTC)
     rate = 0.0
     if prev is not None and snap.at > prev.at:
         rate = (snap.staged_total - prev.staged_total) / (snap.at - prev.at)
     lines = [
         f"cdcflow demo - embedded PostgreSQL in {where} - {elapsed:.0f}s (Ctrl-C stops)",
+        console,
         f"load generator: {load_rate:,.0f} changes/s    staged: {rate:,.0f} changes/s    "
         f"total staged: {snap.staged_total:,}",
         "",
@@ -76,11 +79,12 @@ def render(snap: Snapshot, prev: Snapshot | None, load_rate: float, elapsed: flo
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from cdcflow import loadgen, status
+    from cdcflow import console, loadgen, status
     from cdcflow.bootstrap import bootstrap
     from cdcflow.embedded import EmbeddedPostgres
     from cdcflow.runtime import Runtime, stop_on_signals
 
+    console.require_token_if_exposed(settings)  # before anything starts
     live = not args.no_live and sys.stdout.isatty()
     duration = args.duration if args.duration is not None else (None if live else 20.0)
     data_dir = Path(args.data_dir) / "pg"
@@ -125,6 +129,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
             logging.getLogger().setLevel(logging.WARNING)  # the view replaces the log
         runtime.start()
         loader.start()
+        console_at = runtime.telemetry.console_line()
+        print(console_at, flush=True)
         prev: Snapshot | None = None
         with psycopg.connect(serving_dsn, autocommit=True) as conn:
             while not runtime.stop.is_set():
@@ -133,10 +139,11 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
                     break
                 snap = take(conn, settings.source_name)
                 if live:
-                    sys.stdout.write(CLEAR + render(snap, prev, load_rate[0], elapsed, str(data_dir)) + "\n")
+                    view = render(snap, prev, load_rate[0], elapsed, str(data_dir), console_at)
+                    sys.stdout.write(CLEAR + view + "\n")
                     sys.stdout.flush()
                 elif prev is None or int(elapsed) // 5 != int(prev.at - started) // 5:
-                    print(render(snap, prev, load_rate[0], elapsed, str(data_dir)).splitlines()[1], flush=True)
+                    print(render(snap, prev, load_rate[0], elapsed, str(data_dir)).splitlines()[2], flush=True)
                 prev = snap if prev is None or snap.at - prev.at >= 0.9 else prev
                 runtime.stop.wait(1.0)
         interrupted = runtime.stop.is_set()

@@ -1,6 +1,10 @@
-"""The HTTP endpoint of ``cdcflow run``: ``/metrics`` (Prometheus) and ``/healthz``.
+"""The HTTP listener of ``cdcflow run``: ``/metrics`` (Prometheus), ``/healthz`` and the
+web console (:mod:`cdcflow.console`).
 
-Bound to ``METRICS_ADDRESS`` (127.0.0.1 by default) on ``METRICS_PORT`` (0: off).
+Bound to ``METRICS_ADDRESS`` (127.0.0.1 by default) on ``METRICS_PORT`` (0: off); a
+Starlette app served by uvicorn in a thread of its own (the event stream needs an
+asynchronous server; the standard library's would need SSE, routing and static files
+written by hand).
 ``/healthz`` answers 200 ``{"status": "ok"}`` only while every enabled worker runs and
 every enabled projection's freshness is under ``HEALTH_MAX_FRESHNESS_SECONDS``; else 503
 with a one-line JSON reason. A port already in use is logged and the pipeline runs
@@ -11,11 +15,17 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 from typing import Any
 
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from cdcflow.redact import REDACTOR
 
@@ -36,44 +46,80 @@ def check(telemetry: Any) -> tuple[bool, str]:
     return True, "ok"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    telemetry: Any
-    thread: threading.Thread
+def _metrics(request: Request) -> Response:
+    page = generate_latest(request.app.state.telemetry.metrics.registry).decode()
+    return Response(REDACTOR(page), media_type=CONTENT_TYPE_LATEST)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "cdcflow"
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            body = REDACTOR(generate_latest(self.server.telemetry.metrics.registry).decode()).encode()
-            self._send(200, CONTENT_TYPE_LATEST, body)
-        elif path == "/healthz":
-            ok, reason = check(self.server.telemetry)
-            data = {"status": "ok"} if ok else {"status": "failing", "reason": REDACTOR(reason)}
-            self._send(200 if ok else 503, "application/json", (json.dumps(data) + "\n").encode())
-        else:
-            self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
-
-    def _send(self, code: int, ctype: str, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
-        log.debug("http: " + format, *args)
+def _healthz(request: Request) -> Response:
+    ok, reason = check(request.app.state.telemetry)
+    data = {"status": "ok"} if ok else {"status": "failing", "reason": REDACTOR(reason)}
+    return Response(json.dumps(data) + "\n", status_code=200 if ok else 503, media_type="application/json")
 
 
-def serve(telemetry: Any, address: str, port: int, stop: threading.Event) -> _Server | None:
-    """Bind now; the returned server's ``thread`` (not started) serves until ``stop``."""
+async def _not_found(request: Request, exc: Exception) -> Response:
+    where = "/ (the console), /metrics or /healthz" if _console(request.app.state.telemetry) else "/metrics or /healthz"
+    return PlainTextResponse(f"not found: try {where}\n", status_code=404)
+
+
+def _console(telemetry: Any) -> Any:
+    return getattr(telemetry, "console", None)
+
+
+def build_app(telemetry: Any, stop: threading.Event) -> Starlette:
+    """/metrics and /healthz, and the console's routes when it is on."""
+    routes: list[Any] = [Route("/metrics", _metrics, methods=["GET"]), Route("/healthz", _healthz, methods=["GET"])]
+    console = _console(telemetry)
+    if console is not None:
+        from cdcflow.console import web
+
+        routes += web.routes(console.feed, console.history, telemetry.settings.console_token, stop)
+    app = Starlette(routes=routes, exception_handlers={404: _not_found})
+    app.state.telemetry = telemetry
+    return app
+
+
+class Listener:
+    """The bound socket, the uvicorn server on it, and the thread (not started) that runs it."""
+
+    def __init__(self, server: uvicorn.Server, sock: socket.socket, stop: threading.Event) -> None:
+        self.server = server
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        self.server_address = (str(host), int(port))
+        self.name = f"http[{host}:{port}]"
+        self.thread = threading.Thread(target=self._run, args=(stop,), name=self.name, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    def _run(self, stop: threading.Event) -> None:
+        def on_stop() -> None:
+            stop.wait()
+            self.server.should_exit = True
+
+        threading.Thread(target=on_stop, name=self.name + "-stop", daemon=True).start()
+        log.info("serving %s on %s", _what(self.server.config.app), self.url, extra={"action": "http_listen"})
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self.sock.close()
+            log.info("%s stopped: %.2f s of CPU", self.name, time.thread_time(), extra={"action": "http_listen"})
+
+
+def _what(app: Any) -> str:
+    return "the console (/), /metrics and /healthz" if _console(app.state.telemetry) else "/metrics and /healthz"
+
+
+def serve(telemetry: Any, address: str, port: int, stop: threading.Event) -> Listener | None:
+    """Bind now; the returned listener's ``thread`` (not started) serves until ``stop``."""
     try:
-        server = _Server((address, port), _Handler)
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        sock = socket.create_server((address, port), family=family, backlog=64)
     except OSError as exc:
         log.warning(
             "metrics endpoint disabled: cannot listen on %s:%d (%s); set METRICS_PORT to a free port, "
@@ -84,23 +130,14 @@ def serve(telemetry: Any, address: str, port: int, stop: threading.Event) -> _Se
             extra={"action": "http_listen"},
         )
         return None
-    server.telemetry = telemetry
-    host, bound_port = str(server.server_address[0]), int(server.server_address[1])
-    name = f"http[{host}:{bound_port}]"
-
-    def loop() -> None:
-        log.info(
-            "serving /metrics and /healthz on http://%s:%d",
-            host,
-            bound_port,
-            extra={"action": "http_listen", "worker": name},
-        )
-        server.timeout = 0.2
-        try:
-            while not stop.is_set():
-                server.handle_request()
-        finally:
-            server.server_close()
-
-    server.thread = threading.Thread(target=loop, name=name, daemon=True)
-    return server
+    config = uvicorn.Config(
+        build_app(telemetry, stop),
+        log_config=None,  # the process's logging (and its redaction) stays as the CLI set it
+        access_log=False,
+        lifespan="off",
+        loop="asyncio",
+        http="h11",
+        ws="none",
+        timeout_graceful_shutdown=2,
+    )
+    return Listener(uvicorn.Server(config), sock, stop)

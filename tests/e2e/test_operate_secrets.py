@@ -1,6 +1,7 @@
 """Invariant 8 as a user would see it: run the pipeline with password DSNs, break its
 connections (killed backends, a changed password, a wrong one), and grep everything it
-printed: logs (text and JSON), errors, status (text and JSON), /metrics and /healthz."""
+printed: logs (text and JSON), errors, status (text and JSON), /metrics, /healthz, and the
+web console's page and event stream."""
 
 from __future__ import annotations
 
@@ -27,6 +28,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stream(port: int, seconds: float = 4.0, ticks: int = 2) -> str:
+    """The console's event stream: what it sent within ``seconds`` or its first ``ticks`` ticks."""
+    out: list[str] = []
+    deadline, seen = time.monotonic() + seconds, 0
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/events", timeout=5) as r:
+            while time.monotonic() < deadline:
+                line = r.readline().decode()
+                if not line:
+                    break
+                out.append(line)
+                seen += line.startswith("event: tick")
+                if seen >= ticks and line == "\n":
+                    break
+    except OSError as exc:
+        out.append(f"unreachable: {exc}")
+    return "".join(out)
 
 
 def fetch(port: int, path: str) -> str:
@@ -127,14 +147,21 @@ def test_password_never_printed_even_when_connections_fail(secret_role, edbs):
 
         insert_and_wait(101)
         wait_until(lambda: "cdcflow_capture_lag_seconds" in fetch(port, "/metrics"), timeout=20, what="/metrics")
-        printed += [fetch(port, "/metrics"), fetch(port, "/healthz")]
+        printed += [fetch(port, "/metrics"), fetch(port, "/healthz"), fetch(port, "/")]
+        live = stream(port)
+        assert "event: tick" in live and "public_orders" in live, live[-2000:]
+        printed.append(live)
 
         # Connection errors: every backend of the role killed, then logins rejected for a while.
         with edbs.server.admin() as a:
             a.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal("x" + password)))
             a.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
-        time.sleep(3)
-        printed += [fetch(port, "/metrics"), fetch(port, "/healthz")]
+        outage = ""
+        deadline = time.monotonic() + 20
+        while "password authentication failed" not in outage and time.monotonic() < deadline:
+            outage += stream(port, seconds=3, ticks=3)  # the console says why it cannot read the pipeline
+        assert "password authentication failed" in outage, outage[-3000:]
+        printed += [outage, fetch(port, "/metrics"), fetch(port, "/healthz")]
         status = cdcflow("status", env=env)
         printed += [status.stdout, status.stderr]
         assert status.returncode != 0
@@ -145,7 +172,7 @@ def test_password_never_printed_even_when_connections_fail(secret_role, edbs):
         except AssertionError:
             run.send_signal(signal.SIGTERM)
             raise AssertionError("did not recover: " + run.communicate(timeout=30)[1][-3000:]) from None
-        printed += [fetch(port, "/metrics"), fetch(port, "/healthz")]
+        printed += [fetch(port, "/metrics"), fetch(port, "/healthz"), stream(port)]
     finally:
         if run.poll() is None:
             run.send_signal(signal.SIGTERM)

@@ -65,6 +65,7 @@ BAD = [
     ("LEASE_SECONDS", "0", "number of seconds"),
     ("SNAPSHOT_CHUNK_ROWS", "10", "whole number"),
     ("SNAPSHOT_WORKERS", "0", "whole number"),
+    ("CONSOLE_ENABLED", "maybe", "true or false"),
 ]
 
 
@@ -79,8 +80,17 @@ def test_bad_value_names_variable_value_and_expectation(name, value, expected):
 
 def test_every_variable_has_a_bad_value_case():
     # A new variable must come with its validation test.
-    tested = {name for name, _, _ in BAD} | {"SOURCE_DSN", "SERVING_DSN"}
+    tested = {name for name, _, _ in BAD} | {"SOURCE_DSN", "SERVING_DSN", "CONSOLE_TOKEN"}
     assert set(documented_variables()) == tested
+
+
+@pytest.mark.parametrize("value", ["too-short", "has a space in it, long enough", "x" * 257, "amp&ersand-0123456789"])
+def test_a_bad_console_token_is_refused_without_being_echoed(value):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"CONSOLE_TOKEN": value})
+    msg = str(info.value)
+    assert msg.startswith("CONSOLE_TOKEN='***' is not valid: expected 16 to 256") and value not in msg
+    assert Settings.from_env({"CONSOLE_TOKEN": "a1B2-c3D4.e5F6_g7~"}).console_token == "a1B2-c3D4.e5F6_g7~"
 
 
 def test_operate_settings_parse():
