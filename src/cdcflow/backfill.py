@@ -43,6 +43,7 @@ from cdcflow.errors import TransientError
 from cdcflow.positions import format_pg_lsn
 from cdcflow.serving import schema
 from cdcflow.serving.control import read_watermarks
+from cdcflow.serving.staging import carry_unchanged
 from cdcflow.sources.base import TableSpec
 from cdcflow.sources.postgres import PostgresSource
 
@@ -211,6 +212,11 @@ def complete(
             sqlfiles.query(Q, "backfill_drop_streamed", table=sql.Identifier(spec.staging_table)),
             {"history": history, "lsn": first},
         ).rowcount
+        # Rows streamed while the table was copied that took a TOAST value from a version
+        # older than the copy's: taken again, now that the copy is staged.
+        unchanged = serving.execute(sqlfiles.query(Q, "read_unchanged"), {"table": spec.staging_table}).fetchall()
+        carry_unchanged(serving, spec, [(int(a), int(b), int(c), d) for a, b, c, d in unchanged])
+        serving.execute(sqlfiles.query(Q, "forget_unchanged"), {"table": spec.staging_table})
         vanished = 0
         if history > 0:
             vanished = stage_vanished(serving, spec, first, VANISHED_SEQVAL_BASE, history, snapshot_from=history + 1)

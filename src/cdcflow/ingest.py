@@ -68,6 +68,7 @@ class IngestWorker:
         #: commit is queued.
         self._follow: tuple[int, int, dict[str, int]] | None = None
         self._read_at = 0.0  # when the watermarks were last read
+        self._copying: frozenset[str] = frozenset()  # captures whose table is being copied, as read then
         #: Queue a backlog batch's commit and read on (False: commit each batch before the next).
         self.queue_commits = True
         self._committed_lsn = 0  # highest watermark committed by this process
@@ -181,13 +182,16 @@ class IngestWorker:
             # being copied (INIT, BACKFILL) streams along from there on, its earlier changes
             # being in the copy.
             complete = [c for c in positions if not wms[c].incomplete] or list(positions)
+            self._copying = frozenset(c for c in positions if wms[c].incomplete)
             after = min(positions[c] for c in complete)
         active = list(positions)
         # A capture staged past the stream's start (a backfill's snapshot) drops what it has.
         self.source.floors.clear()
         self.source.floors.update({c: p for c, p in positions.items() if p > after})
         expected = [positions[c] for c in active]
-        writer = StagingWriter(conn, specs, self.settings.source_name, dedupe=self._dedupe, lane=self._lane)
+        writer = StagingWriter(
+            conn, specs, self.settings.source_name, dedupe=self._dedupe, lane=self._lane, copying=self._copying
+        )
         started = time.monotonic()
         try:
             result = self.source.read_batch(

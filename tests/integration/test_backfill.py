@@ -29,10 +29,15 @@ TABLES = ("customers", "orders", "payments")
 
 
 def _create_extra(src: psycopg.Connection) -> None:
-    src.execute("CREATE TABLE extra (id bigserial PRIMARY KEY, kind text NOT NULL, v numeric(12,2), order_id bigint)")
+    """The added table. One row in ten has a ``doc`` too big to stay in the row (stored out
+    of line, TOAST): an update that leaves it unchanged does not resend it."""
     src.execute(
-        "INSERT INTO extra (kind, v, order_id) SELECT 'k' || (g %% 7), g / 100.0, g %% 400 + 1 "
-        "FROM generate_series(1, %s) g",
+        "CREATE TABLE extra (id bigserial PRIMARY KEY, kind text NOT NULL, v numeric(12,2), order_id bigint, doc text)"
+    )
+    src.execute(
+        "INSERT INTO extra (kind, v, order_id, doc) SELECT 'k' || (g %% 7), g / 100.0, g %% 400 + 1, "
+        "CASE WHEN g %% 10 = 0 THEN (SELECT string_agg(md5(g::text || ':' || i), '') "
+        "FROM generate_series(1, 200) i) END FROM generate_series(1, %s) g",
         (EXTRA_ROWS,),
     )
 
@@ -60,11 +65,11 @@ def _assert_extra_staged_once(src: psycopg.Connection, serving: psycopg.Connecti
     """Staging's latest state of extra equals the source's rows, and nothing streamed before
     the backfill's snapshot position stays staged beside it: each change reaches staging
     once, in the snapshot or streamed after it."""
-    want = {r[0] for r in src.execute("SELECT ROW(id, kind, v, order_id)::text FROM extra")}
+    want = {r[0] for r in src.execute("SELECT ROW(id, kind, v, order_id, md5(doc))::text FROM extra")}
     got = {
         r[0]
         for r in serving.execute(
-            "SELECT ROW(id, kind, v, order_id)::text FROM (SELECT DISTINCT ON (id) * FROM "
+            "SELECT ROW(id, kind, v, order_id, md5(doc))::text FROM (SELECT DISTINCT ON (id) * FROM "
             "stg_cdc_extra WHERE __op <> 3 ORDER BY id, __lsn DESC, __seqval DESC) s WHERE __op <> 1"
         )
     }
@@ -218,11 +223,13 @@ def test_sigkill_during_a_chunked_copy_resumes_it_and_nothing_is_lost_or_doubled
     bootstrap(edbs.settings, demo=True, snapshot_now=copy == "table-added").source.close()
     with edbs.source() as src:
         src.execute(
-            "CREATE TABLE extra (id bigserial PRIMARY KEY, kind text NOT NULL, v numeric(12,2), order_id bigint)"
+            "CREATE TABLE extra (id bigserial PRIMARY KEY, kind text NOT NULL, v numeric(12,2), order_id bigint, "
+            "doc text)"
         )
         src.execute(
-            "INSERT INTO extra (kind, v, order_id) SELECT 'k' || (g %% 7), g / 100.0, g %% 400 + 1 "
-            "FROM generate_series(1, %s) g",
+            "INSERT INTO extra (kind, v, order_id, doc) SELECT 'k' || (g %% 7), g / 100.0, g %% 400 + 1, "
+            "CASE WHEN g %% 100 = 0 THEN (SELECT string_agg(md5(g::text || ':' || i), '') "
+            "FROM generate_series(1, 200) i) END FROM generate_series(1, %s) g",
             (300_000,),
         )
         src.execute("ANALYZE extra")  # the planner's rows per block size the chunks

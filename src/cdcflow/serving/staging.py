@@ -26,7 +26,7 @@ import datetime as dt
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -144,9 +144,13 @@ class StagingWriter:
         dedupe: bool = False,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         lane: CopyLane | None = None,
+        copying: frozenset[str] = frozenset(),
     ) -> None:
         self.conn = conn
         self.specs = specs
+        #: Captures whose table is being copied: their rows with TOAST columns not resent
+        #: are remembered, for the copy's completion to carry again (``backfill.complete``).
+        self.copying = copying
         self.source_name = source_name
         self.dedupe = dedupe
         self._pending: dict[str, _Pending] = {}
@@ -296,17 +300,12 @@ class StagingWriter:
     def _carry_unchanged(self) -> None:
         for capture, rows in self._unchanged.items():
             spec = self.specs[capture]
-            table = sql.Identifier(spec.staging_table)
-            key_match = sql.SQL(" AND ").join(
-                sql.SQL("prev.{k} = cur.{k}").format(k=sql.Identifier(k)) for k in spec.key_columns
-            )
-            for lsn, seqval, op, columns in rows:
-                for column in columns:
+            carry_unchanged(self.conn, spec, rows)
+            if capture in self.copying:
+                for lsn, seqval, op, columns in rows:
                     self.conn.execute(
-                        sqlfiles.query(
-                            Q, "carry_unchanged", table=table, column=sql.Identifier(column), key_match=key_match
-                        ),
-                        {"lsn": lsn, "seqval": seqval, "op": op},
+                        sqlfiles.query(Q, "remember_unchanged"),
+                        {"table": spec.staging_table, "lsn": lsn, "seqval": seqval, "op": op, "columns": list(columns)},
                     )
         self._unchanged = {}
 
@@ -392,3 +391,21 @@ class StagingWriter:
         self._pending.clear()
         self._unchanged.clear()
         self._size = 0
+
+
+def carry_unchanged(
+    conn: psycopg.Connection, spec: TableSpec, rows: Sequence[tuple[int, int, int, Sequence[str]]]
+) -> None:
+    """TOAST: each staged row at (lsn, seqval, op) takes its ``columns`` the source did not
+    resend from the previous staged version of its key; in the order given (stream order),
+    so a chain of such updates carries the value along."""
+    table = sql.Identifier(spec.staging_table)
+    key_match = sql.SQL(" AND ").join(
+        sql.SQL("prev.{k} = cur.{k}").format(k=sql.Identifier(k)) for k in spec.key_columns
+    )
+    for lsn, seqval, op, columns in rows:
+        for column in columns:
+            conn.execute(
+                sqlfiles.query(Q, "carry_unchanged", table=table, column=sql.Identifier(column), key_match=key_match),
+                {"lsn": lsn, "seqval": seqval, "op": op},
+            )

@@ -131,7 +131,11 @@ WHERE source_name = %(source)s;
 
 -- name: reset_backfills
 -- Reset: no backfill is in flight.
-WITH chunks AS (DELETE FROM ctl_backfill_chunks WHERE source_name = %(source)s)
+WITH chunks AS (DELETE FROM ctl_backfill_chunks WHERE source_name = %(source)s),
+     unchanged AS (
+         DELETE FROM ctl_unchanged_pending
+         WHERE staging_table IN (SELECT staging_table FROM ctl_ingestion_watermarks WHERE source_name = %(source)s)
+     )
 DELETE FROM ctl_backfills WHERE source_name = %(source)s;
 
 -- name: reset_checkpoints
@@ -273,3 +277,18 @@ SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0));
 -- name: copy_lock
 -- The right to copy one capture's table, waiting for it.
 SELECT pg_advisory_lock(hashtextextended(%(key)s, 0));
+
+-- name: remember_unchanged
+-- A row staged for a capture being copied, whose TOAST columns were not resent.
+INSERT INTO ctl_unchanged_pending (staging_table, lsn, seqval, op, columns)
+VALUES (%(table)s, %(lsn)s, %(seqval)s, %(op)s, %(columns)s)
+ON CONFLICT DO NOTHING;
+
+-- name: read_unchanged
+-- The rows of a staging table whose TOAST columns are to be taken again, in stream order.
+SELECT lsn, seqval, op, columns FROM ctl_unchanged_pending
+WHERE staging_table = %(table)s ORDER BY lsn, seqval, op;
+
+-- name: forget_unchanged
+-- Their values are taken again.
+DELETE FROM ctl_unchanged_pending WHERE staging_table = %(table)s;

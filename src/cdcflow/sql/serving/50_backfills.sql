@@ -33,3 +33,16 @@ CREATE TABLE IF NOT EXISTS ctl_backfill_chunks (
     done_at           timestamptz   NOT NULL DEFAULT now(),
     PRIMARY KEY (source_name, capture_instance, first_block)
 );
+
+-- Rows staged while their capture's table was being copied whose TOAST columns the source
+-- did not resend (an update that left them unchanged): the value was taken from the key's
+-- previous staged version then, which the copy may not have staged yet. The backfill's
+-- completion takes these values again, in stream order, and forgets the rows.
+CREATE TABLE IF NOT EXISTS ctl_unchanged_pending (
+    staging_table  text          NOT NULL,
+    lsn            numeric(25,0) NOT NULL,
+    seqval         numeric(25,0) NOT NULL,
+    op             smallint      NOT NULL,
+    columns        text[]        NOT NULL,
+    PRIMARY KEY (staging_table, lsn, seqval, op)
+);
