@@ -103,6 +103,9 @@ class FakeCdcServer:
         # (edition 5) and Managed Instance (8) report 12.
         self.version = version
         self.engine_edition = engine_edition
+        # Change tables gained __$command_id in the cumulative updates of KB 3030352 (SQL
+        # Server 2012 SP1 CU and later, 2014, 2016): a server without them answers error 207.
+        self.command_id_column = True
         self.role_members: dict[str, set[str]] = {}  # database role -> users in it
         self.capture_job_running = True
         self.ddl_history: list[FakeDdl] = []  # cdc.ddl_history
@@ -372,6 +375,8 @@ class FakeCdcServer:
 
     def _q_changes(self, conn, idents, p):
         if "change_table" in idents:
+            if not self.command_id_column:
+                raise ProgrammingError(207, b"Invalid column name '__$command_id'.")
             m = re.fullmatch(r"\[cdc\]\.\[((?:[^\]]|\]\])+)_CT\]", idents["change_table"])
             assert m, f"change table not bracket-quoted: {idents['change_table']}"
             instance = m.group(1).replace("]]", "]")

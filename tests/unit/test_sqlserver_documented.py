@@ -82,6 +82,23 @@ def test_split_update_with_the_insert_first_by_seqval_leaves_the_row_live(fake):
     assert len({(int(p[0]), int(p[1]), int(p[2])) for p in sink.lines}) == len(sink.lines)  # staging's primary key
 
 
+def test_change_table_without_command_id_says_which_update_is_missing(fake):
+    """Change tables have __$command_id only since the cumulative updates of KB 3030352
+    (https://support.microsoft.com/help/3030352); a server without them answers error 207,
+    "Invalid column name" (https://learn.microsoft.com/sql/relational-databases/errors-events/database-engine-events-and-errors).
+    cdcflow cannot order a transaction's changes without it: one line saying so and what to
+    install, not a retry."""
+    source = customers(fake)
+    w = source.snapshot(ListSink()).end_lsn
+    with fake.transaction() as tx:
+        tx.update("customers", 2, segment="X")
+    fake.command_id_column = False
+    with pytest.raises(SourceConfigError) as info:
+        read_all(source, w, max_rows=10)
+    msg = str(info.value)
+    assert "__$command_id" in msg and "KB 3030352" in msg and "cumulative update" in msg and "\n" not in msg
+
+
 def test_key_change_recorded_as_update_old_and_new_deletes_the_old_key(fake):
     """An update that changes the key can be recorded as an op 3/4 pair (old values, new
     values: cdc.<capture_instance>_CT page, __$operation 3 and 4,

@@ -34,6 +34,8 @@ BOOTSTRAP_FOLDER = "sqlserver/bootstrap"
 #: Error 313: what ``cdc.fn_cdc_get_all_changes_<ci>`` raises when its LSN window is not
 #: inside ``[min_lsn(ci), max_lsn()]``, e.g. after the cleanup job removed the changes.
 ERROR_INSUFFICIENT_ARGUMENTS = 313
+#: Error 207: "Invalid column name" (a change table without ``__$command_id``).
+ERROR_INVALID_COLUMN = 207
 #: Lost connections, timeouts, deadlocks, snapshot conflicts, failover: retried.
 TRANSIENT_ERRORS = frozenset(
     {-2, 233, 1205, 3960, 10053, 10054, 10060, 40197, 40501, 40613, 20003, 20004, 20006, 20009, 20017, 20020, 20047}

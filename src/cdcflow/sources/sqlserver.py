@@ -331,6 +331,12 @@ class SqlServerSource:
             finally:
                 cur.close()
         except drv.Error as exc:
+            if ms.error_number(exc) == ms.ERROR_INVALID_COLUMN and "__$command_id" in ms.describe(exc):
+                raise SourceConfigError(
+                    f"the change table cdc.{instance}_CT has no __$command_id column, which cdcflow orders a "
+                    "transaction's changes by: this SQL Server lacks the cumulative update of KB 3030352; install "
+                    "the server's latest cumulative update"
+                ) from None
             err = ms.wrap_error(f"reading changes of {instance} (cdc.{instance}_CT)", exc)
             if isinstance(err, TransientError):
                 self.close()
