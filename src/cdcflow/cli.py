@@ -158,6 +158,14 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
             progress(
                 json.dumps({k: v for k, v in res.items() if k in ("ratio", "changes", "stages")}, default=str)[:2000]
             )
+        elif name == "peers":
+            from cdcflow.bench import peers
+
+            lacking = peers.missing()
+            if lacking:
+                raise ConfigError(lacking)
+            changes = args.changes or (20_000 if args.quick else 1_000_000)
+            peers.run(out / stamp / "peers", changes, progress, dsn=args.dsn)
         elif name == "snapshot":
             from cdcflow.bench import snapshot
 
@@ -405,7 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="benchmarks: sustained load, catch-up, projection scaling (results under --out)")
     bn.add_argument(
-        "which", nargs="?", default="sustained", choices=["sustained", "catchup", "projections", "snapshot", "all"]
+        "which",
+        nargs="?",
+        default="sustained",
+        choices=["sustained", "catchup", "projections", "snapshot", "peers", "all"],
     )
     bn.add_argument("--quick", action="store_true", help="a short run that shows the tool works (about 10 s each)")
     bn.add_argument("--out", default="benchmarks/results", help="results folder (a timestamped folder is made in it)")
@@ -416,12 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="sustained: only the seed's two projections (default: also two users' projections)",
     )
-    bn.add_argument("--changes", type=int, default=None, help="catchup: changes to pre-generate (default 1000000)")
+    bn.add_argument(
+        "--changes", type=int, default=None, help="catchup, peers: changes to pre-generate (default 1000000)"
+    )
     bn.add_argument("--rows", type=int, default=None, help="snapshot: rows in the table (default 10000000)")
     bn.add_argument(
         "--dsn",
         default=None,
-        help="catchup, snapshot: an existing PostgreSQL server (a superuser DSN; default: an embedded server)",
+        help="catchup, snapshot, peers: an existing PostgreSQL server (a superuser DSN; default: an embedded server)",
     )
     bn.add_argument(
         "--workers", type=int, default=1, help="snapshot: connections copying side by side (SNAPSHOT_WORKERS)"
