@@ -21,8 +21,10 @@ def staged_latest_rows(serving: psycopg.Connection, table: str) -> set[str]:
     return {text for text, op in rows if op != 1}
 
 
-def assert_latest_state_equals_source(src: psycopg.Connection, serving: psycopg.Connection) -> None:
-    for table in TABLES:
+def assert_latest_state_equals_source(
+    src: psycopg.Connection, serving: psycopg.Connection, tables: tuple[str, ...] = TABLES
+) -> None:
+    for table in tables:
         want, got = source_rows(src, table), staged_latest_rows(serving, table)
         assert got == want, f"{table}: missing {sorted(want - got)[:3]}, extra {sorted(got - want)[:3]}"
 

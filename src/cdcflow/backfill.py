@@ -32,7 +32,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import psycopg
 from psycopg import sql
@@ -90,10 +90,10 @@ def run(
         if not mine:
             log.debug("backfill of %s: another process copies it", spec.qualified)
             return 0
-        return _run(source, serving_dsn, source_name, spec, why, streaming, stop, options, started)
+        return _run(source, serving_dsn, source_name, spec, list(specs), why, streaming, stop, options, started)
 
 
-def _run(source, serving_dsn, source_name, spec, why, streaming, stop, options, started) -> int:
+def _run(source, serving_dsn, source_name, spec, captured, why, streaming, stop, options, started) -> int:
     capture = spec.capture
     with db.connect(serving_dsn, "serving") as serving:
         history, since = begin(serving, source_name, capture, why)
@@ -119,7 +119,7 @@ def _run(source, serving_dsn, source_name, spec, why, streaming, stop, options, 
             )
         finally:
             repl.close()  # type: ignore[attr-defined]  # the temporary slot goes with it
-        if complete(serving, source_name, spec, history, streaming=streaming, stop=stop):
+        if complete(serving, source_name, spec, history, captured=captured, streaming=streaming, stop=stop):
             log.info("backfill of %s: %d rows in %.1fs", spec.qualified, rows, time.monotonic() - started)
     return rows
 
@@ -159,12 +159,14 @@ def complete(
     spec: TableSpec,
     history: int,
     *,
+    captured: Collection[str],
     streaming: bool,
     stop: threading.Event | None = None,
 ) -> bool:
     """Once the source has streamed past the last chunk's position, the capture is complete
-    (see the module's docstring, step 4). Without ``streaming``, returns False when it has
-    not (the next ``cdcflow run`` completes it)."""
+    (see the module's docstring, step 4). ``captured``: the source's captures now (a row of
+    a table no longer in CAPTURE_TABLES does not stream, and is not waited for). Without
+    ``streaming``, returns False when it has not (the next ``cdcflow run`` completes it)."""
     capture = spec.capture
     first, last = serving.execute(
         sqlfiles.query(Q, "backfill_chunk_positions"), {"source": source_name, "capture": capture}
@@ -174,7 +176,7 @@ def complete(
         raise TransientError(f"backfill of {spec.qualified}: no chunk of its table is staged")
     first, last = int(first), int(last)
     deadline = time.monotonic() + STREAM_WAIT_SECONDS
-    while (behind := _lowest_watermark(serving, source_name, capture)) < last:
+    while (behind := _lowest_watermark(serving, source_name, capture, captured)) < last:
         if not streaming:
             log.info(
                 "backfill of %s is copied; 'cdcflow run' completes it once it streams past %s (now at %s)",
@@ -230,7 +232,7 @@ def complete(
     return True
 
 
-def _lowest_watermark(serving: psycopg.Connection, source_name: str, capture: str) -> int:
+def _lowest_watermark(serving: psycopg.Connection, source_name: str, capture: str, captured: Collection[str]) -> int:
     """The capture's watermark, or a complete capture's if one is lower: where the source has
     streamed to for every projection that could read the capture once it is complete."""
     wms = read_watermarks(serving, source_name)
@@ -238,7 +240,8 @@ def _lowest_watermark(serving: psycopg.Connection, source_name: str, capture: st
     own = wms.get(capture)
     if own is None or own.state != "BACKFILL":
         raise BackfillAborted(f"capture {capture} left BACKFILL while its table was copied")
-    return min([own.last_lsn] + [w.last_lsn for c, w in wms.items() if c != capture and w.state == "OK"])
+    others = [w.last_lsn for c, w in wms.items() if c != capture and c in captured and w.state == "OK"]
+    return min([own.last_lsn, *others])
 
 
 def _wait_for_stream(

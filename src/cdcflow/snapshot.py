@@ -118,7 +118,9 @@ def _snapshot(source: PostgresSource, serving: psycopg.Connection, settings: Set
     finally:
         repl.close()  # type: ignore[attr-defined]
     for spec in specs:
-        backfill.complete(serving, source_name, spec, history[spec.capture], streaming=False)
+        backfill.complete(
+            serving, source_name, spec, history[spec.capture], captured=[s.capture for s in specs], streaming=False
+        )
     log.info(
         "%s staged %d tables in %.1fs; streaming from %s",
         "resync snapshot" if repair else "initial snapshot",

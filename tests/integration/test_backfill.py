@@ -195,6 +195,26 @@ def test_resync_of_one_capture_rereads_only_it(dbs):
     assert after["orders"] > before["orders"]
 
 
+def test_full_resync_completes_beside_a_table_no_longer_captured(dbs):
+    """A table taken out of CAPTURE_TABLES keeps its control row (OK, at its old position,
+    never to move again). A full resync (the slot is gone) of the remaining captures must
+    not wait for that row: every capture still captured is OK after 'cdcflow resync'."""
+    bootstrap(dbs.settings, demo=True).source.close()
+    two = dbs.settings.replace(capture_tables=("public.customers", "public.orders"))
+    with dbs.source() as src:
+        Workload(src, 2).run(50)
+        with RunningPipeline(dbs.settings):
+            wait_caught_up(dbs.settings)
+        src.execute("SELECT pg_drop_replication_slot(%s)", (dbs.settings.slot,))
+        src.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 3.5)")
+    admin.resync(two, None)
+    with dbs.serving() as serving:
+        states = dict(serving.execute("SELECT capture_instance, state FROM ctl_ingestion_watermarks"))
+        with dbs.source() as src:
+            assert_latest_state_equals_source(src, serving, tables=("customers", "orders"))
+    assert states["public_customers"] == states["public_orders"] == "OK", states
+
+
 def _capture_state(dbs, capture: str) -> str | None:
     with dbs.serving() as s:
         row = s.execute("SELECT state FROM ctl_ingestion_watermarks WHERE capture_instance = %s", (capture,)).fetchone()
