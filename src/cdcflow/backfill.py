@@ -84,7 +84,10 @@ def run(
     """Backfill one capture (see the module's docstring). ``streaming``: a running ingestion
     worker carries the source's changes meanwhile. Returns the rows its chunks hold."""
     specs = {s.capture: s for s in source.describe_tables()}
-    spec = specs[capture]
+    spec = specs.get(capture)
+    if spec is None:  # its table left CAPTURE_TABLES: nothing streams for it
+        log.debug("backfill of %s skipped: its table is not in CAPTURE_TABLES", capture)
+        return 0
     started = time.monotonic()
     with copy_lock(serving_dsn, source_name, [capture], wait=not streaming) as mine:
         if not mine:
