@@ -2179,7 +2179,13 @@ def _settled(settings, names: list[str], timeout: float) -> dict[str, tuple[str,
     from cdcflow.status import wait_caught_up
 
     if not wait_caught_up(settings, timeout):
-        raise EngineError("ingestion did not catch up with the source in time")
+        with psycopg.connect(settings.serving_dsn, autocommit=True) as conn:
+            captures = conn.execute(
+                "SELECT capture_instance, state, last_lsn, last_error FROM ctl_ingestion_watermarks "
+                "WHERE source_name = %s ORDER BY 1",
+                (settings.source_name,),
+            ).fetchall()
+        raise EngineError(f"ingestion did not catch up with the source in time; captures: {captures}")
     deadline = time.monotonic() + timeout
     with psycopg.connect(settings.serving_dsn, autocommit=True) as conn:
         target = conn.execute(
@@ -2334,8 +2340,11 @@ def _run_scenario_pipeline(
         src.close()
         for p in (folder, scratch):
             shutil.rmtree(p, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.unlink(logfile.name) if not failures else None
+        if not failures and sys.exc_info()[0] is None:
+            with contextlib.suppress(OSError):
+                os.unlink(logfile.name)
+        elif sys.exc_info()[0] is not None:
+            print(f"cdcflow run's log kept: {logfile.name}\n" + Path(logfile.name).read_text(errors="replace")[-6000:])
         stats.seconds += time.monotonic() - started
     return failures
 

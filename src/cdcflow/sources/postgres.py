@@ -486,7 +486,13 @@ class PostgresSource:
                         return self._result(cur.wal_end - 1, 0, None, more=False)
                     if now >= deadline:
                         return self._result(end_lsn, 0, None, more=False)
-                    if now - self._last_keepalive_request >= KEEPALIVE_REQUEST_SECONDS:
+                    # A keepalive request also sends psycopg2's flush position, which it moves to
+                    # a keepalive's position by itself once everything received is confirmed:
+                    # while an idle advance to such a position is due but not committed, that
+                    # would put the slot ahead of the serving watermark, and a crash then would
+                    # leave a (false) GAP. So no request until the advance has committed.
+                    advance_due = cur.wal_end - 1 > end_lsn
+                    if now - self._last_keepalive_request >= KEEPALIVE_REQUEST_SECONDS and not advance_due:
                         cur.send_feedback(reply=True)
                         self._last_keepalive_request = now
                     timeout = min(deadline - now, KEEPALIVE_REQUEST_SECONDS)
