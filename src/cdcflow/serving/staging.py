@@ -300,6 +300,12 @@ class StagingWriter:
     def _carry_unchanged(self) -> None:
         for capture, rows in self._unchanged.items():
             spec = self.specs[capture]
+            if capture in self.copying:
+                # Wait for a completion of the copy that is committing now (it holds the
+                # capture's row): its carried values must be what this batch carries from.
+                self.conn.execute(
+                    sqlfiles.query(Q, "wait_for_copy_completion"), {"source": self.source_name, "capture": capture}
+                )
             carry_unchanged(self.conn, spec, rows)
             if capture in self.copying:
                 for lsn, seqval, op, columns in rows:

@@ -292,3 +292,11 @@ WHERE staging_table = %(table)s ORDER BY lsn, seqval, op;
 -- name: forget_unchanged
 -- Their values are taken again.
 DELETE FROM ctl_unchanged_pending WHERE staging_table = %(table)s;
+
+-- name: wait_for_copy_completion
+-- A batch about to carry TOAST values for a capture being copied: waits while the copy's
+-- completion (which locks the capture's row) commits, so that it carries from the values
+-- the completion carried again; and keeps it from starting until this batch commits.
+SELECT state FROM ctl_ingestion_watermarks
+WHERE source_name = %(source)s AND capture_instance = %(capture)s
+FOR SHARE;
