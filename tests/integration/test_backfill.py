@@ -262,6 +262,7 @@ def test_sigkill_during_a_chunked_copy_resumes_it_and_nothing_is_lost_or_doubled
     load.start()
     rng = random.Random(11)
     mid_backfill = 0
+    proc: subprocess.Popen | None = None
     with open(tmp_path / "run.log", "wb") as log:
         try:
             for _ in range(6):
@@ -273,20 +274,23 @@ def test_sigkill_during_a_chunked_copy_resumes_it_and_nothing_is_lost_or_doubled
                 state = _capture_state(edbs, "public_extra")
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(30)
+                proc = None
                 mid_backfill += state == "BACKFILL"
             proc = subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=log)
-            try:
-                wait_until(lambda: _all_states(edbs) == {"OK"}, timeout=120, what="every copy done")
-                stop.set()
-                load.join(30)
-                assert not errors, errors
-                wait_caught_up(four, timeout=60)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(30) == 0
+            wait_until(lambda: _all_states(edbs) == {"OK"}, timeout=120, what="every copy done")
+            stop.set()
+            load.join(30)
+            assert not errors, errors
+            wait_caught_up(four, timeout=60)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            proc = None
         finally:
             stop.set()
             load.join(30)
+            if proc is not None:  # a wait above failed: the run must not outlive the test
+                proc.kill()
+                proc.wait(30)
     assert mid_backfill >= 5, f"only {mid_backfill} kills landed during the backfill"
     with edbs.source() as src, edbs.serving() as serving:
         assert_latest_state_equals_source(src, serving)
