@@ -105,6 +105,7 @@ def _run(source, serving_dsn, source_name, spec, captured, why, streaming, stop,
             serving.commit()
         if streaming:
             _wait_for_stream(serving, source_name, spec, since, stop)
+        binary = use_binary(source, serving)
         cp, snapshot_name, repl = source.create_slot_with_snapshot(temporary=True)
         try:
             rows = copying.copy_table(
@@ -114,15 +115,25 @@ def _run(source, serving_dsn, source_name, spec, captured, why, streaming, stop,
                 spec,
                 snapshot_name,
                 cp - 1,
-                history=history,
                 drop_indexes=False,
-                binary=use_binary(source, serving),
+                binary=binary,
                 options=options or CopyOptions(),
                 stop=stop,
             )
         finally:
             repl.close()  # type: ignore[attr-defined]  # the temporary slot goes with it
-        if complete(serving, source_name, spec, history, captured=captured, streaming=streaming, stop=stop):
+        done = complete(
+            serving,
+            source,
+            source_name,
+            spec,
+            history,
+            captured=captured,
+            streaming=streaming,
+            binary=binary,
+            stop=stop,
+        )
+        if done:
             log.info("backfill of %s: %d rows in %.1fs", spec.qualified, rows, time.monotonic() - started)
     return rows
 
@@ -158,28 +169,65 @@ def _lock_all(conn: psycopg.Connection, source_name: str, captures: list[str], w
 
 def complete(
     serving: psycopg.Connection,
+    source: PostgresSource,
     source_name: str,
     spec: TableSpec,
     history: int,
     *,
     captured: Collection[str],
     streaming: bool,
+    binary: bool,
     stop: threading.Event | None = None,
 ) -> bool:
     """Once the source has streamed past the last chunk's position, the capture is complete
     (see the module's docstring, step 4). ``captured``: the source's captures now (a row of
     a table no longer in CAPTURE_TABLES does not stream, and is not waited for). Without
-    ``streaming``, returns False when it has not (the next ``cdcflow run`` completes it)."""
-    capture = spec.capture
+    ``streaming``, returns False when it has not (the next ``cdcflow run`` completes it).
+
+    Rows whose TOAST values no copied or streamed version holds (see the query
+    ``backfill_unbased_keys``) are copied again by key first, from a new snapshot; the
+    completion then waits for the stream to pass that one's position too."""
+    while True:
+        first, last = _chunk_positions(serving, source_name, spec)
+        if not _streamed_past(serving, source_name, spec, last, captured, streaming, stop):
+            return False
+        keys = _unbased_keys(serving, spec, first)
+        if not keys:
+            break
+        rows = copying.fetch_keys(source, serving, source_name, spec, keys, binary=binary)
+        log.info(
+            "backfill of %s: %d rows moved between blocks while the copy was stopped; %d copied again by key",
+            spec.qualified,
+            len(keys),
+            rows,
+        )
+    _commit_completion(serving, source_name, spec, history, first, last, streaming)
+    return True
+
+
+def _chunk_positions(serving: psycopg.Connection, source_name: str, spec: TableSpec) -> tuple[int, int]:
     first, last = serving.execute(
-        sqlfiles.query(Q, "backfill_chunk_positions"), {"source": source_name, "capture": capture}
+        sqlfiles.query(Q, "backfill_chunk_positions"), {"source": source_name, "capture": spec.capture}
     ).fetchone()  # type: ignore[misc]
     serving.rollback()
     if last is None:
         raise TransientError(f"backfill of {spec.qualified}: no chunk of its table is staged")
-    first, last = int(first), int(last)
+    return int(first), int(last)
+
+
+def _streamed_past(
+    serving: psycopg.Connection,
+    source_name: str,
+    spec: TableSpec,
+    last: int,
+    captured: Collection[str],
+    streaming: bool,
+    stop: threading.Event | None,
+) -> bool:
+    """Until the capture and every complete capture have streamed past ``last``; without
+    ``streaming``, False at once if they have not."""
     deadline = time.monotonic() + STREAM_WAIT_SECONDS
-    while (behind := _lowest_watermark(serving, source_name, capture, captured)) < last:
+    while (behind := _lowest_watermark(serving, source_name, spec.capture, captured)) < last:
         if not streaming:
             log.info(
                 "backfill of %s is copied; 'cdcflow run' completes it once it streams past %s (now at %s)",
@@ -194,6 +242,30 @@ def complete(
                 f"{STREAM_WAIT_SECONDS:.0f}s (it is at {format_pg_lsn(behind)}); is the ingestion worker running?"
             )
         _pause(stop, 0.1, f"backfill of {spec.qualified} stopped before it completed")
+    return True
+
+
+def _unbased_keys(serving: psycopg.Connection, spec: TableSpec, first: int) -> list[tuple[str, ...]]:
+    keys = [sql.Identifier(k) for k in spec.key_columns]
+    rows = serving.execute(
+        sqlfiles.query(
+            Q,
+            "backfill_unbased_keys",
+            table=sql.Identifier(spec.staging_table),
+            keys=sql.SQL(", ").join(sql.SQL("cur.{}::text").format(k) for k in keys),
+            prev_match=sql.SQL(" AND ").join(sql.SQL("prev.{k} = cur.{k}").format(k=k) for k in keys),
+            next_match=sql.SQL(" AND ").join(sql.SQL("nxt.{k} = cur.{k}").format(k=k) for k in keys),
+        ),
+        {"table": spec.staging_table, "first": first},
+    ).fetchall()
+    serving.rollback()
+    return [tuple(r) for r in rows]
+
+
+def _commit_completion(
+    serving: psycopg.Connection, source_name: str, spec: TableSpec, history: int, first: int, last: int, streaming: bool
+) -> None:
+    capture = spec.capture
     with db.rolled_back_on_error(serving, f"completing the backfill of {spec.qualified}"):
         locked = serving.execute(
             sqlfiles.query(Q, "backfill_lock"), {"source": source_name, "capture": capture, "lsn": last}
@@ -232,7 +304,6 @@ def complete(
         serving.execute(sqlfiles.query(Q, "backfill_forget"), {"source": source_name, "capture": capture})
         serving.execute(sqlfiles.query(Q, "notify_staged"), {"source": source_name})
         serving.commit()
-    return True
 
 
 def _lowest_watermark(serving: psycopg.Connection, source_name: str, capture: str, captured: Collection[str]) -> int:

@@ -14,14 +14,16 @@ Why chunks at different positions add up to the table: the capture streams throu
 the latest version of each key. A row copied at ``P`` supersedes what was streamed for its
 key before ``P``; every change after ``P`` is streamed. A row that an update moved from a
 block not yet copied into one already copied moved after that copy's position, so its new
-version was streamed. Once every block range is done, staging at any position at or after
-the last chunk's equals the table there, which is why the capture stays incomplete until
-the whole source has streamed past that position (``backfill.complete``).
+version was streamed; unless that update left a TOAST value unchanged, which the source
+does not resend: such rows are copied again by key from a new snapshot before the copy
+completes (:func:`fetch_keys`). Once every block range is done, staging at any position at
+or after the last chunk's equals the table there, which is why the capture stays
+incomplete until the whole source has streamed past that position (``backfill.complete``,
+which also drops what streamed below the first chunk's position).
 
-What a copy does before its first chunk (no chunk recorded yet): it deletes the changes
-streamed for the capture between its staged history and the snapshot's position (the
-snapshot has them), and, when the staging table is empty and nothing streams into it, drops
-its two indexes, to build them once at the end in one sorted pass each.
+Before its first chunk, when the staging table is empty and nothing streams into it (an
+initial snapshot), a copy drops the table's two indexes, to build them once at the end in
+one sorted pass each.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ PROGRESS_SECONDS = 2.0
 SEQVAL_STRIDE = 1 << 32
 #: Blocks per chunk when the table has no statistics to turn rows into blocks.
 DEFAULT_CHUNK_BLOCKS = 8192
+#: Keys per COPY when rows are copied again by key.
+FETCH_KEYS = 1000
 
 
 class CopyAborted(TransientError):
@@ -99,13 +103,31 @@ def plan(done: list[tuple[int, int | None]], blocks: int, size: int) -> list[Chu
     return todo
 
 
-def chunk_select(spec: TableSpec, position: int, chunk: Chunk | None, *, binary: bool) -> sql.Composed:
+@dataclass(frozen=True)
+class Keys:
+    """Rows picked by key rather than by block: each value a tuple of the key columns' text
+    forms (the source reads them as its own types). ``base``: their seqvals start above it."""
+
+    values: tuple[tuple[str, ...], ...]
+    base: int = 0
+
+
+def chunk_select(spec: TableSpec, position: int, chunk: Chunk | Keys | None, *, binary: bool) -> sql.Composed:
     """``COPY (SELECT position, seqval, 5, NULL, columns ... ) TO STDOUT``: the staging rows
-    of a chunk (``None``: the whole table) built by the source."""
+    of a chunk (``None``: the whole table; ``Keys``: those rows) built by the source."""
     where: sql.Composable = sql.SQL("")
-    first = 0
-    if chunk is not None:
-        first = chunk.first
+    base = 0
+    if isinstance(chunk, Keys):
+        base = chunk.base
+        # A row comparison with untyped literals: each takes its column's type, and the
+        # primary key's index finds the rows.
+        row = sql.SQL("({})").format(sql.SQL(", ").join(sql.Identifier(k) for k in spec.key_columns))
+        values = sql.SQL(", ").join(
+            sql.SQL("({})").format(sql.SQL(", ").join(sql.Literal(v) for v in key)) for key in chunk.values
+        )
+        where = sql.SQL(" WHERE {} IN ({})").format(row, values)
+    elif chunk is not None:
+        base = chunk.first * SEQVAL_STRIDE
         bounds = [sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({chunk.first},0)"))]
         if chunk.last is not None:
             bounds.append(sql.SQL("ctid < {}::tid").format(sql.Literal(f"({chunk.last},0)")))
@@ -115,7 +137,7 @@ def chunk_select(spec: TableSpec, position: int, chunk: Chunk | None, *, binary:
         "CAST({op} AS smallint), CAST(NULL AS timestamptz), {cols} FROM {table}{where}) TO STDOUT{fmt}"
     ).format(
         lsn=sql.Literal(position),
-        base=sql.Literal(first * SEQVAL_STRIDE),
+        base=sql.Literal(base),
         op=sql.Literal(OP_SNAPSHOT),
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in spec.column_names),
         table=sql.Identifier(spec.schema, spec.name),
@@ -129,7 +151,7 @@ def copy_rows(
     serving: psycopg.Connection,
     spec: TableSpec,
     position: int,
-    chunk: Chunk | None = None,
+    chunk: Chunk | Keys | None = None,
     *,
     binary: bool = False,
     on_rows=None,
@@ -225,26 +247,12 @@ def _chunk_records(serving: psycopg.Connection, source_name: str, capture: str) 
     return [(int(a), None if b is None else int(b), int(n)) for a, b, n in rows]
 
 
-def _before_first_chunk(
-    serving: psycopg.Connection, source_name: str, spec: TableSpec, history: int, position: int, drop_indexes: bool
-) -> None:
-    """No chunk is done yet: drop what streamed below the snapshot, and (``drop_indexes``:
-    nothing streams into it meanwhile) an empty staging table's indexes."""
+def _before_first_chunk(serving: psycopg.Connection, spec: TableSpec) -> None:
+    """No chunk is done yet, and nothing streams into the staging table meanwhile: if it is
+    empty, its indexes go (built once at the end, in one sorted pass each)."""
     with db.rolled_back_on_error(serving, f"copying {spec.qualified}"):
-        dropped = serving.execute(
-            sqlfiles.query(Q, "backfill_drop_streamed", table=sql.Identifier(spec.staging_table)),
-            {"history": history, "lsn": position},
-        ).rowcount
-        if dropped:
-            serving.execute(
-                sqlfiles.query(Q, "backfill_count_rows"),
-                {"source": source_name, "capture": spec.capture, "rows": -dropped},
-            )
-        if drop_indexes:
-            schema.drop_indexes_if_empty(serving, spec)
+        schema.drop_indexes_if_empty(serving, spec)
         serving.commit()
-    if dropped:
-        log.info("copying %s: %d changes streamed before its snapshot dropped (it has them)", spec.qualified, dropped)
 
 
 def copy_table(
@@ -255,22 +263,20 @@ def copy_table(
     snapshot_name: str,
     position: int,
     *,
-    history: int,
     drop_indexes: bool,
     binary: bool,
     options: CopyOptions,
     stop: threading.Event | None = None,
 ) -> int:
     """Copy the chunks of ``spec``'s table not done yet, from the exported snapshot
-    ``snapshot_name`` at ``position`` (see the module's docstring); ``history``: where the
-    capture's staged history ends (what streamed after it and before ``position`` is dropped
-    before the first chunk). Returns all the rows the capture's chunks hold, those of earlier
-    attempts included."""
+    ``snapshot_name`` at ``position`` (see the module's docstring). ``drop_indexes``: nothing
+    streams into the staging table meanwhile. Returns all the rows the capture's chunks hold,
+    those of earlier attempts included."""
     with db.connect(serving_dsn, "serving") as serving:
         done = _chunk_records(serving, source_name, spec.capture)
         serving.rollback()
-        if not done:
-            _before_first_chunk(serving, source_name, spec, history, position, drop_indexes)
+        if not done and drop_indexes:
+            _before_first_chunk(serving, spec)
     reader: psycopg.Connection | None = _reader(source.dsn, snapshot_name)
     progress = None
     try:
@@ -282,7 +288,7 @@ def copy_table(
         todo: list[Chunk | None]
         if reader.info.server_version >= 140000:
             size = int(options.chunk_rows / per_block) if per_block else DEFAULT_CHUNK_BLOCKS
-            todo = list(plan([(a, b) for a, b, _ in done], int(blocks), size))
+            todo = list(plan([(a, b) for a, b, _ in done if a >= 0], int(blocks), size))
         else:  # no TID range scans before 14: one pass, not resumable
             todo = [] if done else [None]
         progress = Progress(serving_dsn, source_name, spec, position, source.estimate_rows(spec))
@@ -302,6 +308,35 @@ def copy_table(
         total = sum(n for _, _, n in _chunk_records(serving, source_name, spec.capture))
     log.info("copied %s: %d rows", spec.qualified, total)
     return total
+
+
+def fetch_keys(
+    source, serving: psycopg.Connection, source_name: str, spec: TableSpec, keys: list[tuple[str, ...]], *, binary: bool
+) -> int:
+    """Stage the rows of these keys of ``spec``'s table as op 5 from a new snapshot, at its
+    position less one, in one serving transaction with a record among the capture's chunks
+    (a negative block range, which no plan reads), so that the copy's completion waits for
+    the stream to pass that position. A key the table no longer has stages nothing. Returns
+    the rows staged."""
+    cp, snapshot_name, repl = source.create_slot_with_snapshot(temporary=True)
+    position = cp - 1
+    try:
+        reader = _reader(source.dsn, snapshot_name)
+        try:
+            with db.rolled_back_on_error(serving, f"copying rows of {spec.qualified} again"):
+                lowest = min((a for a, _, _ in _chunk_records(serving, source_name, spec.capture)), default=0)
+                record = min(lowest, 0) - 1
+                rows = 0
+                for i in range(0, len(keys), FETCH_KEYS):
+                    batch = Keys(tuple(keys[i : i + FETCH_KEYS]), base=i * SEQVAL_STRIDE)
+                    rows += copy_rows(reader, serving, spec, position, batch, binary=binary)
+                _record_chunk(serving, source_name, spec, record, record, position, rows)
+                serving.commit()
+        finally:
+            db.close_quietly(reader)
+    finally:
+        repl.close()  # type: ignore[attr-defined]  # the temporary slot goes with it
+    return rows
 
 
 def _reader(dsn: str, snapshot_name: str) -> psycopg.Connection:
@@ -370,24 +405,24 @@ class _Lanes:
         with db.rolled_back_on_error(serving, f"copying {spec.qualified}"):
             rows = copy_rows(reader, serving, spec, self.position, chunk, binary=self.binary, on_rows=self.progress)
             first, last = (0, None) if chunk is None else (chunk.first, chunk.last)
-            serving.execute(
-                sqlfiles.query(Q, "backfill_record_chunk"),
-                {
-                    "source": source_name,
-                    "capture": spec.capture,
-                    "first": first,
-                    "last": last,
-                    "lsn": self.position,
-                    "rows": rows,
-                },
-            )
-            # Last, and briefly: the capture's row lock (ingestion's batches wait for it).
-            counted = serving.execute(
-                sqlfiles.query(Q, "backfill_count_rows"), {"source": source_name, "capture": spec.capture, "rows": rows}
-            ).rowcount
-            if counted != 1:
-                raise CopyAborted(f"capture {spec.capture} left BACKFILL while its table was copied")
+            _record_chunk(serving, source_name, spec, first, last, self.position, rows)
             serving.commit()
+
+
+def _record_chunk(
+    serving: psycopg.Connection, source_name: str, spec: TableSpec, first: int, last: int | None, lsn: int, rows: int
+) -> None:
+    """In the transaction that staged them: a chunk's record, and its rows in the capture's count."""
+    serving.execute(
+        sqlfiles.query(Q, "backfill_record_chunk"),
+        {"source": source_name, "capture": spec.capture, "first": first, "last": last, "lsn": lsn, "rows": rows},
+    )
+    # Last, and briefly: the capture's row lock (ingestion's batches wait for it).
+    counted = serving.execute(
+        sqlfiles.query(Q, "backfill_count_rows"), {"source": source_name, "capture": spec.capture, "rows": rows}
+    ).rowcount
+    if counted != 1:
+        raise CopyAborted(f"capture {spec.capture} left BACKFILL while its table was copied")
 
 
 def use_binary(source, serving: psycopg.Connection) -> bool:

@@ -110,7 +110,6 @@ def _snapshot(source: PostgresSource, serving: psycopg.Connection, settings: Set
                 spec,
                 snapshot_name,
                 watermark,
-                history=history[spec.capture],
                 drop_indexes=True,
                 binary=binary,
                 options=CopyOptions.of(settings),
@@ -119,7 +118,14 @@ def _snapshot(source: PostgresSource, serving: psycopg.Connection, settings: Set
         repl.close()  # type: ignore[attr-defined]
     for spec in specs:
         backfill.complete(
-            serving, source_name, spec, history[spec.capture], captured=[s.capture for s in specs], streaming=False
+            serving,
+            source,
+            source_name,
+            spec,
+            history[spec.capture],
+            captured=[s.capture for s in specs],
+            streaming=False,
+            binary=binary,
         )
     log.info(
         "%s staged %d tables in %.1fs; streaming from %s",

@@ -289,6 +289,26 @@ ON CONFLICT DO NOTHING;
 SELECT lsn, seqval, op, columns FROM ctl_unchanged_pending
 WHERE staging_table = %(table)s ORDER BY lsn, seqval, op;
 
+-- name: backfill_unbased_keys
+-- Keys of a capture being copied whose TOAST values nothing staged holds: a row streamed
+-- without some of them (ctl_unchanged_pending) that no version staged at or after the copy's
+-- first position precedes (an update moved the row, between two attempts of the copy, from
+-- blocks not yet copied into blocks already copied: neither snapshot had it), and that no
+-- later copied row, insert or delete of its key replaces. Key values as text
+-- (placeholders {table}, {keys}: cur.k::text, ..., {prev_match}, {next_match}).
+SELECT DISTINCT {keys}
+FROM ctl_unchanged_pending AS p
+JOIN {table} AS cur ON cur.__lsn = p.lsn AND cur.__seqval = p.seqval AND cur.__op = p.op
+WHERE p.staging_table = %(table)s
+  AND NOT EXISTS (
+      SELECT 1 FROM {table} AS prev
+      WHERE {prev_match} AND prev.__lsn >= %(first)s AND prev.__op <> 3
+        AND (prev.__lsn, prev.__seqval) < (cur.__lsn, cur.__seqval))
+  AND NOT EXISTS (
+      SELECT 1 FROM {table} AS nxt
+      WHERE {next_match} AND nxt.__op IN (1, 2, 5)
+        AND (nxt.__lsn, nxt.__seqval) > (cur.__lsn, cur.__seqval));
+
 -- name: forget_unchanged
 -- Their values are taken again.
 DELETE FROM ctl_unchanged_pending WHERE staging_table = %(table)s;
