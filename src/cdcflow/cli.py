@@ -365,31 +365,7 @@ def _add_compact(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_compact)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cdcflow",
-        description="Change data capture from PostgreSQL into a serving PostgreSQL, with DuckDB projections. "
-        "Configured by environment variables (SOURCE_DSN, SERVING_DSN, ...): see docs/configuration.md.",
-    )
-    p.add_argument("--version", action="version", version=f"cdcflow {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    b = sub.add_parser(
-        "bootstrap", help="create publication, slot, staging/control/projection tables; initial snapshot"
-    )
-    b.add_argument("--demo", action="store_true", help="also create and seed the demo tables in the source")
-    b.set_defaults(func=cmd_bootstrap)
-
-    r = sub.add_parser("run", help="bootstrap if needed, then stream changes and maintain projections")
-    r.add_argument(
-        "--duration", type=float, default=None, help="stop after this many seconds (default: run until signalled)"
-    )
-    r.set_defaults(func=cmd_run)
-
-    s = sub.add_parser("status", help="per capture and projection: position, lag, state (exit 3 if unhealthy)")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.set_defaults(func=cmd_status)
-
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="run the pipeline on an embedded PostgreSQL with sample changes")
     d.add_argument("--data-dir", default=".cdcflow", help="where the embedded server keeps its data (default .cdcflow)")
     d.add_argument("--reset", action="store_true", help="wipe the embedded server's data first")
@@ -405,12 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=cmd_demo)
 
-    rs = sub.add_parser(
-        "resync", help="repair a GAP: fresh snapshot, deletes for rows that vanished, capture back to OK"
-    )
-    rs.add_argument("captures", nargs="*", metavar="CAPTURE", help="capture(s) to repair (default: all of the source)")
-    rs.set_defaults(func=cmd_resync)
 
+def _add_bench(sub) -> None:
     bn = sub.add_parser("bench", help="benchmarks: sustained load, catch-up, projection scaling (results under --out)")
     bn.add_argument(
         "which",
@@ -446,6 +418,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="projections: what to measure (default kpi,revenue: the seed's KPI and a user's three-table join)",
     )
     bn.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cdcflow",
+        description="Change data capture from PostgreSQL into a serving PostgreSQL, with DuckDB projections. "
+        "Configured by environment variables (SOURCE_DSN, SERVING_DSN, ...): see docs/configuration.md.",
+    )
+    p.add_argument("--version", action="version", version=f"cdcflow {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser(
+        "bootstrap", help="create publication, slot, staging/control/projection tables; initial snapshot"
+    )
+    b.add_argument("--demo", action="store_true", help="also create and seed the demo tables in the source")
+    b.set_defaults(func=cmd_bootstrap)
+
+    r = sub.add_parser("run", help="bootstrap if needed, then stream changes and maintain projections")
+    r.add_argument(
+        "--duration", type=float, default=None, help="stop after this many seconds (default: run until signalled)"
+    )
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="per capture and projection: position, lag, state (exit 3 if unhealthy)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_status)
+
+    _add_demo(sub)
+
+    rs = sub.add_parser(
+        "resync", help="repair a GAP: fresh snapshot, deletes for rows that vanished, capture back to OK"
+    )
+    rs.add_argument("captures", nargs="*", metavar="CAPTURE", help="capture(s) to repair (default: all of the source)")
+    rs.set_defaults(func=cmd_resync)
+
+    _add_bench(sub)
 
     rt = sub.add_parser("reset", help="clear staging and projections, reset watermarks and checkpoints, drop the slot")
     rt.add_argument("--yes", action="store_true", help="do not ask for confirmation")
