@@ -25,7 +25,7 @@ from psycopg import sql
 
 from cdcflow.config import Settings
 from cdcflow.leases import _pid_alive
-from tests.pgutil import drop_slot
+from tests.pgutil import drop_slot, running_postmasters
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
@@ -87,6 +87,27 @@ def _drop_stale_slots(server: PgServer) -> None:
             parts = name.split("_")
             if len(parts) >= 3 and parts[2].isdigit() and not _pid_alive(int(parts[2])):
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the session the embedded test server is stopped, and no PostgreSQL
+    the session started under ``.cdcflow/`` or its tmp dirs is still running (a leftover
+    is stopped, and reported as an error)."""
+    roots = (ROOT / ".cdcflow", tmp_path_factory.getbasetemp())
+    before = running_postmasters(*roots)  # another session's, or left by an earlier run
+    yield
+    server = _servers.pop("embedded", None)
+    if server is not None:
+        pg = server.embedded
+        if not pg.release(even_if_attached=True):  # the tests' own server, whoever started it
+            before.update(running_postmasters(pg.data_dir))  # another live session holds it and stops it
+    from cdcflow.embedded import EmbeddedPostgres
+
+    left = {pid: d for pid, d in running_postmasters(*roots).items() if pid not in before}
+    for data_dir in left.values():
+        EmbeddedPostgres.stop_data_dir(data_dir)
+    assert not left, f"PostgreSQL servers left running by the tests (now stopped): {sorted(map(str, left.values()))}"
 
 
 @pytest.fixture(scope="session", params=["embedded", "system"])

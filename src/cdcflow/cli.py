@@ -370,6 +370,9 @@ def _add_demo(sub) -> None:
     d.add_argument("--data-dir", default=".cdcflow", help="where the embedded server keeps its data (default .cdcflow)")
     d.add_argument("--reset", action="store_true", help="wipe the embedded server's data first")
     d.add_argument(
+        "--stop", action="store_true", help="stop the embedded server a demo left running (for its queries), and exit"
+    )
+    d.add_argument(
         "--duration",
         type=float,
         default=None,

@@ -5,6 +5,10 @@ wipes it), creates ``source`` and ``serving`` databases, bootstraps the demo sch
 seed rows (initial snapshot included), runs ingestion and both projections with the load
 generator at a moderate rate, and shows changes/s, lag, freshness, states and the newest
 KPI rows. Ctrl-C stops everything cleanly; ``--no-live --duration S`` is for scripts.
+
+The embedded server outlives the demo: its last lines are ``psql`` commands to query the
+results on it, and how to stop it (``cdcflow demo --stop``). A demo that fails before it
+gets there stops the server it started.
 """
 
 from __future__ import annotations
@@ -79,20 +83,34 @@ def render(
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from cdcflow import console, loadgen, status
-    from cdcflow.bootstrap import bootstrap
+    from cdcflow import console
     from cdcflow.embedded import EmbeddedPostgres
-    from cdcflow.runtime import Runtime, stop_on_signals
 
-    console.require_token_if_exposed(settings)  # before anything starts
-    live = not args.no_live and sys.stdout.isatty()
-    duration = args.duration if args.duration is not None else (None if live else 20.0)
     data_dir = Path(args.data_dir) / "pg"
+    if args.stop:
+        stopped = EmbeddedPostgres.stop_data_dir(data_dir)
+        print(f"stopped the demo's PostgreSQL in {data_dir}" if stopped else f"no PostgreSQL runs in {data_dir}")
+        return 0
+    console.require_token_if_exposed(settings)  # before anything starts
     if args.reset:
         print(f"wiping {data_dir}", flush=True)
         EmbeddedPostgres.wipe(data_dir)
     print(f"starting embedded PostgreSQL in {data_dir} ...", flush=True)
     pg = EmbeddedPostgres(data_dir)
+    try:
+        return _run(args, settings, pg, data_dir)
+    except BaseException:
+        pg.release()  # no queries to run on it: stopped if this demo started it
+        raise
+
+
+def _run(args: argparse.Namespace, settings: Settings, pg, data_dir: Path) -> int:
+    from cdcflow import loadgen, status
+    from cdcflow.bootstrap import bootstrap
+    from cdcflow.runtime import Runtime, stop_on_signals
+
+    live = not args.no_live and sys.stdout.isatty()
+    duration = args.duration if args.duration is not None else (None if live else 20.0)
     source_dsn = pg.create_database("source")
     serving_dsn = pg.create_database("serving")
     settings = settings.replace(
@@ -170,4 +188,6 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(f'  {psql} "{serving_dsn}" -c "SELECT * FROM proj_orders_latest ORDER BY order_id DESC LIMIT 20"')  # noqa: S608
     print("  (columns named __... hold each projection's own state: docs/projections.md)")
+    again = "" if Path(args.data_dir) == Path(".cdcflow") else f" --data-dir {args.data_dir}"
+    print(f"PostgreSQL keeps running in {data_dir} for these queries; stop it with: cdcflow demo --stop{again}")
     return 0 if st.healthy else 3

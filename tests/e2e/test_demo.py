@@ -14,8 +14,10 @@ import time
 
 import psycopg
 
+from cdcflow.embedded import EmbeddedPostgres
 from tests.conftest import ROOT
 from tests.oracle import assert_projections_equal_source
+from tests.pgutil import running_postmasters
 
 
 def _env() -> dict[str, str]:
@@ -41,12 +43,22 @@ def _demo(data_dir, seconds: int) -> subprocess.CompletedProcess:
 
 def test_demo_non_interactive_from_empty_data_dir():
     data_dir = ROOT / ".cdcflow" / "e2e-demo"
+    EmbeddedPostgres.wipe(data_dir / "pg")
     shutil.rmtree(data_dir, ignore_errors=True)
+    try:
+        _demo_runs_and_is_reused(data_dir)
+    finally:
+        EmbeddedPostgres.stop_data_dir(data_dir / "pg")  # the demo keeps it up for its queries
+    assert running_postmasters(data_dir) == {}
+
+
+def _demo_runs_and_is_reused(data_dir) -> None:
     proc = _demo(data_dir, seconds=8)
     out = proc.stdout
     assert "ingestion caught up with the source" in out
     assert re.search(r"the load generator made [1-9][\d,]* changes", out)
     assert "psql" in out and "proj_orders_kpi_by_minute_segment" in out
+    assert f"stop it with: cdcflow demo --stop --data-dir {data_dir}" in out
     with psycopg.connect(_dsn(data_dir, "source")) as src, psycopg.connect(_dsn(data_dir, "serving")) as srv:
         assert_projections_equal_source(src, srv)
         statuses = dict(srv.execute("SELECT projection_name, status FROM ctl_projection_metadata").fetchall())
@@ -101,6 +113,8 @@ def test_live_view_under_a_terminal_shows_throughput_and_kpi_rows():
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        EmbeddedPostgres.stop_data_dir(data_dir / "pg")  # the demo keeps it up for its queries
     assert seen, screen.decode(errors="replace")[-3000:]
     assert os.waitstatus_to_exitcode(code) == 0, tail.decode(errors="replace")
     assert b"Query the results" in tail
+    assert b"PostgreSQL keeps running in" in tail

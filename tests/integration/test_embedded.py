@@ -1,12 +1,15 @@
-"""The embedded server applies the settings it is given, restarting when one needs it."""
+"""The embedded server applies the settings it is given, restarting when one needs it, and
+is stopped by the handle that started it."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import psycopg
 
-from cdcflow.embedded import EmbeddedPostgres
+from cdcflow.embedded import EmbeddedPostgres, postmaster_pid
 from tests.conftest import ROOT
 
 
@@ -28,5 +31,25 @@ def test_settings_are_applied_and_a_restart_happens_only_when_needed():
         assert _show(pg, "shared_buffers") == "160MB" and pg._server.get_pid() != started
         pg = EmbeddedPostgres(data_dir)  # no settings: the data dir keeps what it has
         assert _show(pg, "shared_buffers") == "160MB"
+    finally:
+        EmbeddedPostgres.wipe(data_dir)
+
+
+def test_release_stops_a_server_it_started_and_leaves_one_that_ran_before():
+    data_dir = (ROOT / ".cdcflow" / f"test-pg-release-{os.getpid()}").resolve()
+    try:
+        first = EmbeddedPostgres(data_dir)
+        second = EmbeddedPostgres(data_dir)  # this process again: shares the server
+        assert first.started and not second.started
+        assert not second.release() and postmaster_pid(data_dir) is not None  # first still uses it
+        assert first.release() and postmaster_pid(data_dir) is None
+        # Started by a process that has exited (as the demo leaves its server): left running.
+        start = f"from cdcflow.embedded import EmbeddedPostgres; EmbeddedPostgres({str(data_dir)!r})"
+        subprocess.run([sys.executable, "-c", start], check=True, timeout=120)
+        attached = EmbeddedPostgres(data_dir)
+        assert not attached.started
+        assert not attached.release() and postmaster_pid(data_dir) is not None
+        assert EmbeddedPostgres.stop_data_dir(data_dir) and postmaster_pid(data_dir) is None
+        assert not EmbeddedPostgres.stop_data_dir(data_dir)
     finally:
         EmbeddedPostgres.wipe(data_dir)

@@ -29,29 +29,35 @@ import datetime as dt
 import inspect
 import io
 import json
-import math
 import os
 import platform
 import pstats
 import select
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+from cdcflow.bench.catchup_measure import CpuSampler, Progress, generate, summarize
+from cdcflow.bench.catchup_server import (
+    ROOT,
+    SLOT_PREFIX,
+    SRC_DB,
+    SRV_DB,
+    Server,
+    _code_version,
+    _drop_bench,
+    _dsn,
+    _lsn,
+)
 from cdcflow.config import Settings
 from cdcflow.positions import format_pg_lsn, parse_pg_lsn
 from cdcflow.redact import redact_dsn
 
-ROOT = Path.cwd()  # the project folder when run from a checkout: git info, data dir, results
-SRC_DB, SRV_DB = "cdcflow_bench_source", "cdcflow_bench_serving"
-SLOT_PREFIX = "cdcflow_bench_"
 STAGES = ("raw", "read", "decode", "cdcflow", "raw_after")
 #: Not run by default: cdcflow with every batch committed before the next is read (no
 #: queued commits), for an A/B of what overlapping the serving commit buys; and
@@ -62,207 +68,6 @@ EXTRA_STAGES = ("cdcflow_serial", "raw_text")
 RAW_STAGES = ("raw", "raw_after")
 STAGE_TIMEOUT = 1800.0
 SERVING_DATA_DIR = ROOT / ".cdcflow" / "bench-pg-serving"  # --serving separate, embedded
-
-Progress = Callable[[str], None]
-
-
-def _dsn(base: str, dbname: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(base)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
-
-
-def _code_version() -> dict:
-    """Which cdcflow was measured (read-only git queries)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "src"))}
-
-
-def _lsn(conn: psycopg.Connection) -> int:
-    return parse_pg_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
-
-
-class Server:
-    """Where the benchmark runs: the embedded server (default) or the one at ``dsn``."""
-
-    def __init__(self, dsn: str | None, data_dir: Path, recvlogical: str | None) -> None:
-        self.embedded = None
-        if dsn is None:
-            from cdcflow.embedded import EmbeddedPostgres
-
-            self.embedded = EmbeddedPostgres(data_dir)
-            self.admin_dsn = self.embedded.dsn("postgres")
-            self.recvlogical = [str(self.embedded.bin_path / "pg_recvlogical")]
-        else:
-            self.admin_dsn = dsn
-            binary = recvlogical or shutil.which("pg_recvlogical") or "pg_recvlogical"
-            # Debian's PostgreSQL binaries refuse to run as root, and peer auth wants the postgres user.
-            as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-            self.recvlogical = [*as_postgres, binary]
-
-    def admin(self) -> psycopg.Connection:
-        return psycopg.connect(self.admin_dsn, autocommit=True)
-
-    def describe(self) -> dict:
-        with self.admin() as conn:
-            version = conn.execute("SHOW server_version").fetchone()[0]
-            settings = dict(
-                conn.execute(
-                    "SELECT name, setting FROM pg_settings WHERE name IN "
-                    "('shared_buffers','logical_decoding_work_mem','fsync','synchronous_commit','max_wal_size')"
-                ).fetchall()
-            )
-        return {
-            "server": "embedded" if self.embedded else redact_dsn(self.admin_dsn),
-            "version": version,
-            "settings": settings,
-        }
-
-
-def _drop_bench(server: Server, databases: tuple[str, ...] = (SRC_DB, SRV_DB)) -> None:
-    with server.admin() as conn:
-        for pid in conn.execute(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name LIKE %s AND active_pid IS NOT NULL",
-            (SLOT_PREFIX + "%",),
-        ).fetchall():
-            conn.execute("SELECT pg_terminate_backend(%s)", pid)
-        for _ in range(50):
-            busy = conn.execute(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE %s AND active_pid IS NOT NULL",
-                (SLOT_PREFIX + "%",),
-            ).fetchone()[0]
-            if not busy:
-                break
-            time.sleep(0.1)
-        conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE %s",
-            (SLOT_PREFIX + "%",),
-        )
-        for name in databases:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-class CpuSampler:
-    """CPU seconds per server process kind (walsender, client backend) and of this process, for one stage.
-
-    Wall time on a shared 2-core machine depends on what else runs; CPU seconds say what the
-    work cost. Server processes are found in pg_stat_activity and read from /proc (Linux).
-    """
-
-    def __init__(self, admin_dsns: list[str], databases: list[str]) -> None:
-        # Processes of a second server (a separate serving server) are labelled "serving ...".
-        self.admin_dsns = admin_dsns
-        self.databases = databases
-        self.seen: dict[int, tuple[str, float]] = {}
-        self.stop = threading.Event()
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
-
-    def _cpu(self, pid: int) -> float | None:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / self.tick
-
-    def _sample(self, conn: psycopg.Connection, label: str = "") -> None:
-        rows = conn.execute(
-            "SELECT pid, backend_type FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
-            (self.databases,),
-        ).fetchall()
-        for pid, backend_type in rows:
-            kind = label + backend_type
-            cpu = self._cpu(pid)
-            if cpu is not None:
-                self.seen[pid] = (kind, max(cpu, self.seen.get(pid, (kind, 0.0))[1]))
-
-    def sample_all(self) -> None:
-        for n, dsn in enumerate(self.admin_dsns):
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                self._sample(conn, "serving " if n else "")
-
-    def _run(self) -> None:
-        conns = [psycopg.connect(dsn, autocommit=True) for dsn in self.admin_dsns]
-        try:
-            while not self.stop.is_set():
-                for n, conn in enumerate(conns):
-                    self._sample(conn, "serving " if n else "")
-                self.stop.wait(0.1)
-            for n, conn in enumerate(conns):
-                self._sample(conn, "serving " if n else "")
-        finally:
-            for conn in conns:
-                conn.close()
-
-    def __enter__(self) -> CpuSampler:
-        self.own = os.times()
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        now = os.times()
-        self.self_cpu = (now.user - self.own.user) + (now.system - self.own.system)
-        self.children_cpu = (now.children_user - self.own.children_user) + (
-            now.children_system - self.own.children_system
-        )
-
-    def summary(self, baseline: dict[int, tuple[str, float]]) -> dict[str, float]:
-        """CPU seconds by kind, counting only what a process used after ``baseline`` was taken."""
-        out: dict[str, float] = {}
-        for pid, (kind, cpu) in self.seen.items():
-            used = cpu - baseline.get(pid, (kind, 0.0))[1]
-            out[kind] = round(out.get(kind, 0.0) + used, 2)
-        out["client process"] = round(self.self_cpu + self.children_cpu, 2)
-        return out
-
-
-# -- generation -------------------------------------------------------------------------
-
-
-def generate(source_dsn: str, changes: int, unit: int, progress: Progress) -> dict:
-    """Make at least ``changes`` row changes; returns exact counts and timing."""
-    per_txn = unit * 2.4
-    chunk = max(1, int(50_000 / per_txn))  # transactions per CALL (a progress line each)
-    ins = upd = dele = txns = 0
-    started = time.monotonic()
-    with psycopg.connect(source_dsn, autocommit=True) as conn:
-        conn.execute("SET synchronous_commit = off")  # generation speed only; decoding is unaffected
-        from cdcflow import sqlfiles
-
-        conn.execute(sqlfiles.read_text("bench/catchup_generate.sql"))
-        last = started
-        while ins + upd + dele < changes:
-            n = max(1, min(chunk, math.ceil((changes - ins - upd - dele) / per_txn)))
-            row = conn.execute("CALL cdcflow_bench_generate(%s, %s, 0, 0, 0)", (n, unit)).fetchone()
-            ins, upd, dele, txns = ins + row[0], upd + row[1], dele + row[2], txns + n
-            if time.monotonic() - last >= 3:
-                last = time.monotonic()
-                progress(
-                    f"  generated {ins + upd + dele:,d} changes in {txns:,d} transactions "
-                    f"({(ins + upd + dele) / (last - started):,.0f}/s)"
-                )
-        conn.execute("DROP PROCEDURE cdcflow_bench_generate")
-    elapsed = time.monotonic() - started
-    total = ins + upd + dele
-    return {
-        "changes": total,
-        "inserts": ins,
-        "updates": upd,
-        "deletes": dele,
-        "transactions": txns,
-        "seconds": round(elapsed, 3),
-        "changes_per_second": round(total / elapsed),
-    }
 
 
 # -- stages -----------------------------------------------------------------------------
@@ -521,41 +326,40 @@ def run(
             "other work on this machine skews the figures"
         )
     server = Server(dsn, Path(data_dir), recvlogical)
-    if serving_dsn is not None or serving_data_dir is not None:
-        # The serving database on a server of its own, as in a deployment: the source's
-        # walsender then reads only the source's WAL, as pg_recvlogical's does.
-        serving = Server(serving_dsn, Path(serving_data_dir or SERVING_DATA_DIR), None)
-    else:
-        serving = server
-    _drop_bench(server)
-    if serving is not server:
-        _drop_bench(serving, (SRV_DB,))
-    with server.admin() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SRC_DB)))
-    with serving.admin() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SRV_DB)))
-    source_dsn = _dsn(server.admin_dsn, SRC_DB)
-    settings = Settings(
-        source_dsn=source_dsn,
-        serving_dsn=_dsn(serving.admin_dsn, SRV_DB),
-        source_name="bench",
-        slot_name=SLOT_PREFIX + "cdcflow",
-        publication_name="cdcflow_bench",
-        poll_interval_seconds=0.2,
-        cdc_batch_max_rows=batch_rows,
-        enable_proj_orders_kpi=False,
-        enable_proj_orders_latest=False,
-    )
-    result: dict = {
-        "benchmark": "catchup",
-        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "command": "python benchmarks/catchup.py " + " ".join(sys.argv[1:]) if __name__ == "__main__" else None,
-        "profiled": profile,
-        "code": _code_version(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-    try:
+    serving = server
+    try:  # the servers this run started are stopped whatever happens (Server.close)
+        if serving_dsn is not None or serving_data_dir is not None:
+            # The serving database on a server of its own, as in a deployment: the source's
+            # walsender then reads only the source's WAL, as pg_recvlogical's does.
+            serving = Server(serving_dsn, Path(serving_data_dir or SERVING_DATA_DIR), None)
+        _drop_bench(server)
+        if serving is not server:
+            _drop_bench(serving, (SRV_DB,))
+        with server.admin() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SRC_DB)))
+        with serving.admin() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SRV_DB)))
+        source_dsn = _dsn(server.admin_dsn, SRC_DB)
+        settings = Settings(
+            source_dsn=source_dsn,
+            serving_dsn=_dsn(serving.admin_dsn, SRV_DB),
+            source_name="bench",
+            slot_name=SLOT_PREFIX + "cdcflow",
+            publication_name="cdcflow_bench",
+            poll_interval_seconds=0.2,
+            cdc_batch_max_rows=batch_rows,
+            enable_proj_orders_kpi=False,
+            enable_proj_orders_latest=False,
+        )
+        result: dict = {
+            "benchmark": "catchup",
+            "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "command": "python benchmarks/catchup.py " + " ".join(sys.argv[1:]) if __name__ == "__main__" else None,
+            "profiled": profile,
+            "code": _code_version(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        }
         result["server"] = server.describe()
         result["serving_server"] = "the source's server" if serving is server else serving.describe()
         progress("bootstrapping the demo schema, publication and cdcflow's slot ...")
@@ -617,33 +421,17 @@ def run(
                 f"  {stage:8s} {info['seconds']:8.2f}s  {info['changes_per_second']:>10,d} changes/s  "
                 f"(CPU seconds: {cpu})"
             )
-        raws = [s for s in RAW_STAGES if s in result["stages"]]
-        if raws and "cdcflow" in result["stages"]:
-            best = min(raws, key=lambda s: result["stages"][s]["seconds"])
-            result["baseline_stage"] = best
-            result["ratio_cdcflow_to_raw"] = round(
-                result["stages"]["cdcflow"]["changes_per_second"] / result["stages"][best]["changes_per_second"], 3
-            )
-            cpu_raw, cpu_cdc = (
-                sum(v for k, v in result["stages"][s]["cpu_seconds"].items() if not k.startswith("autovacuum"))
-                for s in (best, "cdcflow")
-            )
-            # Load-independent view: CPU seconds the same WAL cost each way (2 cores shared by all of it).
-            result["cpu_seconds_raw"], result["cpu_seconds_cdcflow"] = round(cpu_raw, 2), round(cpu_cdc, 2)
-            result["cpu_ratio_raw_to_cdcflow"] = round(cpu_raw / cpu_cdc, 3) if cpu_cdc else None
-            progress(
-                f"CPU seconds: pg_recvlogical path {cpu_raw:.1f}, cdcflow path {cpu_cdc:.1f} "
-                f"(ratio {result['cpu_ratio_raw_to_cdcflow']})"
-            )
-            progress(
-                f"cdcflow / pg_recvlogical = {result['ratio_cdcflow_to_raw']:.2f} against the faster "
-                f"baseline ({best}; target >= 0.5)" + ("  [profiled run: not representative]" if profile else "")
-            )
+        summarize(result, RAW_STAGES, profile, progress)
     finally:
-        if not keep:
-            _drop_bench(server)
+        try:
+            if not keep:
+                _drop_bench(server)
+                if serving is not server:
+                    _drop_bench(serving, (SRV_DB,))
+        finally:
+            server.close()
             if serving is not server:
-                _drop_bench(serving, (SRV_DB,))
+                serving.close()
     (out / "catchup.json").write_text(json.dumps(result, indent=2) + "\n")
     progress(f"results: {out / 'catchup.json'}")
     return result

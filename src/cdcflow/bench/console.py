@@ -124,7 +124,7 @@ def measure(args: argparse.Namespace) -> dict:
                 p.terminate()
             p.wait(60)
         log_file.close()
-        pg.stop()
+        pg.release()  # stopped, unless it ran before this benchmark
     logged = log_path.read_text().splitlines()
     feed = [line for line in logged if "console-feed stopped" in line]
     http = [line for line in logged if "] stopped:" in line and "cdcflow.health" in line]

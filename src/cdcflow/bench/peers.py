@@ -1,6 +1,6 @@
 """Peers benchmark: cdcflow against Debezium's PostgreSQL connector on the same backlog.
 
-The backlog is the catch-up benchmark's (``catchup.generate``: ~1M inserts, updates and
+The backlog is the catch-up benchmark's (``catchup_measure.generate``: ~1M inserts, updates and
 deletes on customers, orders, payments), read from slots all created at the same point
 before it was written, up to the same target LSN, one reader after the other:
 
@@ -47,7 +47,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from cdcflow.bench import catchup
+from cdcflow.bench import catchup, catchup_measure, catchup_server
 from cdcflow.config import Settings
 from cdcflow.positions import format_pg_lsn
 
@@ -301,20 +301,22 @@ def stage_debezium(properties: dict[str, str], fmt: str, expected: int, target: 
     }
 
 
-def _prepare(server: catchup.Server, stages: tuple[str, ...], changes: int, progress: catchup.Progress) -> dict:
+def _prepare(
+    server: catchup_server.Server, stages: tuple[str, ...], changes: int, progress: catchup_measure.Progress
+) -> dict:
     """Fresh databases, the demo schema and publication, one slot per stage, then the backlog."""
     from cdcflow.bootstrap import bootstrap
 
-    catchup._drop_bench(server)
+    catchup_server._drop_bench(server)
     with server.admin() as conn:
-        for name in (catchup.SRC_DB, catchup.SRV_DB):
+        for name in (catchup_server.SRC_DB, catchup_server.SRV_DB):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    source_dsn = catchup._dsn(server.admin_dsn, catchup.SRC_DB)
+    source_dsn = catchup_server._dsn(server.admin_dsn, catchup_server.SRC_DB)
     settings = Settings(
         source_dsn=source_dsn,
-        serving_dsn=catchup._dsn(server.admin_dsn, catchup.SRV_DB),
+        serving_dsn=catchup_server._dsn(server.admin_dsn, catchup_server.SRV_DB),
         source_name="bench",
-        slot_name=catchup.SLOT_PREFIX + "cdcflow",
+        slot_name=catchup_server.SLOT_PREFIX + "cdcflow",
         publication_name="cdcflow_bench",
         poll_interval_seconds=0.2,
         cdc_batch_max_rows=5000,  # as the catch-up benchmark runs it
@@ -327,14 +329,14 @@ def _prepare(server: catchup.Server, stages: tuple[str, ...], changes: int, prog
         for stage in stages:
             if stage != "cdcflow":  # bootstrap made cdcflow's, just now
                 conn.execute(
-                    "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (catchup.SLOT_PREFIX + stage,)
+                    "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (catchup_server.SLOT_PREFIX + stage,)
                 )
-        start = catchup._lsn(conn)
+        start = catchup_server._lsn(conn)
     progress(f"slots created at {format_pg_lsn(start)}; generating changes ...")
-    generated = catchup.generate(source_dsn, changes, 100, progress)
+    generated = catchup_measure.generate(source_dsn, changes, 100, progress)
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         conn.execute("CHECKPOINT")  # the backlog was written with synchronous_commit off
-        target = catchup._lsn(conn)
+        target = catchup_server._lsn(conn)
         conn.execute("VACUUM (ANALYZE)")  # not during the timed stages
         conn.execute("CHECKPOINT")
     return {"settings": settings, "generated": generated, "start": start, "target": target}
@@ -358,7 +360,7 @@ def _ratios(stages: dict) -> dict:
     return out
 
 
-def _measure(server: catchup.Server, prep: dict, stages: tuple[str, ...], out: Path, progress) -> dict:
+def _measure(server: catchup_server.Server, prep: dict, stages: tuple[str, ...], out: Path, progress) -> dict:
     """Run each stage on its own slot, as the catch-up benchmark runs its stages."""
     settings: Settings = prep["settings"]
     source_dsn, target = settings.source_dsn, prep["target"]
@@ -374,7 +376,7 @@ def _measure(server: catchup.Server, prep: dict, stages: tuple[str, ...], out: P
     try:
         for stage in stages:
             progress(f"stage {stage} ...")
-            slot = catchup.SLOT_PREFIX + stage
+            slot = catchup_server.SLOT_PREFIX + stage
             if stage in DEBEZIUM_STAGES:
                 props = debezium_properties(source_dsn, slot, settings.publication, forwarder and forwarder.port)
                 info = debezium_in_child(props, DEBEZIUM_STAGES[stage], total, target, out / f"{stage}.log")
@@ -397,10 +399,10 @@ def _measure(server: catchup.Server, prep: dict, stages: tuple[str, ...], out: P
 def run(
     out_dir: Path | str,
     changes: int = 1_000_000,
-    progress: catchup.Progress = print,
+    progress: catchup_measure.Progress = print,
     *,
     dsn: str | None = None,
-    data_dir: Path | str = catchup.ROOT / ".cdcflow" / "bench-pg",
+    data_dir: Path | str = catchup_server.ROOT / ".cdcflow" / "bench-pg",
     stages: tuple[str, ...] = STAGES,
 ) -> dict:
     """Run the peers benchmark; write ``peers.json`` into ``out_dir``; return the results."""
@@ -410,12 +412,12 @@ def run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress(f"peers benchmark: {changes:,d} changes, stages {', '.join(stages)}")
-    server = catchup.Server(dsn, Path(data_dir), None)
+    server = catchup_server.Server(dsn, Path(data_dir), None)
     result: dict = {
         "benchmark": "peers",
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "code": catchup._code_version(),
+        "code": catchup_server._code_version(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "debezium": _debezium_version(),
     }
@@ -430,9 +432,8 @@ def run(
         result["stages"] = measured
         result["ratios"] = _ratios(measured)
     finally:
-        catchup._drop_bench(server)  # databases and every bench slot, Debezium's included
-        if server.embedded is not None:
-            server.embedded.stop()  # nothing left running
+        catchup_server._drop_bench(server)  # databases and every bench slot, Debezium's included
+        server.close()  # stopped if this run started it
     (out / "peers.json").write_text(json.dumps(result, indent=2) + "\n")
     progress(summary(result))
     progress(f"results: {out / 'peers.json'}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from cdcflow.bench.catchup import ROOT, Server, _code_version, _dsn
+from cdcflow.bench.catchup_server import ROOT, Server, _code_version, _dsn
 
 SRC_DB, SRV_DB = "cdcflow_bench_snapshot_source", "cdcflow_bench_snapshot_serving"
 SLOT = "cdcflow_bench_snapshot"
@@ -109,11 +109,18 @@ def run(
     data_dir: Path | str = ROOT / ".cdcflow" / "bench-pg",
 ) -> dict:
     """Run the snapshot benchmark; write ``snapshot.json`` into ``out_dir``; return the results."""
-    from cdcflow.config import Settings
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     server = Server(dsn, Path(data_dir), None)
+    try:
+        return _measure(server, out, rows, progress, rounds, workers)
+    finally:
+        server.close()  # stopped if this run started it
+
+
+def _measure(server: Server, out: Path, rows: int, progress: Progress, rounds: int, workers: int) -> dict:
+    from cdcflow.config import Settings
+
     progress(
         f"snapshot benchmark: a table of {rows:,d} rows, {rounds} rounds of raw pipe and cdcflow "
         f"({workers} copy connection{'s' if workers > 1 else ''})"

@@ -48,15 +48,30 @@ def run(
     stamp: str | None = None,
     user_projections: bool = True,
 ) -> dict:
-    from cdcflow import loadgen
-    from cdcflow.bench.projection_scaling import bench_projections_dir
-    from cdcflow.bootstrap import bootstrap
     from cdcflow.embedded import EmbeddedPostgres
-    from cdcflow.runtime import Runtime
 
     where = results_dir(out, "sustained", stamp)
     progress(f"sustained: {changes_per_second:,.0f} changes/s for {duration:g}s (+{warmup:g}s warm-up) -> {where}")
-    pg = EmbeddedPostgres(data_dir)
+    # Stopped when the run ends, however it ends (left running if it ran before: release()).
+    with EmbeddedPostgres(data_dir) as pg:
+        return _measure(pg, where, changes_per_second, duration, warmup, sample_seconds, progress, user_projections)
+
+
+def _measure(
+    pg,
+    where: Path,
+    changes_per_second: float,
+    duration: float,
+    warmup: float,
+    sample_seconds: float,
+    progress: Callable[[str], None],
+    user_projections: bool,
+) -> dict:
+    from cdcflow import loadgen
+    from cdcflow.bench.projection_scenario import bench_projections_dir
+    from cdcflow.bootstrap import bootstrap
+    from cdcflow.runtime import Runtime
+
     source_dsn = pg.create_database("bench_source", drop=True)
     serving_dsn = pg.create_database("bench_serving", drop=True)
     settings = Settings(
