@@ -149,21 +149,7 @@ def _run(args: argparse.Namespace, settings: Settings, pg, data_dir: Path) -> in
         loader.start()
         console_at = runtime.telemetry.console_line()
         print(console_at, flush=True)
-        prev: Snapshot | None = None
-        with psycopg.connect(serving_dsn, autocommit=True) as conn:
-            while not runtime.stop.is_set():
-                elapsed = time.monotonic() - started
-                if duration is not None and elapsed >= duration:
-                    break
-                snap = take(conn, settings.source_name)
-                if live:
-                    view = render(snap, prev, load_rate[0], elapsed, str(data_dir), console_at)
-                    sys.stdout.write(CLEAR + view + "\n")
-                    sys.stdout.flush()
-                elif prev is None or int(elapsed) // 5 != int(prev.at - started) // 5:
-                    print(render(snap, prev, load_rate[0], elapsed, str(data_dir)).splitlines()[2], flush=True)
-                prev = snap if prev is None or snap.at - prev.at >= 0.9 else prev
-                runtime.stop.wait(1.0)
+        _watch(runtime, settings, serving_dsn, live, duration, started, load_rate, str(data_dir), console_at)
         interrupted = runtime.stop.is_set()
         load_stop.set()
         loader.join(15)
@@ -178,7 +164,32 @@ def _run(args: argparse.Namespace, settings: Settings, pg, data_dir: Path) -> in
     st = status.collect(settings)
     print()
     print(status.render_text(st))
-    made = load_stats[0].changes if load_stats else 0
+    _print_queries(args, pg, data_dir, serving_dsn, load_stats[0].changes if load_stats else 0)
+    return 0 if st.healthy else 3
+
+
+def _watch(runtime, settings, serving_dsn, live, duration, started, load_rate, where, console_at) -> None:
+    """Until stopped or ``duration`` is over: the live view redrawn every second, or (not
+    ``live``) one progress line every 5 s."""
+    prev: Snapshot | None = None
+    with psycopg.connect(serving_dsn, autocommit=True) as conn:
+        while not runtime.stop.is_set():
+            elapsed = time.monotonic() - started
+            if duration is not None and elapsed >= duration:
+                return
+            snap = take(conn, settings.source_name)
+            if live:
+                view = render(snap, prev, load_rate[0], elapsed, where, console_at)
+                sys.stdout.write(CLEAR + view + "\n")
+                sys.stdout.flush()
+            elif prev is None or int(elapsed) // 5 != int(prev.at - started) // 5:
+                print(render(snap, prev, load_rate[0], elapsed, where).splitlines()[2], flush=True)
+            prev = snap if prev is None or snap.at - prev.at >= 0.9 else prev
+            runtime.stop.wait(1.0)
+
+
+def _print_queries(args: argparse.Namespace, pg, data_dir: Path, serving_dsn: str, made: int) -> None:
+    """The psql commands that show the projections, and how to stop the server they need."""
     psql = pg.bin_path / "psql"
     print()
     print(f"the load generator made {made:,} changes. Query the results:")
@@ -190,4 +201,3 @@ def _run(args: argparse.Namespace, settings: Settings, pg, data_dir: Path) -> in
     print("  (columns named __... hold each projection's own state: docs/projections.md)")
     again = "" if Path(args.data_dir) == Path(".cdcflow") else f" --data-dir {args.data_dir}"
     print(f"PostgreSQL keeps running in {data_dir} for these queries; stop it with: cdcflow demo --stop{again}")
-    return 0 if st.healthy else 3
