@@ -165,3 +165,44 @@ def test_silent_serving_partition_is_noticed(started):
     started.write_and_wait()
     assert started.srv_proxy.blackhole() > 0
     started.write_and_wait(timeout=30)
+
+
+@pytest.mark.faults
+def test_source_restarts_under_a_light_load_never_leave_a_false_gap(started):
+    """A clean shutdown of the source asks the walsender's client to confirm everything it
+    was sent, and psycopg2 confirms the shutdown keepalive's position by itself when every
+    change received is confirmed: the slot then starts after the serving watermark with no
+    change in between, which is no gap. Six fast restarts under a light load (ingestion
+    confirmed, often idle between transactions) must not report one.
+
+    Not reproduced here: one GAP of this kind in a long fault run, where the commit thread
+    confirmed a busy batch just before the shutdown keepalive (no idle read in between)."""
+    started.start()
+    started.write_and_wait()
+    stop = threading.Event()
+
+    def writes() -> None:
+        with psycopg.connect(started.src_dsn, autocommit=True) as src:
+            while not stop.is_set():
+                try:
+                    src.execute("INSERT INTO customers (segment) VALUES ('SMB')")
+                except psycopg.OperationalError:  # the restart: write again once it is back
+                    time.sleep(0.5)
+                    return writes()
+                time.sleep(0.05)
+
+    writer = threading.Thread(target=writes, daemon=True)
+    writer.start()
+    try:
+        for _ in range(6):
+            time.sleep(random.uniform(1.0, 2.0))
+            started.source.restart("fast")
+            time.sleep(1.0)
+            started.assert_running()
+    finally:
+        stop.set()
+        writer.join(10)
+    started.write_and_wait(timeout=60)
+    log = started.log_path.read_text()
+    gaps = [line for line in log.splitlines() if "GAP" in line]
+    assert not gaps, gaps[:3]
