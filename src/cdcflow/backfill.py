@@ -267,6 +267,9 @@ def _commit_completion(
 ) -> None:
     capture = spec.capture
     with db.rolled_back_on_error(serving, f"completing the backfill of {spec.qualified}"):
+        # Before the capture's row lock, which ingestion's batches wait for while they hold
+        # their staging tables' locks: an index build then would wait for them (a deadlock).
+        schema.ensure_indexes(serving, spec)
         locked = serving.execute(
             sqlfiles.query(Q, "backfill_lock"), {"source": source_name, "capture": capture, "lsn": last}
         ).fetchone()
@@ -297,7 +300,6 @@ def _commit_completion(
         vanished = 0
         if history > 0:
             vanished = stage_vanished(serving, spec, first, VANISHED_SEQVAL_BASE, history, snapshot_from=history + 1)
-        schema.ensure_indexes(serving, spec)
         serving.execute(
             sqlfiles.query(Q, "backfill_done"), {"source": source_name, "capture": capture, "rows": vanished - dropped}
         )

@@ -375,3 +375,28 @@ def test_a_row_moved_into_a_copied_chunk_between_attempts_keeps_its_toast_value(
         )
         assert got == want, f"rows moved into copied blocks lost their TOAST value: {got} != {want}"
         assert_latest_state_equals_source(src, serving)
+
+
+def test_staging_indexes_that_exist_are_ensured_without_locking_the_table(demo_source):
+    """A backfill's completion ensures the staging indexes while it holds the capture's row
+    lock; an ingestion batch that has written the staging table waits for that lock. An
+    index build (even CREATE INDEX IF NOT EXISTS) would wait for the batch: a deadlock."""
+    from cdcflow.serving import schema
+    from cdcflow.sources.postgres import PostgresSource
+
+    settings = demo_source.settings
+    source = PostgresSource(settings.source_dsn, settings.capture_tables, settings.slot, settings.publication)
+    try:
+        spec = next(s for s in source.describe_tables() if s.name == "customers")
+    finally:
+        source.close()
+    with demo_source.serving() as batch, demo_source.serving() as completion:
+        batch.execute("BEGIN")
+        batch.execute(
+            "INSERT INTO stg_cdc_customers (__lsn, __seqval, __op, customer_id, segment) VALUES (1, 1, 2, -1, 'x')"
+        )  # uncommitted: the batch holds the staging table's ROW EXCLUSIVE lock
+        completion.execute("SET lock_timeout = '2s'")
+        completion.execute("BEGIN")
+        schema.ensure_indexes(completion, spec)  # raises LockNotAvailable if it needs a lock
+        completion.execute("ROLLBACK")
+        batch.execute("ROLLBACK")

@@ -57,7 +57,7 @@ def run_scripts(conn: psycopg.Connection, folder: str) -> None:
 def ensure_staging(conn: psycopg.Connection, spec: TableSpec) -> None:
     """Create ``stg_cdc_<table>`` if missing (an existing one is left as it is: see reconcile)."""
     table = sql.Identifier(spec.staging_table)
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (spec.staging_table,)).fetchone()
+    exists = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (spec.staging_table,)).fetchone()
     if exists and exists[0]:
         return
     if not spec.key_columns:
@@ -102,7 +102,9 @@ def drop_indexes_if_empty(conn: psycopg.Connection, spec: TableSpec) -> bool:
 
 def ensure_indexes(conn: psycopg.Connection, spec: TableSpec) -> None:
     """Inside the caller's transaction: the staging table's primary key and key index, built
-    if a bulk load dropped them (and a crash kept it from building them again)."""
+    if a bulk load dropped them (and a crash kept it from building them again). When both
+    exist it takes no lock on the table: a build's SHARE lock would wait for ingestion's
+    batches, which may themselves wait for a lock the caller holds."""
     table = sql.Identifier(spec.staging_table)
     pk, index = _index_names(spec)
     has_pk = conn.execute(sqlfiles.query(Q, "staging_has_primary_key"), {"table": spec.staging_table}).fetchone()
@@ -111,6 +113,11 @@ def ensure_indexes(conn: psycopg.Connection, spec: TableSpec) -> None:
         # (PostgreSQL's default of 64MB sorts a 10-million-row snapshot on disk).
         conn.execute(sqlfiles.query(Q, "bulk_index_memory"))
         conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY (__lsn, __seqval, __op)").format(table, pk))
+    has_index = conn.execute(
+        "SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (spec.staging_table + "_key_idx",)
+    ).fetchone()
+    if has_index and has_index[0]:
+        return
     conn.execute(
         sqlfiles.query(
             Q,
