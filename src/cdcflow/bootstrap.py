@@ -62,18 +62,21 @@ def bootstrap(settings: Settings, *, demo: bool = False, snapshot_now: bool = Tr
         schema.check_serving_version(serving)  # before anything is created, here or on the source
         source, specs = _bootstrap_source(settings, demo)
         try:
-            schema.run_scripts(serving, "serving")
-            for spec in specs:
-                schema.ensure_staging(serving, spec)
-                schema.ensure_indexes(serving, spec)  # a copy that a crash stopped may have dropped them
-            schema.ensure_control_rows(serving, settings.source_name, source.engine, specs)
-            projections.bootstrap(serving, settings)
-            serving.commit()
-        except psycopg.Error as exc:
-            serving.rollback()
-            raise db.wrap_db_error("bootstrapping the serving database", exc) from None
-        if snapshot_now:
-            initial_snapshots(source, serving, settings, specs)
+            # A rollback on a lost connection fails too: rolled_back_on_error's is quiet, and
+            # the error stays the transient one it wraps (the start is retried, not ended).
+            with db.rolled_back_on_error(serving, "bootstrapping the serving database"):
+                schema.run_scripts(serving, "serving")
+                for spec in specs:
+                    schema.ensure_staging(serving, spec)
+                    schema.ensure_indexes(serving, spec)  # a copy that a crash stopped may have dropped them
+                schema.ensure_control_rows(serving, settings.source_name, source.engine, specs)
+                projections.bootstrap(serving, settings)
+                serving.commit()
+            if snapshot_now:
+                initial_snapshots(source, serving, settings, specs)
+        except BaseException:
+            source.close()
+            raise
     return Bootstrapped(source, specs)
 
 

@@ -215,3 +215,19 @@ def test_serving_server_older_than_supported_is_one_clear_line(edbs, monkeypatch
         assert c.execute("SELECT to_regclass('ctl_ingestion_watermarks')").fetchone()[0] is None
     with edbs.source() as c:
         assert c.execute("SELECT to_regclass('public.orders')").fetchone()[0] is None
+
+
+def test_bootstrap_on_a_serving_connection_lost_mid_way_fails_transiently(dbs, monkeypatch):
+    """The serving connection dies while bootstrap creates its tables (a restart, a network
+    cut): the error must be the transient one that 'cdcflow run' retries, not the driver's
+    error from rolling back on a dead connection, which ended the process (exit 1)."""
+    from cdcflow import projections
+    from cdcflow.bootstrap import bootstrap
+    from cdcflow.errors import TransientError
+
+    def dies(serving, settings):
+        serving.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    monkeypatch.setattr(projections, "bootstrap", dies)
+    with pytest.raises(TransientError, match="bootstrapping the serving database"):
+        bootstrap(dbs.settings, demo=True, snapshot_now=False)
