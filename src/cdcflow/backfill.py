@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -45,7 +46,9 @@ from cdcflow.serving import schema
 from cdcflow.serving.control import read_watermarks
 from cdcflow.serving.staging import carry_unchanged
 from cdcflow.sources.base import TableSpec
-from cdcflow.sources.postgres import PostgresSource
+
+if TYPE_CHECKING:  # the source module calls this one (through cdcflow.snapshot): no import of it at run time
+    from cdcflow.sources.postgres import PostgresSource
 
 log = logging.getLogger(__name__)
 Q = "serving_runtime.sql"
@@ -371,7 +374,7 @@ class BackfillWorker:
         self.backfills = 0
 
     def run(self) -> None:
-        from cdcflow.bootstrap import make_source
+        from cdcflow.sources.postgres import PostgresSource  # at run time: that module imports this one
 
         self.alive = True
         backoff = db.Backoff(initial=1.0, maximum=30.0)
@@ -383,7 +386,7 @@ class BackfillWorker:
                     with db.connect(self.serving_dsn, "serving") as conn:
                         todo = pending(conn, self.settings.source_name)
                     for capture in todo:
-                        source = make_source(self.settings)
+                        source = PostgresSource.from_settings(self.settings)
                         try:
                             why = "backfilling: its table's rows are being copied"
                             run(

@@ -87,11 +87,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_resync(args: argparse.Namespace, settings: Settings) -> int:
     from cdcflow import admin
     from cdcflow.bootstrap import wait_for_databases
-    from cdcflow.positions import format_lsn
+    from cdcflow.sources.engines import position_format
 
     wait_for_databases(settings)
     watermark = admin.resync(settings, args.captures or None)
-    position = format_lsn("postgres", watermark)
+    position = position_format(settings)(watermark)
     print(f"resynced source {settings.source_name}: fresh snapshot staged, streaming from {position}")
     return 0
 

@@ -320,13 +320,6 @@ class Settings:
     )
 
     @property
-    def engine(self) -> str:
-        """The source engine SOURCE_DSN names: ``sqlserver`` for mssql:// and sqlserver://, else ``postgres``."""
-        from cdcflow.sources.mssql_support import is_sqlserver_dsn
-
-        return "sqlserver" if self.source_dsn and is_sqlserver_dsn(self.source_dsn) else "postgres"
-
-    @property
     def slot(self) -> str:
         return self.slot_name or f"cdcflow_{self.source_name}"
 

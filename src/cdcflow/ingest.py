@@ -118,8 +118,7 @@ class IngestWorker:
         """The captured tables as staging holds them (reconciled with the source once per start)."""
         if self._specs is None:
             conn = self.serving()
-            if hasattr(self.source, "serving_version"):  # PostgreSQL: binary transfer needs the same major
-                self.source.serving_version = conn.info.server_version
+            self.source.use_serving_version(conn.info.server_version)  # the stream's format may depend on it
             effective = []
             try:
                 for spec in self.source.describe_tables():

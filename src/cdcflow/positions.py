@@ -63,16 +63,17 @@ def format_mssql_lsn(value: int) -> str:
     return "0x" + mssql_lsn_to_bytes(value).hex().upper()
 
 
+#: Each engine's (print, parse) of positions, by the engine name control rows store
+#: (``ctl_ingestion_watermarks.engine``). Code with a source calls its ``format_position``.
+_BY_ENGINE = {"postgres": (format_pg_lsn, parse_pg_lsn), "sqlserver": (format_mssql_lsn, parse_mssql_lsn)}
+
+
 def format_lsn(engine: str, value: int | None) -> str:
-    """Print an LSN the way the engine's users read it; ``-`` for none."""
+    """Print an LSN the way the named engine's users read it; ``-`` for none."""
     if value is None:
         return "-"
-    if engine == "sqlserver":
-        return format_mssql_lsn(value)
-    return format_pg_lsn(value)
+    return _BY_ENGINE.get(engine, _BY_ENGINE["postgres"])[0](value)
 
 
 def parse_lsn(engine: str, text: str) -> int:
-    if engine == "sqlserver":
-        return parse_mssql_lsn(text)
-    return parse_pg_lsn(text)
+    return _BY_ENGINE.get(engine, _BY_ENGINE["postgres"])[1](text)

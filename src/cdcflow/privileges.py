@@ -16,11 +16,16 @@ line, e.g. ``role cdc_reader lacks REPLICATION: ALTER ROLE cdc_reader REPLICATIO
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import psycopg
 
 from cdcflow import db, sqlfiles
 from cdcflow.config import Settings
 from cdcflow.errors import TerminalError
+
+if TYPE_CHECKING:
+    from cdcflow.sources.base import Source
 
 Q = "privileges.sql"
 PUBLISH = "WITH (publish = 'insert, update, delete, truncate')"
@@ -104,15 +109,11 @@ def serving_problems(conn: psycopg.Connection) -> list[str]:
     return out
 
 
-def check(settings: Settings, source) -> None:  # source: cdcflow.sources.base.Source
-    """Raise :class:`PrivilegeError` naming every missing privilege (PostgreSQL sources)."""
-    problems: list[str] = []
+def check(settings: Settings, source: Source) -> None:
+    """Raise :class:`PrivilegeError` naming every missing privilege, the source's (as its
+    engine checks them) and the serving role's."""
     try:
-        if getattr(source, "engine", None) == "postgres":
-            try:
-                problems += source_problems(source.conn(), settings)
-            except psycopg.Error as exc:
-                raise db.wrap_db_error("checking the source role's privileges", exc) from None
+        problems = source.privilege_problems(settings)
         _, serving_dsn = settings.require_dsns()
         with db.connect(serving_dsn, "serving", autocommit=True) as conn:
             try:

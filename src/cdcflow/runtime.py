@@ -67,26 +67,23 @@ class Runtime:
         self.stop = threading.Event()
         self.staged = threading.Event()
         _, serving_dsn = settings.require_dsns()
-        source = boot.make_source(settings)
-        if source.engine == "sqlserver":
-            # The seed's one ingestor per capture instance, each with its own lease.
-            self.workers: list[Worker] = [
-                IngestWorker(
-                    settings,
-                    one,
-                    serving_dsn,
-                    self.stop,
-                    self.staged,
-                    fault_point,
-                    resource=f"ingest:{settings.source_name}:{one.tables[0][0]}_{one.tables[0][1]}",
-                )
-                for one in source.per_capture()  # type: ignore[attr-defined]
-            ]
-        else:
-            # One replication slot carries every captured table: one ingestor, and the
-            # backfills of tables added to it (or resynced alone) beside it.
-            ingest = IngestWorker(settings, source, serving_dsn, self.stop, self.staged, fault_point)
-            self.workers = [ingest, backfill.BackfillWorker(settings, serving_dsn, self.stop, ingest)]
+        # One ingestor per stream of the source (PostgreSQL: its slot; SQL Server: each capture
+        # instance), each under its own lease, and a backfill worker beside a stream that can
+        # copy tables while it runs (tables added to it, or resynced alone).
+        self.workers: list[Worker] = []
+        for stream in boot.make_source(settings).streams():
+            ingest = IngestWorker(
+                settings,
+                stream.source,
+                serving_dsn,
+                self.stop,
+                self.staged,
+                fault_point,
+                resource=stream.lease_resource(settings.source_name),
+            )
+            self.workers.append(ingest)
+            if stream.backfills:
+                self.workers.append(backfill.BackfillWorker(settings, serving_dsn, self.stop, ingest))
         self.workers.extend(projections.build_workers(settings, serving_dsn, self.stop, self.staged))
         self.workers.extend(compaction.build_workers(settings, self.stop))
         self.threads: list[threading.Thread] = []

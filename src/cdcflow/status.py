@@ -10,17 +10,19 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import psycopg
 
 from cdcflow import db, leases, sqlfiles
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError
-from cdcflow.positions import format_lsn
 from cdcflow.serving.control import Watermark, read_watermarks
+from cdcflow.sources.base import Source
+
+#: A position as the source's engine prints it (``Source.format_position``).
+Format = Callable[[int | None], str]
 
 #: BACKFILL: its table is being copied while it streams (a table added, a resync of it alone).
 HEALTHY_CAPTURE = ("OK", "BACKFILL")
@@ -74,7 +76,7 @@ class Status:
         return not self.problems
 
 
-def collect(settings: Settings, *, source: Any = None, serving: psycopg.Connection | None = None) -> Status:
+def collect(settings: Settings, *, source: Source | None = None, serving: psycopg.Connection | None = None) -> Status:
     """The status of every capture and projection. A caller that collects often (the
     console) passes its own ``source`` and autocommit ``serving`` connection, which are
     used and left open; otherwise both are opened and closed here."""
@@ -90,39 +92,27 @@ def collect(settings: Settings, *, source: Any = None, serving: psycopg.Connecti
             src.close()
     if serving is None:
         with db.connect(serving_dsn, "serving", autocommit=True) as conn:
-            _read_serving(settings, conn, out)
+            _read_serving(settings, conn, out, src.format_position)
     else:
-        _read_serving(settings, serving, out)
+        _read_serving(settings, serving, out, src.format_position)
     return out
 
 
-def _read_source(settings: Settings, source: Any) -> Status:
+def _read_source(settings: Settings, source: Source) -> Status:
     """Position, slot and reachability of the source: a Status without captures yet."""
-    engine = source.engine
-    out = Status(settings.source_name, engine, True, None)
+    out = Status(settings.source_name, source.engine, True, None)
     try:
         out.current = source.current_lsn()
-        st = source.slot_state() if engine == "postgres" else None
-        if engine != "postgres":
-            pass  # SQL Server CDC has no slot: positions come from the capture instances
-        elif st is not None:
-            out.slot = {
-                "name": settings.slot,
-                "confirmed_flush": format_lsn(engine, st.confirmed_flush),
-                "restart_lsn": format_lsn(engine, st.restart_lsn),
-                "wal_status": st.wal_status,
-                "active": st.active_pid is not None,
-                "retained_wal_bytes": source.retained_wal_bytes(),
-            }
-        else:
-            out.problems.append(f"replication slot {settings.slot} does not exist")
+        facts = source.status_facts()
+        out.slot = facts.slot
+        out.problems.extend(facts.problems)
     except CdcflowError as exc:
         out.source_reachable = False
         out.problems.append(f"source unreachable: {exc}")
     return out
 
 
-def _read_serving(settings: Settings, conn: psycopg.Connection, out: Status) -> None:
+def _read_serving(settings: Settings, conn: psycopg.Connection, out: Status, fmt: Format) -> None:
     try:
         wms = read_watermarks(conn, settings.source_name)
         meta = conn.execute(sqlfiles.query("serving_status.sql", "projection_metadata")).fetchall()
@@ -135,7 +125,7 @@ def _read_serving(settings: Settings, conn: psycopg.Connection, out: Status) -> 
     now = dt.datetime.now(dt.UTC)
     _owners(out, lease_rows)
     live = {o["resource"]: o["owner"] for o in out.owners if o["owner"]}
-    _captures(out, wms.values(), now, live)
+    _captures(out, wms.values(), now, live, fmt)
     for capture, _lsn, done, estimate, started_at, updated_at, resumed in backfills:
         seconds = (updated_at - started_at).total_seconds()
         out.backfills.append(
@@ -153,7 +143,7 @@ def _read_serving(settings: Settings, conn: psycopg.Connection, out: Status) -> 
             ProjectionStatus(
                 name,
                 status,
-                format_lsn(out.engine, int(as_of_lsn) if as_of_lsn is not None else None),
+                fmt(int(as_of_lsn) if as_of_lsn is not None else None),
                 fresh,
                 built_at.isoformat() if built_at else None,
                 last_error,
@@ -179,8 +169,8 @@ def _owners(out: Status, lease_rows: list[tuple]) -> None:
         )
 
 
-def _captures(out: Status, wms: Iterable[Watermark], now: dt.datetime, live: dict[str, str]) -> None:
-    engine, current = out.engine, out.current
+def _captures(out: Status, wms: Iterable[Watermark], now: dt.datetime, live: dict[str, str], fmt: Format) -> None:
+    current = out.current
     for wm in wms:
         lag_bytes = max(0, current - wm.last_lsn) if current is not None and wm.last_lsn else None
         # Seconds since the watermark last moved: a running worker moves it at least every
@@ -193,7 +183,7 @@ def _captures(out: Status, wms: Iterable[Watermark], now: dt.datetime, live: dic
             lag_s = max(0.0, (now - wm.updated_at).total_seconds())
         gap = None
         if wm.state == "GAP":
-            gap = f"{format_lsn(engine, wm.gap_from)} .. {format_lsn(engine, wm.gap_to)}"
+            gap = f"{fmt(wm.gap_from)} .. {fmt(wm.gap_to)}"
         # One stream per source (PostgreSQL) or one per capture instance (SQL Server).
         owner = live.get(f"ingest:{out.source_name}:{wm.capture}") or live.get(f"ingest:{out.source_name}")
         out.captures.append(
@@ -201,8 +191,8 @@ def _captures(out: Status, wms: Iterable[Watermark], now: dt.datetime, live: dic
                 wm.capture,
                 wm.source_table,
                 wm.state,
-                format_lsn(engine, wm.last_lsn if wm.last_lsn else None),
-                format_lsn(engine, current),
+                fmt(wm.last_lsn if wm.last_lsn else None),
+                fmt(current),
                 lag_bytes,
                 lag_s,
                 wm.rows_staged,

@@ -498,6 +498,6 @@ def demo_server(seed: int, dsn: str) -> FakeCdcServer:
 
     srv = FakeCdcServer(seed=seed)
     source = SqlServerSource(dsn, ("public.customers", "public.orders", "public.payments"), driver=srv.driver())
-    source.bootstrap_source(demo=True)
+    source.prepare(demo=True)
     source.close()
     return srv

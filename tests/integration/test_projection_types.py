@@ -130,7 +130,7 @@ def test_seed_projections_on_a_sql_server_source_FAKE(edbs):
     for name, cols in FAKE_TABLES.items():
         fake.create_table("dbo", name, [FakeColumn(*c) for c in cols])
     root = SqlServerSource(DSN, ("dbo.customers", "dbo.orders", "dbo.payments"), driver=fake.driver())
-    root.bootstrap_source(demo=False)
+    root.prepare(demo=False)
     settings = edbs.settings.replace(source_dsn=DSN, source_name="mssql1", enable_proj_orders_latest=True)
     specs = root.describe_tables()
     sources = root.per_capture()

@@ -218,7 +218,7 @@ class SqlServerHarness(Harness):
         self.fake = fake
         self.dsn = dsn
         root = SqlServerSource(dsn, ["dbo.customers", "dbo.orders", "dbo.payments"], driver=driver)
-        root.bootstrap_source(demo=True)
+        root.prepare(demo=True)
         specs = root.describe_tables()
         root.close()
         self.source = root.per_capture()[0]

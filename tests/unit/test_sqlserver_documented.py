@@ -191,7 +191,7 @@ def test_datetime_types_stage_without_a_time_zone_datetimeoffset_with_its_offset
     with fake.transaction() as tx:
         tx.insert("events", id=1, at_dt=local, at_dt2=local, at_small=local, at_offset=stamped)
     source = SqlServerSource(DSN, ["dbo.events"], driver=fake.driver())
-    source.bootstrap_source(demo=False)
+    source.prepare(demo=False)
     (spec,) = source.describe_tables()
     with psycopg.connect(edbs.serving_dsn) as conn:
         schema.run_scripts(conn, "serving")
@@ -355,7 +355,7 @@ def test_second_capture_instance_takes_over_when_the_first_is_disabled_after_the
 
     early = FakeCdcServer(seed=4)
     root = SqlServerSource(DSN, DEMO, driver=early.driver())
-    root.bootstrap_source(demo=True)
+    root.prepare(demo=True)
     late = customers(early)
     w = late.snapshot(ListSink()).end_lsn
     with early.transaction() as tx:

@@ -253,7 +253,7 @@ def test_fake_snapshot_waits_for_a_capture_instance_that_has_not_started(fake):
 
 def test_fake_snapshot_falls_back_to_read_committed():
     srv = FakeCdcServer(snapshot_isolation=False)
-    SqlServerSource(DSN, DEMO, driver=srv.driver()).bootstrap_source(demo=True)
+    SqlServerSource(DSN, DEMO, driver=srv.driver()).prepare(demo=True)
     result = customers_source(srv).snapshot(ListSink())
     assert result.rows == 5
     assert any("READ COMMITTED" in s and "BEGIN TRANSACTION" in s for s in srv.statements)

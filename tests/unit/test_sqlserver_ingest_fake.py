@@ -58,7 +58,7 @@ class Pipeline:
         self.fake = FakeCdcServer(seed=seed)
         self.rng = random.Random(seed)
         root = SqlServerSource(DSN, DEMO, driver=self.fake.driver())
-        root.bootstrap_source(demo=True)
+        root.prepare(demo=True)
         self.settings = edbs.settings.replace(cdc_batch_max_rows=cap, source_name="mssql1", poll_interval_seconds=0.01)
         self.serving_dsn = edbs.serving_dsn
         self.specs = root.describe_tables()

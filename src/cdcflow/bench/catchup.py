@@ -177,14 +177,13 @@ def stage_cdcflow(
     settings: Settings, target: int, profile_to: Path | None, queue_commits: bool = True, binary: bool = True
 ) -> dict:
     """The ingestion worker in a thread, until every watermark covers ``target``."""
-    from cdcflow.bootstrap import make_source
     from cdcflow.ingest import IngestWorker
     from cdcflow.serving.control import read_watermarks
+    from cdcflow.sources.postgres import PostgresSource
 
     assert settings.serving_dsn
     stop = threading.Event()
-    source = make_source(settings)
-    source.allow_binary = binary
+    source = PostgresSource.from_settings(settings, binary=binary)  # binary=False: the text-transfer run
     worker = IngestWorker(settings, source, settings.serving_dsn, stop)
     worker.queue_commits = queue_commits
     prof = cProfile.Profile() if profile_to else None
@@ -267,13 +266,13 @@ def _run_stage(
 
 def _transfer(settings: Settings) -> tuple[bool, str]:
     """Whether cdcflow's stream will be in pgoutput's binary mode here (and why)."""
-    from cdcflow.bootstrap import make_source
+    from cdcflow.sources.postgres import PostgresSource
 
     assert settings.serving_dsn
-    source = make_source(settings)
+    source = PostgresSource.from_settings(settings)
     try:
         with psycopg.connect(settings.serving_dsn) as conn:
-            source.serving_version = conn.info.server_version
+            source.use_serving_version(conn.info.server_version)
         return source.binary_transfer()
     finally:
         source.close()

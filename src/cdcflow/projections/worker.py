@@ -27,9 +27,9 @@ from psycopg import sql
 from cdcflow import db, leases
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError, TransientError
-from cdcflow.positions import format_lsn
 from cdcflow.projections import base
 from cdcflow.projections.definition import Definition
+from cdcflow.sources.engines import position_format
 
 log = logging.getLogger(__name__)
 CHANNEL = "cdcflow_staged"
@@ -61,6 +61,7 @@ class ProjectionWorker:
         self._builder = builder
         self.projection_name = projection.name
         self.settings = settings
+        self._format_position = position_format(settings)  # how the source's positions print
         self.serving_dsn = serving_dsn
         self.stop = stop
         self.wake = wake or threading.Event()
@@ -296,7 +297,7 @@ class ProjectionWorker:
             log.info(
                 "%s: applied changes up to %s: %d rows changed, %d restated (%.0f ms)",
                 self.projection.name,
-                format_lsn(self.settings.engine, result.cutoff),
+                self._format_position(result.cutoff),
                 result.rows_changed,
                 result.restated,
                 result.seconds * 1000,

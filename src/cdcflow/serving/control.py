@@ -92,3 +92,14 @@ def set_capture_state(
 
 def record_error(conn: psycopg.Connection, source_name: str, captures: list[str], error: str) -> None:
     conn.execute(sqlfiles.query(Q, "set_capture_error"), {"source": source_name, "captures": captures, "error": error})
+
+
+def commit_snapshot(conn: psycopg.Connection, source_name: str, lsn: int, counts: dict[str, int]) -> None:
+    """A snapshot is staged: the captures' watermarks go to its position (with its row
+    counts), projections are woken, and it all commits."""
+    conn.execute(
+        sqlfiles.query(Q, "watermarks_after_snapshot"),
+        {"source": source_name, "lsn": lsn, "captures": list(counts), "rows": list(counts.values())},
+    )
+    conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": source_name})
+    conn.commit()

@@ -1,4 +1,8 @@
-"""The small protocol every source engine implements, and the table metadata it shares.
+"""The protocol every source engine implements whole, and the table metadata it shares.
+
+Code outside :mod:`cdcflow.sources` calls a :class:`Source` and never asks which engine
+it has: preparing the source, its streams, snapshots and resync, the facts status shows
+and how positions print are each the engine's own method.
 
 A source yields *whole transactions* of row changes after a position, as COPY-ready
 lines handed to a :class:`ChangeSink`; it never ends a batch inside a transaction. The
@@ -12,9 +16,14 @@ import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-# Operation codes (the seed's SQL Server codes, plus 5 for a snapshot row).
+if TYPE_CHECKING:
+    import psycopg
+
+    from cdcflow.config import Settings
+
+# Operation codes (SQL Server's __$operation codes, plus 5 for a snapshot row).
 OP_DELETE = 1
 OP_INSERT = 2
 OP_UPDATE_BEFORE = 3
@@ -98,13 +107,65 @@ class ChangeSink(Protocol):
         """The row already added at (lsn, seqval, op) whose ``columns`` (TOAST) must carry the previous value."""
 
 
+@dataclass(frozen=True)
+class Stream:
+    """One stream of a source's changes, read by one ingestion worker."""
+
+    source: Source  # the reader of this stream
+    capture: str | None = None  # the one capture it carries; None: every capture of the source
+    backfills: bool = False  # a table can be copied beside the stream while it runs (added or resynced alone)
+
+    def lease_resource(self, source_name: str) -> str:
+        """The lease that makes one worker this stream's only reader."""
+        return f"ingest:{source_name}" + (f":{self.capture}" if self.capture else "")
+
+
+@dataclass
+class SourceFacts:
+    """What ``cdcflow status`` shows about the source itself, beyond its position."""
+
+    slot: dict[str, object] | None = None  # the replication slot (None: the engine has none, or it is missing)
+    problems: list[str] = field(default_factory=list)
+
+
 class Source(Protocol):
+    #: The engine's name, as control rows and status show it (never branched on outside sources/).
     engine: str
+    skip_captures: set[str]  # captures the stream must not stage (paused)
+    floors: dict[str, int]  # capture -> commit LSN it is already staged up to, past the stream's start
+
+    # -- preparing -----------------------------------------------------------------
+
+    def conn(self) -> Any:
+        """The source's regular connection (opened on first use)."""
+        ...
+
+    def check(self) -> None:
+        """The source is configured for capture (wal_level, CDC enabled); else one line on how to fix."""
+        ...
+
+    def privilege_problems(self, settings: Settings) -> list[str]:
+        """One line per privilege the source role lacks (empty: none, or not checked)."""
+        ...
+
+    def prepare(self, *, demo: bool) -> None:
+        """Idempotent: make the source ready to capture (demo schema, publication or CDC enablement)."""
+        ...
 
     def describe_tables(self) -> list[TableSpec]: ...
 
-    def bounds(self) -> tuple[int, int]:
-        """(oldest position the source can still serve, newest position it has)."""
+    def use_specs(self, specs: list[TableSpec]) -> None:
+        """Stage these (reconciled with staging) column lists instead of the source catalog's."""
+        ...
+
+    # -- streams -------------------------------------------------------------------
+
+    def streams(self) -> list[Stream]:
+        """The streams this source's changes are read in, each by its own ingestion worker."""
+        ...
+
+    def use_serving_version(self, version: int) -> None:
+        """The serving server's ``server_version_num``: a stream may choose its format by it."""
         ...
 
     def read_batch(self, after_lsn: int, max_rows: int, sink: ChangeSink, wait_seconds: float) -> BatchResult:
@@ -113,6 +174,40 @@ class Source(Protocol):
 
     def confirm(self, lsn: int) -> None:
         """The serving database committed everything up to ``lsn``: the source may free it."""
+        ...
+
+    def close_stream(self) -> None:
+        """Drop the open stream (if any): the next read starts a new one at its position."""
+        ...
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def initial_snapshot(self, serving: psycopg.Connection, settings: Settings) -> None:
+        """Stage the rows that existed before capture began, for the captures that staged nothing yet."""
+        ...
+
+    def resync(self, serving: psycopg.Connection, settings: Settings, captures: list[str] | None) -> int:
+        """Repair captures (default: those not streaming) with a fresh snapshot; the position streaming goes on from."""
+        ...
+
+    def forget(self) -> str | None:
+        """Drop what the source keeps for cdcflow's stream, for a reset; what was dropped (None: nothing)."""
+        ...
+
+    # -- positions and status ------------------------------------------------------
+
+    def bounds(self) -> tuple[int, int]:
+        """(oldest position the source can still serve, newest position it has)."""
+        ...
+
+    def current_lsn(self) -> int:
+        """The source's newest position."""
+        ...
+
+    def status_facts(self) -> SourceFacts: ...
+
+    def format_position(self, value: int | None) -> str:
+        """A position as the engine's users read it; ``-`` for none."""
         ...
 
     def close(self) -> None: ...

@@ -13,29 +13,31 @@ what we confirm to the slot. After a transaction that ends at ``E`` (the end of 
 commit record) ``W = E - 1``: the next commit record may start exactly at ``E``. Idle,
 ``W = sent - 1`` for the server's decoded position ``sent``. The initial snapshot at
 consistent point ``cp`` is staged at ``lsn = cp - 1`` with ``W = cp - 1``.
+
+The publication and the slot (state, creation, dropping, the gap check) are in
+:mod:`cdcflow.sources.pg_slot`; snapshots and resync in :mod:`cdcflow.snapshot`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import select
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from cdcflow import db, sqlfiles
-from cdcflow.errors import (
-    GapError,
-    SourceConfigError,
-    TransientError,
-)
+from cdcflow import db, privileges, sqlfiles
+from cdcflow import snapshot as pg_snapshot
+from cdcflow.config import Settings
+from cdcflow.errors import SourceConfigError, TransientError
 from cdcflow.positions import format_pg_lsn, parse_pg_lsn
-from cdcflow.sources.base import BatchResult, ChangeSink, Column, TableSpec
+from cdcflow.sources.base import BatchResult, ChangeSink, Column, SourceFacts, Stream, TableSpec
+from cdcflow.sources.pg_slot import SlotManagement, SlotState
 from cdcflow.sources.pgoutput import ACCELERATED, PgOutputDecoder
+
+__all__ = ["PostgresSource", "SlotState"]
 
 log = logging.getLogger(__name__)
 Q = "source_postgres.sql"
@@ -76,28 +78,23 @@ def _split(qualified: str) -> tuple[str, str]:
     return schema, table
 
 
-@dataclass
-class SlotState:
-    confirmed_flush: int | None
-    restart_lsn: int | None
-    wal_status: str | None
-    active_pid: int | None
-    plugin: str
-    database: str
+class PostgresSource(SlotManagement):
+    """The PostgreSQL implementation of :class:`cdcflow.sources.base.Source`.
 
-
-class PostgresSource:
-    """The PostgreSQL implementation of :class:`cdcflow.sources.base.Source`."""
+    ``binary=False`` keeps the stream in pgoutput's text mode even where binary transfer
+    is possible (a benchmark compares the two); by default it is binary where safe (see
+    :meth:`binary_transfer`).
+    """
 
     engine = "postgres"
 
-    def __init__(self, dsn: str, tables: Iterable[str], slot: str, publication: str) -> None:
+    def __init__(self, dsn: str, tables: Iterable[str], slot: str, publication: str, *, binary: bool = True) -> None:
         self.dsn = dsn
         self.tables = tuple(tables)
         self.slot = slot
         self.publication = publication
         self._conn: psycopg.Connection | None = None
-        self._repl = None  # psycopg2 LogicalReplicationConnection
+        self._repl: Any = None  # psycopg2 LogicalReplicationConnection
         self._cur = None
         self._decoder: PgOutputDecoder | None = None
         self._specs: list[TableSpec] | None = None
@@ -116,21 +113,14 @@ class PostgresSource:
         #: transfer is used only between servers of the same major version.
         self.serving_version: int | None = None
         self._binary = False  # the open stream is in pgoutput's binary mode
-        self.allow_binary = True  # False: always text (the benchmark's A/B)
+        self._allow_binary = binary
 
-    # -- regular connection -----------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Settings, *, binary: bool = True) -> PostgresSource:
+        source_dsn, _ = settings.require_dsns()
+        return cls(source_dsn, settings.capture_tables, settings.slot, settings.publication, binary=binary)
 
-    def conn(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            self._conn = db.connect(self.dsn, "source", autocommit=True)
-        return self._conn
-
-    def _one(self, name: str, params: dict | None = None, **idents: sql.Composable):
-        try:
-            return self.conn().execute(sqlfiles.query(Q, name, **idents), params or {}).fetchone()
-        except psycopg.Error as exc:
-            self.close()
-            raise db.wrap_db_error("source query " + name, exc) from None
+    # -- preparing --------------------------------------------------------------
 
     def check(self) -> None:
         """wal_level is logical and the server is new enough; else one line on how to fix."""
@@ -193,159 +183,86 @@ class PostgresSource:
         self._specs = list(specs)
         self.close_stream()
 
-    def ensure_publication(self) -> None:
-        specs = self.describe_tables()
-        tables = sql.SQL(", ").join(sql.Identifier(s.schema, s.name) for s in specs)
-        pub = sql.Identifier(self.publication)
+    def privilege_problems(self, settings: Settings) -> list[str]:
         try:
-            exists = (
-                self.conn()
-                .execute(
-                    sqlfiles.query("source/30_enable_cdc.sql", "publication_exists"), {"publication": self.publication}
-                )
-                .fetchone()
-            )
+            return privileges.source_problems(self.conn(), settings)
         except psycopg.Error as exc:
-            raise db.wrap_db_error("reading publications", exc) from None
-        if exists:
-            published = {
-                r[0]
-                for r in self.conn()
-                .execute(
-                    sqlfiles.query("source/30_enable_cdc.sql", "publication_tables"), {"publication": self.publication}
-                )
-                .fetchall()
-            }
-            if published == {s.qualified for s in specs}:
-                return  # already right: no ALTER, which only the publication's owner may run
-        name = "alter_publication" if exists else "create_publication"
-        try:
-            self.conn().execute(sqlfiles.query("source/30_enable_cdc.sql", name, publication=pub, tables=tables))
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise SourceConfigError(
-                f"cannot {'alter' if exists else 'create'} publication {self.publication}: "
-                f"{db.describe_error(exc)}; run bootstrap as the tables' owner, or create the "
-                "publication yourself"
-            ) from None
-        except psycopg.Error as exc:
-            raise db.wrap_db_error("creating the publication", exc) from None
+            raise db.wrap_db_error("checking the source role's privileges", exc) from None
 
-    def slot_state(self) -> SlotState | None:
-        row = self._one("slot_state", {"slot": self.slot})
-        if row is None:
+    def prepare(self, *, demo: bool = False) -> None:
+        """The demo's schema and rows (``demo``), then the publication of the captured tables."""
+        if demo:
+            conn = self.conn()
+            for name, text in sqlfiles.scripts("source"):
+                if not name.startswith("30_"):  # the publication: ensure_publication makes it
+                    log.info("source: running %s", name)
+                    conn.execute(text)  # type: ignore[arg-type]  # packaged script
+        self.ensure_publication()
+
+    # -- snapshots --------------------------------------------------------------
+
+    def initial_snapshot(self, serving: psycopg.Connection, settings: Settings) -> None:
+        """Every captured table at a new slot's consistent point, when nothing is staged yet
+        (:mod:`cdcflow.snapshot`); tables added later are copied by the backfill worker."""
+        pg_snapshot.initial_snapshots(self, serving, settings)
+
+    def resync(self, serving: psycopg.Connection, settings: Settings, captures: list[str] | None) -> int:
+        """The captures share one slot: alone when the slot is sound and another capture
+        streams, else every capture from a new slot (:func:`cdcflow.snapshot.resync_captures`)."""
+        self.ensure_publication()
+        return pg_snapshot.resync_captures(self, serving, settings, captures)
+
+    def forget(self) -> str | None:
+        if self.slot_state() is None:
             return None
-        _, plugin, database, confirmed, restart, wal_status, active_pid = row
-        return SlotState(
-            confirmed_flush=parse_pg_lsn(confirmed) if confirmed else None,
-            restart_lsn=parse_pg_lsn(restart) if restart else None,
-            wal_status=wal_status,
-            active_pid=active_pid,
-            plugin=plugin,
-            database=database,
-        )
+        self.drop_slot()
+        return f"dropped slot {self.slot}"
+
+    # -- positions and status ---------------------------------------------------
 
     def current_lsn(self) -> int:
         row = self._one("current_lsn")
         assert row is not None
         return parse_pg_lsn(row[0])
 
+    @staticmethod
+    def format_position(value: int | None) -> str:
+        """``16/B374D848``, as PostgreSQL prints an LSN; ``-`` for none."""
+        return "-" if value is None else format_pg_lsn(value)
+
+    def status_facts(self) -> SourceFacts:
+        """The replication slot: its positions, WAL status and the WAL it holds."""
+        st = self.slot_state()
+        if st is None:
+            return SourceFacts(problems=[f"replication slot {self.slot} does not exist"])
+        slot: dict[str, object] = {
+            "name": self.slot,
+            "confirmed_flush": self.format_position(st.confirmed_flush),
+            "restart_lsn": self.format_position(st.restart_lsn),
+            "wal_status": st.wal_status,
+            "active": st.active_pid is not None,
+            "retained_wal_bytes": self.retained_wal_bytes(),
+        }
+        return SourceFacts(slot=slot)
+
     def bounds(self) -> tuple[int, int]:
         state = self.slot_state()
         low = state.confirmed_flush if state and state.confirmed_flush is not None else 0
         return low, self.current_lsn()
 
-    def retained_wal_bytes(self) -> int | None:
-        row = self._one("slot_retained_bytes", {"slot": self.slot})
-        return int(row[0]) if row and row[0] is not None else None
-
-    def drop_slot(self) -> None:
-        self._one("terminate_slot_reader", {"slot": self.slot})
-        for _ in range(50):
-            state = self.slot_state()
-            if state is None or state.active_pid is None:
-                break
-            time.sleep(0.1)
-        self._one("drop_slot", {"slot": self.slot})
-
-    # -- gap detection ----------------------------------------------------------
-
-    def verify_slot(self, watermark: int) -> None:
-        """Raise GapError if the slot cannot serve every change after ``watermark``."""
-        state = self.slot_state()
-        if state is None:
-            raise GapError(
-                f"replication slot {self.slot} is missing: changes after {format_pg_lsn(watermark)} "
-                "cannot be read; run 'cdcflow resync' to re-snapshot",
-                watermark,
-                None,
-            )
-        if state.wal_status == "lost":
-            raise GapError(
-                f"replication slot {self.slot} lost the WAL it needed (wal_status=lost, "
-                "max_slot_wal_keep_size exceeded); run 'cdcflow resync' to re-snapshot",
-                watermark,
-                state.confirmed_flush,
-            )
-        quiet = self._quiet
-        if quiet is not None and quiet[0] <= watermark and state.confirmed_flush is not None:
-            if state.confirmed_flush <= quiet[1]:
-                # psycopg2 confirms a keepalive's position by itself when everything received
-                # was confirmed; this stream saw nothing of ours up to there: no change is lost.
-                return
-        if state.confirmed_flush is not None and state.confirmed_flush > watermark + 1:
-            raise GapError(
-                f"replication slot {self.slot} starts at {format_pg_lsn(state.confirmed_flush)}, after "
-                f"our watermark {format_pg_lsn(watermark)}: the slot cannot send the changes in between "
-                "again; run 'cdcflow resync' to re-snapshot",
-                watermark,
-                state.confirmed_flush,
-            )
-
-    # -- replication connection -------------------------------------------------
-
-    def _replication_connect(self):
-        import psycopg2
-        import psycopg2.extras
-
-        try:
-            return psycopg2.connect(
-                db.with_liveness(self.dsn), connection_factory=psycopg2.extras.LogicalReplicationConnection
-            )
-        except psycopg2.Error as exc:
-            raise db.wrap_connect_error("source (replication)", exc) from None
-
-    def create_slot_with_snapshot(self, *, temporary: bool = False) -> tuple[int, str, object]:
-        """Create the slot over the replication protocol, exporting its snapshot.
-
-        Returns (consistent point, snapshot name, the replication connection). The
-        snapshot stays importable only while that connection is open and idle: the
-        caller reads the tables with ``SET TRANSACTION SNAPSHOT`` and then closes it.
-
-        ``temporary``: a slot of its own, gone when that connection closes, never streamed
-        from (so it holds WAL only while the caller reads): a one-table backfill's split point.
-        """
-        import psycopg2
-
-        name = f"{self.slot}_backfill_{os.getpid()}"[:63] if temporary else self.slot
-        kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
-        conn = self._replication_connect()
-        try:
-            cur = conn.cursor()
-            cur.execute(f"CREATE_REPLICATION_SLOT {_quote_ident(name)} {kind} pgoutput EXPORT_SNAPSHOT")
-            _, consistent_point, snapshot_name, _ = cur.fetchone()
-        except psycopg2.Error as exc:
-            conn.close()
-            if "already exists" in str(exc):
-                raise TransientError(f"replication slot {name} was created concurrently") from None
-            raise db.wrap_db_error(f"creating replication slot {name}", exc) from None
-        if not temporary:
-            log.info("created replication slot %s at %s", name, consistent_point)
-        return parse_pg_lsn(consistent_point), snapshot_name, conn
-
     def estimate_rows(self, spec: TableSpec) -> int | None:
         """The planner's estimate of the table's rows, or None when it has none."""
         row = self._one("estimate_rows", {"schema": spec.schema, "table": spec.name})
         return int(row[0]) if row and row[0] is not None and row[0] > 0 else None
+
+    # -- streaming --------------------------------------------------------------
+
+    def streams(self) -> list[Stream]:
+        """One slot carries every captured table: one stream, and backfills beside it."""
+        return [Stream(self, None, backfills=True)]
+
+    def use_serving_version(self, version: int) -> None:
+        self.serving_version = version
 
     def binary_transfer(self) -> tuple[bool, str]:
         """Whether to stream in pgoutput's binary mode, and why (or why not).
@@ -358,7 +275,7 @@ class PostgresSource:
         """
         if not ACCELERATED:
             return False, "text transfer: the C decoder is not built"
-        if not self.allow_binary:
+        if not self._allow_binary:
             return False, "text transfer: binary transfer turned off"
         row = self._one("server_settings")
         assert row is not None
@@ -427,26 +344,11 @@ class PostgresSource:
         """
         import psycopg2
 
-        if self._cur is not None and after_lsn != self._stream_pos:
-            self.close_stream()  # the watermark moved under us (reset, resync): start over there
-        if self._cur is None:
-            self._start_stream(after_lsn)
-        assert self._cur is not None and self._decoder is not None
-        cur, dec = self._cur, self._decoder
-        sink.copy_format = "binary" if self._binary else "text"
-        dec.skip_before = after_lsn + 1  # a replayed transaction is dropped, not staged twice
-        dec.rows = 0
-        dec.truncated = {}
-        dec.paused = {}
-        self._counts: dict[str, int] = {}
-        self._sink = sink
-        end_lsn = after_lsn
-        txns = 0
-        last_commit_time = None
-        first_commit_time = None
+        cur, dec = self._begin_batch(after_lsn, sink)
+        end_lsn, txns = after_lsn, 0
+        last_commit_time = first_commit_time = None
         deadline = time.monotonic() + wait_seconds
-        read_message = cur.read_message
-        feed = dec.feed
+        read_message, feed = cur.read_message, dec.feed  # the hot loop: no attribute look-ups
         backlogged = getattr(sink, "backlogged", _never)
         try:
             while True:
@@ -466,47 +368,22 @@ class PostgresSource:
                             return self._result(end_lsn, txns, last_commit_time, more=True, first=first_commit_time)
                     continue
                 # Nothing buffered.
-                if not dec.in_txn:
-                    if (dec.rows > 0 or txns > 0) and not (dec.rows < max_rows and backlogged()):
-                        return self._result(end_lsn, txns, last_commit_time, more=False, first=first_commit_time)
-                    if dec.rows > 0 or txns > 0:
-                        # The serving side is still busy with earlier batches: a commit now
-                        # would only queue. Read on (a bigger batch, fewer commits) until it
-                        # is free, more data comes, or the batch is full.
-                        select.select([self._repl], [], [], BACKLOG_POLL_SECONDS)
-                        continue
-                    now = time.monotonic()
-                    if cur.wal_end - 1 > end_lsn and (
-                        now - self._last_idle_advance >= IDLE_ADVANCE_SECONDS or now >= deadline
-                    ):
-                        # Idle advance: the server has decoded up to wal_end and sent us
-                        # every transaction whose commit record starts before it.
-                        self._last_idle_advance = now
-                        self._quiet = (after_lsn, cur.wal_end)
-                        return self._result(cur.wal_end - 1, 0, None, more=False)
-                    if now >= deadline:
-                        return self._result(end_lsn, 0, None, more=False)
-                    # A keepalive request also sends psycopg2's flush position, which it moves to
-                    # a keepalive's position by itself once everything received is confirmed:
-                    # while an idle advance to such a position is due but not committed, that
-                    # would put the slot ahead of the serving watermark, and a crash then would
-                    # leave a (false) GAP. So no request until the advance has committed.
-                    advance_due = cur.wal_end - 1 > end_lsn
-                    if now - self._last_keepalive_request >= KEEPALIVE_REQUEST_SECONDS and not advance_due:
-                        cur.send_feedback(reply=True)
-                        self._last_keepalive_request = now
-                    timeout = min(deadline - now, KEEPALIVE_REQUEST_SECONDS)
-                    if cur.wal_end - 1 > end_lsn:  # an idle advance is due when the pause ends
-                        timeout = min(timeout, IDLE_ADVANCE_SECONDS - (now - self._last_idle_advance))
-                else:
+                if dec.in_txn:
                     timeout = 1.0
-                if select.select([self._repl], [], [], max(0.0, timeout))[0]:
-                    self._heard = time.monotonic()  # data or a keepalive arrived
-                elif not dec.in_txn and time.monotonic() - self._heard > STREAM_SILENCE_SECONDS:
-                    raise TransientError(
-                        f"the replication stream of slot {self.slot} has been silent for "
-                        f"{STREAM_SILENCE_SECONDS:.0f}s despite keepalive requests: reconnecting"
-                    )
+                elif dec.rows > 0 or txns > 0:
+                    if not (dec.rows < max_rows and backlogged()):
+                        return self._result(end_lsn, txns, last_commit_time, more=False, first=first_commit_time)
+                    # The serving side is still busy with earlier batches: a commit now would
+                    # only queue. Read on (a bigger batch, fewer commits) until it is free,
+                    # more data comes, or the batch is full.
+                    select.select([self._repl], [], [], BACKLOG_POLL_SECONDS)
+                    continue
+                else:
+                    idle = self._idle(cur, after_lsn, end_lsn, deadline)
+                    if isinstance(idle, BatchResult):
+                        return idle
+                    timeout = idle
+                self._wait_for_data(timeout, dec.in_txn)
         except psycopg2.Error as exc:
             self.close_stream()
             raise db.wrap_db_error("reading the replication stream", exc) from None
@@ -515,6 +392,59 @@ class PostgresSource:
             raise
         finally:
             self._sink = None
+
+    def _begin_batch(self, after_lsn: int, sink: ChangeSink):
+        """The stream open at ``after_lsn`` and its decoder reset for a new batch into ``sink``."""
+        if self._cur is not None and after_lsn != self._stream_pos:
+            self.close_stream()  # the watermark moved under us (reset, resync): start over there
+        if self._cur is None:
+            self._start_stream(after_lsn)
+        assert self._cur is not None and self._decoder is not None
+        dec = self._decoder
+        sink.copy_format = "binary" if self._binary else "text"
+        dec.skip_before = after_lsn + 1  # a replayed transaction is dropped, not staged twice
+        dec.rows = 0
+        dec.truncated = {}
+        dec.paused = {}
+        self._counts: dict[str, int] = {}
+        self._sink = sink
+        return self._cur, dec
+
+    def _idle(self, cur, after_lsn: int, end_lsn: int, deadline: float) -> BatchResult | float:
+        """Between transactions with nothing read yet: an idle advance or the end of the wait
+        (a result), else how long to wait for the stream."""
+        now = time.monotonic()
+        advance_due = cur.wal_end - 1 > end_lsn
+        if advance_due and (now - self._last_idle_advance >= IDLE_ADVANCE_SECONDS or now >= deadline):
+            # Idle advance: the server has decoded up to wal_end and sent us every
+            # transaction whose commit record starts before it.
+            self._last_idle_advance = now
+            self._quiet = (after_lsn, cur.wal_end)
+            return self._result(cur.wal_end - 1, 0, None, more=False)
+        if now >= deadline:
+            return self._result(end_lsn, 0, None, more=False)
+        # A keepalive request also sends psycopg2's flush position, which it moves to a
+        # keepalive's position by itself once everything received is confirmed: while an
+        # idle advance to such a position is due but not committed, that would put the slot
+        # ahead of the serving watermark, and a crash then would leave a (false) GAP. So no
+        # request until the advance has committed.
+        if now - self._last_keepalive_request >= KEEPALIVE_REQUEST_SECONDS and not advance_due:
+            cur.send_feedback(reply=True)
+            self._last_keepalive_request = now
+        timeout = min(deadline - now, KEEPALIVE_REQUEST_SECONDS)
+        if advance_due:  # an idle advance is due when the pause ends
+            timeout = min(timeout, IDLE_ADVANCE_SECONDS - (now - self._last_idle_advance))
+        return timeout
+
+    def _wait_for_data(self, timeout: float, in_txn: bool) -> None:
+        """Wait up to ``timeout`` for the stream; a stream silent for too long is dead."""
+        if select.select([self._repl], [], [], max(0.0, timeout))[0]:
+            self._heard = time.monotonic()  # data or a keepalive arrived
+        elif not in_txn and time.monotonic() - self._heard > STREAM_SILENCE_SECONDS:
+            raise TransientError(
+                f"the replication stream of slot {self.slot} has been silent for "
+                f"{STREAM_SILENCE_SECONDS:.0f}s despite keepalive requests: reconnecting"
+            )
 
     def _drain(self) -> None:
         assert self._decoder is not None and self._sink is not None
@@ -561,8 +491,3 @@ class PostgresSource:
         self.close_stream()
         db.close_quietly(self._conn)
         self._conn = None
-
-
-def _quote_ident(name: str) -> str:
-    """Quote an identifier for the replication protocol's own grammar (no psycopg.sql there)."""
-    return '"' + name.replace('"', '""') + '"'

@@ -1,8 +1,8 @@
-"""SQL Server source: native CDC (the seed's LSN functions, the change tables), gap-safe.
+"""SQL Server source: native CDC (the ``sys.fn_cdc_*`` LSN functions, the change tables), gap-safe.
 
-One ingestor per capture instance, as in the seed: :meth:`SqlServerSource.per_capture`
-gives one source object per captured table, and only such a single-capture object
-reads changes. Positions are the 10-byte LSNs as ints (``cdcflow.positions``).
+One ingestor per capture instance: :meth:`SqlServerSource.streams` (and
+:meth:`SqlServerSource.per_capture`) give one source object per captured table, and only
+such a single-capture object reads changes. Positions are the 10-byte LSNs as ints (``cdcflow.positions``).
 
 Per read, for watermark ``W`` (every change with ``__$start_lsn <= W`` is staged):
 
@@ -23,8 +23,8 @@ Per read, for watermark ``W`` (every change with ``__$start_lsn <= W`` is staged
   committed).
 
 Snapshots: :meth:`SqlServerSource.snapshot` (the method and why it is consistent are in
-its docstring); :func:`stage_snapshot` stages one into serving with the watermark, and
-with ``repair=True`` is the resync after a GAP. The reader holds no stream and frees
+its docstring); :mod:`cdcflow.sources.mssql_snapshot` stages one into serving with the
+watermark, and with ``repair=True`` is the resync after a GAP. The reader holds no stream and frees
 nothing: retention is the CDC cleanup job's, so :meth:`confirm` does nothing.
 """
 
@@ -35,16 +35,25 @@ import logging
 import time
 from collections.abc import Iterable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cdcflow import db
+from cdcflow import db, sqlfiles
 from cdcflow.errors import CdcflowError, GapError, SourceConfigError, TerminalError, TransientError
 from cdcflow.positions import format_mssql_lsn, mssql_lsn_from_bytes, mssql_lsn_to_bytes
 from cdcflow.sources import mssql_schema as mschema
+from cdcflow.sources import mssql_snapshot
 from cdcflow.sources import mssql_state as mstate
 from cdcflow.sources import mssql_support as ms
-from cdcflow.sources.base import OP_SNAPSHOT, BatchResult, ChangeSink, Column, TableSpec, copy_line
+from cdcflow.sources.base import OP_SNAPSHOT, BatchResult, ChangeSink, Column, SourceFacts, Stream, TableSpec, copy_line
 from cdcflow.sources.mssql_changes import ChangeStager
+from cdcflow.sources.mssql_snapshot import stage_initial_snapshot, stage_snapshot
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from cdcflow.config import Settings
+
+__all__ = ["SqlServerSource", "sqlserver_table", "stage_initial_snapshot", "stage_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +104,11 @@ class SqlServerSource:
         #: Unused: one capture per instance, so its stream starts at its own watermark.
         self.floors: dict[str, int] = {}
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqlServerSource:
+        source_dsn, _ = settings.require_dsns()
+        return cls(source_dsn, settings.capture_tables)
+
     # -- connection -------------------------------------------------------------
 
     def driver(self) -> Any:
@@ -140,15 +154,17 @@ class SqlServerSource:
                 "a sysadmin (it runs sys.sp_cdc_enable_db), or EXEC sys.sp_cdc_enable_db yourself"
             )
 
-    def bootstrap_source(self, *, demo: bool = False) -> None:
-        """Idempotent: enable CDC on the database (and, for the demo, create and seed the
-        seed's tables), then enable CDC on each captured table."""
+    def privilege_problems(self, settings: Settings) -> list[str]:
+        """Not checked ahead: enabling CDC (sysadmin, db_owner) fails with SQL Server's own message."""
+        return []
+
+    def prepare(self, *, demo: bool = False) -> None:
+        """Idempotent: enable CDC on the database (and, for the demo, create the demo tables
+        and their rows), then enable CDC on each captured table."""
         for name, batches in ms.bootstrap_scripts(demo):
             log.info("source: running sqlserver/bootstrap/%s", name)
             for batch in batches:
                 self._run(f"running sqlserver/bootstrap/{name}", batch)
-        from cdcflow import sqlfiles
-
         enable = sqlfiles.queries("sqlserver/enable_cdc.sql")["enable_table"]
         for schema, table in self.tables:
             capture = ms.check_capture_instance(f"{schema}_{table}")
@@ -206,12 +222,19 @@ class SqlServerSource:
         self._specs = list(specs)
 
     def per_capture(self) -> list[SqlServerSource]:
-        """One source per captured table: the seed's one ingestor per capture instance."""
+        """One source per captured table: each capture instance has its own position and ingestor."""
         out = []
         for schema, table in self.tables:
             one = SqlServerSource(self.dsn, [f"{schema}.{table}"], driver=self._driver, sleep=self._sleep)
             out.append(one)
         return out
+
+    def streams(self) -> list[Stream]:
+        """One stream per capture instance, each under a lease of its own."""
+        return [Stream(one, f"{one.tables[0][0]}_{one.tables[0][1]}") for one in self.per_capture()]
+
+    def use_serving_version(self, version: int) -> None:
+        """Rows are read as Python values and staged as text, whatever the serving version."""
 
     def _single(self) -> tuple[TableSpec, str]:
         specs = self.describe_tables()
@@ -233,6 +256,15 @@ class SqlServerSource:
     def current_lsn(self) -> int:
         """The newest LSN harvested by the capture job (any capture instance)."""
         return _lsn(self._run("reading the max LSN", ms.query("max_lsn"))[0][0])
+
+    @staticmethod
+    def format_position(value: int | None) -> str:
+        """``0x`` and the 10-byte LSN in hex, as SQL Server prints it; ``-`` for none."""
+        return "-" if value is None else format_mssql_lsn(value)
+
+    def status_facts(self) -> SourceFacts:
+        """No slot: positions come from the capture instances."""
+        return SourceFacts()
 
     def _window(self, instance: str, after_lsn: int) -> tuple[int, int, int]:
         rows = self._run(
@@ -432,6 +464,19 @@ class SqlServerSource:
             end_lsn=w, rows=n, transactions=1 if n else 0, rows_by_capture={spec.capture: n} if n else {}
         )
 
+    def initial_snapshot(self, serving: psycopg.Connection, settings: Settings) -> None:
+        """Snapshot each capture still INIT, alone (:mod:`cdcflow.sources.mssql_snapshot`)."""
+        mssql_snapshot.initial_snapshots(self, serving, settings.source_name)
+
+    def resync(self, serving: psycopg.Connection, settings: Settings, captures: list[str] | None) -> int:
+        """Each capture instance has its own position: only the named ones (default: every
+        capture not OK) are re-snapshotted."""
+        return mssql_snapshot.resync(self, serving, settings.source_name, captures)
+
+    def forget(self) -> str | None:
+        """Nothing is held for the reader: the next run snapshots the captures reset to INIT."""
+        return None
+
     # -- lifecycle --------------------------------------------------------------
 
     def confirm(self, lsn: int) -> None:
@@ -443,40 +488,3 @@ class SqlServerSource:
     def close(self) -> None:
         db.close_quietly(self._conn)
         self._conn = None
-
-
-def stage_snapshot(source: SqlServerSource, serving, source_name: str, *, repair: bool = False) -> int:
-    """Snapshot a single-capture source into staging and restart its watermark there, in
-    one serving transaction. Returns the watermark W.
-
-    ``repair=True`` is resync after a GAP: also stages a delete (op 1) at W for every key
-    whose latest staged state is live but which the table no longer has, and sets the
-    capture back to OK (the same serving queries as the PostgreSQL resync).
-    """
-    from psycopg import sql
-
-    from cdcflow import db, sqlfiles
-    from cdcflow.serving.staging import StagingWriter
-    from cdcflow.snapshot import commit_snapshot, stage_vanished
-
-    (spec,) = source.describe_tables()
-    table = spec.staging_table
-    with db.rolled_back_on_error(serving, f"snapshot of {spec.qualified}"):
-        w = source.snapshot_position()
-        row = serving.execute(
-            sqlfiles.query("sqlserver/serving_snapshot.sql", "max_seqval_at", table=sql.Identifier(table)),
-            {"lsn": w},
-        ).fetchone()
-        base = int(row[0]) if row and row[0] is not None else 0
-        writer = StagingWriter(serving, {spec.capture: spec}, source_name)
-        count = source.snapshot_rows(writer, w, base).rows
-        writer.flush()
-        if repair:
-            count += stage_vanished(serving, spec, w, base + count)
-        commit_snapshot(serving, source_name, w, {spec.capture: count})
-    return w
-
-
-def stage_initial_snapshot(source: SqlServerSource, serving, source_name: str) -> int:
-    """The initial load of one capture: :func:`stage_snapshot` without repair."""
-    return stage_snapshot(source, serving, source_name)
