@@ -11,11 +11,15 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from cdcflow import __version__, console, logs
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError, ConfigError
 from cdcflow.redact import REDACTOR
+
+if TYPE_CHECKING:
+    from cdcflow.runtime import Hooks
 
 log = logging.getLogger("cdcflow")
 
@@ -53,7 +57,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from cdcflow.runtime import Runtime, stop_on_signals
 
     console.require_token_if_exposed(settings)  # before waiting for any database
-    runtime = Runtime(settings, fault_point=os.environ.get("CDCFLOW_FAULT_POINT") or None)
+    runtime = Runtime(settings, hooks=args.hooks)
     with stop_on_signals(runtime.stop):  # a signal during start-up stops cleanly too
         wait_for_databases(settings, runtime.stop)
         if not runtime.stop.is_set():
@@ -365,6 +369,44 @@ def _add_compact(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_compact)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    bn = sub.add_parser("bench", help="benchmarks: sustained load, catch-up, projection scaling (results under --out)")
+    bn.add_argument(
+        "which",
+        nargs="?",
+        default="sustained",
+        choices=["sustained", "catchup", "projections", "snapshot", "peers", "all"],
+    )
+    bn.add_argument("--quick", action="store_true", help="a short run that shows the tool works (about 10 s each)")
+    bn.add_argument("--out", default="benchmarks/results", help="results folder (a timestamped folder is made in it)")
+    bn.add_argument("--rate", type=float, default=None, help="sustained: changes per second (default 20000)")
+    bn.add_argument("--duration", type=float, default=None, help="sustained: seconds of load (default 180)")
+    bn.add_argument(
+        "--seed-projections-only",
+        action="store_true",
+        help="sustained: only the seed's two projections (default: also two users' projections)",
+    )
+    bn.add_argument(
+        "--changes", type=int, default=None, help="catchup, peers: changes to pre-generate (default 1000000)"
+    )
+    bn.add_argument("--rows", type=int, default=None, help="snapshot: rows in the table (default 10000000)")
+    bn.add_argument(
+        "--dsn",
+        default=None,
+        help="catchup, snapshot, peers: an existing PostgreSQL server (a superuser DSN; default: an embedded server)",
+    )
+    bn.add_argument(
+        "--workers", type=int, default=1, help="snapshot: connections copying side by side (SNAPSHOT_WORKERS)"
+    )
+    bn.add_argument("--sizes", default=None, help="projections: staged rows before the delta (default 1e5,1e6,1e7)")
+    bn.add_argument(
+        "--projections",
+        default="kpi,revenue",
+        help="projections: what to measure (default kpi,revenue: the seed's KPI and a user's three-table join)",
+    )
+    bn.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cdcflow",
@@ -411,41 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("captures", nargs="*", metavar="CAPTURE", help="capture(s) to repair (default: all of the source)")
     rs.set_defaults(func=cmd_resync)
 
-    bn = sub.add_parser("bench", help="benchmarks: sustained load, catch-up, projection scaling (results under --out)")
-    bn.add_argument(
-        "which",
-        nargs="?",
-        default="sustained",
-        choices=["sustained", "catchup", "projections", "snapshot", "peers", "all"],
-    )
-    bn.add_argument("--quick", action="store_true", help="a short run that shows the tool works (about 10 s each)")
-    bn.add_argument("--out", default="benchmarks/results", help="results folder (a timestamped folder is made in it)")
-    bn.add_argument("--rate", type=float, default=None, help="sustained: changes per second (default 20000)")
-    bn.add_argument("--duration", type=float, default=None, help="sustained: seconds of load (default 180)")
-    bn.add_argument(
-        "--seed-projections-only",
-        action="store_true",
-        help="sustained: only the seed's two projections (default: also two users' projections)",
-    )
-    bn.add_argument(
-        "--changes", type=int, default=None, help="catchup, peers: changes to pre-generate (default 1000000)"
-    )
-    bn.add_argument("--rows", type=int, default=None, help="snapshot: rows in the table (default 10000000)")
-    bn.add_argument(
-        "--dsn",
-        default=None,
-        help="catchup, snapshot, peers: an existing PostgreSQL server (a superuser DSN; default: an embedded server)",
-    )
-    bn.add_argument(
-        "--workers", type=int, default=1, help="snapshot: connections copying side by side (SNAPSHOT_WORKERS)"
-    )
-    bn.add_argument("--sizes", default=None, help="projections: staged rows before the delta (default 1e5,1e6,1e7)")
-    bn.add_argument(
-        "--projections",
-        default="kpi,revenue",
-        help="projections: what to measure (default kpi,revenue: the seed's KPI and a user's three-table join)",
-    )
-    bn.set_defaults(func=cmd_bench)
+    _add_bench(sub)
 
     rt = sub.add_parser("reset", help="clear staging and projections, reset watermarks and checkpoints, drop the slot")
     rt.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -457,12 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, *, hooks: Hooks | None = None) -> int:
+    """``hooks``: installed in the workers of ``cdcflow run`` (see :class:`cdcflow.runtime.Hooks`)."""
     if argv is None:
         import cdcflow
 
         cdcflow.catch_early_signals()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv, argparse.Namespace(hooks=hooks))
     env = os.environ if env is None else env
     try:
         settings = _settings(env)

@@ -14,22 +14,16 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from cdcflow import backfill, compaction, metrics, projections
 from cdcflow import bootstrap as boot
 from cdcflow.config import Settings
 from cdcflow.ingest import IngestWorker
+from cdcflow.worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-class Worker(Protocol):
-    name: str
-    alive: bool
-
-    def run(self) -> None: ...
 
 
 @contextlib.contextmanager
@@ -59,10 +53,20 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """Callbacks a program that runs cdcflow (a test's entry point) installs in the workers."""
+
+    #: Called by an ingest worker with a position its serving transaction committed, right
+    #: before that position is confirmed to the source.
+    before_confirm: Callable[[int], None] | None = None
+
+
 class Runtime:
     """The workers of one ``cdcflow run``."""
 
-    def __init__(self, settings: Settings, *, fault_point: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, hooks: Hooks | None = None) -> None:
+        confirm = (hooks or Hooks()).before_confirm
         self.settings = settings
         self.stop = threading.Event()
         self.staged = threading.Event()
@@ -77,7 +81,7 @@ class Runtime:
                     serving_dsn,
                     self.stop,
                     self.staged,
-                    fault_point,
+                    before_confirm=confirm,
                     resource=f"ingest:{settings.source_name}:{one.tables[0][0]}_{one.tables[0][1]}",
                 )
                 for one in source.per_capture()  # type: ignore[attr-defined]
@@ -85,7 +89,7 @@ class Runtime:
         else:
             # One replication slot carries every captured table: one ingestor, and the
             # backfills of tables added to it (or resynced alone) beside it.
-            ingest = IngestWorker(settings, source, serving_dsn, self.stop, self.staged, fault_point)
+            ingest = IngestWorker(settings, source, serving_dsn, self.stop, self.staged, before_confirm=confirm)
             self.workers = [ingest, backfill.BackfillWorker(settings, serving_dsn, self.stop, ingest)]
         self.workers.extend(projections.build_workers(settings, serving_dsn, self.stop, self.staged))
         self.workers.extend(compaction.build_workers(settings, self.stop))

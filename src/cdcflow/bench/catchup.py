@@ -380,8 +380,7 @@ def stage_cdcflow(
     stop = threading.Event()
     source = make_source(settings)
     source.allow_binary = binary
-    worker = IngestWorker(settings, source, settings.serving_dsn, stop)
-    worker.queue_commits = queue_commits
+    worker = IngestWorker(settings, source, settings.serving_dsn, stop, queue_commits=queue_commits)
     prof = cProfile.Profile() if profile_to else None
 
     def body() -> None:

@@ -53,6 +53,8 @@ def run(
     from cdcflow.bootstrap import bootstrap
     from cdcflow.embedded import EmbeddedPostgres
     from cdcflow.runtime import Runtime
+    from cdcflow.sources.base import BatchResult
+    from cdcflow.worker import Observer, Worker
 
     where = results_dir(out, "sustained", stamp)
     progress(f"sustained: {changes_per_second:,.0f} changes/s for {duration:g}s (+{warmup:g}s warm-up) -> {where}")
@@ -84,12 +86,15 @@ def run(
     lags: list[tuple[float, float, int]] = []  # (t, lag seconds, rows)
     started = time.monotonic()
 
-    def on_batch(result, _seconds: float) -> None:
-        if result.rows and result.first_commit_time is not None:
-            lag = (dt.datetime.now(dt.UTC) - result.first_commit_time).total_seconds()
-            lags.append((time.monotonic() - started, lag, result.rows))
+    class Lags(Observer):
+        """Each staged batch's lag: from its oldest change's commit to now."""
 
-    runtime.workers[0].on_batch.append(on_batch)  # type: ignore[attr-defined]
+        def batch_staged(self, worker: Worker, result: BatchResult, seconds: float) -> None:
+            if result.rows and result.first_commit_time is not None:
+                lag = (dt.datetime.now(dt.UTC) - result.first_commit_time).total_seconds()
+                lags.append((time.monotonic() - started, lag, result.rows))
+
+    runtime.workers[0].observe(Lags())
     fresh: list[tuple[float, str, float]] = []
     stop_sampling = threading.Event()
 
