@@ -491,6 +491,142 @@ def _restage_from_slot(settings: Settings, slot: str) -> None:
 # -- the benchmark ----------------------------------------------------------------------
 
 
+def _servers(
+    dsn: str | None,
+    data_dir: Path | str,
+    recvlogical: str | None,
+    serving_dsn: str | None,
+    serving_data_dir: Path | str | None,
+) -> tuple[Server, Server]:
+    """The source's server and the serving database's (the same one unless asked
+    otherwise), each with a fresh benchmark database."""
+    server = Server(dsn, Path(data_dir), recvlogical)
+    if serving_dsn is not None or serving_data_dir is not None:
+        # The serving database on a server of its own, as in a deployment: the source's
+        # walsender then reads only the source's WAL, as pg_recvlogical's does.
+        serving = Server(serving_dsn, Path(serving_data_dir or SERVING_DATA_DIR), None)
+    else:
+        serving = server
+    _drop_bench(server)
+    if serving is not server:
+        _drop_bench(serving, (SRV_DB,))
+    with server.admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SRC_DB)))
+    with serving.admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SRV_DB)))
+    return server, serving
+
+
+def _backlog(
+    settings: Settings, stages: tuple[str, ...], changes: int, unit: int, result: dict, progress: Progress
+) -> int:
+    """Bootstrap, create each stage's slot, and generate the backlog (into ``result``); the
+    position every stage decodes up to."""
+    from cdcflow.bootstrap import bootstrap
+
+    assert settings.source_dsn
+    source_dsn = settings.source_dsn
+    progress("bootstrapping the demo schema, publication and cdcflow's slot ...")
+    bootstrap(settings, demo=True).source.close()
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        for stage in stages:
+            if stage != "cdcflow" and stage in STAGES + EXTRA_STAGES:
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (SLOT_PREFIX + stage,))
+        start_lsn = _lsn(conn)
+    progress(f"slots created at {format_pg_lsn(start_lsn)}; generating changes ...")
+    result["generated"] = generate(source_dsn, changes, unit, progress)
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        # The backlog was written with synchronous_commit off: flush it all before
+        # reading the target, or the last commits could lie beyond it.
+        conn.execute("CHECKPOINT")
+        target = _lsn(conn)
+        # Not during the timed stages: autovacuum of the fresh rows, and its checkpoint.
+        conn.execute("VACUUM (ANALYZE)")
+        conn.execute("CHECKPOINT")
+    result["wal_bytes"] = target - start_lsn
+    result["target_lsn"] = format_pg_lsn(target)
+    progress(
+        f"generated {result['generated']['changes']:,d} changes ({result['wal_bytes'] / 1e6:,.0f} MB of WAL) in "
+        f"{result['generated']['seconds']:.1f}s; decoding up to {format_pg_lsn(target)}"
+    )
+    return target
+
+
+def _run_stages(
+    stages: tuple[str, ...],
+    server: Server,
+    serving: Server,
+    settings: Settings,
+    target: int,
+    total: int,
+    out: Path,
+    profile: bool,
+    binary: bool,
+    progress: Progress,
+) -> dict:
+    """Each stage timed, with the CPU seconds of the processes it used."""
+    assert settings.source_dsn
+    out_stages: dict = {}
+    staged_once = False
+    for stage in stages:
+        progress(f"stage {stage} ...")
+        slot = SLOT_PREFIX + stage
+        admins = [server.admin_dsn] + ([serving.admin_dsn] if serving is not server else [])
+        baseline = CpuSampler(admins, [SRC_DB, SRV_DB])
+        baseline.sample_all()  # backends that exist already (their earlier CPU is not this stage's)
+        with CpuSampler(admins, [SRC_DB, SRV_DB]) as sampler:
+            info = _run_stage(
+                stage,
+                server,
+                settings,
+                settings.source_dsn,
+                slot,
+                target,
+                total,
+                out,
+                profile,
+                restage=staged_once or stage != "cdcflow",
+                binary=binary,
+            )
+        staged_once = staged_once or stage.startswith("cdcflow")
+        info["cpu_seconds"] = sampler.summary(baseline.seen)
+        info["changes_per_second"] = round(total / info["seconds"])
+        info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        out_stages[stage] = info
+        cpu = ", ".join(f"{k} {v:.1f}s" for k, v in info["cpu_seconds"].items())
+        progress(
+            f"  {stage:8s} {info['seconds']:8.2f}s  {info['changes_per_second']:>10,d} changes/s  (CPU seconds: {cpu})"
+        )
+    return out_stages
+
+
+def _compare(result: dict, profile: bool, progress: Progress) -> None:
+    """cdcflow against the faster raw baseline, in throughput and CPU seconds (into ``result``)."""
+    raws = [s for s in RAW_STAGES if s in result["stages"]]
+    if not raws or "cdcflow" not in result["stages"]:
+        return
+    best = min(raws, key=lambda s: result["stages"][s]["seconds"])
+    result["baseline_stage"] = best
+    result["ratio_cdcflow_to_raw"] = round(
+        result["stages"]["cdcflow"]["changes_per_second"] / result["stages"][best]["changes_per_second"], 3
+    )
+    cpu_raw, cpu_cdc = (
+        sum(v for k, v in result["stages"][s]["cpu_seconds"].items() if not k.startswith("autovacuum"))
+        for s in (best, "cdcflow")
+    )
+    # Load-independent view: CPU seconds the same WAL cost each way (2 cores shared by all of it).
+    result["cpu_seconds_raw"], result["cpu_seconds_cdcflow"] = round(cpu_raw, 2), round(cpu_cdc, 2)
+    result["cpu_ratio_raw_to_cdcflow"] = round(cpu_raw / cpu_cdc, 3) if cpu_cdc else None
+    progress(
+        f"CPU seconds: pg_recvlogical path {cpu_raw:.1f}, cdcflow path {cpu_cdc:.1f} "
+        f"(ratio {result['cpu_ratio_raw_to_cdcflow']})"
+    )
+    progress(
+        f"cdcflow / pg_recvlogical = {result['ratio_cdcflow_to_raw']:.2f} against the faster "
+        f"baseline ({best}; target >= 0.5)" + ("  [profiled run: not representative]" if profile else "")
+    )
+
+
 def run(
     out_dir: Path | str,
     changes: int = 1_000_000,
@@ -509,8 +645,6 @@ def run(
     serving_data_dir: Path | str | None = None,
 ) -> dict:
     """Run the catch-up benchmark; write ``catchup.json`` into ``out_dir``; return the results."""
-    from cdcflow.bootstrap import bootstrap
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress(f"catch-up benchmark: {changes:,d} changes, stages {', '.join(stages)}")
@@ -519,23 +653,9 @@ def run(
             f"  note: load average is {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: "
             "other work on this machine skews the figures"
         )
-    server = Server(dsn, Path(data_dir), recvlogical)
-    if serving_dsn is not None or serving_data_dir is not None:
-        # The serving database on a server of its own, as in a deployment: the source's
-        # walsender then reads only the source's WAL, as pg_recvlogical's does.
-        serving = Server(serving_dsn, Path(serving_data_dir or SERVING_DATA_DIR), None)
-    else:
-        serving = server
-    _drop_bench(server)
-    if serving is not server:
-        _drop_bench(serving, (SRV_DB,))
-    with server.admin() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SRC_DB)))
-    with serving.admin() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SRV_DB)))
-    source_dsn = _dsn(server.admin_dsn, SRC_DB)
+    server, serving = _servers(dsn, data_dir, recvlogical, serving_dsn, serving_data_dir)
     settings = Settings(
-        source_dsn=source_dsn,
+        source_dsn=_dsn(server.admin_dsn, SRC_DB),
         serving_dsn=_dsn(serving.admin_dsn, SRV_DB),
         source_name="bench",
         slot_name=SLOT_PREFIX + "cdcflow",
@@ -557,87 +677,13 @@ def run(
     try:
         result["server"] = server.describe()
         result["serving_server"] = "the source's server" if serving is server else serving.describe()
-        progress("bootstrapping the demo schema, publication and cdcflow's slot ...")
-        bootstrap(settings, demo=True).source.close()
-        with psycopg.connect(source_dsn, autocommit=True) as conn:
-            for stage in stages:
-                if stage != "cdcflow" and stage in STAGES + EXTRA_STAGES:
-                    conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (SLOT_PREFIX + stage,))
-            start_lsn = _lsn(conn)
-        progress(f"slots created at {format_pg_lsn(start_lsn)}; generating changes ...")
-        result["generated"] = generate(source_dsn, changes, unit, progress)
-        with psycopg.connect(source_dsn, autocommit=True) as conn:
-            # The backlog was written with synchronous_commit off: flush it all before
-            # reading the target, or the last commits could lie beyond it.
-            conn.execute("CHECKPOINT")
-            target = _lsn(conn)
-            # Not during the timed stages: autovacuum of the fresh rows, and its checkpoint.
-            conn.execute("VACUUM (ANALYZE)")
-            conn.execute("CHECKPOINT")
-        total = result["generated"]["changes"]
-        result["wal_bytes"] = target - start_lsn
-        result["target_lsn"] = format_pg_lsn(target)
-        progress(
-            f"generated {total:,d} changes ({result['wal_bytes'] / 1e6:,.0f} MB of WAL) in "
-            f"{result['generated']['seconds']:.1f}s; decoding up to {format_pg_lsn(target)}"
-        )
+        target = _backlog(settings, stages, changes, unit, result, progress)
         binary, why = _transfer(settings) if not text_only else (False, "text transfer: --text")
         result["transfer"] = why
         progress(f"{why} (pg_recvlogical is given the same pgoutput options)")
-        result["stages"] = {}
-        staged_once = False
-        for stage in stages:
-            progress(f"stage {stage} ...")
-            slot = SLOT_PREFIX + stage
-            admins = [server.admin_dsn] + ([serving.admin_dsn] if serving is not server else [])
-            baseline = CpuSampler(admins, [SRC_DB, SRV_DB])
-            baseline.sample_all()  # backends that exist already (their earlier CPU is not this stage's)
-            with CpuSampler(admins, [SRC_DB, SRV_DB]) as sampler:
-                info = _run_stage(
-                    stage,
-                    server,
-                    settings,
-                    source_dsn,
-                    slot,
-                    target,
-                    total,
-                    out,
-                    profile,
-                    restage=staged_once or stage != "cdcflow",
-                    binary=binary,
-                )
-            staged_once = staged_once or stage.startswith("cdcflow")
-            info["cpu_seconds"] = sampler.summary(baseline.seen)
-            info["changes_per_second"] = round(total / info["seconds"])
-            info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-            result["stages"][stage] = info
-            cpu = ", ".join(f"{k} {v:.1f}s" for k, v in info["cpu_seconds"].items())
-            progress(
-                f"  {stage:8s} {info['seconds']:8.2f}s  {info['changes_per_second']:>10,d} changes/s  "
-                f"(CPU seconds: {cpu})"
-            )
-        raws = [s for s in RAW_STAGES if s in result["stages"]]
-        if raws and "cdcflow" in result["stages"]:
-            best = min(raws, key=lambda s: result["stages"][s]["seconds"])
-            result["baseline_stage"] = best
-            result["ratio_cdcflow_to_raw"] = round(
-                result["stages"]["cdcflow"]["changes_per_second"] / result["stages"][best]["changes_per_second"], 3
-            )
-            cpu_raw, cpu_cdc = (
-                sum(v for k, v in result["stages"][s]["cpu_seconds"].items() if not k.startswith("autovacuum"))
-                for s in (best, "cdcflow")
-            )
-            # Load-independent view: CPU seconds the same WAL cost each way (2 cores shared by all of it).
-            result["cpu_seconds_raw"], result["cpu_seconds_cdcflow"] = round(cpu_raw, 2), round(cpu_cdc, 2)
-            result["cpu_ratio_raw_to_cdcflow"] = round(cpu_raw / cpu_cdc, 3) if cpu_cdc else None
-            progress(
-                f"CPU seconds: pg_recvlogical path {cpu_raw:.1f}, cdcflow path {cpu_cdc:.1f} "
-                f"(ratio {result['cpu_ratio_raw_to_cdcflow']})"
-            )
-            progress(
-                f"cdcflow / pg_recvlogical = {result['ratio_cdcflow_to_raw']:.2f} against the faster "
-                f"baseline ({best}; target >= 0.5)" + ("  [profiled run: not representative]" if profile else "")
-            )
+        total = result["generated"]["changes"]
+        result["stages"] = _run_stages(stages, server, serving, settings, target, total, out, profile, binary, progress)
+        _compare(result, profile, progress)
     finally:
         if not keep:
             _drop_bench(server)

@@ -479,21 +479,7 @@ def run(
         raise ValueError(f"huge_pages {huge_pages!r}: expected one of {', '.join(HUGE_PAGES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    server = None
-    if dsn is None:
-        from cdcflow.embedded import EmbeddedPostgres
-
-        sizing = {
-            "shared_buffers": shared_buffers or SHARED_BUFFERS,
-            "max_wal_size": max_wal_size or MAX_WAL_SIZE,
-            "huge_pages": huge_pages or "try",
-        }
-        server = EmbeddedPostgres(Path(data_dir or DATA_DIR), sizing)
-        dsn = server.dsn("postgres")
-    elif shared_buffers is not None or max_wal_size is not None or huge_pages is not None:
-        raise ValueError(
-            "shared_buffers, max_wal_size and huge_pages apply to the embedded server: configure the one at --dsn"
-        )
+    server, dsn = _server(dsn, data_dir, shared_buffers, max_wal_size, huge_pages)
     results: dict = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "delta_changes": DELTA,
@@ -504,22 +490,7 @@ def run(
         "parallel_reads": parallel_reads,
         "sizes": [],
     }
-    with psycopg.connect(dsn) as conn:
-        results["server_version"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        results["server_settings"] = dict(
-            conn.execute(  # type: ignore[arg-type]
-                "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
-                (list(SERVER_SETTINGS),),
-            ).fetchall()
-        )
-    progress(
-        f"server {results['server_version']}: " + ", ".join(f"{k}={v}" for k, v in results["server_settings"].items())
-    )
-    if results["server_settings"].get("huge_pages_status") == "off" and huge_pages != "off":
-        progress(
-            "  note: the server's shared memory has no huge pages (the OS reserves none: vm.nr_hugepages); "
-            "at 1e7 cycles took 10-15% longer without them (docs/benchmarks.md)"
-        )
+    _describe_server(dsn, results, huge_pages, progress)
     scenarios: list[Scenario] = []
     try:
         for size in sizes:
@@ -536,24 +507,83 @@ def run(
                 entry[profile] = one
         results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         for entry, sc in zip(results["sizes"], scenarios, strict=True):
-            for name in measured:
-                full = entry.setdefault("full_recompute_s", {})[name] = round(sc.full_recompute(name), 3)
-                for profile in profiles:
-                    cell = entry[profile][name]
-                    cell["speedup"] = round(full / cell["cycle_median_s"], 1)
-                    progress(
-                        f"  {sc.size:.0e} {profile} {name}: cycle {cell['cycle_median_s'] * 1000:.0f} ms (median), "
-                        f"full recompute in PostgreSQL {full:.2f} s ({cell['speedup']}x)"
-                    )
-            if KPI in measured:
-                seed = entry["seed_recompute_s"] = round(sc.seed_recompute(), 3)
-                for profile in profiles:
-                    cell = entry[profile][KPI]
-                    cell["speedup_vs_seed"] = round(seed / cell["cycle_median_s"], 1)
+            _recompute(entry, sc, profiles, measured, progress)
             (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
     finally:
         for sc in scenarios:
             sc.drop()
+    _growth(results, profiles, measured, progress)
+    (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _server(
+    dsn: str | None,
+    data_dir: Path | str | None,
+    shared_buffers: str | None,
+    max_wal_size: str | None,
+    huge_pages: str | None,
+) -> tuple[object | None, str]:
+    """The embedded server (None with ``dsn``) and the DSN to use (see :func:`run`)."""
+    if dsn is not None:
+        if shared_buffers is not None or max_wal_size is not None or huge_pages is not None:
+            raise ValueError(
+                "shared_buffers, max_wal_size and huge_pages apply to the embedded server: configure the one at --dsn"
+            )
+        return None, dsn
+    from cdcflow.embedded import EmbeddedPostgres
+
+    sizing = {
+        "shared_buffers": shared_buffers or SHARED_BUFFERS,
+        "max_wal_size": max_wal_size or MAX_WAL_SIZE,
+        "huge_pages": huge_pages or "try",
+    }
+    server = EmbeddedPostgres(Path(data_dir or DATA_DIR), sizing)
+    return server, server.dsn("postgres")
+
+
+def _describe_server(dsn: str, results: dict, huge_pages: str | None, progress: Progress) -> None:
+    """The server's version and the settings that matter here, into ``results``."""
+    with psycopg.connect(dsn) as conn:
+        results["server_version"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        results["server_settings"] = dict(
+            conn.execute(  # type: ignore[arg-type]
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+                (list(SERVER_SETTINGS),),
+            ).fetchall()
+        )
+    progress(
+        f"server {results['server_version']}: " + ", ".join(f"{k}={v}" for k, v in results["server_settings"].items())
+    )
+    if results["server_settings"].get("huge_pages_status") == "off" and huge_pages != "off":
+        progress(
+            "  note: the server's shared memory has no huge pages (the OS reserves none: vm.nr_hugepages); "
+            "at 1e7 cycles took 10-15% longer without them (docs/benchmarks.md)"
+        )
+
+
+def _recompute(
+    entry: dict, sc: Scenario, profiles: tuple[str, ...], measured: tuple[str, ...], progress: Progress
+) -> None:
+    """One size's full recomputes (and the KPI's seed recompute), and the cycles' speed-up over them."""
+    for name in measured:
+        full = entry.setdefault("full_recompute_s", {})[name] = round(sc.full_recompute(name), 3)
+        for profile in profiles:
+            cell = entry[profile][name]
+            cell["speedup"] = round(full / cell["cycle_median_s"], 1)
+            progress(
+                f"  {sc.size:.0e} {profile} {name}: cycle {cell['cycle_median_s'] * 1000:.0f} ms (median), "
+                f"full recompute in PostgreSQL {full:.2f} s ({cell['speedup']}x)"
+            )
+    if KPI in measured:
+        seed = entry["seed_recompute_s"] = round(sc.seed_recompute(), 3)
+        for profile in profiles:
+            cell = entry[profile][KPI]
+            cell["speedup_vs_seed"] = round(seed / cell["cycle_median_s"], 1)
+
+
+def _growth(results: dict, profiles: tuple[str, ...], measured: tuple[str, ...], progress: Progress) -> None:
+    """How cycle time and rows touched grow from the smallest size to the largest (into ``results``)."""
     first, last = results["sizes"][0], results["sizes"][-1]
     for key in (
         "growth_largest_vs_smallest",
@@ -577,8 +607,6 @@ def run(
                 f"growth from the smallest to the largest size, {profile} {name}: cycle {growth}x, rows touched "
                 f"{rows}x, per touched row {round(growth / rows, 2)}x"
             )
-    (out_dir / "projection_scaling.json").write_text(json.dumps(results, indent=2))
-    return results
 
 
 def measured_names(text: str) -> tuple[str, ...]:

@@ -31,39 +31,79 @@ import psycopg
 
 from cdcflow.bench import percentiles, results_dir
 from cdcflow.config import Settings
+from cdcflow.sources.base import BatchResult
+from cdcflow.worker import Observer, Worker
 
 LAG_TARGET_P95 = 0.5
 FRESHNESS_TARGET_P95 = 1.0
 
 
-def run(
-    out: Path,
-    *,
-    changes_per_second: float = 20_000,
-    duration: float = 180,
-    warmup: float = 5.0,
-    sample_seconds: float = 0.25,
-    data_dir: Path = Path(".cdcflow/bench-sustained-pg"),
-    progress: Callable[[str], None] = print,
-    stamp: str | None = None,
-    user_projections: bool = True,
-) -> dict:
-    from cdcflow import loadgen
+class _Samples(Observer):
+    """What the run measures: each staged batch's lag (from its oldest change's commit to
+    now), and the projections' freshness sampled in a thread."""
+
+    def __init__(self, serving_dsn: str, every: float) -> None:
+        self.started = time.monotonic()
+        self.lags: list[tuple[float, float, int]] = []  # (t, lag seconds, rows)
+        self.fresh: list[tuple[float, str, float]] = []  # (t, projection, freshness seconds)
+        self._dsn, self._every = serving_dsn, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="bench-sampler", daemon=True)
+
+    def batch_staged(self, worker: Worker, result: BatchResult, seconds: float) -> None:
+        if result.rows and result.first_commit_time is not None:
+            lag = (dt.datetime.now(dt.UTC) - result.first_commit_time).total_seconds()
+            self.lags.append((time.monotonic() - self.started, lag, result.rows))
+
+    def _sample(self) -> None:
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            while not self._stop.wait(self._every):
+                now = dt.datetime.now(dt.UTC)
+                for name, as_of_time in conn.execute(
+                    "SELECT projection_name, as_of_time FROM ctl_projection_metadata"
+                ).fetchall():
+                    if as_of_time is not None:
+                        self.fresh.append((time.monotonic() - self.started, name, (now - as_of_time).total_seconds()))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def last_seconds(self, window: float = 5) -> str:
+        """The last ``window`` seconds, as a progress line."""
+        t = time.monotonic() - self.started
+        recent = [lag for (ts, lag, _) in self.lags if ts > t - window]
+        staged = sum(rows for (ts, _, rows) in self.lags if ts > t - window) / window
+        fr = [f for (ts, _, f) in self.fresh if ts > t - window]
+        return (
+            f"  {t:5.0f}s  staged {staged:9,.0f} changes/s  lag max {max(recent, default=0):.2f}s  "
+            f"freshness max {max(fr, default=0):.2f}s"
+        )
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["t_seconds", "kind", "name", "value_seconds", "rows"])
+            for ts, lag, rows in self.lags:
+                w.writerow([f"{ts:.3f}", "ingestion_lag", "batch", f"{lag:.4f}", rows])
+            for ts, name, value in self.fresh:
+                w.writerow([f"{ts:.3f}", "projection_freshness", name, f"{value:.4f}", ""])
+
+
+def _servers(data_dir: Path, user_projections: bool) -> tuple[object, Settings]:
+    """An embedded server with fresh source and serving databases, bootstrapped; the server
+    and the databases' settings."""
     from cdcflow.bench.projection_scaling import bench_projections_dir
     from cdcflow.bootstrap import bootstrap
     from cdcflow.embedded import EmbeddedPostgres
-    from cdcflow.runtime import Runtime
-    from cdcflow.sources.base import BatchResult
-    from cdcflow.worker import Observer, Worker
 
-    where = results_dir(out, "sustained", stamp)
-    progress(f"sustained: {changes_per_second:,.0f} changes/s for {duration:g}s (+{warmup:g}s warm-up) -> {where}")
     pg = EmbeddedPostgres(data_dir)
-    source_dsn = pg.create_database("bench_source", drop=True)
-    serving_dsn = pg.create_database("bench_serving", drop=True)
     settings = Settings(
-        source_dsn=source_dsn,
-        serving_dsn=serving_dsn,
+        source_dsn=pg.create_database("bench_source", drop=True),
+        serving_dsn=pg.create_database("bench_serving", drop=True),
         slot_name="cdcflow_bench",
         publication_name="cdcflow_bench",
         enable_proj_orders_kpi=True,
@@ -80,37 +120,13 @@ def run(
             "WHERE slot_name = 'cdcflow_bench'"
         )
     bootstrap(settings, demo=True).source.close()
-    profile = loadgen.get_profile("heavy_10k")
-    orders_rate = changes_per_second / profile.changes_per_order
-    runtime = Runtime(settings)
-    lags: list[tuple[float, float, int]] = []  # (t, lag seconds, rows)
-    started = time.monotonic()
+    return pg, settings
 
-    class Lags(Observer):
-        """Each staged batch's lag: from its oldest change's commit to now."""
 
-        def batch_staged(self, worker: Worker, result: BatchResult, seconds: float) -> None:
-            if result.rows and result.first_commit_time is not None:
-                lag = (dt.datetime.now(dt.UTC) - result.first_commit_time).total_seconds()
-                lags.append((time.monotonic() - started, lag, result.rows))
-
-    runtime.workers[0].observe(Lags())
-    fresh: list[tuple[float, str, float]] = []
-    stop_sampling = threading.Event()
-
-    def sample() -> None:
-        with psycopg.connect(serving_dsn, autocommit=True) as conn:
-            while not stop_sampling.wait(sample_seconds):
-                now = dt.datetime.now(dt.UTC)
-                for name, as_of_time in conn.execute(
-                    "SELECT projection_name, as_of_time FROM ctl_projection_metadata"
-                ).fetchall():
-                    if as_of_time is not None:
-                        fresh.append((time.monotonic() - started, name, (now - as_of_time).total_seconds()))
-
-    sampler = threading.Thread(target=sample, name="bench-sampler", daemon=True)
-    runtime.start()
-    sampler.start()
+def _load(
+    source_dsn: str, orders_rate: float, seconds: float, samples: _Samples, progress: Callable[[str], None]
+) -> dict:
+    """The load generator in its own process for ``seconds``, with a progress line every 5 s; its statistics."""
     load = subprocess.Popen(
         [
             sys.executable,
@@ -124,7 +140,7 @@ def run(
             "--rate",
             f"{orders_rate:.3f}",
             "--duration",
-            f"{duration + warmup:.1f}",
+            f"{seconds:.1f}",
             "--json",
             "--progress-interval",
             "5",
@@ -136,32 +152,67 @@ def run(
     try:
         while load.poll() is None:
             time.sleep(5)
-            t = time.monotonic() - started
-            recent = [lag for (ts, lag, _) in lags if ts > t - 5]
-            staged = sum(rows for (ts, _, rows) in lags if ts > t - 5) / 5
-            fr = [f for (ts, _, f) in fresh if ts > t - 5]
-            progress(
-                f"  {t:5.0f}s  staged {staged:9,.0f} changes/s  lag max {max(recent, default=0):.2f}s  "
-                f"freshness max {max(fr, default=0):.2f}s"
-            )
+            progress(samples.last_seconds())
         load_out = load.stdout.read() if load.stdout else ""
     finally:
         if load.poll() is None:
             load.terminate()
         load.wait(30)
-    load_stats = json.loads(load_out.strip().splitlines()[-1]) if load_out.strip() else {}
+    return json.loads(load_out.strip().splitlines()[-1]) if load_out.strip() else {}
+
+
+def run(
+    out: Path,
+    *,
+    changes_per_second: float = 20_000,
+    duration: float = 180,
+    warmup: float = 5.0,
+    sample_seconds: float = 0.25,
+    data_dir: Path = Path(".cdcflow/bench-sustained-pg"),
+    progress: Callable[[str], None] = print,
+    stamp: str | None = None,
+    user_projections: bool = True,
+) -> dict:
+    from cdcflow import loadgen
+    from cdcflow.runtime import Runtime
+
+    where = results_dir(out, "sustained", stamp)
+    progress(f"sustained: {changes_per_second:,.0f} changes/s for {duration:g}s (+{warmup:g}s warm-up) -> {where}")
+    _server, settings = _servers(data_dir, user_projections)
+    assert settings.source_dsn and settings.serving_dsn
+    orders_rate = changes_per_second / loadgen.get_profile("heavy_10k").changes_per_order
+    runtime = Runtime(settings)
+    samples = _Samples(settings.serving_dsn, sample_seconds)
+    runtime.workers[0].observe(samples)
+    runtime.start()
+    samples.start()
+    load_stats = _load(settings.source_dsn, orders_rate, duration + warmup, samples, progress)
     # Drain: let the last changes reach staging and the projections, then stop.
     time.sleep(2)
-    stop_sampling.set()
-    sampler.join(10)
+    samples.stop()
     runtime.stop.set()
     runtime.join()
+    summary = _summary(samples, load_stats, changes_per_second, duration, warmup, user_projections)
+    samples.write_csv(where / "samples.csv")
+    (where / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _report(summary, changes_per_second, progress)
+    return summary
 
+
+def _summary(
+    samples: _Samples,
+    load_stats: dict,
+    changes_per_second: float,
+    duration: float,
+    warmup: float,
+    user_projections: bool,
+) -> dict:
+    """The measured window's percentiles, against the targets."""
     measured_lag: list[float] = []
-    for ts, lag, rows in lags:
+    for ts, lag, rows in samples.lags:
         if warmup <= ts <= warmup + duration:
             measured_lag.extend([lag] * rows)
-    rows_measured = sum(rows for ts, _, rows in lags if warmup <= ts <= warmup + duration)
+    rows_measured = sum(rows for ts, _, rows in samples.lags if warmup <= ts <= warmup + duration)
     summary: dict = {
         "target_changes_per_second": changes_per_second,
         "duration_seconds": duration,
@@ -177,22 +228,19 @@ def run(
         summary["ingestion_lag_seconds"]["p95"] is not None
         and summary["ingestion_lag_seconds"]["p95"] <= LAG_TARGET_P95
     )
-    for name in sorted({n for _, n, _ in fresh}):
-        vals = [f for ts, n, f in fresh if n == name and warmup <= ts <= warmup + duration]
+    for name in sorted({n for _, n, _ in samples.fresh}):
+        vals = [f for ts, n, f in samples.fresh if n == name and warmup <= ts <= warmup + duration]
         summary["projection_freshness_seconds"][name] = percentiles(vals)
         p95 = summary["projection_freshness_seconds"][name]["p95"]
         ok = ok and p95 is not None and p95 <= FRESHNESS_TARGET_P95
     achieved = float(load_stats.get("changes_per_second", 0) or 0)
     summary["load_reached_target"] = achieved >= 0.95 * changes_per_second
     summary["pass"] = bool(ok and summary["load_reached_target"])
-    with open(where / "samples.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["t_seconds", "kind", "name", "value_seconds", "rows"])
-        for ts, lag, rows in lags:
-            w.writerow([f"{ts:.3f}", "ingestion_lag", "batch", f"{lag:.4f}", rows])
-        for ts, name, value in fresh:
-            w.writerow([f"{ts:.3f}", "projection_freshness", name, f"{value:.4f}", ""])
-    (where / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _report(summary: dict, changes_per_second: float, progress: Callable[[str], None]) -> None:
+    achieved = float(summary["load"].get("changes_per_second", 0) or 0)
     lag = summary["ingestion_lag_seconds"]
     progress(
         f"sustained: load {achieved:,.0f} changes/s (target {changes_per_second:,.0f}), staged "
@@ -205,7 +253,6 @@ def run(
         f"sustained: {'PASS' if summary['pass'] else 'FAIL'} against lag p95 <= {LAG_TARGET_P95}s, "
         f"freshness p95 <= {FRESHNESS_TARGET_P95}s, load >= 95% of target"
     )
-    return summary
 
 
 def _f(v: float | None) -> str:
