@@ -72,7 +72,10 @@ class Worker:
         #: Set by another worker when there is work (None: the worker waits for its timeout).
         self.wake = wake
         self.lease = lease
-        self.keeper = leases.LeaseKeeper(lease, serving_dsn or "") if lease is not None else None
+        self.keeper: leases.LeaseKeeper | None = None
+        if lease is not None:
+            assert serving_dsn, "a lease is kept on the serving database: its DSN is needed"
+            self.keeper = leases.LeaseKeeper(lease, serving_dsn)
         self.backoff = backoff or db.Backoff(initial=0.2, maximum=10.0)
         self.alive = False
         self.last_error: str | None = None
