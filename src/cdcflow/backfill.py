@@ -49,6 +49,7 @@ from cdcflow.sources.base import TableSpec
 
 if TYPE_CHECKING:  # the source module calls this one (through cdcflow.snapshot): no import of it at run time
     from cdcflow.sources.postgres import PostgresSource
+from cdcflow.worker import Worker
 
 log = logging.getLogger(__name__)
 Q = "serving_runtime.sql"
@@ -360,62 +361,58 @@ def pending(serving: psycopg.Connection, source_name: str) -> list[str]:
     return sorted(c for c, w in wms.items() if w.state == "BACKFILL" or (w.state == "INIT" and started))
 
 
-class BackfillWorker:
+class BackfillWorker(Worker):
     """Runs the source's pending backfills while this process's ingestion worker owns the stream."""
 
     def __init__(self, settings, serving_dsn: str, stop: threading.Event, ingest) -> None:
+        super().__init__(f"backfill[{settings.source_name}]", stop, backoff=db.Backoff(initial=1.0, maximum=30.0))
         self.settings = settings
         self.serving_dsn = serving_dsn
-        self.stop = stop
         self.ingest = ingest  # the IngestWorker whose lease says the stream is ours
-        self.name = f"backfill[{settings.source_name}]"
-        self.alive = False
-        self.last_error: str | None = None
         self.backfills = 0
 
-    def run(self) -> None:
+    def initial_wait(self) -> float:
+        return self.settings.poll_interval_seconds
+
+    def step(self, token: int | None) -> float:
+        if self.ingest.alive and self.ingest.lease.held:
+            with db.connect(self.serving_dsn, "serving") as conn:
+                todo = pending(conn, self.settings.source_name)
+            for capture in todo:
+                self._backfill(capture)
+                self.backfills += 1
+        return self.settings.poll_interval_seconds
+
+    def _backfill(self, capture: str) -> None:
         from cdcflow.sources.postgres import PostgresSource  # at run time: that module imports this one
 
-        self.alive = True
-        backoff = db.Backoff(initial=1.0, maximum=30.0)
+        source = PostgresSource.from_settings(self.settings)
         try:
-            while not self.stop.wait(self.settings.poll_interval_seconds):
-                if not (self.ingest.alive and self.ingest.lease.held):
-                    continue
-                try:
-                    with db.connect(self.serving_dsn, "serving") as conn:
-                        todo = pending(conn, self.settings.source_name)
-                    for capture in todo:
-                        source = PostgresSource.from_settings(self.settings)
-                        try:
-                            why = "backfilling: its table's rows are being copied"
-                            run(
-                                source,
-                                self.serving_dsn,
-                                self.settings.source_name,
-                                capture,
-                                why=why,
-                                streaming=True,
-                                stop=self.stop,
-                                options=CopyOptions.of(self.settings),
-                            )
-                        finally:
-                            source.close()
-                        self.backfills += 1
-                    backoff.reset()
-                    self.last_error = None
-                except BackfillAborted as exc:
-                    log.info("%s: %s", self.name, exc)
-                except Exception as exc:  # noqa: BLE001 - logged and retried; chunks committed stay done
-                    exc = db.wrap_db_error("backfilling", exc) if isinstance(exc, psycopg.Error) else exc
-                    self.last_error = str(exc)
-                    delay = backoff.next_delay()
-                    # A lost connection is retried like ingestion's; anything else is an error.
-                    level = logging.WARNING if isinstance(exc, TransientError) else logging.ERROR
-                    log.log(level, "%s: %s (retrying in %.0fs)", self.name, db.describe_error(exc), delay)
-                    self.stop.wait(delay)
+            run(
+                source,
+                self.serving_dsn,
+                self.settings.source_name,
+                capture,
+                why="backfilling: its table's rows are being copied",
+                streaming=True,
+                stop=self.stop,
+                options=CopyOptions.of(self.settings),
+            )
         finally:
-            self.alive = False
+            source.close()
+
+    def failed(self, exc: Exception) -> float:
+        if isinstance(exc, BackfillAborted):
+            log.info("%s: %s", self.name, exc)
+            return self.settings.poll_interval_seconds
+        # Logged and retried; chunks committed stay done.
+        exc = db.wrap_db_error("backfilling", exc) if isinstance(exc, psycopg.Error) else exc
+        self.errored(exc)
+        delay = self.backoff.next_delay()
+        # A lost connection is retried like ingestion's; anything else is an error.
+        level = logging.WARNING if isinstance(exc, TransientError) else logging.ERROR
+        log.log(level, "%s: %s (retrying in %.0fs)", self.name, db.describe_error(exc), delay)
+        return delay + self.settings.poll_interval_seconds
 
 
 def wait_done(serving: psycopg.Connection, source_name: str, capture: str, stop: threading.Event | None = None) -> None:

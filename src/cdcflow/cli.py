@@ -11,11 +11,15 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from cdcflow import __version__, console, logs
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError, ConfigError
 from cdcflow.redact import REDACTOR
+
+if TYPE_CHECKING:
+    from cdcflow.runtime import Hooks
 
 log = logging.getLogger("cdcflow")
 
@@ -53,7 +57,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from cdcflow.runtime import Runtime, stop_on_signals
 
     console.require_token_if_exposed(settings)  # before waiting for any database
-    runtime = Runtime(settings, fault_point=os.environ.get("CDCFLOW_FAULT_POINT") or None)
+    runtime = Runtime(settings, hooks=args.hooks)
     with stop_on_signals(runtime.stop):  # a signal during start-up stops cleanly too
         wait_for_databases(settings, runtime.stop)
         if not runtime.stop.is_set():
@@ -468,12 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, *, hooks: Hooks | None = None) -> int:
+    """``hooks``: installed in the workers of ``cdcflow run`` (see :class:`cdcflow.runtime.Hooks`)."""
     if argv is None:
         import cdcflow
 
         cdcflow.catch_early_signals()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv, argparse.Namespace(hooks=hooks))
     env = os.environ if env is None else env
     try:
         settings = _settings(env)

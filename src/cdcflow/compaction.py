@@ -36,6 +36,7 @@ from cdcflow import db, sqlfiles
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError, TransientError
 from cdcflow.serving.control import read_watermarks
+from cdcflow.worker import Worker
 
 log = logging.getLogger(__name__)
 Q = "compaction.sql"
@@ -237,51 +238,44 @@ class Compactor:
         return out
 
 
-class CompactionWorker:
+class CompactionWorker(Worker):
     """Runs a compaction pass every ``COMPACTION_INTERVAL_SECONDS`` (the first one after one interval)."""
 
     def __init__(self, settings: Settings, stop: threading.Event) -> None:
+        super().__init__(f"compaction[{settings.source_name}]", stop, backoff=db.Backoff(initial=1.0, maximum=60.0))
         self.settings = settings
-        self.stop = stop
-        self.name = f"compaction[{settings.source_name}]"
-        self.alive = False
         self.passes = 0
-        self.last_error: str | None = None
         self.compactor = Compactor(settings, stop)
-        #: Called with (capture, rows deleted) after each capture's pass; for metrics. Must not raise.
-        self.on_compacted: list[Callable[[str, int], None]] = []
-        #: Called with each error a pass ends with; for metrics. Must not raise.
-        self.on_error: list[Callable[[Exception], None]] = []
 
-    def run(self) -> None:
-        self.alive = True
-        backoff = db.Backoff(initial=1.0, maximum=60.0)
-        delay = self.settings.compaction_interval_seconds
-        try:
-            while not self.stop.wait(delay):
-                try:
-                    self.compactor.run_pass(self.on_compacted)
-                    self.passes += 1
-                    self.last_error = None
-                    backoff.reset()
-                    delay = self.settings.compaction_interval_seconds
-                except CdcflowError as exc:
-                    self.last_error = str(exc)
-                    for hook in self.on_error:
-                        hook(exc)
-                    delay = min(self.settings.compaction_interval_seconds, backoff.next_delay())
-                    level = logging.WARNING if isinstance(exc, TransientError) else logging.ERROR
-                    log.log(
-                        level,
-                        "%s: %s (next pass in %.1fs)",
-                        self.name,
-                        exc,
-                        delay,
-                        extra={"action": "compact", "worker": self.name},
-                    )
-        finally:
-            self.alive = False
-            log.info("%s stopped after %d passes", self.name, self.passes)
+    def initial_wait(self) -> float:
+        return self.settings.compaction_interval_seconds
+
+    def step(self, token: int | None) -> float:
+        self.compactor.run_pass([self._compacted])
+        self.passes += 1
+        return self.settings.compaction_interval_seconds
+
+    def _compacted(self, capture: str, rows: int) -> None:
+        self.notify(lambda o: o.compacted(self, capture, rows))
+
+    def failed(self, exc: Exception) -> float:
+        if not isinstance(exc, CdcflowError):
+            raise exc
+        self.errored(exc)
+        delay = min(self.settings.compaction_interval_seconds, self.backoff.next_delay())
+        level = logging.WARNING if isinstance(exc, TransientError) else logging.ERROR
+        log.log(
+            level,
+            "%s: %s (next pass in %.1fs)",
+            self.name,
+            exc,
+            delay,
+            extra={"action": "compact", "worker": self.name},
+        )
+        return delay
+
+    def stopped_message(self) -> str:
+        return f"{self.name} stopped after {self.passes} passes"
 
 
 def build_workers(settings: Settings, stop: threading.Event) -> list[CompactionWorker]:

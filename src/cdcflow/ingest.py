@@ -1,4 +1,4 @@
-"""The ingestion worker: source changes -> staging, exactly once (the seed's lifecycle).
+"""The ingestion worker: source changes -> staging, exactly once.
 
 Per cycle: read the watermarks; read whole transactions after the lowest active one
 (up to ``CDC_BATCH_MAX_ROWS``, ending at a commit); in one serving transaction stage the
@@ -12,11 +12,11 @@ or a schema change stops the affected captures, visibly, without skipping anythi
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
@@ -28,6 +28,7 @@ from cdcflow.positions import format_lsn
 from cdcflow.serving import control, schema
 from cdcflow.serving.staging import CopyLane, StagingWriter, WatermarkMoved
 from cdcflow.sources.base import BatchResult, TableSpec
+from cdcflow.worker import Worker
 
 log = logging.getLogger(__name__)
 #: A backlog's batches follow one another without reading the watermarks again for at
@@ -35,8 +36,25 @@ log = logging.getLogger(__name__)
 REREAD_SECONDS = 1.0
 
 
-class IngestWorker:
-    """Moves one source's changes into staging. Run :meth:`run` in a thread."""
+@dataclass(frozen=True)
+class _Start:
+    """Where a batch is read from: under which lease token, after which position (the
+    stream's start), and each active capture's watermark."""
+
+    token: int
+    after: int
+    positions: dict[str, int]
+
+
+class IngestWorker(Worker):
+    """Moves one source's changes into staging. Run :meth:`run` in a thread.
+
+    ``queue_commits``: a backlog batch's commit is queued and the next batch read at once
+    (False: each batch commits before the next is read; the catch-up benchmark compares
+    the two). ``before_confirm``: called with a committed position right before it is
+    confirmed to the source (a crash test ends the process there)."""
+
+    lease: leases.Lease
 
     def __init__(
         self,
@@ -45,42 +63,38 @@ class IngestWorker:
         serving_dsn: str,
         stop: threading.Event,
         staged: threading.Event | None = None,
-        fault_point: str | None = None,
+        *,
         owner: str | None = None,
         resource: str | None = None,
+        queue_commits: bool = True,
+        before_confirm: Callable[[int], None] | None = None,
     ) -> None:
+        resource = resource or f"ingest:{settings.source_name}"
+        super().__init__(
+            "ingest[" + resource.split(":", 1)[1] + "]",
+            stop,
+            lease=leases.Lease(resource, owner or leases.instance_id(), settings.lease_seconds),
+            serving_dsn=serving_dsn,
+        )
         self.settings = settings
         self.source = source
         self.serving_dsn = serving_dsn
-        self.stop = stop
         self.staged = staged or threading.Event()
-        self.fault_point = fault_point
-        resource = resource or f"ingest:{settings.source_name}"
-        self.name = "ingest[" + resource.split(":", 1)[1] + "]"
-        self.lease = leases.Lease(resource, owner or leases.instance_id(), settings.lease_seconds)
-        self.keeper = leases.LeaseKeeper(self.lease, serving_dsn)
+        self.queue_commits = queue_commits
+        self.before_confirm = before_confirm
         self._serving: psycopg.Connection | None = None
         self._specs: dict[str, TableSpec] | None = None
         self._dedupe = False
         #: The serving connection's staging work, in order (COPY chunks, queued commits).
         self._lane = CopyLane(name=self.name + ":copy")
-        #: (lease token, watermark, each active capture's watermark) after a batch whose
-        #: commit is queued.
-        self._follow: tuple[int, int, dict[str, int]] | None = None
+        #: Where the next batch starts, after a batch whose commit is queued.
+        self._follow: _Start | None = None
         self._read_at = 0.0  # when the watermarks were last read
         self._copying: frozenset[str] = frozenset()  # captures whose table is being copied, as read then
-        #: Queue a backlog batch's commit and read on (False: commit each batch before the next).
-        self.queue_commits = True
         self._committed_lsn = 0  # highest watermark committed by this process
         self._confirmed = 0  # highest position confirmed to the source
         self.batches = 0
         self.rows = 0
-        self.last_error: str | None = None
-        self.alive = False
-        #: Called after each committed batch with (result, seconds); for metrics. Must not raise.
-        self.on_batch: list[Callable[[BatchResult, float], None]] = []
-        #: Called with each error the loop handles; for metrics. Must not raise.
-        self.on_error: list[Callable[[Exception], None]] = []
 
     # -- connections ------------------------------------------------------------
 
@@ -148,127 +162,152 @@ class IngestWorker:
         every queued one (see :meth:`_settle`)."""
         token = self.lease.token if self.lease.held else None
         if token is None:
-            # Another instance owns this stream (or the lease is being renewed): stand by,
-            # without holding the slot.
-            self._settle_mapped()
-            self.source.close_stream()
-            self.keeper.changed.wait(min(1.0, self.settings.lease_seconds / 10))
-            self.keeper.changed.clear()
+            self.stand_by()
             return False
         conn = self.serving()
         specs = self.specs()
-        cycle_id = uuid.uuid4().hex[:8]
-        follow, self._follow = self._follow, None
-        if follow is not None and follow[0] == token and time.monotonic() - self._read_at < REREAD_SECONDS:
-            # Continuing a backlog: the previous batch's commit is queued, not done yet.
-            _, after, positions = follow
-        else:
-            self._settle_mapped()
-            try:
-                wms = control.read_watermarks(conn, self.settings.source_name)
-            except psycopg.Error as exc:
-                db.safe_rollback(conn)
-                raise db.wrap_db_error("reading watermarks", exc) from None
-            self._read_at = time.monotonic()
-            positions = {c: wms[c].last_lsn for c in specs if c in wms and wms[c].active}
-            self.source.skip_captures.clear()
-            self.source.skip_captures.update(c for c in specs if c not in positions)
-            if not positions:
-                db.safe_rollback(conn)
-                self.stop.wait(self.settings.poll_interval_seconds)
-                return False
-            # The stream starts after the lowest complete capture: one whose table is still
-            # being copied (INIT, BACKFILL) streams along from there on, its earlier changes
-            # being in the copy.
-            complete = [c for c in positions if not wms[c].incomplete] or list(positions)
-            self._copying = frozenset(c for c in positions if wms[c].incomplete)
-            after = min(positions[c] for c in complete)
-        active = list(positions)
-        # A capture staged past the stream's start (a backfill's snapshot) drops what it has.
-        self.source.floors.clear()
-        self.source.floors.update({c: p for c, p in positions.items() if p > after})
-        expected = [positions[c] for c in active]
+        start = self._backlog_start(token) or self._read_start(conn, specs, token)
+        if start is None:  # no active capture
+            self.stop.wait(self.settings.poll_interval_seconds)
+            return False
         writer = StagingWriter(
             conn, specs, self.settings.source_name, dedupe=self._dedupe, lane=self._lane, copying=self._copying
         )
-        started = time.monotonic()
+        started, cycle_id = time.monotonic(), uuid.uuid4().hex[:8]
         try:
-            result = self.source.read_batch(
-                after,
-                self.settings.cdc_batch_max_rows,
-                writer,
-                min(self.settings.poll_interval_seconds, self.settings.lease_seconds / 3),
-            )
-            self._confirm_committed()
-            if result.end_lsn <= after and result.rows == 0 and not result.truncated and not result.paused:
+            result = self._read(start, writer)
+            if result.end_lsn <= start.after and not (result.rows or result.truncated or result.paused):
                 writer.flush()  # a queued commit that failed says so here, not never
                 writer.rollback()
                 return False
-            before = dict(zip(active, expected, strict=True))
-            # A capture at or past the batch's end has nothing in it and stays where it is.
-            advancing = [
-                c
-                for c in active
-                if c not in result.truncated and c not in result.paused and positions[c] < result.end_lsn
-            ]
-            adv_expected = [positions[c] for c in advancing]
-
-            def committed() -> None:
-                self._committed(result, started, cycle_id)
-
-            queue = (
-                self.queue_commits
-                and result.rows > 0
-                and not result.truncated
-                and not result.paused
-                and not self._dedupe
-                and not self.stop.is_set()
-            )
-            if not queue:
-                writer.flush()  # every queued commit is done: this thread may use the connection
-                for capture, lsn in result.truncated.items():
-                    msg = (
-                        f"TRUNCATE of {specs[capture].qualified} at {format_lsn(self.source.engine, lsn)}: "
-                        f"row-level staging cannot express it; run 'cdcflow resync'"
-                    )
-                    log.error(msg)
-                    control.set_capture_state(
-                        conn, self.settings.source_name, capture, "GAP", msg, before[capture], lsn
-                    )
-                for capture, reason in result.paused.items():
-                    control.set_capture_state(conn, self.settings.source_name, capture, "PAUSED", reason)
-            writer.commit(
-                result.end_lsn,
-                advancing,
-                result.last_commit_time,
-                before_commit=lambda c: self.lease.fence(c, token),
-                expected=adv_expected,
-                wait=not queue,
-                then=committed if queue else None,
-            )
-            if queue:
-                self._follow = (
-                    token,
-                    result.end_lsn,
-                    {c: result.end_lsn if c in advancing else positions[c] for c in active},
-                )
+            if self._commit(conn, specs, start, result, writer, lambda: self._committed(result, started, cycle_id)):
                 return True
-        except leases.LeaseLost:
-            writer.rollback()
-            self.source.close_stream()
-            raise
         except psycopg.Error as exc:
-            writer.rollback()
-            self.source.close_stream()
+            self._abandon(writer)
             raise self._staging_error(exc) from None
         except BaseException:
-            writer.rollback()
-            self.source.close_stream()
+            self._abandon(writer)
             raise
-        committed()
+        self._committed(result, started, cycle_id)
         self._confirm_committed()
         self._dedupe = False
         return result.more_pending
+
+    def _backlog_start(self, token: int) -> _Start | None:
+        """Where the next batch of a backlog starts, while the previous batch's commit is
+        still queued (None: read the watermarks again)."""
+        follow, self._follow = self._follow, None
+        if follow is not None and follow.token == token and time.monotonic() - self._read_at < REREAD_SECONDS:
+            return follow
+        return None
+
+    def _read_start(self, conn: psycopg.Connection, specs: dict[str, TableSpec], token: int) -> _Start | None:
+        """Where the next batch starts, from the watermarks (after every queued commit is
+        done); None when no capture is active."""
+        self._settle_mapped()
+        try:
+            wms = control.read_watermarks(conn, self.settings.source_name)
+        except psycopg.Error as exc:
+            db.safe_rollback(conn)
+            raise db.wrap_db_error("reading watermarks", exc) from None
+        self._read_at = time.monotonic()
+        positions = {c: wms[c].last_lsn for c in specs if c in wms and wms[c].active}
+        self.source.skip_captures.clear()
+        self.source.skip_captures.update(c for c in specs if c not in positions)
+        if not positions:
+            db.safe_rollback(conn)
+            return None
+        # The stream starts after the lowest complete capture: one whose table is still
+        # being copied (INIT, BACKFILL) streams along from there on, its earlier changes
+        # being in the copy.
+        complete = [c for c in positions if not wms[c].incomplete] or list(positions)
+        self._copying = frozenset(c for c in positions if wms[c].incomplete)
+        return _Start(token, min(positions[c] for c in complete), positions)
+
+    def _read(self, start: _Start, writer: StagingWriter) -> BatchResult:
+        """Read a batch into ``writer``; then confirm what queued commits have committed meanwhile."""
+        # A capture staged past the stream's start (a backfill's snapshot) drops what it has.
+        self.source.floors.clear()
+        self.source.floors.update({c: p for c, p in start.positions.items() if p > start.after})
+        result = self.source.read_batch(
+            start.after,
+            self.settings.cdc_batch_max_rows,
+            writer,
+            min(self.settings.poll_interval_seconds, self.settings.lease_seconds / 3),
+        )
+        self._confirm_committed()
+        return result
+
+    def _commit(
+        self,
+        conn: psycopg.Connection,
+        specs: dict[str, TableSpec],
+        start: _Start,
+        result: BatchResult,
+        writer: StagingWriter,
+        committed: Callable[[], None],
+    ) -> bool:
+        """Commit the batch's transaction, fenced by the lease; returns whether the commit
+        was queued (then ``committed`` is called on the lane when it is done, and the next
+        batch starts where this one ended)."""
+        positions = start.positions
+        # A capture at or past the batch's end has nothing in it and stays where it is.
+        advancing = [
+            c
+            for c in positions
+            if c not in result.truncated and c not in result.paused and positions[c] < result.end_lsn
+        ]
+        queue = self._may_queue(result)
+        if not queue:
+            writer.flush()  # every queued commit is done: this thread may use the connection
+            self._record_states(conn, specs, start, result)
+        writer.commit(
+            result.end_lsn,
+            advancing,
+            result.last_commit_time,
+            before_commit=lambda c: self.lease.fence(c, start.token),
+            expected=[positions[c] for c in advancing],
+            wait=not queue,
+            then=committed if queue else None,
+        )
+        if queue:
+            ends = {c: result.end_lsn if c in advancing else p for c, p in positions.items()}
+            self._follow = _Start(start.token, result.end_lsn, ends)
+        return queue
+
+    def _may_queue(self, result: BatchResult) -> bool:
+        """Whether the batch's commit may be queued: rows only, no state to record, no
+        duplicate filtering, not stopping."""
+        return (
+            self.queue_commits
+            and result.rows > 0
+            and not result.truncated
+            and not result.paused
+            and not self._dedupe
+            and not self.stop.is_set()
+        )
+
+    def _record_states(
+        self, conn: psycopg.Connection, specs: dict[str, TableSpec], start: _Start, result: BatchResult
+    ) -> None:
+        """In the batch's transaction: a TRUNCATE stops its capture with GAP, a schema
+        change with PAUSED."""
+        for capture, lsn in result.truncated.items():
+            msg = (
+                f"TRUNCATE of {specs[capture].qualified} at {format_lsn(self.source.engine, lsn)}: "
+                f"row-level staging cannot express it; run 'cdcflow resync'"
+            )
+            log.error(msg)
+            control.set_capture_state(
+                conn, self.settings.source_name, capture, "GAP", msg, start.positions[capture], lsn
+            )
+        for capture, reason in result.paused.items():
+            control.set_capture_state(conn, self.settings.source_name, capture, "PAUSED", reason)
+
+    def _abandon(self, writer: StagingWriter) -> None:
+        """A batch failed: roll it back and close the stream (the next reads from the watermarks)."""
+        writer.rollback()
+        self.source.close_stream()
 
     def _staging_error(self, exc: psycopg.Error) -> Exception:
         """A failed batch as the worker reports it; rows already staged mean a retry that
@@ -286,8 +325,7 @@ class IngestWorker:
         self.batches += 1
         self.rows += result.rows
         elapsed = time.monotonic() - started
-        for hook in self.on_batch:
-            hook(result, elapsed)
+        self.notify(lambda o: o.batch_staged(self, result, elapsed))
         if result.rows:
             self.staged.set()
             log.info(
@@ -312,8 +350,8 @@ class IngestWorker:
         """Confirm to the slot what the lane has committed since the last confirmation."""
         lsn = self._committed_lsn
         if lsn > self._confirmed:
-            if self.fault_point == "after_serving_commit":
-                os._exit(17)  # test hook: die between the serving commit and the slot confirm
+            if self.before_confirm is not None:
+                self.before_confirm(lsn)
             self.source.confirm(lsn)
             self._confirmed = lsn
 
@@ -368,68 +406,65 @@ class IngestWorker:
         except (psycopg.Error, TransientError, TerminalError):
             pass  # the serving database is what failed; the log line is the record
 
-    def _errored(self, exc: Exception) -> None:
-        self.last_error = str(exc)
-        for hook in self.on_error:
-            hook(exc)
+    def standing_by(self) -> None:
+        # Another instance owns this stream (or the lease is being renewed): stand by,
+        # without holding the slot.
+        self._settle_mapped()
+        self.source.close_stream()
 
-    def run(self) -> None:
-        self.alive = True
-        backoff = db.Backoff(initial=0.2, maximum=10.0)
-        self.keeper.start()
-        try:
-            while not self.stop.is_set():
-                try:
-                    more = self.cycle()
-                    backoff.reset()
-                    self.last_error = None
-                    if not more:
-                        continue
-                except WatermarkMoved as exc:
-                    # Expected when another command moves a watermark: no error to report.
-                    log.info("%s: %s", self.name, exc)
-                    self._drop_connections()
-                except TransientError as exc:
-                    self._errored(exc)
-                    delay = backoff.next_delay()
-                    log.warning("%s: %s (retrying in %.1fs)", self.name, exc, delay)
-                    self._drop_connections()
-                    self._record_error(exc)
-                    self.stop.wait(delay)
-                except GapError as exc:
-                    self._errored(exc)
-                    log.error("%s: GAP: %s", self.name, exc)
-                    self._mark("GAP", exc, exc.gap_from, exc.gap_to)
-                    self.source.close_stream()
-                    self.stop.wait(self.settings.poll_interval_seconds)
-                except SchemaDriftError as exc:
-                    self._errored(exc)
-                    log.error("%s: PAUSED: %s", self.name, exc)
-                    self._mark("PAUSED", exc)
-                    self.source.close_stream()
-                    self.stop.wait(self.settings.poll_interval_seconds)
-                except (psycopg.Error, OSError) as exc:
-                    # A driver error that escaped wrapping: treat like a lost connection.
-                    wrapped = db.wrap_db_error("ingestion", exc)
-                    self._errored(wrapped)
-                    delay = backoff.next_delay()
-                    log.warning("%s: %s (retrying in %.1fs)", self.name, wrapped, delay)
-                    self._drop_connections()
-                    self.stop.wait(delay)
-                except TerminalError as exc:
-                    self._errored(exc)
-                    delay = min(60.0, backoff.next_delay() * 3)
-                    log.error("%s: %s (retrying in %.1fs)", self.name, exc, delay)
-                    self._record_error(exc)
-                    self._drop_connections()
-                    self.stop.wait(delay)
-        finally:
-            try:
-                self._settle()  # queued commits finish, and are confirmed, before we stop
-            except Exception as exc:  # noqa: BLE001 - the batch is rolled back and read again next start
-                log.warning("%s: the last queued batch did not commit: %s", self.name, db.describe_error(exc))
+    def step(self, token: int | None) -> float:
+        self.cycle()  # a cycle with nothing to read waited for it already
+        return 0.0
+
+    def failed(self, exc: Exception) -> float:
+        if isinstance(exc, WatermarkMoved):
+            # Expected when another command moves a watermark: no error to report.
+            log.info("%s: %s", self.name, exc)
             self._drop_connections()
-            self._lane.close()
-            self.keeper.stop_and_release(10)  # so another instance takes over at once
-            self.alive = False
-            log.info("%s stopped after %d batches, %d rows", self.name, self.batches, self.rows)
+            return 0.0
+        if isinstance(exc, TransientError):
+            self.errored(exc)
+            delay = self.backoff.next_delay()
+            log.warning("%s: %s (retrying in %.1fs)", self.name, exc, delay)
+            self._drop_connections()
+            self._record_error(exc)
+            return delay
+        if isinstance(exc, GapError):
+            self.errored(exc)
+            log.error("%s: GAP: %s", self.name, exc)
+            self._mark("GAP", exc, exc.gap_from, exc.gap_to)
+            self.source.close_stream()
+            return self.settings.poll_interval_seconds
+        if isinstance(exc, SchemaDriftError):  # SQL Server: a DDL dropped or retyped a captured column
+            self.errored(exc)
+            log.error("%s: PAUSED: %s", self.name, exc)
+            self._mark("PAUSED", exc)
+            self.source.close_stream()
+            return self.settings.poll_interval_seconds
+        if isinstance(exc, (psycopg.Error, OSError)):
+            # A driver error that escaped wrapping: treat like a lost connection.
+            wrapped = db.wrap_db_error("ingestion", exc)
+            self.errored(wrapped)
+            delay = self.backoff.next_delay()
+            log.warning("%s: %s (retrying in %.1fs)", self.name, wrapped, delay)
+            self._drop_connections()
+            return delay
+        if isinstance(exc, TerminalError):
+            self.errored(exc)
+            delay = min(60.0, self.backoff.next_delay() * 3)
+            log.error("%s: %s (retrying in %.1fs)", self.name, exc, delay)
+            self._record_error(exc)
+            self._drop_connections()
+            return delay
+        raise exc
+
+    def finish(self) -> None:
+        try:
+            self._settle()  # queued commits finish, and are confirmed, before we stop
+        except Exception as exc:  # noqa: BLE001 - the batch is rolled back and read again next start
+            log.warning("%s: the last queued batch did not commit: %s", self.name, db.describe_error(exc))
+        self._drop_connections()
+        self._lane.close()
+
+    def stopped_message(self) -> str:
+        return f"{self.name} stopped after {self.batches} batches, {self.rows} rows"

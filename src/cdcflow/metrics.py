@@ -2,9 +2,9 @@
 
 Three kinds of sources feed them:
 
-- worker hooks, called in the worker's thread right after the event: the ingest worker's
-  ``on_batch``/``on_error`` (changes staged, batch durations, errors) and the projection
-  worker's cycles (durations, errors);
+- the workers' events, through a :class:`MetricsObserver` each worker is given
+  (:class:`cdcflow.worker.Observer`): changes staged and batch durations, projection
+  cycle durations, rows compacted, errors handled;
 - a sampler thread that, about once a second, reads the source's WAL position and slot,
   and the serving database's watermarks and projection metadata, with short timeouts.
   Errors are logged once per outage, redacted;
@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -34,6 +34,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from cdcflow import console, db, sqlfiles
 from cdcflow.config import Settings
 from cdcflow.positions import parse_pg_lsn
+from cdcflow.worker import Observer, Worker
+
+if TYPE_CHECKING:
+    from cdcflow.projections.base import CycleResult
+    from cdcflow.sources.base import BatchResult
 
 log = logging.getLogger(__name__)
 Q = "metrics.sql"
@@ -330,13 +335,20 @@ class Telemetry:
     """Metrics, sampler, console and HTTP endpoint of one runtime."""
 
     def __init__(
-        self, settings: Settings, workers: Sequence[Any], stop: threading.Event, *, sample_interval: float | None = None
+        self,
+        settings: Settings,
+        workers: Sequence[Worker],
+        stop: threading.Event,
+        *,
+        sample_interval: float | None = None,
     ) -> None:
         self.settings = settings
         self.workers = list(workers)
         self.stop = stop
         self.metrics = Metrics()
-        names = [w.projection_name for w in self.workers if hasattr(w, "projection_name")]
+        from cdcflow.projections.worker import ProjectionWorker
+
+        names = [w.projection_name for w in self.workers if isinstance(w, ProjectionWorker)]
         self.sampler = Sampler(settings, self.metrics, stop, names, sample_interval)
         self.server: Any = None
         self.console: Any = None  # the web console, served with /metrics unless turned off
@@ -381,7 +393,7 @@ class Telemetry:
 class _WorkerCollector:
     """cdcflow_worker_up, read at scrape time from the workers' ``alive`` flags."""
 
-    def __init__(self, workers: Sequence[Any]) -> None:
+    def __init__(self, workers: Sequence[Worker]) -> None:
         self.workers = workers
 
     def collect(self):
@@ -389,59 +401,36 @@ class _WorkerCollector:
 
         g = GaugeMetricFamily("cdcflow_worker_alive", "1 while the worker's loop runs.", labels=["worker"])
         for w in self.workers:
-            g.add_metric([w.name], 1.0 if getattr(w, "alive", False) else 0.0)
+            g.add_metric([w.name], 1.0 if w.alive else 0.0)
         yield g
 
 
-def attach(worker: Any, metrics: Metrics, source_name: str) -> None:
-    """Hook a worker's events into the metrics (hooks when it has them, else a wrapper)."""
-    if hasattr(worker, "on_batch"):
+class MetricsObserver(Observer):
+    """A worker's events as metrics: batches staged, projection cycles, compaction, errors."""
 
-        def on_batch(result: Any, seconds: float) -> None:
-            metrics.batch_duration.labels(source_name).observe(seconds)
-            for capture, rows in (result.rows_by_capture or {}).items():
-                if rows:
-                    metrics.changes_staged.labels(source_name, capture).inc(rows)
+    def __init__(self, metrics: Metrics, source_name: str) -> None:
+        self.metrics = metrics
+        self.source_name = source_name
 
-        worker.on_batch.append(_safe(on_batch))
-    if hasattr(worker, "on_error"):
+    def errored(self, worker: Worker, exc: Exception) -> None:
+        self.metrics.errors.labels(worker.name, type(exc).__name__).inc()
 
-        def on_error(exc: Exception) -> None:
-            metrics.errors.labels(worker.name, type(exc).__name__).inc()
+    def batch_staged(self, worker: Worker, result: BatchResult, seconds: float) -> None:
+        self.metrics.batch_duration.labels(self.source_name).observe(seconds)
+        for capture, rows in (result.rows_by_capture or {}).items():
+            if rows:
+                self.metrics.changes_staged.labels(self.source_name, capture).inc(rows)
 
-        worker.on_error.append(_safe(on_error))
-    if hasattr(worker, "on_cycle"):  # a projection worker with a hook: (result, seconds)
+    def cycle_done(self, worker: Worker, projection: str, result: CycleResult, seconds: float) -> None:
+        self.metrics.projection_cycle_duration.labels(projection).observe(seconds)
 
-        def on_cycle(result: Any, seconds: float) -> None:
-            metrics.projection_cycle_duration.labels(worker.projection_name).observe(seconds)
-
-        worker.on_cycle.append(_safe(on_cycle))
-    elif hasattr(worker, "projection_name") and hasattr(worker, "cycle"):
-        _wrap_cycle(worker, metrics)
-    if hasattr(worker, "on_compacted"):
-
-        def on_compacted(capture: str, rows: int) -> None:
-            metrics.compacted_rows.labels(capture).inc(rows)
-
-        worker.on_compacted.append(_safe(on_compacted))
+    def compacted(self, worker: Worker, capture: str, rows: int) -> None:
+        self.metrics.compacted_rows.labels(capture).inc(rows)
 
 
-def _wrap_cycle(worker: Any, metrics: Metrics) -> None:
-    """Time a projection worker's cycles and count their errors, without editing its class."""
-    inner = worker.cycle
-    name = worker.projection_name
-
-    def cycle(*args: Any, **kwargs: Any) -> Any:
-        started = time.monotonic()
-        try:
-            result = inner(*args, **kwargs)
-        except Exception as exc:
-            metrics.errors.labels(worker.name, type(exc).__name__).inc()
-            raise
-        metrics.projection_cycle_duration.labels(name).observe(time.monotonic() - started)
-        return result
-
-    worker.cycle = cycle
+def attach(worker: Worker, metrics: Metrics, source_name: str) -> None:
+    """Count a worker's events in the metrics."""
+    worker.observe(MetricsObserver(metrics, source_name))
 
 
 def _safe(fn: Callable[..., None]) -> Callable[..., None]:

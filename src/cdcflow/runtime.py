@@ -14,22 +14,16 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from cdcflow import backfill, compaction, metrics, projections
 from cdcflow import bootstrap as boot
 from cdcflow.config import Settings
 from cdcflow.ingest import IngestWorker
+from cdcflow.worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-class Worker(Protocol):
-    name: str
-    alive: bool
-
-    def run(self) -> None: ...
 
 
 @contextlib.contextmanager
@@ -59,10 +53,20 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """Callbacks a program that runs cdcflow (a test's entry point) installs in the workers."""
+
+    #: Called by an ingest worker with a position its serving transaction committed, right
+    #: before that position is confirmed to the source.
+    before_confirm: Callable[[int], None] | None = None
+
+
 class Runtime:
     """The workers of one ``cdcflow run``."""
 
-    def __init__(self, settings: Settings, *, fault_point: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, hooks: Hooks | None = None) -> None:
+        confirm = (hooks or Hooks()).before_confirm
         self.settings = settings
         self.stop = threading.Event()
         self.staged = threading.Event()
@@ -78,7 +82,7 @@ class Runtime:
                 serving_dsn,
                 self.stop,
                 self.staged,
-                fault_point,
+                before_confirm=confirm,
                 resource=stream.lease_resource(settings.source_name),
             )
             self.workers.append(ingest)

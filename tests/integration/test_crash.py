@@ -10,14 +10,23 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from cdcflow.bootstrap import bootstrap
+from tests import fault_run
 from tests.conftest import wait_caught_up, wait_until
 from tests.workload import Recorder, Workload, assert_staging_matches
 
+ROOT = Path(__file__).resolve().parents[2]
 
-def _start(env: dict[str, str], log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cdcflow", "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+def _start(env: dict[str, str], log, *, fault: bool = False) -> subprocess.Popen:
+    """``cdcflow run``; with ``fault``, through tests/fault_run.py, which exits with
+    EXIT_CODE between a serving commit and the slot confirm."""
+    module = "tests.fault_run" if fault else "cdcflow"
+    return subprocess.Popen(
+        [sys.executable, "-m", module, "run"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+    )
 
 
 def _staged_rows(dbs) -> int:
@@ -53,11 +62,10 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(dbs, tmp_path):
         try:
             for i in range(12):
                 fault = i == 5  # once: die exactly between the serving commit and the slot confirm
-                run_env = dict(env, CDCFLOW_FAULT_POINT="after_serving_commit") if fault else env
-                proc = _start(run_env, log)
+                proc = _start(env, log, fault=fault)
                 before = _staged_rows(dbs)
                 if fault:
-                    assert proc.wait(60) == 17
+                    assert proc.wait(60) == fault_run.EXIT_CODE
                     fault_exits += 1
                     continue
                 # Let it make some progress, then kill it at a random moment.

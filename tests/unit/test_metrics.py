@@ -14,8 +14,10 @@ from prometheus_client import generate_latest
 from cdcflow import health
 from cdcflow.config import Settings
 from cdcflow.metrics import Metrics, PositionClock, Sampler, attach
+from cdcflow.projections.base import CycleResult
 from cdcflow.redact import REDACTOR
 from cdcflow.sources.base import BatchResult
+from cdcflow.worker import Worker
 
 
 def clock() -> PositionClock:
@@ -74,39 +76,34 @@ def test_health_needs_live_workers_and_fresh_projections():
     assert not ok and why == "projection p is 12.5s behind the source (limit 10s)"
 
 
-def test_hooks_count_batches_errors_and_cycles():
+def test_observers_count_batches_errors_cycles_and_compaction():
     m = Metrics()
-    ingest = SimpleNamespace(name="ingest[s]", on_batch=[], on_error=[])
+    ingest = Worker("ingest[s]", threading.Event())
     attach(ingest, m, "s")
-    ingest.on_batch[0](BatchResult(end_lsn=5, rows=3, rows_by_capture={"public_orders": 3}), 0.25)
-    ingest.on_error[0](TimeoutError("x"))
-
-    calls = []
-
-    def cycle():
-        calls.append(1)
-        if len(calls) == 2:
-            raise ValueError("boom")
-        return "result"
-
-    proj = SimpleNamespace(name="projection[p]", projection_name="p", cycle=cycle)
+    ingest.notify(lambda o: o.batch_staged(ingest, BatchResult(end_lsn=5, rows=3, rows_by_capture={"orders": 3}), 0.25))
+    ingest.errored(TimeoutError("x"))
+    assert ingest.last_error == "x"
+    proj = Worker("projection[p]", threading.Event())
     attach(proj, m, "s")
-    assert proj.cycle() == "result"
-    with pytest.raises(ValueError):
-        proj.cycle()
+    proj.notify(lambda o: o.cycle_done(proj, "p", CycleResult(), 0.5))
+    proj.errored(ValueError("boom"))
+    compaction = Worker("compaction[s]", threading.Event())
+    attach(compaction, m, "s")
+    compaction.notify(lambda o: o.compacted(compaction, "orders", 7))
     page = generate_latest(m.registry).decode()
-    assert 'cdcflow_changes_staged_total{capture="public_orders",source="s"} 3.0' in page
+    assert 'cdcflow_changes_staged_total{capture="orders",source="s"} 3.0' in page
     assert 'cdcflow_batch_duration_seconds_count{source="s"} 1.0' in page
     assert 'cdcflow_errors_total{kind="TimeoutError",worker="ingest[s]"} 1.0' in page
     assert 'cdcflow_errors_total{kind="ValueError",worker="projection[p]"} 1.0' in page
     assert 'cdcflow_projection_cycle_duration_seconds_count{projection="p"} 1.0' in page
+    assert 'cdcflow_compaction_deleted_rows_total{capture="orders"} 7.0' in page
 
 
-def test_a_failing_hook_never_reaches_the_worker():
+def test_a_failing_observer_never_reaches_the_worker():
     m = Metrics()
-    ingest = SimpleNamespace(name="ingest[s]", on_batch=[], on_error=[])
+    ingest = Worker("ingest[s]", threading.Event())
     attach(ingest, m, "s")
-    ingest.on_batch[0](None, 0.1)  # a broken result: swallowed
+    ingest.notify(lambda o: o.batch_staged(ingest, None, 0.1))  # type: ignore[arg-type]  # a broken result: swallowed
 
 
 def test_sampler_publishes_from_positions_without_databases():

@@ -184,8 +184,7 @@ def stage_cdcflow(
     assert settings.serving_dsn
     stop = threading.Event()
     source = PostgresSource.from_settings(settings, binary=binary)  # binary=False: the text-transfer run
-    worker = IngestWorker(settings, source, settings.serving_dsn, stop)
-    worker.queue_commits = queue_commits
+    worker = IngestWorker(settings, source, settings.serving_dsn, stop, queue_commits=queue_commits)
     prof = cProfile.Profile() if profile_to else None
 
     def body() -> None:

@@ -18,6 +18,7 @@ from cdcflow import projections, sqlfiles
 from cdcflow.config import Settings
 from cdcflow.projections import base, catalog
 from cdcflow.projections.arrowio import read_arrow, write_arrow
+from cdcflow.projections.incremental import SqlProjection
 from cdcflow.serving import schema
 from cdcflow.sources.base import Column, TableSpec
 
@@ -165,6 +166,7 @@ class Scenario:
         self.next_payment = self.payments + 1_000_000_000
         self.deltas = 0
         self.projections: dict[str, base.Projection] = {}
+        self.touched: dict[str, dict[str, int]] = {}  # projection -> what its last cycle read and wrote
 
     def load_history(self) -> dict[str, float]:
         t0 = time.monotonic()
@@ -211,6 +213,8 @@ class Scenario:
 
     def build(self, name: str, conn: psycopg.Connection) -> base.Projection:
         projection = projections.resolve(self.settings, conn, [name])[0]
+        if isinstance(projection, SqlProjection):
+            projection.on_applied = lambda touched: self.touched.__setitem__(name, touched)
         self.projections[name] = projection
         return projection
 
@@ -272,7 +276,7 @@ class Scenario:
             conn.commit()
         duck.close()
         assert result.applied and result.cutoff == self.lsn, f"the cycle of {name} did not apply the delta"
-        return took, float(wal) / 1e6, dict(getattr(projection, "last_touched", {}))
+        return took, float(wal) / 1e6, self.touched.pop(name, {})
 
     def full_recompute(self, name: str) -> float:
         """The same result recomputed from all staged rows, in PostgreSQL (rolled back)."""

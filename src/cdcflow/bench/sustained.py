@@ -31,6 +31,7 @@ import psycopg
 
 from cdcflow.bench import percentiles, results_dir
 from cdcflow.config import Settings
+from cdcflow.worker import Observer, Worker
 
 LAG_TARGET_P95 = 0.5
 FRESHNESS_TARGET_P95 = 1.0
@@ -99,12 +100,13 @@ def _measure(
     lags: list[tuple[float, float, int]] = []  # (t, lag seconds, rows)
     started = time.monotonic()
 
-    def on_batch(result, _seconds: float) -> None:
-        if result.rows and result.first_commit_time is not None:
-            lag = (dt.datetime.now(dt.UTC) - result.first_commit_time).total_seconds()
-            lags.append((time.monotonic() - started, lag, result.rows))
+    class Lags(Observer):
+        def batch_staged(self, worker: Worker, result, seconds: float) -> None:
+            if result.rows and result.first_commit_time is not None:
+                lag = (dt.datetime.now(dt.UTC) - result.first_commit_time).total_seconds()
+                lags.append((time.monotonic() - started, lag, result.rows))
 
-    runtime.workers[0].on_batch.append(on_batch)  # type: ignore[attr-defined]
+    runtime.workers[0].observe(Lags())  # the ingest worker
     fresh: list[tuple[float, str, float]] = []
     stop_sampling = threading.Event()
 

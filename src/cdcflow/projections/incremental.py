@@ -85,8 +85,9 @@ class SqlProjection(base.Projection):
         self.duckq = DuckQueries(plan, self.layout)
         self.captures = tuple(sorted({u.table.capture for u in plan.tables.values()}))
         self.checker = SelfCheck(plan, self.layout)
-        #: What the last cycle read and wrote, by kind (logged at DEBUG; the benchmarks report it).
-        self.last_touched: dict[str, int] = {}
+        #: Called after each apply with what it read and wrote, by kind ("delta", "state_rows",
+        #: "written"): the projection benchmark reports it. The counts are logged at DEBUG too.
+        self.on_applied: Callable[[dict[str, int]], None] | None = None
 
     # tables -----------------------------------------------------------------------
 
@@ -200,12 +201,14 @@ class SqlProjection(base.Projection):
                 ) from None
         if not ctx.fresh:
             base.index_plans(conn, on=False)
-        self.last_touched = {
+        touched = {
             "delta": sum(d.num_rows for d in deltas.values()),
             "state_rows": sum(s.num_rows for s in state.values()),
             "written": changed,
         }
-        log.debug("%s: %s", self.name, self.last_touched)
+        log.debug("%s: %s", self.name, touched)
+        if self.on_applied is not None:
+            self.on_applied(touched)
         return changed
 
     def _write_groups(self, ctx: base.Context) -> int:

@@ -30,17 +30,20 @@ from cdcflow.errors import CdcflowError, TransientError
 from cdcflow.projections import base
 from cdcflow.projections.definition import Definition
 from cdcflow.sources.engines import position_format
+from cdcflow.worker import Worker
 
 log = logging.getLogger(__name__)
 CHANNEL = "cdcflow_staged"
-_SLICE = 0.05
 #: The self-check waits at least this many times its own duration before the next one: it
 #: takes at most a tenth of one core, however many rows the window holds.
 CHECK_PACE = 9
 
 
-class ProjectionWorker:
+class ProjectionWorker(Worker):
     """Keeps one projection up to date. Run :meth:`run` in a thread."""
+
+    lease: leases.Lease
+    wake: threading.Event
 
     def __init__(
         self,
@@ -54,6 +57,14 @@ class ProjectionWorker:
         owner: str | None = None,
         builder: Callable[[Definition, psycopg.Connection], base.Projection] | None = None,
     ) -> None:
+        super().__init__(
+            f"projection[{projection.name}]",
+            stop,
+            wake=wake or threading.Event(),
+            # One owner across 'cdcflow run' processes; every commit is fenced by it.
+            lease=leases.Lease(f"projection:{projection.name}", owner or leases.instance_id(), settings.lease_seconds),
+            serving_dsn=serving_dsn,
+        )
         #: A definition is planned into its projection at the first cycle (and again after a
         #: failure to do so): a definition that cannot be used yet stops only this worker.
         self.definition = projection if isinstance(projection, Definition) else None
@@ -63,14 +74,9 @@ class ProjectionWorker:
         self.settings = settings
         self._format_position = position_format(settings)  # how the source's positions print
         self.serving_dsn = serving_dsn
-        self.stop = stop
-        self.wake = wake or threading.Event()
         self.listen = listen
-        self.name = f"projection[{projection.name}]"
-        self.alive = False
         self.cycles = 0
         self.checks = 0  # self-checks completed (outside the cycles)
-        self.last_error: str | None = None
         self._conn: psycopg.Connection | None = None
         #: Reads the stored state during a cycle while ``_conn`` writes (base.Context.reader).
         self._reader: psycopg.Connection | None = None
@@ -83,14 +89,6 @@ class ProjectionWorker:
         self._suspects: list | None = None
         self._suspects_lock = threading.Lock()
         self._check_conn: psycopg.Connection | None = None
-        #: One owner across 'cdcflow run' processes; every commit is fenced by it.
-        self.lease = leases.Lease(
-            f"projection:{projection.name}", owner or leases.instance_id(), settings.lease_seconds
-        )
-        self.keeper = leases.LeaseKeeper(self.lease, serving_dsn)
-        #: Called after each committed cycle with (result, seconds), and with each error; for metrics.
-        self.on_cycle: list[Callable[[base.CycleResult, float], None]] = []
-        self.on_error: list[Callable[[Exception], None]] = []
 
     @property
     def projection(self) -> base.Projection:
@@ -147,26 +145,17 @@ class ProjectionWorker:
             except psycopg.Error:
                 self._listener = None
 
-    def wait_for_work(self, timeout: float) -> str:
-        """Block until wake, NOTIFY, stop or ``timeout``; returns which one."""
-        deadline = time.monotonic() + timeout
-        while not self.stop.is_set():
-            if self.wake.is_set():
-                return "wake"
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return "interval"
-            listener = self._listen_conn()
-            if listener is None:
-                if self.wake.wait(min(_SLICE, left)):
-                    return "wake"
-                continue
-            try:
-                for _ in listener.notifies(timeout=min(_SLICE, left), stop_after=1):
-                    return "notify"
-            except psycopg.Error:
-                self._listener = None
-        return "stop"
+    def signalled(self, seconds: float) -> str | None:
+        """A wake, or a NOTIFY on the listener (the wake alone without one)."""
+        listener = self._listen_conn()
+        if listener is None:
+            return super().signalled(seconds)
+        try:
+            for _ in listener.notifies(timeout=seconds, stop_after=1):
+                return "notify"
+        except psycopg.Error:
+            self._listener = None
+        return None
 
     # -- one cycle --------------------------------------------------------------
 
@@ -291,8 +280,8 @@ class ProjectionWorker:
             db.safe_rollback(conn)
             raise
         self.cycles += 1
-        for hook in self.on_cycle:
-            hook(result, time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        self.notify(lambda o: o.cycle_done(self, self.projection_name, result, elapsed))
         if result.applied or result.restated:
             log.info(
                 "%s: applied changes up to %s: %d rows changed, %d restated (%.0f ms)",
@@ -315,53 +304,31 @@ class ProjectionWorker:
 
     # -- loop -------------------------------------------------------------------
 
-    def run(self) -> None:
-        self.alive = True
-        backoff = db.Backoff(initial=0.2, maximum=10.0)
-        self.keeper.start()
-        delay = 0.0
+    def step(self, token: int | None) -> float:
+        self.wake.clear()
+        self._drain()
+        self.cycle(token)
+        return self.settings.projection_interval_seconds
+
+    def failed(self, exc: Exception) -> float:
+        if isinstance(exc, TransientError):
+            self.errored(exc)
+            delay = self.backoff.next_delay()
+            log.warning("%s: %s (retrying in %.1fs)", self.name, exc, delay)
+            self._close()
+            return delay
+        # Any other failure of this projection: ERROR, retried later.
+        self.errored(exc, db.describe_error(exc))
+        log.error("%s: cycle failed: %s", self.name, self.last_error)
         try:
-            while not self.stop.is_set():
-                if delay:
-                    self.stop.wait(delay)
-                    delay = 0.0
-                    if self.stop.is_set():
-                        break
-                token = self.lease.token if self.lease.held else None
-                if token is None:
-                    # Another instance owns this projection: stand by.
-                    self.keeper.changed.wait(min(1.0, self.settings.lease_seconds / 10))
-                    self.keeper.changed.clear()
-                    continue
-                self.wake.clear()
-                self._drain()
-                try:
-                    self.cycle(token)
-                    backoff.reset()
-                    self.last_error = None
-                except TransientError as exc:
-                    for hook in self.on_error:
-                        hook(exc)
-                    self.last_error = str(exc)
-                    delay = backoff.next_delay()
-                    log.warning("%s: %s (retrying in %.1fs)", self.name, exc, delay)
-                    self._close()
-                    continue
-                except Exception as exc:  # any failure of this projection: ERROR, retried later
-                    for hook in self.on_error:
-                        hook(exc)
-                    self.last_error = db.describe_error(exc)
-                    log.error("%s: cycle failed: %s", self.name, self.last_error)
-                    try:
-                        base.record_error(self.conn(), self.projection_name, self.last_error)
-                    except CdcflowError:  # the serving database is what failed; the log line is the record
-                        self._close()
-                    delay = min(self.settings.projection_interval_seconds, backoff.next_delay())
-                    continue
-                self.wait_for_work(self.settings.projection_interval_seconds)
-        finally:
-            self._stop_check()
-            self.close()
-            self.keeper.stop_and_release(10)  # after the last commit: another instance takes over at once
-            self.alive = False
-            log.info("%s stopped after %d cycles", self.name, self.cycles)
+            base.record_error(self.conn(), self.projection_name, self.last_error or "")
+        except CdcflowError:  # the serving database is what failed; the log line is the record
+            self._close()
+        return min(self.settings.projection_interval_seconds, self.backoff.next_delay())
+
+    def finish(self) -> None:
+        self._stop_check()
+        self.close()
+
+    def stopped_message(self) -> str:
+        return f"{self.name} stopped after {self.cycles} cycles"
