@@ -32,7 +32,7 @@ import sqlglot
 from sqlglot import exp
 
 from cdcflow.errors import DefinitionError
-from cdcflow.projections.translate import PostgresDialect
+from cdcflow.projections.pgsql import PostgresDialect
 
 #: Bumped when the engine's storage of a projection, or the values it computes, change:
 #: every projection is then rebuilt once, as if its definition had changed.

@@ -21,10 +21,9 @@ from __future__ import annotations
 from sqlglot import exp
 
 from cdcflow.projections import translate
+from cdcflow.projections.pgsql import quote
 from cdcflow.projections.plan import Branch, Plan, TableUse
 from cdcflow.projections.storage import Layout
-
-q = translate.quote
 
 
 def registered(kind: str, use: TableUse) -> str:
@@ -57,12 +56,12 @@ class DuckQueries:
     def _views(self) -> list[str]:
         out = []
         for use in self.plan.tables.values():
-            cols = ", ".join(q(c.name) for c in self.layout.state_columns(use))
-            s, d = q(registered("s", use)), q(registered("d", use))
-            match = " AND ".join(f"d.{q(k)} = s.{q(k)}" for k in use.table.key)
-            out.append(f"CREATE OR REPLACE TEMP VIEW {q(relation(use, 'old'))} AS SELECT {cols} FROM {s}")
+            cols = ", ".join(quote(c.name) for c in self.layout.state_columns(use))
+            s, d = quote(registered("s", use)), quote(registered("d", use))
+            match = " AND ".join(f"d.{quote(k)} = s.{quote(k)}" for k in use.table.key)
+            out.append(f"CREATE OR REPLACE TEMP VIEW {quote(relation(use, 'old'))} AS SELECT {cols} FROM {s}")
             out.append(
-                f"CREATE OR REPLACE TEMP VIEW {q(relation(use, 'new'))} AS "
+                f"CREATE OR REPLACE TEMP VIEW {quote(relation(use, 'new'))} AS "
                 f"SELECT {cols} FROM {s} AS s WHERE NOT EXISTS (SELECT 1 FROM {d} AS d WHERE {match}) "
                 f"UNION ALL SELECT {cols} FROM {d} WHERE NOT __deleted"
             )
@@ -162,13 +161,13 @@ class DuckQueries:
         )
 
     def _mask(self, cols: list[str]) -> str:
-        return " + ".join(f"(CASE WHEN {q(c)} IS NULL THEN {1 << n} ELSE 0 END)" for n, c in enumerate(cols)) or "0"
+        return " + ".join(f"(CASE WHEN {quote(c)} IS NULL THEN {1 << n} ELSE 0 END)" for n, c in enumerate(cols)) or "0"
 
     def values(self, index: int) -> str:
         return self._once(("values", index), lambda: self._values(index))  # type: ignore[return-value]
 
     def _values(self, index: int) -> str:
-        g = ", ".join(q(c) for c in self.groups)
+        g = ", ".join(quote(c) for c in self.groups)
         head = f"{g}, " if g else ""
         count = "count(*) FILTER (WHERE __sign > 0) - count(*) FILTER (WHERE __sign < 0)"
         return (
@@ -193,15 +192,15 @@ class DuckQueries:
             f"CAST({delta(agg)} AS BIGINT) AS {name}" if agg.startswith("count") else f"{delta(agg)} AS {name}"
             for name, agg in aggregates
         ]
-        g = ", ".join(q(c) for c in self.groups)
+        g = ", ".join(quote(c) for c in self.groups)
         inner = f"SELECT {g + ', ' if g else ''}{', '.join(parts)} FROM __t" + (f" GROUP BY {g}" if g else "")
         cols = [*self.groups, "__count", *(name for name, _ in aggregates)]
-        select = f"SELECT {', '.join(q(c) for c in cols)}, {self._mask(self.groups)} AS __nulls FROM ({inner}) AS l"
+        select = f"SELECT {', '.join(quote(c) for c in cols)}, {self._mask(self.groups)} AS __nulls FROM ({inner}) AS l"
         if not self.groups:
             return select  # the one group of a query without GROUP BY is always written
-        changed = [f"l.{q(p)} <> 0" for p in cols[len(self.groups) :]]
+        changed = [f"l.{quote(p)} <> 0" for p in cols[len(self.groups) :]]
         for arg in layout.values:
-            match = " AND ".join(f"v.{q(c)} IS NOT DISTINCT FROM l.{q(c)}" for c in self.groups)
+            match = " AND ".join(f"v.{quote(c)} IS NOT DISTINCT FROM l.{quote(c)}" for c in self.groups)
             changed.append(f"EXISTS (SELECT 1 FROM __v{arg.index} AS v WHERE {match})")
         return f"{select} WHERE {' OR '.join(changed)}"
 
@@ -217,14 +216,14 @@ class DuckQueries:
         return f"SELECT *, {self._mask(self.plan.key)} AS __nulls FROM (SELECT * FROM __new EXCEPT SELECT * FROM __old)"
 
     def rows_deleted(self) -> str:
-        k = ", ".join(q(c) for c in self.plan.key)
+        k = ", ".join(quote(c) for c in self.plan.key)
         return (
             f"SELECT {k}, {self._mask(self.plan.key)} AS __nulls FROM "
             f"(SELECT {k} FROM __old EXCEPT SELECT {k} FROM __new)"
         )
 
     def duplicate_key(self) -> str:
-        k = ", ".join(q(c) for c in self.plan.key)
+        k = ", ".join(quote(c) for c in self.plan.key)
         return f"SELECT {k}, count(*) FROM __new GROUP BY {k} HAVING count(*) > 1 LIMIT 1"
 
 

@@ -32,9 +32,10 @@ from psycopg import sql
 from sqlglot import exp
 
 from cdcflow import sqlfiles
-from cdcflow.projections import translate
+from cdcflow.projections import fragment
 from cdcflow.projections.catalog import CapturedTable
 from cdcflow.projections.definition import Definition
+from cdcflow.projections.pgsql import parse_pg, parse_pg_expr, quote
 from cdcflow.projections.pgtypes import SUPPORTED, UnsupportedType, arrow_type
 
 Q = "projections/catalog.sql"
@@ -239,8 +240,8 @@ def relation_over(catalog: dict[str, CapturedTable], source: Callable[[CapturedT
         captured = find_table(t, catalog)
         if captured is None:  # a WITH name (resolve_tables checked every other reference)
             return t
-        cols = ", ".join(translate.quote(c) for c, _ in captured.columns)
-        inner = translate.parse_pg(f"SELECT {cols} FROM {source(captured)}")
+        cols = ", ".join(quote(c) for c, _ in captured.columns)
+        inner = parse_pg(f"SELECT {cols} FROM {source(captured)}")
         return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(table_alias(t), quoted=True)))
 
     return relation
@@ -289,7 +290,7 @@ class Analyzer:
                 )
 
     def staging_relation(self) -> Callable[[exp.Table], exp.Expr]:
-        return relation_over(self.catalog, lambda t: translate.quote(t.staging))
+        return relation_over(self.catalog, lambda t: quote(t.staging))
 
     def pg_check(self) -> list[tuple[str, str]]:
         """The result's columns as PostgreSQL names and types them; PostgreSQL's own message
@@ -313,7 +314,7 @@ class Analyzer:
     def check_shape(self, q: exp.Expr) -> None:
         """Constructs no incremental projection supports, wherever they are."""
         for node in q.walk():
-            why = translate.refused_anywhere(node)
+            why = fragment.refused_anywhere(node)
             if why:
                 raise self.fail(f"{why}; add '-- mode: full' to recompute this projection in full each cycle")
 
@@ -443,13 +444,10 @@ class Analyzer:
                 owners = [a for a in b.aliases[:pos] if col in a.table.types]
                 if len(owners) != 1 or col not in right.table.types:
                     raise self.fail(f"JOIN {right.name} USING ({col}): the column must be in exactly one table before")
-                conds.append(
-                    f"{translate.quote(owners[0].name)}.{translate.quote(col)} = "
-                    f"{translate.quote(right.name)}.{translate.quote(col)}"
-                )
+                conds.append(f"{quote(owners[0].name)}.{quote(col)} = {quote(right.name)}.{quote(col)}")
                 self.use(owners[0], col)
                 self.use(right, col)
-            on = translate.parse_pg_expr(" AND ".join(conds))
+            on = parse_pg_expr(" AND ".join(conds))
             join.set("using", None)
             join.set("on", on)
         if on is None:
@@ -516,10 +514,10 @@ class Analyzer:
         needs: list[exp.Expr] = []
         for e in exprs:
             for node in e.walk():
-                why = translate.refused_before_aggregation(node)
+                why = fragment.refused_before_aggregation(node)
                 if why:
                     raise self.fail(f"{why}; add '-- mode: full' to compute this projection in PostgreSQL")
-                needs.extend(translate.typed_operands(node))
+                needs.extend(fragment.typed_operands(node))
         if not needs:
             return
         items = ", ".join(f"{n.sql(dialect='postgres')} AS c{i}" for i, n in enumerate(needs))
@@ -528,7 +526,7 @@ class Analyzer:
             n.meta["pg_type"] = t
         for e in exprs:
             for node in e.walk():
-                why = translate.refused_for_types(node)
+                why = fragment.refused_for_types(node)
                 if why:
                     raise self.fail(f"{why}; add '-- mode: full' to compute this projection in PostgreSQL")
 
@@ -826,7 +824,7 @@ class Analyzer:
             return
         items = ", ".join(f"{a.node.sql(dialect='postgres')} AS c{i}" for i, a in enumerate(aggs))
         shell = top.copy()
-        shell.set("expressions", translate.parse_pg(f"SELECT {items}").expressions)
+        shell.set("expressions", parse_pg(f"SELECT {items}").expressions)
         shell.set("having", None)
         # The GROUP BY as resolved (an ordinal or an output name would point at the new list).
         shell.set("group", exp.Group(expressions=[g.copy() for g in group_exprs]) if group_exprs else None)

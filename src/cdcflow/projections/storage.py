@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from psycopg import sql
 from sqlglot import exp
 
-from cdcflow.projections import translate
+from cdcflow.projections.pgsql import parse_pg_expr, quote
 from cdcflow.projections.plan import Aggregate, Arg, Plan, TableUse
 
 LSN_TYPE = "numeric(25,0)"
-q = translate.quote
 
 
 def _ident(text: str) -> str:
@@ -343,19 +342,19 @@ class Layout:
         for mask in masks:
             source = sql.SQL("(SELECT * FROM {} WHERE __nulls = {}) AS d").format(tmp, sql.Literal(mask))
             on = _match("p", "d", target_keys, mask, source_keys=keys)
-            added = {p: f"(p.{q(p)} + d.{q(p)})" for p in parts}
-            inserted = {p: f"d.{q(p)}" for p in parts}
+            added = {p: f"(p.{quote(p)} + d.{quote(p)})" for p in parts}
+            inserted = {p: f"d.{quote(p)}" for p in parts}
             if self.having:
                 upd_cols, ins_cols = parts, [*keys, *parts]
                 upd_vals = [added[p] for p in parts]
-                ins_vals = [f"d.{q(k)}" for k in keys] + [inserted[p] for p in parts]
+                ins_vals = [f"d.{quote(k)}" for k in keys] + [inserted[p] for p in parts]
             else:
                 outs = self.output_columns()
                 upd_cols = parts + [c for c, _ in outs]
                 upd_vals = [added[p] for p in parts] + [self.render(e, added.get, "d", mask) for _, e in outs]
                 ins_cols = [*target_keys, *parts, *(c for c, _ in outs)]
                 ins_vals = (
-                    [f"d.{q(k)}" for k in keys]
+                    [f"d.{quote(k)}" for k in keys]
                     + [inserted[p] for p in parts]
                     + [self.render(e, inserted.get, "d", mask) for _, e in outs]
                 )
@@ -407,9 +406,11 @@ class Layout:
                     table, source, _match("p", "d", self.key_columns, mask, source_keys=keys)
                 )
             )
-            part = {c.name: f"g.{q(c.name)}" for c in self.part_columns()}
+            part = {c.name: f"g.{quote(c.name)}" for c in self.part_columns()}
             values = [
-                f"g.{q(f'__g{by_column[c].index}')}" if c in by_column else self.render(exprs[c], part.get, "g", mask)
+                f"g.{quote(f'__g{by_column[c].index}')}"
+                if c in by_column
+                else self.render(exprs[c], part.get, "g", mask)
                 for c in cols
             ]
             having = self.render(self.plan.having, part.get, "g", mask)  # type: ignore[arg-type]
@@ -441,13 +442,13 @@ class Layout:
         def swap_aggregate(node: exp.Expr) -> exp.Expr:
             for a in plan.aggregates:
                 if node == a.node:
-                    return translate.parse_pg_expr(self.aggregate_sql(a, part, keys, mask))
+                    return parse_pg_expr(self.aggregate_sql(a, part, keys, mask))
             return node
 
         def swap_key(node: exp.Expr) -> exp.Expr:
             for g in plan.group_keys:
                 if node == g.expr:
-                    return translate.parse_pg_expr(f"{keys}.{q(f'__g{g.index}')}")
+                    return parse_pg_expr(f"{keys}.{quote(f'__g{g.index}')}")
             return node
 
         out = e.copy().transform(swap_aggregate).transform(swap_key)
@@ -478,12 +479,12 @@ class Layout:
                 )
             return f"CAST(CASE WHEN {n} = 0 THEN NULL {nonfinite}ELSE {value} END AS {a.pg_type})"
         assert a.arg is not None
-        table = q(value_table(self.name, a.arg))
+        table = quote(value_table(self.name, a.arg))
         keys_sql = [f"__g{g.index}" for g in self.plan.group_keys]
         match = (
             " AND ".join(
                 [
-                    f"v.{q(k)} IS NULL" if mask & (1 << n) else f"v.{q(k)} = {keys}.{q(k)}"
+                    f"v.{quote(k)} IS NULL" if mask & (1 << n) else f"v.{quote(k)} = {keys}.{quote(k)}"
                     for n, k in enumerate(keys_sql)
                 ]
             )
