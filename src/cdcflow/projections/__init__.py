@@ -74,13 +74,13 @@ def definitions(settings: Settings) -> Definitions:
 
 def build(d: Definition, conn: psycopg.Connection, settings: Settings) -> base.Projection:
     """The projection a definition describes, planned against the serving catalog now."""
-    from cdcflow.projections import full, incremental, plan
+    from cdcflow.projections import analysis, full, incremental
 
     tables = catalog.read(conn, settings.source_name)
     try:
         if d.mode == "full":
-            return full.FullProjection(d, tables, plan.check_full(d, tables, conn))
-        projection = incremental.SqlProjection(plan.analyze(d, tables, conn))
+            return full.FullProjection(d, tables, analysis.check_full(d, tables, conn))
+        projection = incremental.SqlProjection(analysis.analyze(d, tables, conn))
     except DefinitionError:
         raise
     except psycopg.OperationalError:

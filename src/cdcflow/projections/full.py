@@ -20,7 +20,7 @@ from cdcflow.projections import base
 from cdcflow.projections.catalog import CapturedTable
 from cdcflow.projections.definition import Definition
 from cdcflow.projections.pgsql import quote
-from cdcflow.projections.plan import find_table, relation_over, substitute_tables
+from cdcflow.projections.relations import find_table, relation_over, substitute_tables
 
 log = logging.getLogger(__name__)
 UPTO = 987654321987654321  # stands for the cutoff in the rendered query (an integer, replaced by the cycle's)

@@ -24,7 +24,8 @@ from psycopg import sql
 from sqlglot import exp
 
 from cdcflow.projections.pgsql import parse_pg, quote
-from cdcflow.projections.plan import Plan, find_table, substitute_tables
+from cdcflow.projections.plan import Plan
+from cdcflow.projections.relations import find_table, substitute_tables
 from cdcflow.projections.storage import Column, Layout, groups_table, state_table, temp_name, value_table
 
 log = logging.getLogger(__name__)
