@@ -208,7 +208,7 @@ def drop(settings: Settings, name: str) -> list[str]:
     _, serving_dsn = settings.require_dsns()
     if name in definitions(settings).names:
         raise ConfigError(f"projection {name} is enabled: remove its definition (or its flag) before dropping it")
-    from cdcflow.projections.storage import prefix
+    from cdcflow.projections.pgtables import prefix
 
     with db.connect(serving_dsn, "serving") as conn:
         tables = [r[0] for r in conn.execute(sqlfiles.query(Q, "tables_of"), {"name": name, "prefix": prefix(name)})]

@@ -30,9 +30,10 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from cdcflow.projections.arrowio import read_arrow
+from cdcflow.projections.pgtables import state_table
 from cdcflow.projections.pgtypes import LSN, array_literal, arrow_type
 from cdcflow.projections.plan import Edge, Plan, TableUse
-from cdcflow.projections.storage import Layout, state_table
+from cdcflow.projections.storage import Layout
 
 _SEP = "\x1f"
 

@@ -186,7 +186,7 @@ class DuckQueries:
         def delta(agg: str) -> str:
             return f"coalesce({agg} FILTER (WHERE __sign > 0), 0) - coalesce({agg} FILTER (WHERE __sign < 0), 0)"
 
-        aggregates = layout.part_aggregates(lambda i: f"__a{i}")
+        aggregates = layout.state.part_aggregates(lambda i: f"__a{i}")
         parts = [f"CAST({delta('count(*)')} AS BIGINT) AS __count"]
         parts += [
             f"CAST({delta(agg)} AS BIGINT) AS {name}" if agg.startswith("count") else f"{delta(agg)} AS {name}"

@@ -24,9 +24,10 @@ from psycopg import sql
 from sqlglot import exp
 
 from cdcflow.projections.pgsql import parse_pg, quote
+from cdcflow.projections.pgtables import Column, groups_table, state_table, temp_name, value_table
 from cdcflow.projections.plan import Plan
 from cdcflow.projections.relations import find_table, substitute_tables
-from cdcflow.projections.storage import Column, Layout, groups_table, state_table, temp_name, value_table
+from cdcflow.projections.storage import Layout
 
 log = logging.getLogger(__name__)
 #: At most this many different keys are carried from the check to the restating cycle.
@@ -182,7 +183,7 @@ class SelfCheck:
                 f"INSERT INTO {quote(value_table(plan.name, arg))} ({names}) SELECT {names} FROM ({values}) AS v",  # type: ignore[arg-type]
                 params,
             )
-        aggregates = layout.part_aggregates(lambda i: quote(f"__a{i}"))
+        aggregates = layout.state.part_aggregates(lambda i: quote(f"__a{i}"))
         parts = ["count(*) AS __count"]
         parts += [f"coalesce({agg}, 0) AS {name}" for name, agg in aggregates]
         g = ", ".join(quote(c) for c in gkeys)
