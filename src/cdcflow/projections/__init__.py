@@ -1,11 +1,11 @@
 """Projections: SQL queries over captured tables, kept up to date from staging.
 
 Definitions are ``.sql`` files (:mod:`.definition`): the two shipped with cdcflow, enabled
-by the seed's flags (``ENABLE_PROJ_ORDERS_KPI``, ``ENABLE_PROJ_ORDERS_LATEST``), and every
+by their flags (``ENABLE_PROJ_ORDERS_KPI``, ``ENABLE_PROJ_ORDERS_LATEST``), and every
 file in ``PROJECTIONS_DIR``. Each one is planned against the serving catalog
-(:mod:`.plan`) and kept incrementally (:mod:`.incremental`), or by full recompute when it
-asks for ``mode: full`` (:mod:`.full`). The shared lifecycle (cutoff, checkpoints, atomic
-commit, metadata) is in :mod:`.base`, the loop in :mod:`.worker`.
+(:mod:`.analysis` builds its :mod:`.plan`) and kept incrementally (:mod:`.incremental`),
+or by full recompute when it asks for ``mode: full`` (:mod:`.full`). The shared lifecycle
+(cutoff, checkpoints, atomic commit, metadata) is in :mod:`.base`, the loop in :mod:`.worker`.
 
 A definition that cannot be used (a syntax error, a table not captured, a construct
 outside the fragment) is reported with one line naming its file, and its projection says

@@ -62,10 +62,10 @@ def key_of(table: pa.Table, cols: tuple[str, ...], types: list[pa.DataType] | No
     or the columns' texts joined. ``types``: cast each column first (to compare across types)."""
     arrays = []
     for i, c in enumerate(cols):
-        a = table.column(c).combine_chunks() if table.num_rows else pa.array([], table.schema.field(c).type)
-        if types is not None and a.type != types[i]:
-            a = pc.cast(a, types[i], safe=False)
-        arrays.append(a)
+        column = table.column(c).combine_chunks() if table.num_rows else pa.array([], table.schema.field(c).type)
+        if types is not None and column.type != types[i]:
+            column = pc.cast(column, types[i], safe=False)
+        arrays.append(column)
     if len(arrays) == 1:
         return arrays[0]
     return pc.binary_join_element_wise(*(pc.cast(a, pa.string()) for a in arrays), _SEP)
@@ -141,7 +141,7 @@ class Closure:
         types = [use.types[c] for c in cols]
         params = [array_literal(values.column(c)) for c in cols]
         unnest = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types)
-        v = sql.SQL(", ").join(sql.Identifier(f"v{i}") for i in range(len(cols)))
+        value_names = sql.SQL(", ").join(sql.Identifier(f"v{i}") for i in range(len(cols)))
         match = [sql.SQL("s.{} = v.{}").format(sql.Identifier(c), sql.Identifier(f"v{i}")) for i, c in enumerate(cols)]
         if changed is not None and changed.num_rows:
             match.append(
@@ -159,7 +159,7 @@ class Closure:
             "(SELECT {cols} FROM {table} AS s WHERE {match} LIMIT 1) AS w"
         ).format(
             unnest=unnest,
-            v=v,
+            v=value_names,
             cols=state_cols,
             match=sql.SQL(" AND ").join(match),
             table=sql.Identifier(state_table(self.plan.name, use.table.capture)),
@@ -349,15 +349,15 @@ def _unique(
     A value the cast cannot represent (a bigint beyond an integer's range, 100 for a
     numeric(3,1), 1.25 for a numeric(3,1)) equals no value of the type it is cast to: its
     tuple is dropped, where the cast would wrap or round it (or PostgreSQL's refuse it)."""
-    t = table.select(list(cols))
+    tuples = table.select(list(cols))
     if rename:
-        t = t.rename_columns(list(rename))
+        tuples = tuples.rename_columns(list(rename))
         cols = rename
     if types is not None:
         kept = None
         columns = {}
         for i, c in enumerate(cols):
-            have = t.column(c)
+            have = tuples.column(c)
             if have.type == types[i]:
                 columns[c] = have
                 continue
@@ -369,11 +369,11 @@ def _unique(
             fits = pa.array([_fits(v, types[i]) for v in have.to_pylist()], pa.bool_())
             kept = fits if kept is None else pc.and_(kept, fits)
             columns[c] = pc.cast(pc.if_else(fits, have, pa.scalar(None, have.type)), types[i])
-        t = pa.table(columns)
+        tuples = pa.table(columns)
         if kept is not None:
-            t = t.filter(kept)  # NULL (a NULL value) drops the tuple too
+            tuples = tuples.filter(kept)  # NULL (a NULL value) drops the tuple too
     for c in cols:
-        t = t.filter(pc.is_valid(t.column(c)))
-    if t.num_rows == 0:
-        return t
-    return t.group_by(list(cols)).aggregate([])
+        tuples = tuples.filter(pc.is_valid(tuples.column(c)))
+    if tuples.num_rows == 0:
+        return tuples
+    return tuples.group_by(list(cols)).aggregate([])

@@ -156,7 +156,7 @@ def read_file(path: Path, *, builtin: bool = False) -> Definition:
     return parse(text, str(path), path.stem, builtin=builtin)
 
 
-#: The projections shipped with cdcflow (the seed's two), enabled by their seed flags.
+#: The projections shipped with cdcflow, each enabled by its flag (name -> setting).
 BUILTIN = {
     "proj_orders_kpi_by_minute_segment": "enable_proj_orders_kpi",
     "proj_orders_latest": "enable_proj_orders_latest",

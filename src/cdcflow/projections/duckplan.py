@@ -57,13 +57,13 @@ class DuckQueries:
         out = []
         for use in self.plan.tables.values():
             cols = ", ".join(quote(c.name) for c in self.layout.state_columns(use))
-            s, d = quote(registered("s", use)), quote(registered("d", use))
+            stored, delta = quote(registered("s", use)), quote(registered("d", use))
             match = " AND ".join(f"d.{quote(k)} = s.{quote(k)}" for k in use.table.key)
-            out.append(f"CREATE OR REPLACE TEMP VIEW {quote(relation(use, 'old'))} AS SELECT {cols} FROM {s}")
+            out.append(f"CREATE OR REPLACE TEMP VIEW {quote(relation(use, 'old'))} AS SELECT {cols} FROM {stored}")
             out.append(
                 f"CREATE OR REPLACE TEMP VIEW {quote(relation(use, 'new'))} AS "
-                f"SELECT {cols} FROM {s} AS s WHERE NOT EXISTS (SELECT 1 FROM {d} AS d WHERE {match}) "
-                f"UNION ALL SELECT {cols} FROM {d} WHERE NOT __deleted"
+                f"SELECT {cols} FROM {stored} AS s WHERE NOT EXISTS (SELECT 1 FROM {delta} AS d WHERE {match}) "
+                f"UNION ALL SELECT {cols} FROM {delta} WHERE NOT __deleted"
             )
         return out
 
@@ -116,7 +116,9 @@ class DuckQueries:
         query, each row's GROUP BY keys ``__g<i>`` and aggregate arguments ``__a<i>``; for
         a query without GROUP BY, its output columns and ``__source_lsn``."""
         plan = self.plan
-        pre = [(g.expr, f"__g{g.index}") for g in plan.group_keys] + [(a.expr, f"__a{a.index}") for a in plan.args]
+        pre_aggregation = [(g.expr, f"__g{g.index}") for g in plan.group_keys] + [
+            (a.expr, f"__a{a.index}") for a in plan.args
+        ]
         if not plan.aggregated:
             parts = []
             for b in plan.branches:
@@ -129,14 +131,16 @@ class DuckQueries:
             return _union(parts).sql(dialect="duckdb")
         if plan.outer is None:
             (b,) = plan.branches
-            items = self._items(pre) or [exp.alias_(exp.Literal.number(1), "__one", quoted=True)]
+            items = self._items(pre_aggregation) or [exp.alias_(exp.Literal.number(1), "__one", quoted=True)]
             return self._select(b, items, side).sql(dialect="duckdb")
         parts = []
         for b in plan.branches:
             cols = [(item.unalias(), name) for item, name in zip(b.select.expressions, plan.union_columns, strict=True)]
             parts.append(self._select(b, self._items(cols, plan.union_types), side))
         outer = plan.outer.copy()
-        outer.set("expressions", self._items(pre) or [exp.alias_(exp.Literal.number(1), "__one", quoted=True)])
+        outer.set(
+            "expressions", self._items(pre_aggregation) or [exp.alias_(exp.Literal.number(1), "__one", quoted=True)]
+        )
         for arg in ("group", "having", "order", "limit"):
             outer.set(arg, None)
         outer.set(

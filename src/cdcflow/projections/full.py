@@ -5,7 +5,7 @@ Every cycle with a delta recomputes the whole result in PostgreSQL, from the lat
 staged version of every row up to the cutoff, and replaces the projection's rows, in the
 cycle's transaction (readers see the old rows until it commits). The query runs as
 written, so any PostgreSQL query over captured tables works; the cost grows with the
-staged history, as the seed's projections did, and ``cdcflow status`` says so.
+staged history, and ``cdcflow status`` says so.
 """
 
 from __future__ import annotations

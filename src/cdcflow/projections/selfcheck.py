@@ -168,12 +168,13 @@ class SelfCheck:
         self._delete(conn, plan.name, plan.key, keys)
         if layout.having:
             self._delete(conn, groups_table(plan.name), gkeys, keys)
-        pre = self._pre_aggregation()
+        input_rows = self._pre_aggregation()
         for arg in layout.values:
             self._delete(conn, value_table(plan.name, arg), gkeys, keys)
             g = ", ".join(quote(c) for c in gkeys)
             values = (
-                f"SELECT {g + ', ' if g else ''}{quote(f'__a{arg.index}')} AS __v, count(*) AS __cnt FROM ({pre}) AS p "
+                f"SELECT {g + ', ' if g else ''}{quote(f'__a{arg.index}')} AS __v, count(*) AS __cnt "
+                f"FROM ({input_rows}) AS p "
                 f"WHERE {quote(f'__a{arg.index}')} IS NOT NULL GROUP BY {g + ', ' if g else ''}"
                 f"{quote(f'__a{arg.index}')}"
             )
@@ -187,7 +188,9 @@ class SelfCheck:
         parts = ["count(*) AS __count"]
         parts += [f"coalesce({agg}, 0) AS {name}" for name, agg in aggregates]
         g = ", ".join(quote(c) for c in gkeys)
-        groups = f"SELECT {g + ', ' if g else ''}{', '.join(parts)} FROM ({pre}) AS p" + (f" GROUP BY {g}" if g else "")
+        groups = f"SELECT {g + ', ' if g else ''}{', '.join(parts)} FROM ({input_rows}) AS p" + (
+            f" GROUP BY {g}" if g else ""
+        )
         groups, params = self._filtered(groups, gkeys, keys)
         name, ddl = layout.diff_temp()
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
