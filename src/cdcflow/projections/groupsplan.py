@@ -212,6 +212,7 @@ def _outputs(top: exp.Select, columns: list[tuple[str, str]], group_keys: list[G
 
 
 def _group_by(analyzer: Analyzer, top: exp.Select) -> list[exp.Expr]:
+    """The GROUP BY expressions, each once, ordinals and output names resolved."""
     group = top.args.get("group")
     if group is None:
         return []
@@ -235,6 +236,7 @@ def _group_by(analyzer: Analyzer, top: exp.Select) -> list[exp.Expr]:
 
 
 def _aggregates(analyzer: Analyzer, top: exp.Select) -> list[Aggregate]:
+    """The outermost aggregate calls of the select list and HAVING, each with its kind."""
     found: list[Aggregate] = []
     having = top.args.get("having")
     for e in [*top.expressions, *([having.this] if having else [])]:
@@ -266,17 +268,20 @@ def _aggregates(analyzer: Analyzer, top: exp.Select) -> list[Aggregate]:
     return found
 
 
-def _aggregate_types(analyzer: Analyzer, top: exp.Select, aggs: list[Aggregate], group_exprs: list[exp.Expr]) -> None:
-    if not aggs:
+def _aggregate_types(
+    analyzer: Analyzer, top: exp.Select, aggregates: list[Aggregate], group_exprs: list[exp.Expr]
+) -> None:
+    """Each aggregate's result type, as PostgreSQL types it over the staging tables."""
+    if not aggregates:
         return
-    items = ", ".join(f"{a.node.sql(dialect='postgres')} AS c{i}" for i, a in enumerate(aggs))
+    items = ", ".join(f"{a.node.sql(dialect='postgres')} AS c{i}" for i, a in enumerate(aggregates))
     shell = top.copy()
     shell.set("expressions", parse_pg(f"SELECT {items}").expressions)
     shell.set("having", None)
     # The GROUP BY as resolved (an ordinal or an output name would point at the new list).
     shell.set("group", exp.Group(expressions=[g.copy() for g in group_exprs]) if group_exprs else None)
     text = substitute_tables(shell, analyzer.staging_relation()).sql(dialect="postgres")
-    for a, (_, t) in zip(aggs, probe(analyzer.conn, text), strict=True):
+    for a, (_, t) in zip(aggregates, probe(analyzer.conn, text), strict=True):
         a.pg_type = t
 
 
