@@ -1,11 +1,11 @@
 """Projections: SQL queries over captured tables, kept up to date from staging.
 
 Definitions are ``.sql`` files (:mod:`.definition`): the two shipped with cdcflow, enabled
-by the seed's flags (``ENABLE_PROJ_ORDERS_KPI``, ``ENABLE_PROJ_ORDERS_LATEST``), and every
+by their flags (``ENABLE_PROJ_ORDERS_KPI``, ``ENABLE_PROJ_ORDERS_LATEST``), and every
 file in ``PROJECTIONS_DIR``. Each one is planned against the serving catalog
-(:mod:`.plan`) and kept incrementally (:mod:`.incremental`), or by full recompute when it
-asks for ``mode: full`` (:mod:`.full`). The shared lifecycle (cutoff, checkpoints, atomic
-commit, metadata) is in :mod:`.base`, the loop in :mod:`.worker`.
+(:mod:`.analysis` builds its :mod:`.plan`) and kept incrementally (:mod:`.incremental`),
+or by full recompute when it asks for ``mode: full`` (:mod:`.full`). The shared lifecycle
+(cutoff, checkpoints, atomic commit, metadata) is in :mod:`.base`, the loop in :mod:`.worker`.
 
 A definition that cannot be used (a syntax error, a table not captured, a construct
 outside the fragment) is reported with one line naming its file, and its projection says
@@ -74,13 +74,13 @@ def definitions(settings: Settings) -> Definitions:
 
 def build(d: Definition, conn: psycopg.Connection, settings: Settings) -> base.Projection:
     """The projection a definition describes, planned against the serving catalog now."""
-    from cdcflow.projections import full, incremental, plan
+    from cdcflow.projections import analysis, full, incremental
 
     tables = catalog.read(conn, settings.source_name)
     try:
         if d.mode == "full":
-            return full.FullProjection(d, tables, plan.check_full(d, tables, conn))
-        projection = incremental.SqlProjection(plan.analyze(d, tables, conn))
+            return full.FullProjection(d, tables, analysis.check_full(d, tables, conn))
+        projection = incremental.SqlProjection(analysis.analyze(d, tables, conn))
     except DefinitionError:
         raise
     except psycopg.OperationalError:
@@ -208,7 +208,7 @@ def drop(settings: Settings, name: str) -> list[str]:
     _, serving_dsn = settings.require_dsns()
     if name in definitions(settings).names:
         raise ConfigError(f"projection {name} is enabled: remove its definition (or its flag) before dropping it")
-    from cdcflow.projections.storage import prefix
+    from cdcflow.projections.pgtables import prefix
 
     with db.connect(serving_dsn, "serving") as conn:
         tables = [r[0] for r in conn.execute(sqlfiles.query(Q, "tables_of"), {"name": name, "prefix": prefix(name)})]

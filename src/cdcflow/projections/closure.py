@@ -30,9 +30,10 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from cdcflow.projections.arrowio import read_arrow
+from cdcflow.projections.pgtables import state_table
 from cdcflow.projections.pgtypes import LSN, array_literal, arrow_type
 from cdcflow.projections.plan import Edge, Plan, TableUse
-from cdcflow.projections.storage import Layout, state_table
+from cdcflow.projections.storage import Layout
 
 _SEP = "\x1f"
 
@@ -61,10 +62,10 @@ def key_of(table: pa.Table, cols: tuple[str, ...], types: list[pa.DataType] | No
     or the columns' texts joined. ``types``: cast each column first (to compare across types)."""
     arrays = []
     for i, c in enumerate(cols):
-        a = table.column(c).combine_chunks() if table.num_rows else pa.array([], table.schema.field(c).type)
-        if types is not None and a.type != types[i]:
-            a = pc.cast(a, types[i], safe=False)
-        arrays.append(a)
+        column = table.column(c).combine_chunks() if table.num_rows else pa.array([], table.schema.field(c).type)
+        if types is not None and column.type != types[i]:
+            column = pc.cast(column, types[i], safe=False)
+        arrays.append(column)
     if len(arrays) == 1:
         return arrays[0]
     return pc.binary_join_element_wise(*(pc.cast(a, pa.string()) for a in arrays), _SEP)
@@ -92,13 +93,19 @@ class Closure:
         self.tables = {a.table.source_table: plan.tables[a.table.source_table] for a in plan.aliases()}
         self.alias_table = {(a.branch, a.name): a.table.source_table for a in plan.aliases()}
         self.outgoing: dict[tuple[int, str], list[Direction]] = defaultdict(list)
-        for b in plan.branches:
-            for e in b.edges:
-                for src, src_cols, dst, dst_cols, back in e.directions():
-                    d = Direction(
-                        e, (b.index, src), src_cols, (b.index, dst), dst_cols, b.alias(dst).table.source_table, back
+        for branch in plan.branches:
+            for edge in branch.edges:
+                for source, source_cols, target, target_cols, back in edge.directions():
+                    direction = Direction(
+                        edge,
+                        (branch.index, source),
+                        source_cols,
+                        (branch.index, target),
+                        target_cols,
+                        branch.alias(target).table.source_table,
+                        back,
                     )
-                    self.outgoing[(b.index, src)].append(d)
+                    self.outgoing[(branch.index, source)].append(direction)
         self.rows_read = 0
         self.queries = 0
 
@@ -134,7 +141,7 @@ class Closure:
         types = [use.types[c] for c in cols]
         params = [array_literal(values.column(c)) for c in cols]
         unnest = sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(t)) for t in types)
-        v = sql.SQL(", ").join(sql.Identifier(f"v{i}") for i in range(len(cols)))
+        value_names = sql.SQL(", ").join(sql.Identifier(f"v{i}") for i in range(len(cols)))
         match = [sql.SQL("s.{} = v.{}").format(sql.Identifier(c), sql.Identifier(f"v{i}")) for i, c in enumerate(cols)]
         if changed is not None and changed.num_rows:
             match.append(
@@ -152,7 +159,7 @@ class Closure:
             "(SELECT {cols} FROM {table} AS s WHERE {match} LIMIT 1) AS w"
         ).format(
             unnest=unnest,
-            v=v,
+            v=value_names,
             cols=state_cols,
             match=sql.SQL(" AND ").join(match),
             table=sql.Identifier(state_table(self.plan.name, use.table.capture)),
@@ -165,82 +172,93 @@ class Closure:
 
         Round by round, one query per table: the first reads the old versions of the changed
         keys together with the rows the new versions join with."""
-        loaded = {t: state_schema(self.layout, u).empty_table() for t, u in self.tables.items()}
-        loaded_keys: dict[str, list[pa.Array]] = defaultdict(list)
-
-        def add(table: str, rows: pa.Table) -> None:
-            key = tuple(self.tables[table].table.key)
-            if loaded_keys[table] and rows.num_rows:
-                known = pa.chunked_array(loaded_keys[table])
-                rows = rows.filter(pc.invert(pc.is_in(key_of(rows, key), value_set=known)))
-            if rows.num_rows:
-                self.rows_read += rows.num_rows
-                loaded[table] = pa.concat_tables([loaded[table], rows])
-                loaded_keys[table].append(key_of(rows, key))
-
+        loaded = _Loaded(self)
         pending: dict[Direction, list[pa.Table]] = defaultdict(list)
         witness: dict[Direction, list[pa.Table]] = defaultdict(list)
         looked: dict[tuple[str, tuple[str, ...]], pa.Array] = {}
         changed: dict[str, pa.Table] = {}  # table -> its changed keys, whose old versions the first round reads
-        for table, d in deltas.items():
-            if table not in self.tables or d.num_rows == 0:
+        for table, delta in deltas.items():
+            if table not in self.tables or delta.num_rows == 0:
                 continue
-            changed[table] = _unique(d, tuple(self.tables[table].table.key))
-            live = d.filter(pc.invert(d.column("__deleted"))).drop_columns(["__deleted"])
+            changed[table] = _unique(delta, tuple(self.tables[table].table.key))
+            live = delta.filter(pc.invert(delta.column("__deleted"))).drop_columns(["__deleted"])
             if live.num_rows:
-                for alias in self._aliases_of(table):
-                    for direction in self.outgoing[alias]:
-                        pending[direction].append(live.cast(loaded[table].schema))
+                self._send_from(table, live.cast(loaded.rows[table].schema), pending)
         sent: dict[Direction, pa.Array] = {}
         while pending or witness or changed:
-            self._load_witnesses(conn, witness, deltas, looked, add)
+            self._load_witnesses(conn, witness, deltas, looked, loaded.add)
             witness = defaultdict(list)
             requests = self._requests(pending, sent)
             pending = defaultdict(list)
-            by_table: dict[str, list[tuple[tuple[str, ...], pa.Table]]] = defaultdict(list)
-            for table, keys in changed.items():
-                key = tuple(self.tables[table].table.key)
-                looked[(table, key)] = key_of(keys, key)
-                by_table[table].append((key, keys))
-            for (table, cols), entries in requests.items():
-                values = _unique(pa.concat_tables([v for _, v in entries]), cols)
-                if (table, cols) in looked:
-                    values = values.filter(pc.invert(pc.is_in(key_of(values, cols), value_set=looked[(table, cols)])))
-                if values.num_rows:
-                    k = key_of(values, cols)
-                    looked[(table, cols)] = (
-                        k if (table, cols) not in looked else pa.concat_arrays([looked[(table, cols)], k])
-                    )
-                    by_table[table].append((cols, values))
-            for table, lookups in by_table.items():
-                add(table, self._fetch(conn, table, lookups))
+            for table, lookups in self._lookups(changed, requests, looked).items():
+                loaded.add(table, self._fetch(conn, table, lookups))
             for table, keys in changed.items():  # old versions start from here, along every edge
                 key = tuple(self.tables[table].table.key)
-                have = loaded[table]
+                have = loaded.rows[table]
                 old = have.filter(pc.is_in(key_of(have, key), value_set=key_of(keys, key)))
                 if old.num_rows:
-                    for alias in self._aliases_of(table):
-                        for direction in self.outgoing[alias]:
-                            pending[direction].append(old)
+                    self._send_from(table, old, pending)
             changed = {}
-            for (table, cols), entries in requests.items():
-                have = loaded[table]
-                if have.num_rows == 0:
+            self._send_arrived(requests, loaded.rows, pending, witness)
+        return loaded.rows
+
+    def _send_from(self, table: str, rows: pa.Table, pending: dict[Direction, list[pa.Table]]) -> None:
+        """Rows of ``table`` send along every edge of every alias of it."""
+        for alias in self._aliases_of(table):
+            for direction in self.outgoing[alias]:
+                pending[direction].append(rows)
+
+    def _lookups(
+        self,
+        changed: dict[str, pa.Table],
+        requests: dict[tuple[str, tuple[str, ...]], list[tuple[Direction, pa.Table]]],
+        looked: dict[tuple[str, tuple[str, ...]], pa.Array],
+    ) -> dict[str, list[tuple[tuple[str, ...], pa.Table]]]:
+        """This round's (columns, values) to read by, per table: the changed keys, and the
+        requested values not looked up before (``looked`` records both)."""
+        by_table: dict[str, list[tuple[tuple[str, ...], pa.Table]]] = defaultdict(list)
+        for table, keys in changed.items():
+            key = tuple(self.tables[table].table.key)
+            looked[(table, key)] = key_of(keys, key)
+            by_table[table].append((key, keys))
+        for (table, cols), entries in requests.items():
+            values = _unique(pa.concat_tables([v for _, v in entries]), cols)
+            if (table, cols) in looked:
+                values = values.filter(pc.invert(pc.is_in(key_of(values, cols), value_set=looked[(table, cols)])))
+            if values.num_rows:
+                new_keys = key_of(values, cols)
+                looked[(table, cols)] = (
+                    new_keys if (table, cols) not in looked else pa.concat_arrays([looked[(table, cols)], new_keys])
+                )
+                by_table[table].append((cols, values))
+        return by_table
+
+    def _send_arrived(
+        self,
+        requests: dict[tuple[str, tuple[str, ...]], list[tuple[Direction, pa.Table]]],
+        loaded: dict[str, pa.Table],
+        pending: dict[Direction, list[pa.Table]],
+        witness: dict[Direction, list[pa.Table]],
+    ) -> None:
+        """Rows reached over a direction send on along the other edges of their alias; back
+        along the same edge only when that side is preserved, as witnesses for a sole join."""
+        for (table, cols), entries in requests.items():
+            have = loaded[table]
+            if have.num_rows == 0:
+                continue
+            have_key = key_of(have, cols)
+            for came, values in entries:
+                arrived = have.filter(pc.is_in(have_key, value_set=key_of(values, cols)))
+                if arrived.num_rows == 0:
                     continue
-                have_key = key_of(have, cols)
-                for d, values in entries:
-                    arrived = have.filter(pc.is_in(have_key, value_set=key_of(values, cols)))
-                    if arrived.num_rows == 0:
-                        continue
-                    for f in self.outgoing[d.target]:
-                        if f.edge is d.edge and f.target == d.source:
-                            if not d.back:
-                                continue
-                            if f.edge.sole:
-                                witness[f].append(arrived)
-                                continue
-                        pending[f].append(arrived)
-        return loaded
+                for onward in self.outgoing[came.target]:
+                    if onward.edge is came.edge and onward.target == came.source:
+                        if not came.back:
+                            continue
+                        if onward.edge.sole:
+                            witness[onward].append(arrived)
+                            continue
+                    pending[onward].append(arrived)
 
     def _aliases_of(self, table: str) -> list[tuple[int, str]]:
         return [alias for alias, t in self.alias_table.items() if t == table]
@@ -250,38 +268,36 @@ class Closure:
     ) -> dict[tuple[str, tuple[str, ...]], list[tuple[Direction, pa.Table]]]:
         """The values each direction has not sent yet, by the (table, columns) they look up."""
         requests: dict[tuple[str, tuple[str, ...]], list[tuple[Direction, pa.Table]]] = defaultdict(list)
-        for d, sources in pending.items():
-            target = self.tables[d.target_table]
-            types = [arrow_type(target.types[c]) for c in d.target_cols]
-            values = _unique(
-                pa.concat_tables([s.select(list(d.source_cols)) for s in sources]),
-                d.source_cols,
-                rename=d.target_cols,
-                types=types,
-            )
-            if d in sent and values.num_rows:
-                values = values.filter(pc.invert(pc.is_in(key_of(values, d.target_cols), value_set=sent[d])))
+        for direction, sources in pending.items():
+            values = self._values_sent(direction, sources)
+            if direction in sent and values.num_rows:
+                values = values.filter(
+                    pc.invert(pc.is_in(key_of(values, direction.target_cols), value_set=sent[direction]))
+                )
             if values.num_rows == 0:
                 continue
-            new_keys = key_of(values, d.target_cols)
-            sent[d] = new_keys if d not in sent else pa.concat_arrays([sent[d], new_keys])
-            requests[(d.target_table, d.target_cols)].append((d, values))
+            new_keys = key_of(values, direction.target_cols)
+            sent[direction] = new_keys if direction not in sent else pa.concat_arrays([sent[direction], new_keys])
+            requests[(direction.target_table, direction.target_cols)].append((direction, values))
         return requests
+
+    def _values_sent(self, direction: Direction, sources: list[pa.Table]) -> pa.Table:
+        """The distinct values rows of ``sources`` send along ``direction``, named and typed
+        as the target's columns."""
+        target = self.tables[direction.target_table]
+        types = [arrow_type(target.types[c]) for c in direction.target_cols]
+        return _unique(
+            pa.concat_tables([rows.select(list(direction.source_cols)) for rows in sources]),
+            direction.source_cols,
+            rename=direction.target_cols,
+            types=types,
+        )
 
     def _load_witnesses(self, conn, witness, deltas, looked, add) -> None:
         """For rows sent back along a sole-equality join: a witness per value not yet read in full."""
         by_target: dict[tuple[str, tuple[str, ...]], list[pa.Table]] = defaultdict(list)
-        for d, sources in witness.items():
-            target = self.tables[d.target_table]
-            types = [arrow_type(target.types[c]) for c in d.target_cols]
-            by_target[(d.target_table, d.target_cols)].append(
-                _unique(
-                    pa.concat_tables([s.select(list(d.source_cols)) for s in sources]),
-                    d.source_cols,
-                    rename=d.target_cols,
-                    types=types,
-                )
-            )
+        for direction, sources in witness.items():
+            by_target[(direction.target_table, direction.target_cols)].append(self._values_sent(direction, sources))
         for (table, cols), parts in by_target.items():
             values = _unique(pa.concat_tables(parts), cols)
             if (table, cols) in looked:
@@ -290,6 +306,25 @@ class Closure:
                 key = tuple(self.tables[table].table.key)
                 changed = _unique(deltas[table], key) if table in deltas else None
                 add(table, self._witnesses(conn, table, cols, values, changed))
+
+
+class _Loaded:
+    """The stored rows one :meth:`Closure.load` has read, per table, each key once."""
+
+    def __init__(self, closure: Closure) -> None:
+        self.closure = closure
+        self.rows = {t: state_schema(closure.layout, u).empty_table() for t, u in closure.tables.items()}
+        self.keys: dict[str, list[pa.Array]] = defaultdict(list)
+
+    def add(self, table: str, rows: pa.Table) -> None:
+        key = tuple(self.closure.tables[table].table.key)
+        if self.keys[table] and rows.num_rows:
+            known = pa.chunked_array(self.keys[table])
+            rows = rows.filter(pc.invert(pc.is_in(key_of(rows, key), value_set=known)))
+        if rows.num_rows:
+            self.closure.rows_read += rows.num_rows
+            self.rows[table] = pa.concat_tables([self.rows[table], rows])
+            self.keys[table].append(key_of(rows, key))
 
 
 def _fits(value: object, to: pa.DataType) -> bool:
@@ -314,15 +349,15 @@ def _unique(
     A value the cast cannot represent (a bigint beyond an integer's range, 100 for a
     numeric(3,1), 1.25 for a numeric(3,1)) equals no value of the type it is cast to: its
     tuple is dropped, where the cast would wrap or round it (or PostgreSQL's refuse it)."""
-    t = table.select(list(cols))
+    tuples = table.select(list(cols))
     if rename:
-        t = t.rename_columns(list(rename))
+        tuples = tuples.rename_columns(list(rename))
         cols = rename
     if types is not None:
         kept = None
         columns = {}
         for i, c in enumerate(cols):
-            have = t.column(c)
+            have = tuples.column(c)
             if have.type == types[i]:
                 columns[c] = have
                 continue
@@ -334,11 +369,11 @@ def _unique(
             fits = pa.array([_fits(v, types[i]) for v in have.to_pylist()], pa.bool_())
             kept = fits if kept is None else pc.and_(kept, fits)
             columns[c] = pc.cast(pc.if_else(fits, have, pa.scalar(None, have.type)), types[i])
-        t = pa.table(columns)
+        tuples = pa.table(columns)
         if kept is not None:
-            t = t.filter(kept)  # NULL (a NULL value) drops the tuple too
+            tuples = tuples.filter(kept)  # NULL (a NULL value) drops the tuple too
     for c in cols:
-        t = t.filter(pc.is_valid(t.column(c)))
-    if t.num_rows == 0:
-        return t
-    return t.group_by(list(cols)).aggregate([])
+        tuples = tuples.filter(pc.is_valid(tuples.column(c)))
+    if tuples.num_rows == 0:
+        return tuples
+    return tuples.group_by(list(cols)).aggregate([])

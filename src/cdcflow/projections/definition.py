@@ -32,7 +32,7 @@ import sqlglot
 from sqlglot import exp
 
 from cdcflow.errors import DefinitionError
-from cdcflow.projections.translate import PostgresDialect
+from cdcflow.projections.pgsql import PostgresDialect
 
 #: Bumped when the engine's storage of a projection, or the values it computes, change:
 #: every projection is then rebuilt once, as if its definition had changed.
@@ -156,7 +156,7 @@ def read_file(path: Path, *, builtin: bool = False) -> Definition:
     return parse(text, str(path), path.stem, builtin=builtin)
 
 
-#: The projections shipped with cdcflow (the seed's two), enabled by their seed flags.
+#: The projections shipped with cdcflow, each enabled by its flag (name -> setting).
 BUILTIN = {
     "proj_orders_kpi_by_minute_segment": "enable_proj_orders_kpi",
     "proj_orders_latest": "enable_proj_orders_latest",

@@ -21,10 +21,9 @@ from __future__ import annotations
 from sqlglot import exp
 
 from cdcflow.projections import translate
+from cdcflow.projections.pgsql import quote
 from cdcflow.projections.plan import Branch, Plan, TableUse
 from cdcflow.projections.storage import Layout
-
-q = translate.quote
 
 
 def registered(kind: str, use: TableUse) -> str:
@@ -57,14 +56,14 @@ class DuckQueries:
     def _views(self) -> list[str]:
         out = []
         for use in self.plan.tables.values():
-            cols = ", ".join(q(c.name) for c in self.layout.state_columns(use))
-            s, d = q(registered("s", use)), q(registered("d", use))
-            match = " AND ".join(f"d.{q(k)} = s.{q(k)}" for k in use.table.key)
-            out.append(f"CREATE OR REPLACE TEMP VIEW {q(relation(use, 'old'))} AS SELECT {cols} FROM {s}")
+            cols = ", ".join(quote(c.name) for c in self.layout.state_columns(use))
+            stored, delta = quote(registered("s", use)), quote(registered("d", use))
+            match = " AND ".join(f"d.{quote(k)} = s.{quote(k)}" for k in use.table.key)
+            out.append(f"CREATE OR REPLACE TEMP VIEW {quote(relation(use, 'old'))} AS SELECT {cols} FROM {stored}")
             out.append(
-                f"CREATE OR REPLACE TEMP VIEW {q(relation(use, 'new'))} AS "
-                f"SELECT {cols} FROM {s} AS s WHERE NOT EXISTS (SELECT 1 FROM {d} AS d WHERE {match}) "
-                f"UNION ALL SELECT {cols} FROM {d} WHERE NOT __deleted"
+                f"CREATE OR REPLACE TEMP VIEW {quote(relation(use, 'new'))} AS "
+                f"SELECT {cols} FROM {stored} AS s WHERE NOT EXISTS (SELECT 1 FROM {delta} AS d WHERE {match}) "
+                f"UNION ALL SELECT {cols} FROM {delta} WHERE NOT __deleted"
             )
         return out
 
@@ -117,7 +116,9 @@ class DuckQueries:
         query, each row's GROUP BY keys ``__g<i>`` and aggregate arguments ``__a<i>``; for
         a query without GROUP BY, its output columns and ``__source_lsn``."""
         plan = self.plan
-        pre = [(g.expr, f"__g{g.index}") for g in plan.group_keys] + [(a.expr, f"__a{a.index}") for a in plan.args]
+        pre_aggregation = [(g.expr, f"__g{g.index}") for g in plan.group_keys] + [
+            (a.expr, f"__a{a.index}") for a in plan.args
+        ]
         if not plan.aggregated:
             parts = []
             for b in plan.branches:
@@ -130,14 +131,16 @@ class DuckQueries:
             return _union(parts).sql(dialect="duckdb")
         if plan.outer is None:
             (b,) = plan.branches
-            items = self._items(pre) or [exp.alias_(exp.Literal.number(1), "__one", quoted=True)]
+            items = self._items(pre_aggregation) or [exp.alias_(exp.Literal.number(1), "__one", quoted=True)]
             return self._select(b, items, side).sql(dialect="duckdb")
         parts = []
         for b in plan.branches:
             cols = [(item.unalias(), name) for item, name in zip(b.select.expressions, plan.union_columns, strict=True)]
             parts.append(self._select(b, self._items(cols, plan.union_types), side))
         outer = plan.outer.copy()
-        outer.set("expressions", self._items(pre) or [exp.alias_(exp.Literal.number(1), "__one", quoted=True)])
+        outer.set(
+            "expressions", self._items(pre_aggregation) or [exp.alias_(exp.Literal.number(1), "__one", quoted=True)]
+        )
         for arg in ("group", "having", "order", "limit"):
             outer.set(arg, None)
         outer.set(
@@ -162,13 +165,13 @@ class DuckQueries:
         )
 
     def _mask(self, cols: list[str]) -> str:
-        return " + ".join(f"(CASE WHEN {q(c)} IS NULL THEN {1 << n} ELSE 0 END)" for n, c in enumerate(cols)) or "0"
+        return " + ".join(f"(CASE WHEN {quote(c)} IS NULL THEN {1 << n} ELSE 0 END)" for n, c in enumerate(cols)) or "0"
 
     def values(self, index: int) -> str:
         return self._once(("values", index), lambda: self._values(index))  # type: ignore[return-value]
 
     def _values(self, index: int) -> str:
-        g = ", ".join(q(c) for c in self.groups)
+        g = ", ".join(quote(c) for c in self.groups)
         head = f"{g}, " if g else ""
         count = "count(*) FILTER (WHERE __sign > 0) - count(*) FILTER (WHERE __sign < 0)"
         return (
@@ -187,21 +190,21 @@ class DuckQueries:
         def delta(agg: str) -> str:
             return f"coalesce({agg} FILTER (WHERE __sign > 0), 0) - coalesce({agg} FILTER (WHERE __sign < 0), 0)"
 
-        aggregates = layout.part_aggregates(lambda i: f"__a{i}")
+        aggregates = layout.state.part_aggregates(lambda i: f"__a{i}")
         parts = [f"CAST({delta('count(*)')} AS BIGINT) AS __count"]
         parts += [
             f"CAST({delta(agg)} AS BIGINT) AS {name}" if agg.startswith("count") else f"{delta(agg)} AS {name}"
             for name, agg in aggregates
         ]
-        g = ", ".join(q(c) for c in self.groups)
+        g = ", ".join(quote(c) for c in self.groups)
         inner = f"SELECT {g + ', ' if g else ''}{', '.join(parts)} FROM __t" + (f" GROUP BY {g}" if g else "")
         cols = [*self.groups, "__count", *(name for name, _ in aggregates)]
-        select = f"SELECT {', '.join(q(c) for c in cols)}, {self._mask(self.groups)} AS __nulls FROM ({inner}) AS l"
+        select = f"SELECT {', '.join(quote(c) for c in cols)}, {self._mask(self.groups)} AS __nulls FROM ({inner}) AS l"
         if not self.groups:
             return select  # the one group of a query without GROUP BY is always written
-        changed = [f"l.{q(p)} <> 0" for p in cols[len(self.groups) :]]
+        changed = [f"l.{quote(p)} <> 0" for p in cols[len(self.groups) :]]
         for arg in layout.values:
-            match = " AND ".join(f"v.{q(c)} IS NOT DISTINCT FROM l.{q(c)}" for c in self.groups)
+            match = " AND ".join(f"v.{quote(c)} IS NOT DISTINCT FROM l.{quote(c)}" for c in self.groups)
             changed.append(f"EXISTS (SELECT 1 FROM __v{arg.index} AS v WHERE {match})")
         return f"{select} WHERE {' OR '.join(changed)}"
 
@@ -217,14 +220,14 @@ class DuckQueries:
         return f"SELECT *, {self._mask(self.plan.key)} AS __nulls FROM (SELECT * FROM __new EXCEPT SELECT * FROM __old)"
 
     def rows_deleted(self) -> str:
-        k = ", ".join(q(c) for c in self.plan.key)
+        k = ", ".join(quote(c) for c in self.plan.key)
         return (
             f"SELECT {k}, {self._mask(self.plan.key)} AS __nulls FROM "
             f"(SELECT {k} FROM __old EXCEPT SELECT {k} FROM __new)"
         )
 
     def duplicate_key(self) -> str:
-        k = ", ".join(q(c) for c in self.plan.key)
+        k = ", ".join(quote(c) for c in self.plan.key)
         return f"SELECT {k}, count(*) FROM __new GROUP BY {k} HAVING count(*) > 1 LIMIT 1"
 
 

@@ -4,7 +4,7 @@ kept, what it reads, and the state it keeps."""
 from __future__ import annotations
 
 from cdcflow.projections import base
-from cdcflow.projections.storage import groups_table, state_table, value_table
+from cdcflow.projections.pgtables import groups_table, state_table, value_table
 
 KINDS = {
     "count_star": "count(*)",

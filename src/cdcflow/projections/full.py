@@ -5,7 +5,7 @@ Every cycle with a delta recomputes the whole result in PostgreSQL, from the lat
 staged version of every row up to the cutoff, and replaces the projection's rows, in the
 cycle's transaction (readers see the old rows until it commits). The query runs as
 written, so any PostgreSQL query over captured tables works; the cost grows with the
-staged history, as the seed's projections did, and ``cdcflow status`` says so.
+staged history, and ``cdcflow status`` says so.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import psycopg
 from psycopg import sql
 from sqlglot import exp
 
-from cdcflow.projections import base, translate
+from cdcflow.projections import base
 from cdcflow.projections.catalog import CapturedTable
 from cdcflow.projections.definition import Definition
-from cdcflow.projections.plan import find_table, relation_over, substitute_tables
+from cdcflow.projections.pgsql import quote
+from cdcflow.projections.relations import find_table, relation_over, substitute_tables
 
 log = logging.getLogger(__name__)
 UPTO = 987654321987654321  # stands for the cutoff in the rendered query (an integer, replaced by the cycle's)
@@ -27,10 +28,10 @@ UPTO = 987654321987654321  # stands for the cutoff in the rendered query (an int
 
 def latest_rows(t: CapturedTable) -> str:
     """The latest live version of each key of ``t`` staged at or below the cutoff."""
-    key = ", ".join(translate.quote(k) for k in t.key)
-    cols = ", ".join(translate.quote(c) for c, _ in t.columns)
+    key = ", ".join(quote(k) for k in t.key)
+    cols = ", ".join(quote(c) for c, _ in t.columns)
     return (
-        f"(SELECT {cols} FROM (SELECT DISTINCT ON ({key}) {cols}, __op FROM {translate.quote(t.staging)} "
+        f"(SELECT {cols} FROM (SELECT DISTINCT ON ({key}) {cols}, __op FROM {quote(t.staging)} "
         f"WHERE __lsn <= {UPTO} AND __op <> 3 ORDER BY {key}, __lsn DESC, __seqval DESC) AS latest "
         "WHERE __op <> 1) AS latest_rows"
     )

@@ -23,12 +23,13 @@ import psycopg
 from psycopg import sql
 from sqlglot import exp
 
-from cdcflow.projections import translate
-from cdcflow.projections.plan import Plan, find_table, substitute_tables
-from cdcflow.projections.storage import Column, Layout, groups_table, state_table, temp_name, value_table
+from cdcflow.projections.pgsql import parse_pg, quote
+from cdcflow.projections.pgtables import Column, groups_table, state_table, temp_name, value_table
+from cdcflow.projections.plan import Plan
+from cdcflow.projections.relations import find_table, substitute_tables
+from cdcflow.projections.storage import Layout
 
 log = logging.getLogger(__name__)
-q = translate.quote
 #: At most this many different keys are carried from the check to the restating cycle.
 MAX_SUSPECTS = 1000
 
@@ -50,8 +51,8 @@ class SelfCheck:
             found = find_table(t, catalog)
             assert found is not None
             use = tables[found.source_table]
-            cols = ", ".join(q(c.name) for c in self.layout.state_columns(use))
-            inner = translate.parse_pg(f"SELECT {cols} FROM {q(state_table(self.plan.name, use.table.capture))}")
+            cols = ", ".join(quote(c.name) for c in self.layout.state_columns(use))
+            inner = parse_pg(f"SELECT {cols} FROM {quote(state_table(self.plan.name, use.table.capture))}")
             alias = (t.alias or t.name).lower()
             return exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
 
@@ -81,7 +82,7 @@ class SelfCheck:
     def _compared(self, alias: str) -> str:
         out = []
         for c in self.columns:
-            col = f"{alias}.{q(c.name)}"
+            col = f"{alias}.{quote(c.name)}"
             out.append(f"CAST({col} AS real)" if c.type in ("real", "double precision") else col)
         return ", ".join(out)
 
@@ -89,10 +90,10 @@ class SelfCheck:
 
     def suspects(self, conn: psycopg.Connection) -> list[tuple[Any, ...]]:
         """Keys whose rows differ between the projection and its query over the state."""
-        key = ", ".join(q(k) for k in self.plan.key)
+        key = ", ".join(quote(k) for k in self.plan.key)
         truth, held = self._compared("t"), self._compared("h")
         text = (
-            f"WITH t AS ({self.truth()}), h AS (SELECT * FROM {q(self.plan.name)}), "
+            f"WITH t AS ({self.truth()}), h AS (SELECT * FROM {quote(self.plan.name)}), "
             f"d AS ((SELECT {truth} FROM t EXCEPT ALL SELECT {held} FROM h) UNION ALL "
             f"(SELECT {held} FROM h EXCEPT ALL SELECT {truth} FROM t)) "
             f"SELECT DISTINCT {key or '1'} FROM d LIMIT {MAX_SUSPECTS}"
@@ -105,22 +106,22 @@ class SelfCheck:
     def _keys_values(self, keys: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
         types = {c.name: c.type for c in self.layout.projection_columns()}
         row = "(" + ", ".join(f"CAST(%s AS {types[k]})" for k in self.plan.key) + ")"
-        names = ", ".join(q(f"k{i}") for i in range(len(self.plan.key)))
+        names = ", ".join(quote(f"k{i}") for i in range(len(self.plan.key)))
         return f"(VALUES {', '.join([row] * len(keys))}) AS k({names})", [v for k in keys for v in k]
 
     def _filtered(self, query: str, columns: list[str], keys: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
         if not self.plan.key:
             return query, []
         values, params = self._keys_values(keys)
-        match = " AND ".join(f"k.{q(f'k{i}')} IS NOT DISTINCT FROM s.{q(c)}" for i, c in enumerate(columns))
+        match = " AND ".join(f"k.{quote(f'k{i}')} IS NOT DISTINCT FROM s.{quote(c)}" for i, c in enumerate(columns))
         return f"SELECT s.* FROM ({query}) AS s WHERE EXISTS (SELECT 1 FROM {values} WHERE {match})", params
 
     def still_different(self, conn: psycopg.Connection, keys: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         if not keys:
             return []
         truth, params = self._filtered(self.truth(), self.plan.key, keys)
-        held, held_params = self._filtered(f"SELECT * FROM {q(self.plan.name)}", self.plan.key, keys)
-        key = ", ".join(q(k) for k in self.plan.key)
+        held, held_params = self._filtered(f"SELECT * FROM {quote(self.plan.name)}", self.plan.key, keys)
+        key = ", ".join(quote(k) for k in self.plan.key)
         text = (
             f"WITH t AS ({truth}), h AS ({held}), "
             f"d AS ((SELECT {self._compared('t')} FROM t EXCEPT ALL SELECT {self._compared('h')} FROM h) UNION ALL "
@@ -146,16 +147,16 @@ class SelfCheck:
             conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
             return
         values, params = self._keys_values(keys)
-        match = " AND ".join(f"k.{q(f'k{i}')} IS NOT DISTINCT FROM s.{q(c)}" for i, c in enumerate(columns))
-        conn.execute(f"DELETE FROM {q(table)} AS s USING {values} WHERE {match}", params)  # type: ignore[arg-type]
+        match = " AND ".join(f"k.{quote(f'k{i}')} IS NOT DISTINCT FROM s.{quote(c)}" for i, c in enumerate(columns))
+        conn.execute(f"DELETE FROM {quote(table)} AS s USING {values} WHERE {match}", params)  # type: ignore[arg-type]
 
     def _restate_rows(self, conn: psycopg.Connection, keys: list[tuple[Any, ...]]) -> None:
         self._delete(conn, self.plan.name, self.plan.key, keys)
         cols = [c.name for c in self.layout.projection_columns()]
         truth, params = self._filtered(self.truth(), self.plan.key, keys)
-        names = ", ".join(q(c) for c in cols)
+        names = ", ".join(quote(c) for c in cols)
         conn.execute(
-            f"INSERT INTO {q(self.plan.name)} ({names}) SELECT {names} FROM ({truth}) AS r",  # type: ignore[arg-type]
+            f"INSERT INTO {quote(self.plan.name)} ({names}) SELECT {names} FROM ({truth}) AS r",  # type: ignore[arg-type]
             params,
         )
 
@@ -167,39 +168,44 @@ class SelfCheck:
         self._delete(conn, plan.name, plan.key, keys)
         if layout.having:
             self._delete(conn, groups_table(plan.name), gkeys, keys)
-        pre = self._pre_aggregation()
+        input_rows = self._pre_aggregation()
         for arg in layout.values:
             self._delete(conn, value_table(plan.name, arg), gkeys, keys)
-            g = ", ".join(q(c) for c in gkeys)
+            g = ", ".join(quote(c) for c in gkeys)
             values = (
-                f"SELECT {g + ', ' if g else ''}{q(f'__a{arg.index}')} AS __v, count(*) AS __cnt FROM ({pre}) AS p "
-                f"WHERE {q(f'__a{arg.index}')} IS NOT NULL GROUP BY {g + ', ' if g else ''}"
-                f"{q(f'__a{arg.index}')}"
+                f"SELECT {g + ', ' if g else ''}{quote(f'__a{arg.index}')} AS __v, count(*) AS __cnt "
+                f"FROM ({input_rows}) AS p "
+                f"WHERE {quote(f'__a{arg.index}')} IS NOT NULL GROUP BY {g + ', ' if g else ''}"
+                f"{quote(f'__a{arg.index}')}"
             )
             values, params = self._filtered(values, gkeys, keys)
-            names = ", ".join(q(c) for c in [*gkeys, "__v", "__cnt"])
+            names = ", ".join(quote(c) for c in [*gkeys, "__v", "__cnt"])
             conn.execute(
-                f"INSERT INTO {q(value_table(plan.name, arg))} ({names}) SELECT {names} FROM ({values}) AS v",  # type: ignore[arg-type]
+                f"INSERT INTO {quote(value_table(plan.name, arg))} ({names}) SELECT {names} FROM ({values}) AS v",  # type: ignore[arg-type]
                 params,
             )
-        aggregates = layout.part_aggregates(lambda i: q(f"__a{i}"))
+        aggregates = layout.state.part_aggregates(lambda i: quote(f"__a{i}"))
         parts = ["count(*) AS __count"]
         parts += [f"coalesce({agg}, 0) AS {name}" for name, agg in aggregates]
-        g = ", ".join(q(c) for c in gkeys)
-        groups = f"SELECT {g + ', ' if g else ''}{', '.join(parts)} FROM ({pre}) AS p" + (f" GROUP BY {g}" if g else "")
+        g = ", ".join(quote(c) for c in gkeys)
+        groups = f"SELECT {g + ', ' if g else ''}{', '.join(parts)} FROM ({input_rows}) AS p" + (
+            f" GROUP BY {g}" if g else ""
+        )
         groups, params = self._filtered(groups, gkeys, keys)
         name, ddl = layout.diff_temp()
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
         conn.execute(ddl)
         cols = [*gkeys, "__count", *(name for name, _ in aggregates)]
-        names = ", ".join(q(c) for c in cols)
+        names = ", ".join(quote(c) for c in cols)
         conn.execute(
-            f"INSERT INTO {q(name)} ({names}, __nulls) SELECT {names}, 0 FROM ({groups}) AS s",  # type: ignore[arg-type]
+            f"INSERT INTO {quote(name)} ({names}, __nulls) SELECT {names}, 0 FROM ({groups}) AS s",  # type: ignore[arg-type]
             params,
         )
-        mask = " + ".join(f"(CASE WHEN {q(c)} IS NULL THEN {1 << n} ELSE 0 END)" for n, c in enumerate(gkeys)) or "0"
-        conn.execute(f"UPDATE {q(name)} SET __nulls = {mask}")  # type: ignore[arg-type]
-        masks = [int(r[0]) for r in conn.execute(f"SELECT DISTINCT __nulls FROM {q(name)}").fetchall()]  # type: ignore[arg-type]
+        mask = (
+            " + ".join(f"(CASE WHEN {quote(c)} IS NULL THEN {1 << n} ELSE 0 END)" for n, c in enumerate(gkeys)) or "0"
+        )
+        conn.execute(f"UPDATE {quote(name)} SET __nulls = {mask}")  # type: ignore[arg-type]
+        masks = [int(r[0]) for r in conn.execute(f"SELECT DISTINCT __nulls FROM {quote(name)}").fetchall()]  # type: ignore[arg-type]
         for stmt in layout.write_groups(masks, fresh=True):
             conn.execute(stmt)
 

@@ -15,71 +15,34 @@ For a projection ``proj_x``:
 - ``pst_x__groups``: with HAVING, the aggregate state of every group (the result then
   holds only the groups HAVING keeps).
 
-Output values of a grouped query are computed here, in PostgreSQL, from the aggregate
-state (PostgreSQL's own arithmetic: ``sum(x)::numeric(18,2)``, ``avg(x)``, HAVING).
+Output values of a grouped query are computed in PostgreSQL from the aggregate state
+(:mod:`.aggstate`); the tables' names and CREATE statements are in :mod:`.pgtables`.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from psycopg import sql
 from sqlglot import exp
 
-from cdcflow.projections import translate
-from cdcflow.projections.plan import Aggregate, Arg, Plan, TableUse
+from cdcflow.projections.aggstate import AggregateState
+from cdcflow.projections.pgsql import quote
+from cdcflow.projections.pgtables import (
+    FILLFACTOR_GROUPS,
+    FILLFACTOR_ROWS,
+    Column,
+    bounded_name,
+    column_names,
+    create_table,
+    create_temp,
+    groups_table,
+    state_table,
+    temp_name,
+    value_table,
+)
+from cdcflow.projections.pgtables import prefix as prefix  # re-exported: incremental.py imports it from here
+from cdcflow.projections.plan import Arg, Plan, TableUse
 
 LSN_TYPE = "numeric(25,0)"
-q = translate.quote
-
-
-def _ident(text: str) -> str:
-    """A table name within PostgreSQL's 63 bytes (long ones keep a hash of the whole)."""
-    if len(text) <= 63:
-        return text
-    return text[:54] + "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def prefix(projection: str) -> str:
-    """State tables of ``proj_x`` are ``pst_x__...``."""
-    return "pst_" + projection.removeprefix("proj_") + "__"
-
-
-def state_table(projection: str, capture: str) -> str:
-    return _ident(prefix(projection) + capture)
-
-
-def value_table(projection: str, arg: Arg) -> str:
-    return _ident(f"{prefix(projection)}v{arg.index}")
-
-
-def groups_table(projection: str) -> str:
-    return _ident(prefix(projection) + "groups")
-
-
-def temp_name(kind: str, n: int | str = "") -> str:
-    return f"cdcflow_{kind}{n}"
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str
-
-
-def sum_part_type(arg: Arg) -> str:
-    return "double precision" if arg.pg_type in ("real", "double precision") else "numeric"
-
-
-#: Float infinity, as PostgreSQL and DuckDB both read it. NaN compares above it in both.
-_INF = "CAST('Infinity' AS DOUBLE PRECISION)"
-#: A float sum keeps its finite part in __s<i> and counts the values it cannot subtract
-#: again: +Infinity (__p<i>), -Infinity (__m<i>) and NaN (__x<i>). Removing a NaN from a
-#: plain running sum would leave NaN for ever; PostgreSQL's sum is NaN while any NaN (or
-#: both infinities) is in, an infinity while one is in, else the finite sum.
-_NONFINITE = (("__p", f"= {_INF}"), ("__m", f"= -{_INF}"), ("__x", f"> {_INF}"))
 
 
 class Layout:
@@ -89,12 +52,7 @@ class Layout:
         self.plan = plan
         self.name = plan.name
         self.having = plan.aggregated and plan.having is not None
-        self.sums = sorted({a.arg.index for a in plan.aggregates if a.kind in ("sum", "avg") and a.arg})
-        self.float_sums = [i for i in self.sums if sum_part_type(plan.args[i]) == "double precision"]
-        # Non-NULL counts are kept for arguments that can be NULL; for the others it is __count.
-        self.counts = sorted(
-            {a.arg.index for a in plan.aggregates if a.kind in ("count", "sum", "avg") and a.arg and a.arg.nullable}
-        )
+        self.state = AggregateState(plan)
         self.values = plan.value_args()
         self.key_columns = list(plan.key)
         self._built: dict[tuple, list[sql.Composed]] = {}
@@ -113,30 +71,6 @@ class Layout:
             cols.append(Column("__lsn", LSN_TYPE))
         return cols
 
-    def part_columns(self) -> list[Column]:
-        if not self.plan.aggregated:
-            return []
-        cols = [Column("__count", "bigint")]
-        cols += [Column(f"__n{i}", "bigint") for i in self.counts]
-        cols += [Column(f"__s{i}", sum_part_type(self.plan.args[i])) for i in self.sums]
-        cols += [Column(f"{prefix}{i}", "bigint") for i in self.float_sums for prefix, _ in _NONFINITE]
-        return cols
-
-    def part_aggregates(self, arg: Callable[[int], str]) -> list[tuple[str, str]]:
-        """(part column, the aggregate over input rows that makes it) for every part after
-        __count, in :meth:`part_columns` order; ``arg(i)`` names argument i's column. Valid
-        in PostgreSQL and DuckDB alike."""
-        out = [(f"__n{i}", f"count({arg(i)})") for i in self.counts]
-        for i in self.sums:
-            if i in self.float_sums:
-                a = arg(i)
-                out.append((f"__s{i}", f"sum(CASE WHEN {a} > -{_INF} AND {a} < {_INF} THEN {a} END)"))
-            else:
-                out.append((f"__s{i}", f"sum({arg(i)})"))
-        for i in self.float_sums:
-            out += [(f"{prefix}{i}", f"count(CASE WHEN {arg(i)} {test} THEN 1 END)") for prefix, test in _NONFINITE]
-        return out
-
     def hidden_keys(self) -> list[Column]:
         outputs = {o.name for o in self.plan.outputs}
         return [Column(g.column, g.pg_type) for g in self.plan.group_keys if g.column not in outputs]
@@ -146,7 +80,7 @@ class Layout:
         if not self.plan.aggregated:
             cols.append(Column("__source_lsn", LSN_TYPE))
         elif not self.having:
-            cols += self.part_columns()
+            cols += self.state.part_columns()
         return cols
 
     def key_types(self) -> list[Column]:
@@ -157,7 +91,7 @@ class Layout:
         """CREATE statements for every table of the projection."""
         out: list[sql.Composed] = []
         grouped = self.plan.aggregated and not self.having
-        out += _create(
+        out += create_table(
             self.name,
             self.projection_columns(),
             unique=self.key_columns,
@@ -165,21 +99,21 @@ class Layout:
         )
         for use in self.plan.tables.values():
             table = state_table(self.name, use.table.capture)
-            out += _create(table, self.state_columns(use), primary=list(use.table.key))
+            out += create_table(table, self.state_columns(use), primary=list(use.table.key))
             for i, cols in enumerate(sorted(use.lookups)):
                 if list(cols) != list(use.table.key)[: len(cols)]:
                     out.append(
                         sql.SQL("CREATE INDEX {} ON {} ({})").format(
-                            sql.Identifier(_ident(f"{table}_j{i}")), sql.Identifier(table), _names(cols)
+                            sql.Identifier(bounded_name(f"{table}_j{i}")), sql.Identifier(table), column_names(cols)
                         )
                     )
         for arg in self.values:
             value_cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys]
             value_cols += [Column("__v", arg.pg_type), Column("__cnt", "bigint")]
-            out += _create(value_table(self.name, arg), value_cols, unique=[c.name for c in value_cols[:-1]])
+            out += create_table(value_table(self.name, arg), value_cols, unique=[c.name for c in value_cols[:-1]])
         if self.having:
-            group_cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys] + self.part_columns()
-            out += _create(
+            group_cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys] + self.state.part_columns()
+            out += create_table(
                 groups_table(self.name),
                 group_cols,
                 unique=[c.name for c in group_cols[: len(self.plan.group_keys)]],
@@ -199,14 +133,14 @@ class Layout:
     def state_temp(self, use: TableUse) -> tuple[str, sql.Composed]:
         name = temp_name("state_", use.table.capture)
         cols = [*self.state_columns(use), Column("__deleted", "boolean")]
-        return name, _temp(name, cols)
+        return name, create_temp(name, cols)
 
     def write_state(self, use: TableUse, *, fresh: bool) -> list[sql.Composed]:
         """Deleted keys leave the state; changed live keys take their new version."""
         table = sql.Identifier(state_table(self.name, use.table.capture))
         tmp = sql.Identifier(temp_name("state_", use.table.capture))
         cols = self.state_columns(use)
-        names = _names(c.name for c in cols)
+        names = column_names(c.name for c in cols)
         if fresh:
             return [
                 sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT __deleted").format(table, names, names, tmp)
@@ -238,7 +172,7 @@ class Layout:
         name = temp_name("value_", arg.index)
         cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys]
         cols += [Column("__v", arg.pg_type), Column("__cnt", "bigint"), Column("__nulls", "integer")]
-        return name, _temp(name, cols)
+        return name, create_temp(name, cols)
 
     def write_values(self, arg: Arg, masks: list[int], *, fresh: bool) -> list[sql.Composed]:
         return [
@@ -253,7 +187,7 @@ class Layout:
         table = sql.Identifier(value_table(self.name, arg))
         tmp = sql.Identifier(temp_name("value_", arg.index))
         keys = [f"__g{g.index}" for g in self.plan.group_keys]
-        names = _names([*keys, "__v", "__cnt"])
+        names = column_names([*keys, "__v", "__cnt"])
         if fresh:
             return [sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, names, names, tmp)]
         out = []
@@ -271,7 +205,7 @@ class Layout:
                     mask=sql.Literal(mask),
                     on=on,
                     names=names,
-                    values=_names([*keys, "__v", "__cnt"], prefix="d"),
+                    values=column_names([*keys, "__v", "__cnt"], prefix="d"),
                 )
             )
         return out
@@ -282,20 +216,20 @@ class Layout:
         """Grouped: the change of each touched group's state; rows: the new rows."""
         name = temp_name("diff")
         if self.plan.aggregated:
-            cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys] + self.part_columns()
+            cols = [Column(f"__g{g.index}", g.pg_type) for g in self.plan.group_keys] + self.state.part_columns()
         else:
             cols = [c for c in self.projection_columns()]
-        return name, _temp(name, [*cols, Column("__nulls", "integer")])
+        return name, create_temp(name, [*cols, Column("__nulls", "integer")])
 
     def deleted_temp(self) -> tuple[str, sql.Composed]:
         name = temp_name("deleted")
-        return name, _temp(name, [*self.key_types(), Column("__nulls", "integer")])
+        return name, create_temp(name, [*self.key_types(), Column("__nulls", "integer")])
 
     def write_rows(self, masks_upsert: list[int], masks_delete: list[int], *, fresh: bool) -> list[sql.Composed]:
         """A query without GROUP BY: rows that left go, new and changed rows are written."""
         table, tmp = sql.Identifier(self.name), sql.Identifier(temp_name("diff"))
         cols = [c.name for c in self.projection_columns()]
-        names = _names(cols)
+        names = column_names(cols)
         if fresh:
             return [sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(table, names, names, tmp)]
         out: list[sql.Composed] = []
@@ -320,7 +254,7 @@ class Layout:
                     on=_match("p", "d", self.key_columns, mask),
                     sets=sets,
                     names=names,
-                    values=_names(cols, prefix="d"),
+                    values=column_names(cols, prefix="d"),
                 )
             )
         return out
@@ -335,7 +269,7 @@ class Layout:
 
     def _write_groups(self, masks: list[int], *, fresh: bool) -> list[sql.Composed]:
         keys = [f"__g{g.index}" for g in self.plan.group_keys]
-        parts = [c.name for c in self.part_columns()]
+        parts = [c.name for c in self.state.part_columns()]
         tmp = sql.Identifier(temp_name("diff"))
         target = groups_table(self.name) if self.having else self.name
         target_keys = keys if self.having else [g.column for g in self.plan.group_keys]
@@ -343,21 +277,23 @@ class Layout:
         for mask in masks:
             source = sql.SQL("(SELECT * FROM {} WHERE __nulls = {}) AS d").format(tmp, sql.Literal(mask))
             on = _match("p", "d", target_keys, mask, source_keys=keys)
-            added = {p: f"(p.{q(p)} + d.{q(p)})" for p in parts}
-            inserted = {p: f"d.{q(p)}" for p in parts}
+            added = {p: f"(p.{quote(p)} + d.{quote(p)})" for p in parts}
+            inserted = {p: f"d.{quote(p)}" for p in parts}
             if self.having:
-                upd_cols, ins_cols = parts, [*keys, *parts]
-                upd_vals = [added[p] for p in parts]
-                ins_vals = [f"d.{q(k)}" for k in keys] + [inserted[p] for p in parts]
+                update_cols, insert_cols = parts, [*keys, *parts]
+                update_values = [added[p] for p in parts]
+                insert_values = [f"d.{quote(k)}" for k in keys] + [inserted[p] for p in parts]
             else:
-                outs = self.output_columns()
-                upd_cols = parts + [c for c, _ in outs]
-                upd_vals = [added[p] for p in parts] + [self.render(e, added.get, "d", mask) for _, e in outs]
-                ins_cols = [*target_keys, *parts, *(c for c, _ in outs)]
-                ins_vals = (
-                    [f"d.{q(k)}" for k in keys]
+                outputs = self.output_columns()
+                update_cols = parts + [c for c, _ in outputs]
+                update_values = [added[p] for p in parts] + [
+                    self.state.render(e, added.get, "d", mask) for _, e in outputs
+                ]
+                insert_cols = [*target_keys, *parts, *(c for c, _ in outputs)]
+                insert_values = (
+                    [f"d.{quote(k)}" for k in keys]
                     + [inserted[p] for p in parts]
-                    + [self.render(e, inserted.get, "d", mask) for _, e in outs]
+                    + [self.state.render(e, inserted.get, "d", mask) for _, e in outputs]
                 )
             delete = (
                 sql.SQL("WHEN MATCHED AND p.__count + d.__count = 0 THEN DELETE ")
@@ -367,7 +303,7 @@ class Layout:
             if fresh:
                 out.append(
                     sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
-                        sql.Identifier(target), _names(ins_cols), sql.SQL(", ".join(ins_vals)), source
+                        sql.Identifier(target), column_names(insert_cols), sql.SQL(", ".join(insert_values)), source
                     )
                 )
                 continue
@@ -382,10 +318,10 @@ class Layout:
                     delete=delete,
                     sets=sql.SQL(", ").join(
                         sql.SQL("{} = {}").format(sql.Identifier(c), sql.SQL(v))  # type: ignore[arg-type]
-                        for c, v in zip(upd_cols, upd_vals, strict=True)
+                        for c, v in zip(update_cols, update_values, strict=True)
                     ),
-                    cols=_names(ins_cols),
-                    vals=sql.SQL(", ".join(ins_vals)),  # type: ignore[arg-type]
+                    cols=column_names(insert_cols),
+                    vals=sql.SQL(", ".join(insert_values)),  # type: ignore[arg-type]
                 )
             )
         if self.having:
@@ -407,16 +343,18 @@ class Layout:
                     table, source, _match("p", "d", self.key_columns, mask, source_keys=keys)
                 )
             )
-            part = {c.name: f"g.{q(c.name)}" for c in self.part_columns()}
+            part = {c.name: f"g.{quote(c.name)}" for c in self.state.part_columns()}
             values = [
-                f"g.{q(f'__g{by_column[c].index}')}" if c in by_column else self.render(exprs[c], part.get, "g", mask)
+                f"g.{quote(f'__g{by_column[c].index}')}"
+                if c in by_column
+                else self.state.render(exprs[c], part.get, "g", mask)
                 for c in cols
             ]
-            having = self.render(self.plan.having, part.get, "g", mask)  # type: ignore[arg-type]
+            having = self.state.render(self.plan.having, part.get, "g", mask)  # type: ignore[arg-type]
             out.append(
                 sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS g JOIN {} ON {} WHERE {}").format(
                     table,
-                    _names(cols),
+                    column_names(cols),
                     sql.SQL(", ".join(values)),
                     sql.Identifier(groups),
                     source,  # type: ignore[arg-type]
@@ -430,77 +368,6 @@ class Layout:
         """Output columns that are not GROUP BY keys, with their expressions."""
         keys = {g.column for g in self.plan.group_keys}
         return [(o.name, o.expr) for o in self.plan.outputs if o.name not in keys]
-
-    # PostgreSQL expressions over the aggregate state ----------------------------------
-
-    def render(self, e: exp.Expr, part: Callable[[str], str | None], keys: str, mask: int) -> str:
-        """``e`` (an output or HAVING over GROUP BY keys and aggregates) in PostgreSQL, with
-        ``part(name)`` the SQL of a state column and ``keys`` the alias holding ``__g<i>``."""
-        plan = self.plan
-
-        def swap_aggregate(node: exp.Expr) -> exp.Expr:
-            for a in plan.aggregates:
-                if node == a.node:
-                    return translate.parse_pg_expr(self.aggregate_sql(a, part, keys, mask))
-            return node
-
-        def swap_key(node: exp.Expr) -> exp.Expr:
-            for g in plan.group_keys:
-                if node == g.expr:
-                    return translate.parse_pg_expr(f"{keys}.{q(f'__g{g.index}')}")
-            return node
-
-        out = e.copy().transform(swap_aggregate).transform(swap_key)
-        return out.sql(dialect="postgres")
-
-    def aggregate_sql(self, a: Aggregate, part: Callable[[str], str | None], keys: str, mask: int) -> str:
-        def p(name: str) -> str:
-            value = part(name)
-            assert value is not None, name
-            return value
-
-        i = a.arg.index if a.arg else -1
-        n = (p(f"__n{i}") if a.arg.nullable else p("__count")) if a.kind in ("count", "sum", "avg") and a.arg else ""
-        if a.kind == "count_star":
-            return p("__count")
-        if a.kind == "count":
-            return n
-        if a.kind in ("sum", "avg"):
-            assert a.arg is not None
-            s = p(f"__s{i}") if sum_part_type(a.arg) != "numeric" else f"CAST({p(f'__s{i}')} AS numeric)"
-            value = s if a.kind == "sum" else f"{s} / {n}"
-            nonfinite = ""
-            if i in self.float_sums:
-                plus, minus, nan = (p(f"{prefix}{i}") for prefix, _ in _NONFINITE)
-                nonfinite = (
-                    f"WHEN {nan} > 0 OR ({plus} > 0 AND {minus} > 0) THEN CAST('NaN' AS double precision) "
-                    f"WHEN {plus} > 0 THEN {_INF} WHEN {minus} > 0 THEN -{_INF} "
-                )
-            return f"CAST(CASE WHEN {n} = 0 THEN NULL {nonfinite}ELSE {value} END AS {a.pg_type})"
-        assert a.arg is not None
-        table = q(value_table(self.name, a.arg))
-        keys_sql = [f"__g{g.index}" for g in self.plan.group_keys]
-        match = (
-            " AND ".join(
-                [
-                    f"v.{q(k)} IS NULL" if mask & (1 << n) else f"v.{q(k)} = {keys}.{q(k)}"
-                    for n, k in enumerate(keys_sql)
-                ]
-            )
-            or "TRUE"
-        )
-        if a.kind in ("min", "max"):
-            order = "ASC" if a.kind == "min" else "DESC"
-            return f"(SELECT v.__v FROM {table} AS v WHERE {match} ORDER BY v.__v {order} LIMIT 1)"
-        if a.kind == "count_distinct":
-            return f"(SELECT count(*) FROM {table} AS v WHERE {match})"
-        return f"(SELECT {a.kind}(v.__v) FROM {table} AS v WHERE {match})"
-
-
-def _names(names, prefix: str | None = None) -> sql.Composed:
-    if prefix:
-        return sql.SQL(", ").join(sql.SQL(prefix + ".{}").format(sql.Identifier(n)) for n in names)
-    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
 def _match(
@@ -522,43 +389,3 @@ def _match(
     if also is not None:
         parts.append(also)
     return sql.SQL(" AND ").join(parts) if parts else sql.Composed([sql.SQL("TRUE")])
-
-
-#: Free space left on each page for updates in place (HOT: no index entry to write when no
-#: indexed column changes): group state is updated by every cycle that touches the group,
-#: stored rows by each change of theirs.
-FILLFACTOR_GROUPS = 80
-FILLFACTOR_ROWS = 90
-
-
-def _create(
-    table: str,
-    cols: list[Column],
-    *,
-    unique: list[str] | None = None,
-    primary: list[str] | None = None,
-    fillfactor: int = FILLFACTOR_ROWS,
-) -> list[sql.Composed]:
-    body = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in cols]  # type: ignore[arg-type]
-    if primary:
-        body.append(sql.SQL("PRIMARY KEY ({})").format(_names(primary)))
-    out: list[sql.Composed] = [
-        sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
-            sql.Identifier(table), sql.SQL(", ").join(body), sql.Literal(fillfactor)
-        )
-    ]
-    if unique:
-        out.append(
-            sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) NULLS NOT DISTINCT").format(
-                sql.Identifier(_ident(f"{table}_key")), sql.Identifier(table), _names(unique)
-            )
-        )
-    return out
-
-
-def _temp(name: str, cols: list[Column]) -> sql.Composed:
-    body = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))  # type: ignore[arg-type]
-        for c in cols
-    )
-    return sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(sql.Identifier(name), body)

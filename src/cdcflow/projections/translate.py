@@ -1,4 +1,4 @@
-"""PostgreSQL expressions of a definition, checked against the incremental fragment and
+"""Expressions of the incremental fragment (:mod:`.fragment`), typed by the plan,
 translated for DuckDB so that they mean what they mean in PostgreSQL.
 
 Expressions evaluated before aggregation (WHERE, join filters, GROUP BY keys, aggregate
@@ -27,408 +27,11 @@ translated: PostgreSQL evaluates them from the stored aggregate state.
 
 from __future__ import annotations
 
-import re
-
-import sqlglot
 from sqlglot import exp
-from sqlglot.dialects.postgres import Postgres
-from sqlglot.parsers.postgres import PostgresParser
 
+from cdcflow.projections.fragment import interval_text, nonnegative_literal, type_class
+from cdcflow.projections.pgsql import DatePart
 from cdcflow.projections.pgtypes import PgType
-
-
-class DatePart(exp.Expression, exp.Func):
-    """PostgreSQL's ``date_part(field, source)``: double precision, where ``extract`` is
-    numeric (sqlglot's PostgreSQL dialect reads both as ``EXTRACT``)."""
-
-    arg_types = {"this": True, "expression": True}
-    _sql_names = ["DATE_PART"]
-
-
-class PostgresDialect(Postgres):
-    """sqlglot's PostgreSQL dialect, but for ``date_part``, read as :class:`DatePart`."""
-
-    class Parser(PostgresParser):
-        FUNCTION_PARSERS = {k: v for k, v in PostgresParser.FUNCTION_PARSERS.items() if k != "DATE_PART"}
-        FUNCTIONS = {**PostgresParser.FUNCTIONS, "DATE_PART": DatePart.from_arg_list}
-
-
-# Constructs refused anywhere in an incremental definition, and why.
-_VOLATILE = (
-    exp.CurrentTimestamp,
-    exp.CurrentDate,
-    exp.CurrentTime,
-    exp.Localtimestamp,
-    exp.Localtime,
-    exp.Rand,
-    exp.Uuid,
-)
-_VOLATILE_NAMES = {
-    "now",
-    "clock_timestamp",
-    "statement_timestamp",
-    "transaction_timestamp",
-    "timeofday",
-    "random",
-    "nextval",
-    "currval",
-    "setval",
-    "gen_random_uuid",
-    "uuid_generate_v4",
-    "txid_current",
-    "pg_current_xact_id",
-    "current_setting",
-    "localtime",
-    "current_user",
-    "session_user",
-    "pg_backend_pid",
-}
-
-# What DuckDB evaluates before aggregation: each has a checked translation.
-_ALLOWED = (
-    exp.Column,
-    exp.Identifier,
-    exp.Literal,
-    exp.Null,
-    exp.Boolean,
-    exp.Paren,
-    exp.Alias,
-    exp.Neg,
-    exp.Not,
-    exp.And,
-    exp.Or,
-    exp.EQ,
-    exp.NEQ,
-    exp.GT,
-    exp.GTE,
-    exp.LT,
-    exp.LTE,
-    exp.NullSafeEQ,
-    exp.NullSafeNEQ,
-    exp.Is,
-    exp.In,
-    exp.Between,
-    exp.Like,
-    exp.ILike,
-    exp.Add,
-    exp.Sub,
-    exp.Mul,
-    exp.Div,
-    exp.Mod,
-    exp.DPipe,
-    exp.Case,
-    exp.If,
-    exp.Coalesce,
-    exp.Nullif,
-    exp.Greatest,
-    exp.Least,
-    exp.Abs,
-    exp.Ceil,
-    exp.Floor,
-    exp.Round,
-    exp.Sign,
-    exp.Trunc,
-    exp.Lower,
-    exp.Upper,
-    exp.Length,
-    exp.Trim,
-    exp.Substring,
-    exp.Concat,
-    exp.Left,
-    exp.Right,
-    exp.Replace,
-    exp.StrPosition,
-    exp.TimestampTrunc,
-    exp.Extract,
-    DatePart,
-    exp.Cast,
-    exp.DataType,
-    exp.DataTypeParam,
-    exp.Var,
-    exp.Interval,
-    exp.MD5,
-)
-TRUNC_UNITS = {
-    "MICROSECOND",
-    "MILLISECOND",
-    "SECOND",
-    "MINUTE",
-    "HOUR",
-    "DAY",
-    "WEEK",
-    "MONTH",
-    "QUARTER",
-    "YEAR",
-    "DECADE",
-}
-EXTRACT_FIELDS = {
-    "YEAR",
-    "MONTH",
-    "DAY",
-    "HOUR",
-    "MINUTE",
-    "SECOND",
-    "DOW",
-    "DOY",
-    "QUARTER",
-    "ISODOW",
-    "WEEK",
-    "ISOYEAR",
-    "DECADE",
-    "CENTURY",
-    "MILLENNIUM",
-    "EPOCH",
-}
-#: date_part's fields: extract's, and its own fractional ones.
-DATE_PART_FIELDS = EXTRACT_FIELDS | {"MILLISECONDS", "MICROSECONDS"}
-# Types whose text (::text, ||, concat) is the same in both engines.
-_TEXT_SAFE = ("text", "integer", "boolean", "numeric", "date", "timestamp", "timestamptz", "uuid", "json")
-
-
-def quote(name: str) -> str:
-    """An SQL identifier, double-quoted by sqlglot (the same in PostgreSQL and DuckDB)."""
-    return exp.to_identifier(name, quoted=True).sql(dialect="postgres")
-
-
-def parse_pg(text: str) -> exp.Select:
-    return sqlglot.parse_one(text, read=PostgresDialect)  # type: ignore[return-value]
-
-
-def parse_pg_expr(text: str) -> exp.Expr:
-    return parse_pg(f"SELECT {text}").expressions[0]
-
-
-def _name(node: exp.Expr) -> str:
-    return node.sql(dialect="postgres")[:60]
-
-
-def refused_anywhere(node: exp.Expr) -> str | None:
-    """Why ``node`` keeps any definition out of the incremental fragment (None: it does not)."""
-    if isinstance(node, exp.Window):
-        return f"window function {_name(node)} is not in the incremental fragment"
-    if isinstance(node, exp.With):
-        return "WITH (a common table expression) is not in the incremental fragment: write it as one query"
-    if isinstance(node, exp.Subquery) and not isinstance(node.parent, (exp.From, exp.Join)):
-        return f"subquery {_name(node)} is not in the incremental fragment (only FROM (... UNION ALL ...))"
-    if isinstance(node, (exp.Exists, exp.Lateral, exp.Unnest)):
-        return f"{node.key.upper()} is not in the incremental fragment"
-    if isinstance(node, exp.In) and node.args.get("query") is not None:
-        return f"IN (subquery) {_name(node)} is not in the incremental fragment"
-    if isinstance(node, (exp.Intersect, exp.Except)):
-        return f"{node.key.upper()} is not in the incremental fragment"
-    if isinstance(node, _VOLATILE) or (isinstance(node, exp.Anonymous) and node.name.lower() in _VOLATILE_NAMES):
-        return f"{_name(node)} changes with time or between calls, so no result of it can be kept incrementally"
-    return None
-
-
-def _kind(node: exp.Expr) -> str:
-    """The type class of an operand PostgreSQL typed for us (``typed_operands``)."""
-    t = PgType(node.meta.get("pg_type", ""))
-    if t.is_integer:
-        return "integer"
-    if t.is_float:
-        return "float"
-    if t.is_numeric:
-        return "numeric" if t.name != "numeric" else "free_numeric"
-    if t.is_timestamptz:
-        return "timestamptz"
-    if t.is_timestamp:
-        return "timestamp"
-    if t.name in ("text", "unknown") or t.name.startswith(("character varying", "name")):
-        return "text"
-    if t.name.startswith("character("):
-        return "char"
-    if t.name in ("json", "jsonb"):
-        return "json"
-    if t.name in ("boolean", "date", "uuid", "interval"):
-        return t.name
-    if t.name.startswith("time"):
-        return "time"
-    return t.name or "?"
-
-
-def refused_before_aggregation(node: exp.Expr) -> str | None:
-    """Why DuckDB cannot evaluate ``node`` exactly as PostgreSQL does (types aside)."""
-    if isinstance(node, exp.AggFunc) or isinstance(node, exp.Filter) or isinstance(node, exp.Distinct):
-        return None  # aggregates are taken apart by the plan, never translated whole
-    if isinstance(node, exp.Star) and isinstance(node.parent, exp.Count):
-        return None
-    if not isinstance(node, _ALLOWED):
-        what = node.name if isinstance(node, exp.Anonymous) else node.key
-        return f"{what}() in {_name(node)} is not in the incremental fragment (see docs/projections.md for the list)"
-    if isinstance(node, exp.In) and not all(
-        isinstance(e, (exp.Literal, exp.Null, exp.Neg, exp.Cast, exp.Boolean)) for e in node.expressions
-    ):
-        return f"IN with expressions {_name(node)}: the fragment takes IN (constant, ...)"
-    if isinstance(node, exp.TimestampTrunc):
-        unit = node.unit.upper() if isinstance(node.unit, str) else node.args["unit"].name.upper()
-        if unit.rstrip("S") not in TRUNC_UNITS or node.args.get("zone") is not None:
-            return f"date_trunc unit {unit.lower()} in {_name(node)} is not in the fragment"
-    if isinstance(node, exp.Extract):
-        field = node.this.name.upper()
-        if field not in EXTRACT_FIELDS:
-            return f"extract field {field.lower()} in {_name(node)} is not in the fragment"
-    if isinstance(node, DatePart):
-        field = node.this
-        if not (isinstance(field, exp.Literal) and field.is_string and field.name.upper() in DATE_PART_FIELDS):
-            return (
-                f"{_name(node)}: the fragment takes date_part with a constant field among "
-                f"{', '.join(sorted(f.lower() for f in DATE_PART_FIELDS))}"
-            )
-    if isinstance(node, exp.Interval) and not isinstance(node.parent, (exp.Add, exp.Sub)):
-        return f"interval {_name(node)}: the fragment adds or subtracts intervals from dates and timestamps only"
-    if isinstance(node, exp.Interval) and interval_text(node) is None:
-        return (
-            f"interval {_name(node)}: write interval constants as '<n> <unit> ...' with units spelled out "
-            "(second, minute, hour, day, week, month, year; no abbreviations or ago)"
-        )
-    if isinstance(node, exp.Trim) and node.args.get("position") not in (None, "BOTH", "LEADING", "TRAILING"):
-        return f"{_name(node)} is not in the fragment"
-    if isinstance(node, (exp.Left, exp.Right)) and not _nonnegative_literal(node.expression):
-        return f"{_name(node)}: the fragment takes a constant, non-negative length"
-    return None
-
-
-def _nonnegative_literal(e: exp.Expr | None) -> bool:
-    return isinstance(e, exp.Literal) and not e.is_string and e.this.isdigit()
-
-
-#: Nodes whose own PostgreSQL type the translation follows: arithmetic is computed in the
-#: type PostgreSQL computes it in (``smallint * 2`` is an integer, ``real + 1`` a double,
-#: ``real * real`` a real).
-_SELF_TYPED = (
-    exp.Add,
-    exp.Sub,
-    exp.Mul,
-    exp.Div,
-    exp.Mod,
-    exp.Neg,
-    exp.Abs,
-    exp.Ceil,
-    exp.Floor,
-    exp.Round,
-    exp.Trunc,
-    exp.Sign,
-    exp.Cast,
-    exp.Coalesce,
-    exp.Nullif,
-    exp.Greatest,
-    exp.Least,
-    exp.Case,
-)
-
-
-def typed_operands(node: exp.Expr) -> list[exp.Expr]:
-    """The nodes (``node`` and its operands) whose PostgreSQL types its translation depends on."""
-    own: list[exp.Expr] = [node] if isinstance(node, _SELF_TYPED) else []
-    if isinstance(node, (exp.Div, exp.Mod, exp.Add, exp.Sub, exp.Mul, exp.DPipe)):
-        return [*own, node.this, node.expression]
-    if isinstance(node, (exp.Neg, exp.Abs, exp.Ceil, exp.Floor, exp.Trunc, exp.Sign)):
-        return [*own, node.this]
-    if isinstance(node, (exp.Round, exp.TimestampTrunc, exp.Cast, exp.Extract, DatePart)):
-        return [*own, node.expression if isinstance(node, (exp.Extract, DatePart)) else node.this]
-    if isinstance(node, exp.Concat):
-        return list(node.expressions)
-    if isinstance(node, exp.In):
-        return [node.this, *node.expressions]
-    return own
-
-
-def refused_for_types(node: exp.Expr) -> str | None:
-    """Why the operand types make ``node`` differ between the engines (after typing)."""
-    if isinstance(node, exp.Div):
-        kinds = {_kind(node.this), _kind(node.expression)}
-        if kinds & {"numeric", "free_numeric"} and "float" not in kinds:
-            return (
-                f"{_name(node)} divides numeric values, whose result scale PostgreSQL chooses per value: divide "
-                "after aggregating (sum(a) / sum(b)), or cast an operand to float8"
-            )
-    if isinstance(node, (exp.Add, exp.Sub, exp.Mul)):
-        kinds = {_kind(node.this), _kind(node.expression)}
-        if "interval" in kinds and not isinstance(
-            node.this if _kind(node.this) == "interval" else node.expression, exp.Interval
-        ):
-            return f"{_name(node)}: interval values are not carried; add interval constants to dates and timestamps"
-        if isinstance(node, exp.Sub) and kinds <= {"timestamp", "timestamptz"} and kinds:
-            return f"{_name(node)}: the difference of timestamps is an interval, which is not carried"
-    if isinstance(node, exp.Cast):
-        return _cast_refused(node)
-    if isinstance(node, (exp.DPipe, exp.Concat)):
-        ops = [node.this, node.expression] if isinstance(node, exp.DPipe) else list(node.expressions)
-        for op in ops:
-            if _text_kind(op) not in _TEXT_SAFE:
-                return f"{_name(node)}: the text of a {op.meta.get('pg_type')} value differs between the engines"
-    if isinstance(node, exp.Extract):
-        kind = _kind(node.expression)
-        if kind not in ("date", "timestamp", "timestamptz"):
-            return f"{_name(node)}: the fragment extracts fields of dates and timestamps"
-        if kind == "date" and node.this.name.upper() in ("HOUR", "MINUTE", "SECOND"):
-            return f"{_name(node)}: a date has no {node.this.name.lower()} (PostgreSQL refuses it)"
-    if isinstance(node, DatePart):
-        if _kind(node.expression) not in ("date", "timestamp", "timestamptz"):
-            return f"{_name(node)}: the fragment takes date_part of dates and timestamps"
-    return None
-
-
-def _text_kind(op: exp.Expr) -> str:
-    k = _kind(op)
-    return {"char": "text", "numeric": "numeric", "free_numeric": "free"}.get(k, k)
-
-
-def _cast_refused(node: exp.Cast) -> str | None:
-    source = _kind(node.this)
-    target = PgType(node.to.sql(dialect="postgres").lower())
-    to = node.to.this
-    if isinstance(node.this, exp.Literal) and node.this.is_string:
-        source = "literal"  # a constant written as text: both engines parse ISO forms alike
-    name = _name(node)
-    if isinstance(node.this, exp.Null) and to not in (exp.DataType.Type.CHAR, exp.DataType.Type.NCHAR):
-        return None  # a typed NULL is NULL in both engines
-    if to in (exp.DataType.Type.CHAR, exp.DataType.Type.NCHAR):
-        return f"{name}: casts to character(n) pad with spaces that compare differently; cast to text"
-    if to in exp.DataType.TEXT_TYPES:
-        if source not in (*_TEXT_SAFE, "char", "literal"):
-            return f"{name}: the text of a {node.this.meta.get('pg_type')} value differs between the engines"
-        return None
-    if source in ("text", "char") and to not in (
-        exp.DataType.Type.UUID,
-        exp.DataType.Type.JSON,
-        exp.DataType.Type.JSONB,
-    ):
-        # PostgreSQL and DuckDB read text differently: '1.5'::int is an error in PostgreSQL and
-        # 2 in DuckDB, ' yes '::boolean true in PostgreSQL and an error in DuckDB, '1e308'::real
-        # an error in PostgreSQL and infinity in DuckDB, '1_000'::numeric depends on the version.
-        if to in exp.DataType.INTEGER_TYPES:
-            return f"{name}: PostgreSQL refuses text like '1.5' as an integer where DuckDB rounds it"
-        if to in (
-            exp.DataType.Type.DATE,
-            exp.DataType.Type.TIMESTAMP,
-            exp.DataType.Type.TIMESTAMPTZ,
-            exp.DataType.Type.TIMESTAMPLTZ,
-        ):
-            return f"{name}: PostgreSQL reads many more date formats than DuckDB"
-        return f"{name}: PostgreSQL and DuckDB read text as {target.name} differently; cast text only to text"
-    if to in exp.DataType.INTEGER_TYPES:
-        return None
-    if to in (exp.DataType.Type.DECIMAL, exp.DataType.Type.BIGDECIMAL):
-        if source == "float":
-            return f"{name}: a float converts to numeric with different digits in each engine"
-        return None
-    if to in (exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT, exp.DataType.Type.BOOLEAN):
-        return None
-    if to in (
-        exp.DataType.Type.DATE,
-        exp.DataType.Type.TIMESTAMP,
-        exp.DataType.Type.TIMESTAMPTZ,
-        exp.DataType.Type.TIMESTAMPLTZ,
-    ):
-        if node.to.expressions and source in ("timestamp", "timestamptz", "time"):
-            return f"{name}: casts to a timestamp of fewer digits round differently; cast to timestamp"
-        return None
-    return f"{name}: casts to {target.name} are not in the fragment"
-
-
-# -- translation ------------------------------------------------------------------------
 
 _FREE_DECIMAL = exp.DataType.build("DECIMAL(38, 16)")
 
@@ -454,7 +57,7 @@ def as_carried(node: exp.Expr, pg_type: str) -> exp.Expr:
 
 
 def _unify_decimals(node: exp.Expr) -> None:
-    own = _own(node)
+    own = _pg_type_of(node)
     if decimal_type(own) is None:
         return
     if isinstance(node, exp.Case):
@@ -490,7 +93,7 @@ def _error(message: str) -> exp.Expr:
     return exp.Anonymous(this="error", expressions=[exp.Literal.string(message)])
 
 
-def _own(node: exp.Expr) -> str:
+def _pg_type_of(node: exp.Expr) -> str:
     return str(node.meta.get("pg_type", ""))
 
 
@@ -512,7 +115,7 @@ def _operands_as(node: exp.Expr) -> None:
     from integers of that width (``smallint * 2`` is an integer in PostgreSQL, a smallint
     that overflows in DuckDB); decimals widened to 38 digits (DuckDB multiplies
     ``numeric(10,2)`` values in 64 bits)."""
-    own = _own(node)
+    own = _pg_type_of(node)
     for key in ("this", "expression"):
         op = node.args.get(key)
         if op is None:
@@ -521,7 +124,7 @@ def _operands_as(node: exp.Expr) -> None:
             # In double precision (DuckDB divides an integer by a float in single precision);
             # a real result is rounded to a float's value after (pg_f4).
             node.set(key, _typed_cast(op, "DOUBLE", "double precision"))
-        elif own in _INT_TYPES and _kind(op) == "integer" and _own(op) != own:
+        elif own in _INT_TYPES and type_class(op) == "integer" and _pg_type_of(op) != own:
             node.set(key, _typed_cast(op, _INT_TYPES[own], own))
         elif PgType(own).is_numeric and isinstance(node, (exp.Add, exp.Sub, exp.Mul)):
             scale = _scale(op)
@@ -569,7 +172,7 @@ MACROS = [
 
 def _rewrite_node(node: exp.Expr) -> exp.Expr:
     out = _rewrite_kind(node)
-    own = _own(node)
+    own = _pg_type_of(node)
     if own == "real" and not isinstance(out, exp.Anonymous) and not isinstance(node, exp.Column):
         # real is carried as a double holding a float's value; a real result is rounded to one.
         return exp.Anonymous(this="pg_f4", expressions=[out])
@@ -577,62 +180,26 @@ def _rewrite_node(node: exp.Expr) -> exp.Expr:
 
 
 def _rewrite_kind(node: exp.Expr) -> exp.Expr:
-    own = _own(node)
+    """``node`` (its operands translated already) as DuckDB computes it like PostgreSQL."""
+    own = _pg_type_of(node)
     _unify_decimals(node)
     if isinstance(node, _ARITHMETIC):
         _operands_as(node)
-    if isinstance(node, exp.Div):
-        kinds = {_kind(node.this), _kind(node.expression)}
-        if kinds == {"integer"}:
-            return exp.IntDiv(this=node.this, expression=node.expression)
-        a, b = node.this, node.expression
-        guarded = exp.Case(
-            ifs=[
-                exp.If(this=exp.Is(this=a.copy(), expression=exp.Null()), true=exp.Null()),
-                exp.If(
-                    this=exp.And(
-                        this=exp.EQ(this=b.copy(), expression=exp.Literal.number(0)),
-                        expression=exp.Not(this=exp.Anonymous(this="isnan", expressions=[a.copy()])),
-                    ),
-                    true=_error("division by zero"),
-                ),
-            ],
-            default=b,
-        )
-        node.set("expression", exp.Paren(this=guarded))
-    if isinstance(node, (exp.Add, exp.Sub, exp.Mul, exp.Div)) and own in ("double precision", "real"):
-        return _float_checked(node, "f8" if own == "double precision" else "f4")
-    if isinstance(node, exp.Round) and _kind(node.this) == "float" and node.args.get("decimals") is None:
+        return _arithmetic(node, own)
+    if isinstance(node, exp.Round) and type_class(node.this) == "float" and node.args.get("decimals") is None:
         return exp.Anonymous(this="round_even", expressions=[node.this, exp.Literal.number(0)])
-    if isinstance(node, exp.TimestampTrunc) and _kind(node.this) == "date":
+    if isinstance(node, exp.TimestampTrunc) and type_class(node.this) == "date":
         node.set("this", exp.Cast(this=node.this, to=exp.DataType.build("TIMESTAMPTZ")))
         return node
-    if (
-        isinstance(node, exp.In)
-        and _own(node.this) == "real"
-        and not any(_own(e) == "double precision" for e in node.expressions)
-    ):
-        # PostgreSQL compares x IN (0.1, ...) in the list's common type, real; x = 0.1 in double.
-        node.set("this", exp.Cast(this=node.this, to=exp.DataType.build("FLOAT")))
-        node.set("expressions", [exp.Cast(this=e, to=exp.DataType.build("FLOAT")) for e in node.expressions])
-        return node
+    if isinstance(node, exp.In) and _pg_type_of(node.this) == "real":
+        return _in_real(node)
     if isinstance(node, exp.Upper):
         # PostgreSQL's upper leaves ß alone (it has no one-letter capital); DuckDB gives ẞ.
         return exp.Replace(this=node, expression=exp.Literal.string("ẞ"), replacement=exp.Literal.string("ß"))
     if isinstance(node, exp.Interval):
         return exp.Cast(this=exp.Literal.string(interval_text(node) or ""), to=exp.DataType.build("INTERVAL"))
     if isinstance(node, exp.Cast):
-        to = node.to
-        if to.this in (exp.DataType.Type.DECIMAL, exp.DataType.Type.BIGDECIMAL) and not to.expressions:
-            node.set("to", _FREE_DECIMAL.copy())
-            return node
-        if to.this in exp.DataType.TEXT_TYPES and to.expressions:
-            length = to.expressions[0].this if isinstance(to.expressions[0], exp.DataTypeParam) else to.expressions[0]
-            text = exp.Cast(this=node.this, to=exp.DataType.build("VARCHAR"))
-            return exp.Left(this=text, expression=length.copy())
-        if to.this == exp.DataType.Type.FLOAT:
-            node.set("to", exp.DataType.build("DOUBLE"))  # then rounded to a float's value (pg_f4)
-        return node
+        return _cast(node)
     if isinstance(node, (exp.Like, exp.ILike)) and not isinstance(node.parent, exp.Escape):
         return exp.Escape(this=node, expression=exp.Literal.string("\\"))
     if isinstance(node, exp.Substring):
@@ -641,24 +208,88 @@ def _rewrite_kind(node: exp.Expr) -> exp.Expr:
         node.set("expressions", [_bool_text(e) for e in node.expressions])
         return node
     if isinstance(node, exp.DPipe):
-        for key in ("this", "expression"):
-            op = node.args[key]
-            if _kind(op) not in ("text", "char", "?"):
-                node.set(key, exp.Cast(this=op, to=exp.DataType.build("VARCHAR")))
-        return node
+        return _dpipe(node)
     if isinstance(node, DatePart):
         return _date_part(node.this.name.upper(), node.expression)
     if isinstance(node, exp.Extract):
-        field = node.this.name.upper()
-        if field in ("SECOND", "EPOCH"):
-            fn = "microsecond" if field == "SECOND" else "epoch_us"
-            micros = exp.Cast(
-                this=exp.Anonymous(this=fn, expressions=[node.expression]), to=exp.DataType.build("DECIMAL(38, 0)")
-            )
-            scale = exp.Cast(this=exp.Literal.number("0.000001"), to=exp.DataType.build("DECIMAL(7, 6)"))
-            return exp.Paren(this=exp.Mul(this=micros, expression=scale))
-        return node
+        return _extract(node)
     return node
+
+
+def _arithmetic(node: exp.Expr, own: str) -> exp.Expr:
+    """``+ - * / %`` with PostgreSQL's integer division, its division by zero error, and
+    its float range checks."""
+    if isinstance(node, exp.Div):
+        if {type_class(node.this), type_class(node.expression)} == {"integer"}:
+            return exp.IntDiv(this=node.this, expression=node.expression)
+        node.set("expression", exp.Paren(this=_zero_divisor_checked(node.this, node.expression)))
+    if isinstance(node, (exp.Add, exp.Sub, exp.Mul, exp.Div)) and own in ("double precision", "real"):
+        return _float_checked(node, "f8" if own == "double precision" else "f4")
+    return node
+
+
+def _zero_divisor_checked(dividend: exp.Expr, divisor: exp.Expr) -> exp.Expr:
+    """The divisor, or PostgreSQL's division by zero error when it is 0 (NULL / 0 is NULL,
+    NaN / 0 is NaN)."""
+    return exp.Case(
+        ifs=[
+            exp.If(this=exp.Is(this=dividend.copy(), expression=exp.Null()), true=exp.Null()),
+            exp.If(
+                this=exp.And(
+                    this=exp.EQ(this=divisor.copy(), expression=exp.Literal.number(0)),
+                    expression=exp.Not(this=exp.Anonymous(this="isnan", expressions=[dividend.copy()])),
+                ),
+                true=_error("division by zero"),
+            ),
+        ],
+        default=divisor,
+    )
+
+
+def _in_real(node: exp.In) -> exp.Expr:
+    """``x IN (...)`` of a real ``x``: PostgreSQL compares x IN (0.1, ...) in the list's
+    common type, real (x = 0.1 compares in double precision)."""
+    if any(_pg_type_of(e) == "double precision" for e in node.expressions):
+        return node
+    node.set("this", exp.Cast(this=node.this, to=exp.DataType.build("FLOAT")))
+    node.set("expressions", [exp.Cast(this=e, to=exp.DataType.build("FLOAT")) for e in node.expressions])
+    return node
+
+
+def _cast(node: exp.Cast) -> exp.Expr:
+    to = node.to
+    if to.this in (exp.DataType.Type.DECIMAL, exp.DataType.Type.BIGDECIMAL) and not to.expressions:
+        node.set("to", _FREE_DECIMAL.copy())
+        return node
+    if to.this in exp.DataType.TEXT_TYPES and to.expressions:
+        length = to.expressions[0].this if isinstance(to.expressions[0], exp.DataTypeParam) else to.expressions[0]
+        text = exp.Cast(this=node.this, to=exp.DataType.build("VARCHAR"))
+        return exp.Left(this=text, expression=length.copy())
+    if to.this == exp.DataType.Type.FLOAT:
+        node.set("to", exp.DataType.build("DOUBLE"))  # then rounded to a float's value (pg_f4)
+    return node
+
+
+def _dpipe(node: exp.DPipe) -> exp.Expr:
+    """``a || b``: an operand that is not text is cast to text first."""
+    for key in ("this", "expression"):
+        operand = node.args[key]
+        if type_class(operand) not in ("text", "char", "?"):
+            node.set(key, exp.Cast(this=operand, to=exp.DataType.build("VARCHAR")))
+    return node
+
+
+def _extract(node: exp.Extract) -> exp.Expr:
+    """``extract(second|epoch ...)`` as an exact decimal computed from microseconds."""
+    field = node.this.name.upper()
+    if field not in ("SECOND", "EPOCH"):
+        return node
+    fn = "microsecond" if field == "SECOND" else "epoch_us"
+    micros = exp.Cast(
+        this=exp.Anonymous(this=fn, expressions=[node.expression]), to=exp.DataType.build("DECIMAL(38, 0)")
+    )
+    scale = exp.Cast(this=exp.Literal.number("0.000001"), to=exp.DataType.build("DECIMAL(7, 6)"))
+    return exp.Paren(this=exp.Mul(this=micros, expression=scale))
 
 
 def _date_part(field: str, source: exp.Expr) -> exp.Expr:
@@ -672,7 +303,7 @@ def _date_part(field: str, source: exp.Expr) -> exp.Expr:
     def number(v: str) -> exp.Expr:
         return double(exp.Literal.number(v))
 
-    if _kind(source) == "date":
+    if type_class(source) == "date":
         source = exp.Cast(this=source, to=exp.DataType.build("TIMESTAMP"))
     if field == "EPOCH":
         micros = exp.Anonymous(this="epoch_us", expressions=[source])
@@ -695,32 +326,8 @@ def _date_part(field: str, source: exp.Expr) -> exp.Expr:
     return double(_rewrite_node(extract))
 
 
-_INTERVAL_UNITS = ("microsecond", "millisecond", "second", "minute", "hour", "day", "week", "month", "year")
-_INTERVAL_PART = re.compile(r"^(-?\d+(?:\.\d+)?) +(" + "|".join(_INTERVAL_UNITS) + r")s?$")
-
-
-def interval_text(node: exp.Interval) -> str | None:
-    """The interval constant as ``'<n> <unit> ...'`` (full unit names, no ``ago``), or None when
-    it is written another way (abbreviations, ISO 8601, '1-2'), which the engines read
-    differently."""
-    text = node.this.name if isinstance(node.this, exp.Literal) else ""
-    unit = node.args.get("unit")
-    if unit is not None:
-        text = f"{text} {unit.name}"
-    words = text.lower().split()
-    if not words or len(words) % 2:
-        return None
-    parts = []
-    for n, u in zip(words[::2], words[1::2], strict=True):
-        m = _INTERVAL_PART.match(f"{n} {u}")
-        if m is None:
-            return None
-        parts.append(f"{m.group(1)} {m.group(2)}")
-    return " ".join(parts)
-
-
 def _bool_text(e: exp.Expr) -> exp.Expr:
-    if _kind(e) != "boolean":
+    if type_class(e) != "boolean":
         return e
     return exp.Case(
         ifs=[
@@ -732,9 +339,9 @@ def _bool_text(e: exp.Expr) -> exp.Expr:
 
 def _substring(node: exp.Substring) -> exp.Expr:
     start, length = node.args.get("start"), node.args.get("length")
-    s = node.this
+    text = node.this
     one = exp.Literal.number(1)
-    if length is not None and not _nonnegative_literal(length):
+    if length is not None and not nonnegative_literal(length):
         length = exp.Case(  # PostgreSQL refuses a negative length; DuckDB counts it backwards
             ifs=[
                 exp.If(
@@ -745,10 +352,10 @@ def _substring(node: exp.Substring) -> exp.Expr:
             default=length,
         )
         node.set("length", length)
-    if start is None or (_nonnegative_literal(start) and int(start.this) >= 1):
+    if start is None or (nonnegative_literal(start) and int(start.this) >= 1):
         return node
     if length is None:
-        return exp.Substring(this=s, start=exp.Greatest(this=start, expressions=[one]))
+        return exp.Substring(this=text, start=exp.Greatest(this=start, expressions=[one]))
     shortened = exp.Greatest(
         this=exp.Sub(this=exp.Add(this=length.copy(), expression=start.copy()), expression=one.copy()),
         expressions=[exp.Literal.number(0)],
@@ -757,8 +364,8 @@ def _substring(node: exp.Substring) -> exp.Expr:
         ifs=[
             exp.If(
                 this=exp.GTE(this=start.copy(), expression=one.copy()),
-                true=exp.Substring(this=s.copy(), start=start.copy(), length=length.copy()),
+                true=exp.Substring(this=text.copy(), start=start.copy(), length=length.copy()),
             )
         ],
-        default=exp.Substring(this=s.copy(), start=one.copy(), length=shortened),
+        default=exp.Substring(this=text.copy(), start=one.copy(), length=shortened),
     )
