@@ -24,7 +24,6 @@ from psycopg import sql
 from cdcflow import db, leases
 from cdcflow.config import Settings
 from cdcflow.errors import GapError, SchemaDriftError, TerminalError, TransientError
-from cdcflow.positions import format_lsn
 from cdcflow.serving import control, schema
 from cdcflow.serving.staging import CopyLane, StagingWriter, WatermarkMoved
 from cdcflow.sources.base import BatchResult, TableSpec
@@ -294,7 +293,7 @@ class IngestWorker(Worker):
         change with PAUSED."""
         for capture, lsn in result.truncated.items():
             msg = (
-                f"TRUNCATE of {specs[capture].qualified} at {format_lsn(self.source.engine, lsn)}: "
+                f"TRUNCATE of {specs[capture].qualified} at {self.source.format_position(lsn)}: "
                 f"row-level staging cannot express it; run 'cdcflow resync'"
             )
             log.error(msg)
@@ -332,7 +331,7 @@ class IngestWorker(Worker):
                 "staged %d rows in %d transactions up to %s (%.0f ms)",
                 result.rows,
                 result.transactions,
-                format_lsn(self.source.engine, result.end_lsn),
+                self.source.format_position(result.end_lsn),
                 elapsed * 1000,
                 extra={
                     "action": "stage_batch",
@@ -344,7 +343,7 @@ class IngestWorker(Worker):
                 },
             )
         else:
-            log.debug("idle: watermark advanced to %s", format_lsn(self.source.engine, result.end_lsn))
+            log.debug("idle: watermark advanced to %s", self.source.format_position(result.end_lsn))
 
     def _confirm_committed(self) -> None:
         """Confirm to the slot what the lane has committed since the last confirmation."""
