@@ -18,7 +18,7 @@ from cdcflow.errors import ConfigError
 from cdcflow.sources.base import Source, TableSpec
 
 log = logging.getLogger(__name__)
-Q = "serving_runtime.sql"
+QUERIES = "serving_runtime.sql"
 
 
 def resync(settings: Settings, captures: list[str] | None) -> int:
@@ -65,7 +65,7 @@ def reset(settings: Settings) -> None:
                 tables = [
                     r[0]
                     for r in serving.execute(
-                        sqlfiles.query(Q, "cdcflow_tables"), {"staging": [s.staging_table for s in specs]}
+                        sqlfiles.query(QUERIES, "cdcflow_tables"), {"staging": [s.staging_table for s in specs]}
                     ).fetchall()
                 ]
                 if tables:
@@ -73,7 +73,7 @@ def reset(settings: Settings) -> None:
                         sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(t) for t in tables))
                     )
                 for name in ("reset_watermarks", "reset_backfills", "reset_checkpoints", "reset_metadata"):
-                    serving.execute(sqlfiles.query(Q, name), {"source": settings.source_name})
+                    serving.execute(sqlfiles.query(QUERIES, name), {"source": settings.source_name})
                 serving.commit()
             except psycopg.Error as exc:
                 serving.rollback()

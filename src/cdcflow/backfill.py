@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # the source module calls this one (through cdcflow.snapshot)
 from cdcflow.worker import Worker
 
 log = logging.getLogger(__name__)
-Q = "serving_runtime.sql"
+QUERIES = "serving_runtime.sql"
 #: How often a progress line is logged while another process backfills.
 PROGRESS_SECONDS = copying.PROGRESS_SECONDS
 #: How long to wait for ingestion to carry a capture's changes before giving up (then retried).
@@ -66,7 +66,7 @@ BackfillAborted = CopyAborted
 def begin(serving: psycopg.Connection, source_name: str, capture: str, why: str) -> tuple[int, int]:
     """Put the capture in BACKFILL (idempotent). Returns (where its history ends, its watermark)."""
     row = serving.execute(
-        sqlfiles.query(Q, "backfill_begin"), {"source": source_name, "capture": capture, "why": why}
+        sqlfiles.query(QUERIES, "backfill_begin"), {"source": source_name, "capture": capture, "why": why}
     ).fetchone()
     serving.commit()
     if row is None:
@@ -159,13 +159,13 @@ def _lock_all(conn: psycopg.Connection, source_name: str, captures: list[str], w
     try:
         for capture in sorted(captures):
             key = f"cdcflow copy {source_name} {capture}"
-            got = conn.execute(sqlfiles.query(Q, "copy_try_lock"), {"key": key}).fetchone()
+            got = conn.execute(sqlfiles.query(QUERIES, "copy_try_lock"), {"key": key}).fetchone()
             if got and got[0]:
                 continue
             if not wait:
                 return False
             log.info("waiting for the copy of %s that another process runs", capture)
-            conn.execute(sqlfiles.query(Q, "copy_lock"), {"key": key})
+            conn.execute(sqlfiles.query(QUERIES, "copy_lock"), {"key": key})
         return True
     except psycopg.Error as exc:
         raise db.wrap_db_error("taking the copy lock", exc) from None
@@ -211,7 +211,7 @@ def complete(
 
 def _chunk_positions(serving: psycopg.Connection, source_name: str, spec: TableSpec) -> tuple[int, int]:
     first, last = serving.execute(
-        sqlfiles.query(Q, "backfill_chunk_positions"), {"source": source_name, "capture": spec.capture}
+        sqlfiles.query(QUERIES, "backfill_chunk_positions"), {"source": source_name, "capture": spec.capture}
     ).fetchone()  # type: ignore[misc]
     serving.rollback()
     if last is None:
@@ -253,7 +253,7 @@ def _unbased_keys(serving: psycopg.Connection, spec: TableSpec, first: int) -> l
     keys = [sql.Identifier(k) for k in spec.key_columns]
     rows = serving.execute(
         sqlfiles.query(
-            Q,
+            QUERIES,
             "backfill_unbased_keys",
             table=sql.Identifier(spec.staging_table),
             keys=sql.SQL(", ").join(sql.SQL("cur.{}::text").format(k) for k in keys),
@@ -275,7 +275,7 @@ def _commit_completion(
         # their staging tables' locks: an index build then would wait for them (a deadlock).
         schema.ensure_indexes(serving, spec)
         locked = serving.execute(
-            sqlfiles.query(Q, "backfill_lock"), {"source": source_name, "capture": capture, "lsn": last}
+            sqlfiles.query(QUERIES, "backfill_lock"), {"source": source_name, "capture": capture, "lsn": last}
         ).fetchone()
         if locked is None:
             raise BackfillAborted(f"capture {capture} left BACKFILL while its table was copied: nothing staged")
@@ -283,7 +283,7 @@ def _commit_completion(
             # A batch staged the others past this capture's position without it: its changes
             # there are neither copied nor staged. The copy starts over.
             serving.rollback()
-            serving.execute(sqlfiles.query(Q, "backfill_restart"), {"source": source_name, "capture": capture})
+            serving.execute(sqlfiles.query(QUERIES, "backfill_restart"), {"source": source_name, "capture": capture})
             serving.commit()
             raise TransientError(
                 f"backfill of {spec.qualified}: ingestion staged the other captures up to "
@@ -293,22 +293,23 @@ def _commit_completion(
         # Streamed below the first chunk's position: every chunk's rows supersede it (the
         # watermarks are past the last chunk's, so no such batch is still to commit).
         dropped = serving.execute(
-            sqlfiles.query(Q, "backfill_drop_streamed", table=sql.Identifier(spec.staging_table)),
+            sqlfiles.query(QUERIES, "backfill_drop_streamed", table=sql.Identifier(spec.staging_table)),
             {"history": history, "lsn": first},
         ).rowcount
         # Rows streamed while the table was copied that took a TOAST value from a version
         # older than the copy's: taken again, now that the copy is staged.
-        unchanged = serving.execute(sqlfiles.query(Q, "read_unchanged"), {"table": spec.staging_table}).fetchall()
+        unchanged = serving.execute(sqlfiles.query(QUERIES, "read_unchanged"), {"table": spec.staging_table}).fetchall()
         carry_unchanged(serving, spec, [(int(a), int(b), int(c), d) for a, b, c, d in unchanged])
-        serving.execute(sqlfiles.query(Q, "forget_unchanged"), {"table": spec.staging_table})
+        serving.execute(sqlfiles.query(QUERIES, "forget_unchanged"), {"table": spec.staging_table})
         vanished = 0
         if history > 0:
             vanished = stage_vanished(serving, spec, first, VANISHED_SEQVAL_BASE, history, snapshot_from=history + 1)
         serving.execute(
-            sqlfiles.query(Q, "backfill_done"), {"source": source_name, "capture": capture, "rows": vanished - dropped}
+            sqlfiles.query(QUERIES, "backfill_done"),
+            {"source": source_name, "capture": capture, "rows": vanished - dropped},
         )
-        serving.execute(sqlfiles.query(Q, "backfill_forget"), {"source": source_name, "capture": capture})
-        serving.execute(sqlfiles.query(Q, "notify_staged"), {"source": source_name})
+        serving.execute(sqlfiles.query(QUERIES, "backfill_forget"), {"source": source_name, "capture": capture})
+        serving.execute(sqlfiles.query(QUERIES, "notify_staged"), {"source": source_name})
         serving.commit()
 
 
@@ -420,7 +421,7 @@ def wait_done(serving: psycopg.Connection, source_name: str, capture: str, stop:
     last = 0.0
     while True:
         wm = read_watermarks(serving, source_name).get(capture)
-        rows = {r[0]: r for r in serving.execute(sqlfiles.query(Q, "read_backfills"), {"source": source_name})}
+        rows = {r[0]: r for r in serving.execute(sqlfiles.query(QUERIES, "read_backfills"), {"source": source_name})}
         serving.rollback()
         if wm is None or wm.state != "BACKFILL":
             if wm is not None and wm.state != "OK":

@@ -39,7 +39,7 @@ from cdcflow.serving.control import read_watermarks
 from cdcflow.worker import Worker
 
 log = logging.getLogger(__name__)
-Q = "compaction.sql"
+QUERIES = "compaction.sql"
 END_SEQ = 10**24  # greater than any __seqval (numeric(25,0))
 
 Position = tuple[int, int]
@@ -80,7 +80,7 @@ class Compactor:
 
         names = projections.definitions(self.settings).names
         rows = conn.execute(
-            sqlfiles.query(Q, "projection_captures"), {"source": self.settings.source_name, "projections": names}
+            sqlfiles.query(QUERIES, "projection_captures"), {"source": self.settings.source_name, "projections": names}
         ).fetchall()
         out: dict[str, list[str]] = {}
         seen = set()
@@ -99,7 +99,7 @@ class Compactor:
         if readers:
             rows: dict[str, int] = dict(
                 conn.execute(
-                    sqlfiles.query(Q, "projection_checkpoints"),
+                    sqlfiles.query(QUERIES, "projection_checkpoints"),
                     {"source": self.settings.source_name, "capture": capture, "projections": readers},
                 ).fetchall()
             )
@@ -117,13 +117,13 @@ class Compactor:
         t = sql.Identifier(table)
 
         def old(lsn: int) -> bool | None:
-            q = sqlfiles.query(Q, "old_enough", table=t)
+            q = sqlfiles.query(QUERIES, "old_enough", table=t)
             row = conn.execute(q, {"lsn": lsn, "retention": retention}).fetchone()
             return None if row is None else bool(row[0])
 
         if old(upper):
             return upper
-        row = conn.execute(sqlfiles.query(Q, "lowest_lsn", table=t)).fetchone()
+        row = conn.execute(sqlfiles.query(QUERIES, "lowest_lsn", table=t)).fetchone()
         if row is None or not old(int(row[0])):
             return 0
         lo, hi = int(row[0]), upper  # old(lo) is true, old(hi) is false
@@ -139,7 +139,7 @@ class Compactor:
 
     def key_columns(self, conn: psycopg.Connection, table: str) -> list[str]:
         if table not in self._keys:
-            rows = conn.execute(sqlfiles.query(Q, "key_columns"), {"index": f"{table}_key_idx"}).fetchall()
+            rows = conn.execute(sqlfiles.query(QUERIES, "key_columns"), {"index": f"{table}_key_idx"}).fetchall()
             if not rows:
                 raise CdcflowError(f"staging table {table} has no key index {table}_key_idx: run 'cdcflow bootstrap'")
             self._keys[table] = [r[0] for r in rows]
@@ -162,7 +162,7 @@ class Compactor:
         lo = done
         while not self.stop.is_set():
             row = conn.execute(
-                sqlfiles.query(Q, "batch_end", table=t),
+                sqlfiles.query(QUERIES, "batch_end", table=t),
                 {"lo_lsn": lo[0], "lo_seq": lo[1], "horizon": horizon, "rows": self.settings.compaction_batch_rows},
             ).fetchone()
             hi = (int(row[0]), int(row[1])) if row else (horizon, END_SEQ)
@@ -170,7 +170,7 @@ class Compactor:
             try:
                 n = 0
                 for name in ("delete_superseded", "delete_superseded_before", "delete_lone_deletes"):
-                    n += max(conn.execute(sqlfiles.query(Q, name, **ids), params).rowcount, 0)
+                    n += max(conn.execute(sqlfiles.query(QUERIES, name, **ids), params).rowcount, 0)
                 conn.commit()
             except BaseException:
                 conn.rollback()

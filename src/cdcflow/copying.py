@@ -43,7 +43,7 @@ from cdcflow.serving import schema
 from cdcflow.sources.base import META_COLUMNS, OP_SNAPSHOT, TableSpec
 
 log = logging.getLogger(__name__)
-Q = "serving_runtime.sql"
+QUERIES = "serving_runtime.sql"
 #: How often a copy in flight records its progress (and logs a line).
 PROGRESS_SECONDS = 2.0
 #: A chunk's seqvals are its first block times this, plus the row's number in the chunk.
@@ -203,7 +203,7 @@ class Progress:
     def write(self) -> None:
         try:
             self.conn.execute(
-                sqlfiles.query(Q, "backfill_progress"),
+                sqlfiles.query(QUERIES, "backfill_progress"),
                 {
                     "source": self.source_name,
                     "capture": self.spec.capture,
@@ -243,7 +243,7 @@ class Progress:
 
 
 def _chunk_records(serving: psycopg.Connection, source_name: str, capture: str) -> list[tuple[int, int | None, int]]:
-    rows = serving.execute(sqlfiles.query(Q, "read_backfill_chunks"), {"source": source_name, "capture": capture})
+    rows = serving.execute(sqlfiles.query(QUERIES, "read_backfill_chunks"), {"source": source_name, "capture": capture})
     return [(int(a), None if b is None else int(b), int(n)) for a, b, n in rows]
 
 
@@ -414,12 +414,12 @@ def _record_chunk(
 ) -> None:
     """In the transaction that staged them: a chunk's record, and its rows in the capture's count."""
     serving.execute(
-        sqlfiles.query(Q, "backfill_record_chunk"),
+        sqlfiles.query(QUERIES, "backfill_record_chunk"),
         {"source": source_name, "capture": spec.capture, "first": first, "last": last, "lsn": lsn, "rows": rows},
     )
     # Last, and briefly: the capture's row lock (ingestion's batches wait for it).
     counted = serving.execute(
-        sqlfiles.query(Q, "backfill_count_rows"), {"source": source_name, "capture": spec.capture, "rows": rows}
+        sqlfiles.query(QUERIES, "backfill_count_rows"), {"source": source_name, "capture": spec.capture, "rows": rows}
     ).rowcount
     if counted != 1:
         raise CopyAborted(f"capture {spec.capture} left BACKFILL while its table was copied")
@@ -452,7 +452,7 @@ def stage_vanished(
     keys = [sql.Identifier(k) for k in spec.key_columns]
     cur = serving.execute(
         sqlfiles.query(
-            Q,
+            QUERIES,
             "stage_vanished_deletes",
             table=sql.Identifier(spec.staging_table),
             keys=sql.SQL(", ").join(keys),

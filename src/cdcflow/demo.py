@@ -28,7 +28,7 @@ from cdcflow import sqlfiles
 from cdcflow.config import Settings
 
 log = logging.getLogger(__name__)
-Q = "demo.sql"
+QUERIES = "demo.sql"
 CLEAR = "\x1b[H\x1b[2J"
 
 
@@ -42,9 +42,9 @@ class Snapshot:
 
 
 def take(conn: psycopg.Connection, source_name: str) -> Snapshot:
-    caps = conn.execute(sqlfiles.query(Q, "capture_totals"), {"source": source_name}).fetchall()
-    projs = conn.execute(sqlfiles.query(Q, "projections")).fetchall()
-    kpi = conn.execute(sqlfiles.query(Q, "newest_kpi"), {"limit": 6}).fetchall()
+    caps = conn.execute(sqlfiles.query(QUERIES, "capture_totals"), {"source": source_name}).fetchall()
+    projs = conn.execute(sqlfiles.query(QUERIES, "projections")).fetchall()
+    kpi = conn.execute(sqlfiles.query(QUERIES, "newest_kpi"), {"limit": 6}).fetchall()
     return Snapshot(time.monotonic(), sum(int(c[2]) for c in caps), caps, projs, kpi)
 
 

@@ -24,7 +24,7 @@ from cdcflow import db, sqlfiles
 from cdcflow.errors import TransientError
 
 log = logging.getLogger(__name__)
-Q = "leases.sql"
+QUERIES = "leases.sql"
 
 
 class LeaseLost(TransientError):
@@ -66,12 +66,12 @@ class Lease:
         """Take or renew the lease in its own short transaction. Returns whether we hold it."""
         started = time.monotonic()
         row = conn.execute(
-            sqlfiles.query(Q, "acquire"), {"resource": self.resource, "owner": self.owner, "ttl": self.ttl}
+            sqlfiles.query(QUERIES, "acquire"), {"resource": self.resource, "owner": self.owner, "ttl": self.ttl}
         ).fetchone()
         conn.commit()
         if row is None and self._holder_is_dead(conn):
             row = conn.execute(
-                sqlfiles.query(Q, "acquire"), {"resource": self.resource, "owner": self.owner, "ttl": self.ttl}
+                sqlfiles.query(QUERIES, "acquire"), {"resource": self.resource, "owner": self.owner, "ttl": self.ttl}
             ).fetchone()
             conn.commit()
         if row is None:
@@ -89,7 +89,7 @@ class Lease:
         """A restart after a crash on the same host need not wait out the old lease: when the
         holder is a process of this host that no longer exists, its lease ends now. (A PID
         reused by an unrelated process only means waiting for the lease to expire.)"""
-        row = conn.execute(sqlfiles.query(Q, "holder"), {"resource": self.resource}).fetchone()
+        row = conn.execute(sqlfiles.query(QUERIES, "holder"), {"resource": self.resource}).fetchone()
         conn.commit()
         if row is None:
             return False
@@ -98,7 +98,7 @@ class Lease:
         if host != socket.gethostname() or not pid.isdigit() or _pid_alive(int(pid)):
             return False
         log.info("lease %s: holder %s is gone (process %s no longer exists); taking over", self.resource, row[0], pid)
-        conn.execute(sqlfiles.query(Q, "expire_owner"), {"resource": self.resource, "owner": row[0]})
+        conn.execute(sqlfiles.query(QUERIES, "expire_owner"), {"resource": self.resource, "owner": row[0]})
         conn.commit()
         return True
 
@@ -108,7 +108,7 @@ class Lease:
         if token is None:
             raise LeaseLost(f"lease {self.resource} is not held by this process")
         row = conn.execute(
-            sqlfiles.query(Q, "fence"), {"resource": self.resource, "owner": self.owner, "token": token}
+            sqlfiles.query(QUERIES, "fence"), {"resource": self.resource, "owner": self.owner, "token": token}
         ).fetchone()
         if row is None:
             raise LeaseLost(f"lease {self.resource} expired or was taken over: this commit is abandoned")
@@ -118,7 +118,7 @@ class Lease:
             return
         try:
             conn.rollback()
-            conn.execute(sqlfiles.query(Q, "release"), {"resource": self.resource, "owner": self.owner})
+            conn.execute(sqlfiles.query(QUERIES, "release"), {"resource": self.resource, "owner": self.owner})
             conn.commit()
         except psycopg.Error as exc:  # the lease expires by itself
             log.debug("could not release lease %s: %s", self.resource, exc)
@@ -181,7 +181,7 @@ class LeaseKeeper:
 
 def live_holder(conn: psycopg.Connection, resource: str) -> str | None:
     """Who holds ``resource`` now (None: nobody, or a process of this host that is gone)."""
-    row = conn.execute(sqlfiles.query(Q, "holder"), {"resource": resource}).fetchone()
+    row = conn.execute(sqlfiles.query(QUERIES, "holder"), {"resource": resource}).fetchone()
     conn.commit()
     if row is None:
         return None
@@ -194,7 +194,7 @@ def live_holder(conn: psycopg.Connection, resource: str) -> str | None:
 
 def list_leases(conn: psycopg.Connection) -> list[tuple]:
     try:
-        return conn.execute(sqlfiles.query(Q, "list_leases")).fetchall()
+        return conn.execute(sqlfiles.query(QUERIES, "list_leases")).fetchall()
     except psycopg.errors.UndefinedTable:
         conn.rollback()
         return []

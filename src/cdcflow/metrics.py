@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from cdcflow.sources.base import BatchResult
 
 log = logging.getLogger(__name__)
-Q = "metrics.sql"
+QUERIES = "metrics.sql"
 PROJECTION_STATES = ("INIT", "OK", "STALE", "ERROR")
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -255,7 +255,7 @@ class Sampler:
                 if self._source is None or self._source.closed:
                     self._source = self._connect(source_dsn, "source")
                 at = time.time()
-                q = sqlfiles.query(Q, "source_position")
+                q = sqlfiles.query(QUERIES, "source_position")
                 row = self._source.execute(q, {"slot": self.settings.slot}).fetchone()
                 assert row is not None
                 self.clock.add(at, parse_pg_lsn(row[0]))
@@ -273,7 +273,7 @@ class Sampler:
             if self._serving is None or self._serving.closed:
                 self._serving = self._connect(serving_dsn, "serving")
             wms = read_watermarks(self._serving, self.settings.source_name)
-            meta = self._serving.execute(sqlfiles.query(Q, "projection_positions")).fetchall()
+            meta = self._serving.execute(sqlfiles.query(QUERIES, "projection_positions")).fetchall()
             self._ok("serving")
         except Exception as exc:  # any failure: the metric says down, the loop goes on
             self._failed("serving", exc)

@@ -27,7 +27,7 @@ from cdcflow.errors import TerminalError
 if TYPE_CHECKING:
     from cdcflow.sources.base import Source
 
-Q = "privileges.sql"
+QUERIES = "privileges.sql"
 PUBLISH = "WITH (publish = 'insert, update, delete, truncate')"
 
 
@@ -37,7 +37,7 @@ class PrivilegeError(TerminalError):
 
 def source_problems(conn: psycopg.Connection, settings: Settings) -> list[str]:
     """What the source role lacks (empty: nothing). Names come quoted as SQL needs them."""
-    row = conn.execute(sqlfiles.query(Q, "source_role"), {"publication": settings.publication}).fetchone()
+    row = conn.execute(sqlfiles.query(QUERIES, "source_role"), {"publication": settings.publication}).fetchone()
     assert row is not None
     role, superuser, replication, dbname, can_create, p = row
     if superuser:
@@ -47,7 +47,7 @@ def source_problems(conn: psycopg.Connection, settings: Settings) -> list[str]:
         out.append(f"role {role} lacks REPLICATION: ALTER ROLE {role} REPLICATION")
     pairs = [t.split(".", 1) for t in settings.capture_tables]
     tables = conn.execute(
-        sqlfiles.query(Q, "captured_tables"),
+        sqlfiles.query(QUERIES, "captured_tables"),
         {"schemas": [s for s, _ in pairs], "tables": [t for _, t in pairs]},
     ).fetchall()
     not_owned: list[str] = []
@@ -58,7 +58,7 @@ def source_problems(conn: psycopg.Connection, settings: Settings) -> list[str]:
             out.append(f"role {role} lacks SELECT on {name}: GRANT SELECT ON {name} TO {role}")
         if not owns:
             not_owned.append(f"{name} (owner {owner})")
-    pub = conn.execute(sqlfiles.query(Q, "publication"), {"publication": settings.publication}).fetchone()
+    pub = conn.execute(sqlfiles.query(QUERIES, "publication"), {"publication": settings.publication}).fetchone()
     captured = [t[1] for t in tables]
     if pub is None:
         if not can_create:
@@ -84,7 +84,7 @@ def source_problems(conn: psycopg.Connection, settings: Settings) -> list[str]:
 
 def serving_problems(conn: psycopg.Connection) -> list[str]:
     """What the serving role lacks (empty: nothing)."""
-    row = conn.execute(sqlfiles.query(Q, "serving_role")).fetchone()
+    row = conn.execute(sqlfiles.query(QUERIES, "serving_role")).fetchone()
     assert row is not None
     role, superuser, schema, can_create, dbname = row
     if superuser:
@@ -101,7 +101,7 @@ def serving_problems(conn: psycopg.Connection) -> list[str]:
             f"role {role} lacks CREATE on schema {schema} of the serving database {dbname}: "
             f"GRANT CREATE ON SCHEMA {schema} TO {role}"
         )
-    for table, owner in conn.execute(sqlfiles.query(Q, "foreign_owned_tables")).fetchall():
+    for table, owner in conn.execute(sqlfiles.query(QUERIES, "foreign_owned_tables")).fetchall():
         out.append(
             f"role {role} does not own {table} (owner {owner}) in the serving database: "
             f"ALTER TABLE {table} OWNER TO {role}"

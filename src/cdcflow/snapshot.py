@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-Q = "serving_runtime.sql"
+QUERIES = "serving_runtime.sql"
 
 
 def needs_initial_snapshot(serving: psycopg.Connection, source_name: str, specs: list[TableSpec]) -> bool:
@@ -103,7 +103,7 @@ def _snapshot(source: PostgresSource, serving: psycopg.Connection, settings: Set
             # From here on a crash leaves the captures in BACKFILL at the slot's position:
             # 'cdcflow run' streams from there and copies the chunks not done.
             rows = serving.execute(
-                sqlfiles.query(Q, "snapshot_begin"),
+                sqlfiles.query(QUERIES, "snapshot_begin"),
                 {
                     "source": source_name,
                     "captures": [s.capture for s in specs],
@@ -112,7 +112,9 @@ def _snapshot(source: PostgresSource, serving: psycopg.Connection, settings: Set
                 },
             ).fetchall()
             for spec in specs:
-                serving.execute(sqlfiles.query(Q, "backfill_restart"), {"source": source_name, "capture": spec.capture})
+                serving.execute(
+                    sqlfiles.query(QUERIES, "backfill_restart"), {"source": source_name, "capture": spec.capture}
+                )
             serving.commit()
         history = {str(c): int(h) for c, h in rows}
         binary = use_binary(source, serving)

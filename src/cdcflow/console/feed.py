@@ -22,7 +22,7 @@ from cdcflow.metrics import Sampler
 from cdcflow.redact import REDACTOR
 
 log = logging.getLogger(__name__)
-Q = "console.sql"
+QUERIES = "console.sql"
 HISTORY_SECONDS = 900  # the charts' 15 minutes
 ROWS_LIMIT = 10
 
@@ -241,9 +241,9 @@ class Feed:
         """The projection table's shown columns (not its __ state) and its key."""
         assert self._serving is not None
         if name not in self._shapes:
-            rows = self._serving.execute(sqlfiles.query(Q, "table_columns"), {"table": name}).fetchall()
+            rows = self._serving.execute(sqlfiles.query(QUERIES, "table_columns"), {"table": name}).fetchall()
             columns = [r[0] for r in rows if not r[0].startswith("__")]
-            key_row = self._serving.execute(sqlfiles.query(Q, "table_key"), {"table": name}).fetchone()
+            key_row = self._serving.execute(sqlfiles.query(QUERIES, "table_key"), {"table": name}).fetchone()
             key = list(key_row[0]) if key_row else columns[:1]
             self._shapes[name] = (columns, key)
         return self._shapes[name]

@@ -31,7 +31,7 @@ from cdcflow.projections.definition import Definition
 from cdcflow.projections.worker import ProjectionWorker
 
 log = logging.getLogger(__name__)
-Q = "projections/registry.sql"
+QUERIES = "projections/registry.sql"
 
 
 @dataclass
@@ -121,14 +121,14 @@ def bootstrap(conn: psycopg.Connection, settings: Settings) -> None:
             projection.prepare(conn)
     for name, message in problems:
         _record_problem(conn, name, message)
-    removed = conn.execute(sqlfiles.query(Q, "removed"), {"names": found.names}).fetchall()
+    removed = conn.execute(sqlfiles.query(QUERIES, "removed"), {"names": found.names}).fetchall()
     for (name,) in removed:
         hint = (
             "no enabled definition any more: it is not maintained; drop its tables with "
             f"'cdcflow projections drop {name}'"
         )
         log.warning("projection %s: %s", name, hint)
-        conn.execute(sqlfiles.query(Q, "mark_removed"), {"projection": name, "message": hint})
+        conn.execute(sqlfiles.query(QUERIES, "mark_removed"), {"projection": name, "message": hint})
 
 
 def _record_problem(conn: psycopg.Connection, name: str, message: str) -> None:
@@ -211,13 +211,15 @@ def drop(settings: Settings, name: str) -> list[str]:
     from cdcflow.projections.pgtables import prefix
 
     with db.connect(serving_dsn, "serving") as conn:
-        tables = [r[0] for r in conn.execute(sqlfiles.query(Q, "tables_of"), {"name": name, "prefix": prefix(name)})]
-        known = conn.execute(sqlfiles.query(Q, "known"), {"projection": name}).fetchone()
+        tables = [
+            r[0] for r in conn.execute(sqlfiles.query(QUERIES, "tables_of"), {"name": name, "prefix": prefix(name)})
+        ]
+        known = conn.execute(sqlfiles.query(QUERIES, "known"), {"projection": name}).fetchone()
         if not tables and not known:
             raise ConfigError(f"no projection named {name!r} in the serving database")
         for t in tables:
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(t)))
-        conn.execute(sqlfiles.query(Q, "forget"), {"projection": name})
+        conn.execute(sqlfiles.query(QUERIES, "forget"), {"projection": name})
         conn.commit()
     return tables
 

@@ -45,7 +45,7 @@ from cdcflow.serving import control
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Q = "projections/control.sql"
+QUERIES = "projections/control.sql"
 HELD_STATES = ("GAP", "PAUSED")
 
 
@@ -176,10 +176,10 @@ def open_duckdb() -> duckdb.DuckDBPyConnection:
 
 
 def ensure_control_rows(conn: psycopg.Connection, projection: Projection, source_name: str) -> None:
-    conn.execute(sqlfiles.query(Q, "ensure_metadata"), {"projection": projection.name})
+    conn.execute(sqlfiles.query(QUERIES, "ensure_metadata"), {"projection": projection.name})
     for capture in projection.captures:
         conn.execute(
-            sqlfiles.query(Q, "ensure_checkpoint"),
+            sqlfiles.query(QUERIES, "ensure_checkpoint"),
             {"projection": projection.name, "source": source_name, "capture": capture},
         )
 
@@ -187,10 +187,10 @@ def ensure_control_rows(conn: psycopg.Connection, projection: Projection, source
 def _lock(conn: psycopg.Connection, projection: Projection, source_name: str) -> tuple[str, str | None]:
     """Lock the projection's metadata row for this transaction; returns its status and the
     digest of the definition its rows were built from."""
-    row = conn.execute(sqlfiles.query(Q, "lock_metadata"), {"projection": projection.name}).fetchone()
+    row = conn.execute(sqlfiles.query(QUERIES, "lock_metadata"), {"projection": projection.name}).fetchone()
     if row is None:
         ensure_control_rows(conn, projection, source_name)
-        row = conn.execute(sqlfiles.query(Q, "lock_metadata"), {"projection": projection.name}).fetchone()
+        row = conn.execute(sqlfiles.query(QUERIES, "lock_metadata"), {"projection": projection.name}).fetchone()
     assert row is not None
     return str(row[0]), row[1]
 
@@ -221,7 +221,7 @@ def _as_of_time(conn: psycopg.Connection, staging: dict[str, str], cutoff: int) 
     times = []
     for table in staging.values():
         row = conn.execute(
-            sqlfiles.query(Q, "commit_time_at", table=sql.Identifier(table)), {"upto": cutoff}
+            sqlfiles.query(QUERIES, "commit_time_at", table=sql.Identifier(table)), {"upto": cutoff}
         ).fetchone()
         if row and row[0] is not None:
             times.append(row[0])
@@ -232,7 +232,7 @@ def _finish(
     conn: psycopg.Connection, projection: Projection, settings: Settings, ctx: Context, result: CycleResult
 ) -> None:
     conn.execute(
-        sqlfiles.query(Q, "write_checkpoints"),
+        sqlfiles.query(QUERIES, "write_checkpoints"),
         {
             "lsn": ctx.cutoff,
             "projection": projection.name,
@@ -245,7 +245,7 @@ def _finish(
         result.status = "STALE"
         error = f"capture {'; capture '.join(result.held)}: rows are as of where its staging is complete"
     conn.execute(
-        sqlfiles.query(Q, "metadata_built"),
+        sqlfiles.query(QUERIES, "metadata_built"),
         {
             "status": result.status,
             "lsn": ctx.cutoff,
@@ -292,7 +292,7 @@ def run_cycle(
     cps: dict[str, int] = {
         str(r[0]): int(r[1])
         for r in conn.execute(
-            sqlfiles.query(Q, "read_checkpoints"), {"projection": projection.name, "source": settings.source_name}
+            sqlfiles.query(QUERIES, "read_checkpoints"), {"projection": projection.name, "source": settings.source_name}
         )
     }
     checkpoints = {c: int(cps.get(c, 0)) for c in projection.captures}
@@ -303,7 +303,7 @@ def run_cycle(
         return result  # nothing new, nothing to report
     if moving and any(
         conn.execute(
-            sqlfiles.query(Q, "delta_exists", table=sql.Identifier(staging[c])),
+            sqlfiles.query(QUERIES, "delta_exists", table=sql.Identifier(staging[c])),
             {"after": checkpoints[c], "upto": cutoff},
         ).fetchone()[0]  # type: ignore[index]
         for c in moving
@@ -334,13 +334,13 @@ def rebuild(
     # The captures it reads may have changed with its definition: one checkpoint per capture it reads.
     ensure_control_rows(conn, projection, settings.source_name)
     conn.execute(
-        sqlfiles.query(Q, "drop_other_checkpoints"),
+        sqlfiles.query(QUERIES, "drop_other_checkpoints"),
         {"projection": projection.name, "source": settings.source_name, "captures": list(projection.captures)},
     )
     projection.prepare(conn)
     projection.clear(conn)
     conn.execute(
-        sqlfiles.query(Q, "reset_checkpoints"), {"projection": projection.name, "source": settings.source_name}
+        sqlfiles.query(QUERIES, "reset_checkpoints"), {"projection": projection.name, "source": settings.source_name}
     )
     ctx = Context(conn, duck, settings, staging, dict.fromkeys(projection.captures, 0), cutoff, fresh=True)
     result = CycleResult(applied=True, cutoff=cutoff, held=held)
@@ -352,15 +352,15 @@ def rebuild(
 
 def index_plans(conn: psycopg.Connection, on: bool = True) -> None:
     """Make delta-with-state joins use the state's indexes (see ``index_plans`` in control.sql)."""
-    conn.execute(sqlfiles.query(Q, "index_plans" if on else "default_plans"))
+    conn.execute(sqlfiles.query(QUERIES, "index_plans" if on else "default_plans"))
 
 
 def record_error(conn: psycopg.Connection, projection: str, message: str) -> None:
     """Metadata ERROR with the message, in its own transaction (best effort)."""
     try:
         conn.rollback()
-        conn.execute(sqlfiles.query(Q, "ensure_metadata"), {"projection": projection})
-        conn.execute(sqlfiles.query(Q, "metadata_error"), {"error": message, "projection": projection})
+        conn.execute(sqlfiles.query(QUERIES, "ensure_metadata"), {"projection": projection})
+        conn.execute(sqlfiles.query(QUERIES, "metadata_error"), {"error": message, "projection": projection})
         conn.commit()
     except psycopg.Error as exc:
         log.warning("could not record the error of %s: %s", projection, db.describe_error(exc))

@@ -10,7 +10,7 @@ import psycopg
 from cdcflow import sqlfiles
 from cdcflow.sources.base import META_COLUMNS
 
-Q = "projections/catalog.sql"
+QUERIES = "projections/catalog.sql"
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,12 @@ class CapturedTable:
 def read(conn: psycopg.Connection, source_name: str) -> dict[str, CapturedTable]:
     """Every capture of the source whose staging table exists, by source table (``schema.table``)."""
     out: dict[str, CapturedTable] = {}
-    rows = conn.execute(sqlfiles.query(Q, "captures"), {"source": source_name}).fetchall()
+    rows = conn.execute(sqlfiles.query(QUERIES, "captures"), {"source": source_name}).fetchall()
     for source_table, capture, staging in rows:
-        cols = conn.execute(sqlfiles.query(Q, "columns"), {"table": staging}).fetchall()
+        cols = conn.execute(sqlfiles.query(QUERIES, "columns"), {"table": staging}).fetchall()
         if not cols:
             continue
-        key = [r[0] for r in conn.execute(sqlfiles.query(Q, "key_columns"), {"index": f"{staging}_key_idx"})]
+        key = [r[0] for r in conn.execute(sqlfiles.query(QUERIES, "key_columns"), {"index": f"{staging}_key_idx"})]
         columns = tuple((n, t) for n, t in cols if n not in META_COLUMNS and n != "__staged_at")
         out[source_table] = CapturedTable(source_table, capture, staging, columns, tuple(key))
     return out

@@ -15,7 +15,7 @@ from cdcflow import sqlfiles
 from cdcflow.projections.catalog import CapturedTable
 from cdcflow.projections.pgsql import parse_pg, quote
 
-Q = "projections/catalog.sql"
+QUERIES = "projections/catalog.sql"
 
 
 def substitute_tables(node: exp.Expr, relation: Callable[[exp.Table], exp.Expr]) -> exp.Expr:
@@ -78,4 +78,4 @@ def probe(conn: psycopg.Connection, query: str) -> list[tuple[str, str]]:
         conn.execute(
             sql.SQL("CREATE TEMP TABLE cdcflow_probe AS {} WITH NO DATA").format(sql.SQL(query))  # type: ignore[arg-type]
         )
-        return [(str(n), str(t)) for n, t in conn.execute(sqlfiles.query(Q, "probe_types")).fetchall()]
+        return [(str(n), str(t)) for n, t in conn.execute(sqlfiles.query(QUERIES, "probe_types")).fetchall()]

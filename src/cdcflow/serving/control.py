@@ -9,7 +9,7 @@ import psycopg
 
 from cdcflow import sqlfiles
 
-Q = "serving_runtime.sql"
+QUERIES = "serving_runtime.sql"
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ INCOMPLETE_STATES = ("INIT", "BACKFILL")
 
 
 def read_watermarks(conn: psycopg.Connection, source_name: str) -> dict[str, Watermark]:
-    rows = conn.execute(sqlfiles.query(Q, "read_watermarks"), {"source": source_name}).fetchall()
+    rows = conn.execute(sqlfiles.query(QUERIES, "read_watermarks"), {"source": source_name}).fetchall()
     return {
         r[0]: Watermark(
             capture=r[0],
@@ -78,7 +78,7 @@ def set_capture_state(
     gap_to: int | None = None,
 ) -> None:
     conn.execute(
-        sqlfiles.query(Q, "set_capture_state"),
+        sqlfiles.query(QUERIES, "set_capture_state"),
         {
             "source": source_name,
             "capture": capture,
@@ -91,15 +91,17 @@ def set_capture_state(
 
 
 def record_error(conn: psycopg.Connection, source_name: str, captures: list[str], error: str) -> None:
-    conn.execute(sqlfiles.query(Q, "set_capture_error"), {"source": source_name, "captures": captures, "error": error})
+    conn.execute(
+        sqlfiles.query(QUERIES, "set_capture_error"), {"source": source_name, "captures": captures, "error": error}
+    )
 
 
 def commit_snapshot(conn: psycopg.Connection, source_name: str, lsn: int, counts: dict[str, int]) -> None:
     """A snapshot is staged: the captures' watermarks go to its position (with its row
     counts), projections are woken, and it all commits."""
     conn.execute(
-        sqlfiles.query(Q, "watermarks_after_snapshot"),
+        sqlfiles.query(QUERIES, "watermarks_after_snapshot"),
         {"source": source_name, "lsn": lsn, "captures": list(counts), "rows": list(counts.values())},
     )
-    conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": source_name})
+    conn.execute(sqlfiles.query(QUERIES, "notify_staged"), {"source": source_name})
     conn.commit()

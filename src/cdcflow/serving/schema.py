@@ -19,7 +19,7 @@ from cdcflow.sources.base import (
 )
 
 log = logging.getLogger(__name__)
-Q = "serving_runtime.sql"
+QUERIES = "serving_runtime.sql"
 
 
 #: The serving database's oldest supported version: the KPI projection writes with MERGE (15+).
@@ -44,14 +44,14 @@ def run_scripts(conn: psycopg.Connection, folder: str) -> None:
     """
     scripts = sqlfiles.scripts(folder)
     digest = hashlib.sha256("\0".join(f"{n}\0{t}" for n, t in scripts).encode()).hexdigest()
-    conn.execute(sqlfiles.query(Q, "create_schema_version"))
-    row = conn.execute(sqlfiles.query(Q, "schema_digest"), {"folder": folder}).fetchone()
+    conn.execute(sqlfiles.query(QUERIES, "create_schema_version"))
+    row = conn.execute(sqlfiles.query(QUERIES, "schema_digest"), {"folder": folder}).fetchone()
     if row is not None and row[0] == digest:
         return
     for name, text in scripts:
         log.info("running %s/%s", folder, name)
         conn.execute(text)  # type: ignore[arg-type]  # our own packaged scripts
-    conn.execute(sqlfiles.query(Q, "set_schema_digest"), {"folder": folder, "digest": digest})
+    conn.execute(sqlfiles.query(QUERIES, "set_schema_digest"), {"folder": folder, "digest": digest})
 
 
 def ensure_staging(conn: psycopg.Connection, spec: TableSpec) -> None:
@@ -70,12 +70,12 @@ def ensure_staging(conn: psycopg.Connection, spec: TableSpec) -> None:
     )
     conn.execute(
         sqlfiles.query(
-            Q, "create_staging", table=table, columns=columns, pk=sql.Identifier(spec.staging_table + "_pkey")
+            QUERIES, "create_staging", table=table, columns=columns, pk=sql.Identifier(spec.staging_table + "_pkey")
         )
     )
     conn.execute(
         sqlfiles.query(
-            Q,
+            QUERIES,
             "create_staging_key_index",
             index=sql.Identifier(spec.staging_table + "_key_idx"),
             table=table,
@@ -107,11 +107,11 @@ def ensure_indexes(conn: psycopg.Connection, spec: TableSpec) -> None:
     batches, which may themselves wait for a lock the caller holds."""
     table = sql.Identifier(spec.staging_table)
     pk, index = _index_names(spec)
-    has_pk = conn.execute(sqlfiles.query(Q, "staging_has_primary_key"), {"table": spec.staging_table}).fetchone()
+    has_pk = conn.execute(sqlfiles.query(QUERIES, "staging_has_primary_key"), {"table": spec.staging_table}).fetchone()
     if not (has_pk and has_pk[0]):
         # The sorts of the builds: in memory rather than in temporary files, up to this much
         # (PostgreSQL's default of 64MB sorts a 10-million-row snapshot on disk).
-        conn.execute(sqlfiles.query(Q, "bulk_index_memory"))
+        conn.execute(sqlfiles.query(QUERIES, "bulk_index_memory"))
         conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY (__lsn, __seqval, __op)").format(table, pk))
     has_index = conn.execute(
         "SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (spec.staging_table + "_key_idx",)
@@ -120,7 +120,7 @@ def ensure_indexes(conn: psycopg.Connection, spec: TableSpec) -> None:
         return
     conn.execute(
         sqlfiles.query(
-            Q,
+            QUERIES,
             "create_staging_key_index",
             index=index,
             table=table,
@@ -139,7 +139,7 @@ def reconcile(conn: psycopg.Connection, spec: TableSpec) -> tuple[TableSpec, str
     A column the source added is left out (the decoder warns once). A staged column the
     source dropped or retyped is a problem that pauses the capture; the message says which.
     """
-    have = conn.execute(sqlfiles.query(Q, "staging_columns"), {"table": spec.staging_table}).fetchall()
+    have = conn.execute(sqlfiles.query(QUERIES, "staging_columns"), {"table": spec.staging_table}).fetchall()
     staged = [(n, t) for n, t in have if n not in META_COLUMNS and n != "__staged_at"]
     by_name = {c.name: c for c in spec.columns}
     columns = []
@@ -158,7 +158,7 @@ def reconcile(conn: psycopg.Connection, spec: TableSpec) -> tuple[TableSpec, str
 def ensure_control_rows(conn: psycopg.Connection, source_name: str, engine: str, specs: list[TableSpec]) -> None:
     for spec in specs:
         conn.execute(
-            sqlfiles.query(Q, "ensure_watermark"),
+            sqlfiles.query(QUERIES, "ensure_watermark"),
             {
                 "source": source_name,
                 "capture": spec.capture,

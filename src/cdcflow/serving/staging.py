@@ -37,7 +37,7 @@ from cdcflow.errors import TransientError
 from cdcflow.sources.base import META_COLUMNS, TableSpec
 
 log = logging.getLogger(__name__)
-Q = "serving_runtime.sql"
+QUERIES = "serving_runtime.sql"
 DEFAULT_CHUNK_BYTES = 512 << 10
 QUEUE_CHUNKS = 8  # at most this many chunks wait for the writer thread
 _BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # signature, flags, no extension
@@ -304,13 +304,14 @@ class StagingWriter:
                 # Wait for a completion of the copy that is committing now (it holds the
                 # capture's row): its carried values must be what this batch carries from.
                 self.conn.execute(
-                    sqlfiles.query(Q, "wait_for_copy_completion"), {"source": self.source_name, "capture": capture}
+                    sqlfiles.query(QUERIES, "wait_for_copy_completion"),
+                    {"source": self.source_name, "capture": capture},
                 )
             carry_unchanged(self.conn, spec, rows)
             if capture in self.copying:
                 for lsn, seqval, op, columns in rows:
                     self.conn.execute(
-                        sqlfiles.query(Q, "remember_unchanged"),
+                        sqlfiles.query(QUERIES, "remember_unchanged"),
                         {"table": spec.staging_table, "lsn": lsn, "seqval": seqval, "op": op, "columns": list(columns)},
                     )
         self._unchanged = {}
@@ -349,7 +350,7 @@ class StagingWriter:
                     "the batch is rolled back and ingestion restarts from the new watermark"
                 )
             if notify and any(self.rows_written.values()):
-                self.conn.execute(sqlfiles.query(Q, "notify_staged"), {"source": self.source_name})
+                self.conn.execute(sqlfiles.query(QUERIES, "notify_staged"), {"source": self.source_name})
             # The fence is last, and a statement of its own: from here to the commit the lease
             # row is locked, and only between statements does the server's idle timeout run
             # (it ends the session if this process freezes now; see IngestWorker.serving).
@@ -374,7 +375,7 @@ class StagingWriter:
     ) -> psycopg.Cursor:
         """The watermark update; its cursor's rowcount says how many captures moved."""
         return self.conn.execute(
-            sqlfiles.query(Q, "advance_watermarks"),
+            sqlfiles.query(QUERIES, "advance_watermarks"),
             {
                 "source": self.source_name,
                 "lsn": watermark,
@@ -412,6 +413,8 @@ def carry_unchanged(
     for lsn, seqval, op, columns in rows:
         for column in columns:
             conn.execute(
-                sqlfiles.query(Q, "carry_unchanged", table=table, column=sql.Identifier(column), key_match=key_match),
+                sqlfiles.query(
+                    QUERIES, "carry_unchanged", table=table, column=sql.Identifier(column), key_match=key_match
+                ),
                 {"lsn": lsn, "seqval": seqval, "op": op},
             )

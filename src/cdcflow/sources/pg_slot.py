@@ -22,7 +22,7 @@ from cdcflow.positions import format_pg_lsn, parse_pg_lsn
 from cdcflow.sources.base import TableSpec
 
 log = logging.getLogger(__name__)
-Q = "source_postgres.sql"
+QUERIES = "source_postgres.sql"
 
 
 @dataclass
@@ -60,7 +60,7 @@ class SlotManagement:
 
     def _one(self, name: str, params: dict | None = None, **idents: sql.Composable):
         try:
-            return self.conn().execute(sqlfiles.query(Q, name, **idents), params or {}).fetchone()
+            return self.conn().execute(sqlfiles.query(QUERIES, name, **idents), params or {}).fetchone()
         except psycopg.Error as exc:
             self.close()
             raise db.wrap_db_error("source query " + name, exc) from None

@@ -102,10 +102,6 @@ def _read_cstring(buf: bytes, pos: int) -> tuple[str, int]:
     return buf[pos:end].decode(), end + 1
 
 
-def commit_time_text(pg_micros: int) -> bytes:
-    return (PG_EPOCH + dt.timedelta(microseconds=pg_micros)).isoformat().encode()
-
-
 def decode_tuple(buf: bytes, pos: int) -> tuple[list[bytes | None | Unchanged], int]:
     """TupleData at ``pos`` -> (values, next position). Text values stay raw bytes."""
     (ncols,) = _I16.unpack_from(buf, pos)

@@ -40,7 +40,7 @@ from cdcflow.sources.pgoutput import ACCELERATED, PgOutputDecoder
 __all__ = ["PostgresSource", "SlotState"]
 
 log = logging.getLogger(__name__)
-Q = "source_postgres.sql"
+QUERIES = "source_postgres.sql"
 
 #: How often an idle stream asks the server for a keepalive (which carries its position).
 KEEPALIVE_REQUEST_SECONDS = 0.5
@@ -144,7 +144,7 @@ class PostgresSource(SlotManagement):
             try:
                 rows = (
                     self.conn()
-                    .execute(sqlfiles.query(Q, "table_columns"), {"schema": schema, "table": table})
+                    .execute(sqlfiles.query(QUERIES, "table_columns"), {"schema": schema, "table": table})
                     .fetchall()
                 )
             except psycopg.Error as exc:
