@@ -18,6 +18,7 @@ trying again, or re-raises what the worker does not handle). Everything else is 
 
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 import time
@@ -54,7 +55,7 @@ class Observer:
         """A compaction pass is done with ``capture``, having removed ``rows`` staged rows."""
 
 
-class Worker:
+class Worker(abc.ABC):
     """One worker's loop (see the module docstring). Run :meth:`run` in a thread."""
 
     def __init__(
@@ -83,10 +84,10 @@ class Worker:
 
     # -- what a worker does -------------------------------------------------------
 
+    @abc.abstractmethod
     def step(self, token: int | None) -> float:
         """Do one unit of work; returns how long to wait for work before the next.
         ``token``: the lease's token this step runs under (None without a lease)."""
-        raise NotImplementedError
 
     def failed(self, exc: Exception) -> float:
         """Handle a failed step; returns how long to wait before the next one. Here:
@@ -97,10 +98,10 @@ class Worker:
         """How long to wait before the first step."""
         return 0.0
 
-    def standing_by(self) -> None:
+    def standing_by(self) -> None:  # noqa: B027 - an optional hook: nothing to do by default
         """Called each time the worker stands by for its lease (ingestion lets go of its stream)."""
 
-    def finish(self) -> None:
+    def finish(self) -> None:  # noqa: B027 - an optional hook: nothing to do by default
         """Called once when the loop ends, before the lease is given up: release what the worker holds."""
 
     def stopped_message(self) -> str | None:

@@ -20,6 +20,13 @@ from cdcflow.sources.base import BatchResult
 from cdcflow.worker import Worker
 
 
+class Idle(Worker):
+    """A worker whose steps do nothing: its observers are what these tests look at."""
+
+    def step(self, token: int | None) -> float:
+        return 1.0
+
+
 def clock() -> PositionClock:
     c = PositionClock()
     for t, lsn in ((100.0, 10), (101.0, 20), (102.0, 30)):
@@ -78,16 +85,16 @@ def test_health_needs_live_workers_and_fresh_projections():
 
 def test_observers_count_batches_errors_cycles_and_compaction():
     m = Metrics()
-    ingest = Worker("ingest[s]", threading.Event())
+    ingest = Idle("ingest[s]", threading.Event())
     attach(ingest, m, "s")
     ingest.notify(lambda o: o.batch_staged(ingest, BatchResult(end_lsn=5, rows=3, rows_by_capture={"orders": 3}), 0.25))
     ingest.errored(TimeoutError("x"))
     assert ingest.last_error == "x"
-    proj = Worker("projection[p]", threading.Event())
+    proj = Idle("projection[p]", threading.Event())
     attach(proj, m, "s")
     proj.notify(lambda o: o.cycle_done(proj, "p", CycleResult(), 0.5))
     proj.errored(ValueError("boom"))
-    compaction = Worker("compaction[s]", threading.Event())
+    compaction = Idle("compaction[s]", threading.Event())
     attach(compaction, m, "s")
     compaction.notify(lambda o: o.compacted(compaction, "orders", 7))
     page = generate_latest(m.registry).decode()
@@ -101,7 +108,7 @@ def test_observers_count_batches_errors_cycles_and_compaction():
 
 def test_a_failing_observer_never_reaches_the_worker():
     m = Metrics()
-    ingest = Worker("ingest[s]", threading.Event())
+    ingest = Idle("ingest[s]", threading.Event())
     attach(ingest, m, "s")
     ingest.notify(lambda o: o.batch_staged(ingest, None, 0.1))  # type: ignore[arg-type]  # a broken result: swallowed
 

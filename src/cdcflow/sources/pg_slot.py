@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -45,11 +46,11 @@ class SlotManagement:
     #: (after, wal_end) of the stream's last idle read (see verify_slot); set by the stream.
     _quiet: tuple[int, int] | None
 
-    def describe_tables(self) -> list[TableSpec]:  # the captured tables: the source's catalog reads them
-        raise NotImplementedError
+    if TYPE_CHECKING:  # what the source class that mixes this in provides
 
-    def close(self) -> None:  # both connections and the stream: the source holds them all
-        raise NotImplementedError
+        def describe_tables(self) -> list[TableSpec]: ...
+
+        def close(self) -> None: ...
 
     # -- regular connection -----------------------------------------------------
 
