@@ -257,8 +257,8 @@ def _unbased_keys(serving: psycopg.Connection, spec: TableSpec, first: int) -> l
             "backfill_unbased_keys",
             table=sql.Identifier(spec.staging_table),
             keys=sql.SQL(", ").join(sql.SQL("cur.{}::text").format(k) for k in keys),
-            prev_match=sql.SQL(" AND ").join(sql.SQL("prev.{k} = cur.{k}").format(k=k) for k in keys),
-            next_match=sql.SQL(" AND ").join(sql.SQL("nxt.{k} = cur.{k}").format(k=k) for k in keys),
+            prev_match=schema.keys_match(spec.key_columns, "prev", "cur"),
+            next_match=schema.keys_match(spec.key_columns, "nxt", "cur"),
         ),
         {"table": spec.staging_table, "first": first},
     ).fetchall()

@@ -35,6 +35,7 @@ from psycopg import sql
 from cdcflow import db, sqlfiles
 from cdcflow.config import Settings
 from cdcflow.errors import CdcflowError, TransientError
+from cdcflow.serving import schema
 from cdcflow.serving.control import read_watermarks
 from cdcflow.worker import Worker
 
@@ -157,7 +158,7 @@ class Compactor:
         ids = {
             "table": t,
             "keys": sql.SQL(", ").join(sql.Identifier(k) for k in keys),
-            "match": sql.SQL(" AND ").join(sql.SQL("s.{k} = r.{k}").format(k=sql.Identifier(k)) for k in keys),
+            "match": schema.keys_match(keys, "s", "r"),
         }
         lo = done
         while not self.stop.is_set():

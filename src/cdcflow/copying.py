@@ -457,7 +457,7 @@ def stage_vanished(
             table=sql.Identifier(spec.staging_table),
             keys=sql.SQL(", ").join(keys),
             k_keys=sql.SQL(", ").join(sql.SQL("k.{}").format(k) for k in keys),
-            match=sql.SQL(" AND ").join(sql.SQL("s.{k} = k.{k}").format(k=k) for k in keys),
+            match=schema.keys_match(spec.key_columns, "s", "k"),
         ),
         {
             "lsn": watermark,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 
 import psycopg
 from psycopg import sql
@@ -126,6 +127,16 @@ def ensure_indexes(conn: psycopg.Connection, spec: TableSpec) -> None:
             table=table,
             keys=sql.SQL(", ").join(sql.Identifier(k) for k in spec.key_columns),
         )
+    )
+
+
+def keys_match(keys: Sequence[str], left: str, right: str) -> sql.Composed:
+    """``left.k1 = right.k1 AND ...``: two aliases' rows are the same key."""
+    return sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}.{}").format(
+            sql.Identifier(left), sql.Identifier(k), sql.Identifier(right), sql.Identifier(k)
+        )
+        for k in keys
     )
 
 

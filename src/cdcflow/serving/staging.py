@@ -34,6 +34,7 @@ from psycopg import sql
 
 from cdcflow import db, sqlfiles
 from cdcflow.errors import TransientError
+from cdcflow.serving import schema
 from cdcflow.sources.base import META_COLUMNS, TableSpec
 
 log = logging.getLogger(__name__)
@@ -407,9 +408,7 @@ def carry_unchanged(
     resend from the previous staged version of its key; in the order given (stream order),
     so a chain of such updates carries the value along."""
     table = sql.Identifier(spec.staging_table)
-    key_match = sql.SQL(" AND ").join(
-        sql.SQL("prev.{k} = cur.{k}").format(k=sql.Identifier(k)) for k in spec.key_columns
-    )
+    key_match = schema.keys_match(spec.key_columns, "prev", "cur")
     for lsn, seqval, op, columns in rows:
         for column in columns:
             conn.execute(
