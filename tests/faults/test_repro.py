@@ -7,12 +7,14 @@ bugs this suite found and that are fixed.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -72,6 +74,32 @@ class Started:
             src.execute("INSERT INTO customers (segment) VALUES ('SMB')")
         wait_caught_up(self.src_dsn, self.srv_dsn, self.name, timeout)
 
+    @contextlib.contextmanager
+    def writing(self, pause: float, *, through_restarts: bool = False) -> Iterator[None]:
+        """One-row transactions on the source every ``pause`` seconds while the block runs;
+        ``through_restarts``: a lost connection is opened again (else it ends the writes)."""
+        stop = threading.Event()
+
+        def writes() -> None:
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(self.src_dsn, autocommit=True) as src:
+                        while not stop.is_set():
+                            src.execute("INSERT INTO customers (segment) VALUES ('SMB')")
+                            time.sleep(pause)
+                except psycopg.OperationalError:
+                    if not through_restarts:
+                        raise
+                    time.sleep(0.5)  # the server restarts: write again once it is back
+
+        writer = threading.Thread(target=writes, daemon=True)
+        writer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            writer.join(10)
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -104,24 +132,12 @@ def test_run_survives_a_source_blip_right_after_the_startup_wait(started):
 def test_busy_run_survives_serving_connection_cuts(started):
     started.start()
     started.write_and_wait()
-    stop = threading.Event()
-
-    def writes() -> None:  # tiny transactions: the ingest worker loops fast, often between cycles
-        with psycopg.connect(started.src_dsn, autocommit=True) as src:
-            while not stop.is_set():
-                src.execute("INSERT INTO customers (segment) VALUES ('SMB')")
-                time.sleep(0.003)
-
-    writer = threading.Thread(target=writes, daemon=True)
-    writer.start()
-    try:
+    # Tiny transactions: the ingest worker loops fast, often between cycles.
+    with started.writing(pause=0.003):
         for _ in range(60):
             time.sleep(random.uniform(0.2, 0.4))
             started.srv_proxy.cut()
             started.assert_running()
-    finally:
-        stop.set()
-        writer.join(10)
     time.sleep(1)
     started.assert_running()
     started.write_and_wait()
@@ -179,29 +195,12 @@ def test_source_restarts_under_a_light_load_never_leave_a_false_gap(started):
     confirmed a busy batch just before the shutdown keepalive (no idle read in between)."""
     started.start()
     started.write_and_wait()
-    stop = threading.Event()
-
-    def writes() -> None:
-        with psycopg.connect(started.src_dsn, autocommit=True) as src:
-            while not stop.is_set():
-                try:
-                    src.execute("INSERT INTO customers (segment) VALUES ('SMB')")
-                except psycopg.OperationalError:  # the restart: write again once it is back
-                    time.sleep(0.5)
-                    return writes()
-                time.sleep(0.05)
-
-    writer = threading.Thread(target=writes, daemon=True)
-    writer.start()
-    try:
+    with started.writing(pause=0.05, through_restarts=True):
         for _ in range(6):
             time.sleep(random.uniform(1.0, 2.0))
             started.source.restart("fast")
             time.sleep(1.0)
             started.assert_running()
-    finally:
-        stop.set()
-        writer.join(10)
     started.write_and_wait(timeout=60)
     log = started.log_path.read_text()
     gaps = [line for line in log.splitlines() if "GAP" in line]
