@@ -70,51 +70,75 @@ def _demo_runs_and_is_reused(data_dir) -> None:
     _demo(data_dir, seconds=3)
 
 
+class _Terminal:
+    """The demo run under a pseudo-terminal: everything it prints is read as it comes, so
+    it never blocks on a full terminal buffer, and its exit is awaited with a deadline."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # child: the demo, its stdout a terminal
+            os.execvpe(sys.executable, [sys.executable, *argv], _env())
+        self.out = b""
+        self.status: int | None = None
+
+    def read(self, seconds: float, until=lambda out: False) -> bool:
+        """Read for up to ``seconds``; True as soon as ``until(out)`` holds or the demo exited."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if ready:
+                try:
+                    self.out += os.read(self.fd, 65536)
+                except OSError:  # the child closed the terminal: it is exiting
+                    time.sleep(0.1)
+            if self.status is None:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.status = status
+            if self.status is not None or until(self.out):
+                return True
+        return False
+
+    def stacks(self) -> str:
+        """What every thread of a demo that does not exit is doing (SIGQUIT), then kill it."""
+        os.kill(self.pid, signal.SIGQUIT)
+        before = len(self.out)
+        self.read(5)
+        os.kill(self.pid, signal.SIGKILL)
+        return self.out[before:].decode(errors="replace")
+
+    def kill(self) -> None:
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+def _shows_throughput_and_a_kpi_row(out: bytes) -> bool:
+    frames = out.decode(errors="replace").split("\x1b[H\x1b[2J")
+    last = frames[-2] if len(frames) > 2 else ""
+    m = re.search(r"staged: ([\d,]+) changes/s", last)
+    return bool(m and int(m.group(1).replace(",", "")) > 0 and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d \w+ +\d", last))
+
+
 def test_live_view_under_a_terminal_shows_throughput_and_kpi_rows():
     data_dir = ROOT / ".cdcflow" / "e2e-demo-live"
-    pid, fd = pty.fork()
-    if pid == 0:  # child: the demo, its stdout a terminal
-        os.execvpe(
-            sys.executable, [sys.executable, "-m", "cdcflow", "demo", "--reset", "--data-dir", str(data_dir)], _env()
-        )
-    screen = b""
-    seen = False
-    deadline = time.monotonic() + 90
+    term = _Terminal(["-m", "cdcflow", "demo", "--reset", "--data-dir", str(data_dir)])
     try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 1.0)
-            if ready:
-                try:
-                    screen += os.read(fd, 65536)
-                except OSError:
-                    break
-            frames = screen.decode(errors="replace").split("\x1b[H\x1b[2J")
-            last = frames[-2] if len(frames) > 2 else ""
-            m = re.search(r"staged: ([\d,]+) changes/s", last)
-            if m and int(m.group(1).replace(",", "")) > 0 and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d \w+ +\d", last):
-                seen = True
-                break
-        os.kill(pid, signal.SIGINT)
-        tail = b""
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            ready, _, _ = select.select([fd], [], [], 1.0)
-            if ready:
-                try:
-                    chunk = os.read(fd, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                tail += chunk
-        _, code = os.waitpid(pid, 0)
+        term.read(90, until=_shows_throughput_and_a_kpi_row)
+        assert term.status is None, term.out.decode(errors="replace")[-3000:]
+        seen = _shows_throughput_and_a_kpi_row(term.out)
+        assert seen, term.out.decode(errors="replace")[-3000:]
+        shown = len(term.out)
+        os.kill(term.pid, signal.SIGINT)  # Ctrl-C
+        exited = term.read(120)
+        tail = term.out[shown:].decode(errors="replace")
+        assert exited, f"the demo did not exit within 120 s of Ctrl-C; its threads:\n{term.stacks()}\n{tail[-3000:]}"
+        assert os.waitstatus_to_exitcode(term.status) == 0, tail
+        assert "Query the results" in tail
+        assert "PostgreSQL keeps running in" in tail
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        term.kill()
         EmbeddedPostgres.stop_data_dir(data_dir / "pg")  # the demo keeps it up for its queries
-    assert seen, screen.decode(errors="replace")[-3000:]
-    assert os.waitstatus_to_exitcode(code) == 0, tail.decode(errors="replace")
-    assert b"Query the results" in tail
-    assert b"PostgreSQL keeps running in" in tail
