@@ -125,7 +125,7 @@ def _run(source, serving_dsn, source_name, spec, captured, why, streaming, stop,
                 stop=stop,
             )
         finally:
-            repl.close()  # type: ignore[attr-defined]  # the temporary slot goes with it
+            repl.close()  # the temporary slot goes with it
         done = complete(
             serving,
             source,

@@ -335,7 +335,7 @@ def fetch_keys(
         finally:
             db.close_quietly(reader)
     finally:
-        repl.close()  # type: ignore[attr-defined]  # the temporary slot goes with it
+        repl.close()  # the temporary slot goes with it
     return rows
 
 

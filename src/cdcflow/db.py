@@ -59,19 +59,9 @@ def wrap_db_error(what: str, exc: Exception) -> CdcflowError:
         return exc
     msg = describe_error(exc)
     transient_types: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
-    try:
-        import psycopg2
-
-        transient_types += (psycopg2.OperationalError, psycopg2.InterfaceError)
-        if isinstance(exc, psycopg2.DatabaseError) and not getattr(exc, "pgcode", None):
-            # libpq-level trouble with no server error behind it ("no COPY in progress",
-            # "PGRES_COPY_BOTH and no message"): the connection broke under us.
-            return TransientError(f"{what}: {msg}")
-    except ImportError:  # pragma: no cover
-        pass
     if isinstance(exc, transient_types + (psycopg.errors.AdminShutdown, OSError)):
         return TransientError(f"{what}: {msg}")
-    sqlstate = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate and (sqlstate.startswith("08") or sqlstate.startswith("57") or sqlstate in ("40001", "40P01", "55006")):
         return TransientError(f"{what}: {msg}")
     return TerminalError(f"{what}: {msg}")
@@ -100,7 +90,7 @@ def with_liveness(dsn: str) -> str:
 
 
 def close_quietly(conn: object | None) -> None:
-    """Close a connection (psycopg, psycopg2 or a driver's) that may already be broken."""
+    """Close a connection (psycopg's or a driver's) that may already be broken."""
     if conn is None:
         return
     try:

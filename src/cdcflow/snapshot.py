@@ -131,7 +131,7 @@ def _snapshot(source: PostgresSource, serving: psycopg.Connection, settings: Set
                 options=CopyOptions.of(settings),
             )
     finally:
-        repl.close()  # type: ignore[attr-defined]
+        repl.close()
     for spec in specs:
         backfill.complete(
             serving,

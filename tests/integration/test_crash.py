@@ -92,11 +92,11 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(dbs, tmp_path):
 
 def test_sigkill_while_idle_never_leaves_a_false_gap(dbs, tmp_path):
     """Nothing captured changes, but the server's WAL keeps moving (another table is written):
-    the idle stream advances the watermark to the server's position. psycopg2 moves its
-    flush position to a keepalive's by itself once everything received is confirmed; if that
-    position reached the slot before the watermark was committed, a SIGKILL then would leave
-    the slot ahead of the watermark, and the next start would report a GAP for changes that
-    never existed. Killed at random moments a dozen times, no start may see a GAP."""
+    the idle stream advances the watermark to the server's position. If the slot were
+    confirmed to that position before the watermark was committed (a client that answers a
+    keepalive with the keepalive's own position does), a SIGKILL then would leave the slot
+    ahead of the watermark, and the next start would report a GAP for changes that never
+    existed. Killed at random moments a dozen times, no start may see a GAP."""
     bootstrap(dbs.settings, demo=True).source.close()
     env = dbs.env(ENABLE_PROJ_ORDERS_KPI="false", ENABLE_PROJ_ORDERS_LATEST="false", LEASE_SECONDS="3")
     stop = threading.Event()

@@ -7,7 +7,7 @@ one after the other, each stage reads the same WAL from its own slot created at 
 point, up to the same target LSN:
 
 - ``raw``: ``pg_recvlogical`` with pgoutput to /dev/null (the server's decoding speed);
-- ``read``: psycopg2's replication cursor, messages read and dropped (the client library);
+- ``read``: cdcflow's replication connection (libpq), messages read and dropped (the client side);
 - ``decode``: plus cdcflow's pgoutput decoder to COPY lines, dropped (Python decoding);
 - ``cdcflow``: the real ingestion worker: decode, COPY into staging, watermarks, confirm.
 
@@ -107,10 +107,8 @@ def stage_raw(server: Server, source_dsn: str, slot: str, publication: str, targ
 
 
 def stage_python(source_dsn: str, slot: str, publication: str, target: int, decode: bool) -> tuple[float, int]:
-    """psycopg2 replication stream until ``target``; with ``decode`` also cdcflow's decoder."""
-    import psycopg2
-    import psycopg2.extras
-
+    """The replication stream until ``target``; with ``decode`` also cdcflow's decoder."""
+    from cdcflow.sources.pg_replication import ReplicationConnection
     from cdcflow.sources.pgoutput import PgOutputDecoder
     from cdcflow.sources.postgres import PostgresSource
 
@@ -124,28 +122,25 @@ def stage_python(source_dsn: str, slot: str, publication: str, target: int, deco
         dec = PgOutputDecoder(specs)
     drain = getattr(dec, "drain", None)
     started = time.monotonic()
-    conn = psycopg2.connect(source_dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    conn = ReplicationConnection(source_dsn)
     messages = 0
     try:
-        cur = conn.cursor()
-        cur.start_replication(
-            slot_name=slot, decode=False, start_lsn=0, options={"proto_version": "1", "publication_names": publication}
-        )
-        read_message, feed = cur.read_message, dec.feed
+        conn.start(slot, 0, {"proto_version": "1", "publication_names": publication})
+        read_message, feed = conn.read, dec.feed
         deadline = started + STAGE_TIMEOUT
         last_ping = 0.0
         while time.monotonic() < deadline:
             msg = read_message()
             if msg is not None:
                 messages += 1
-                if decode and feed(msg.payload) == 67 and drain is not None and dec.buffered_bytes >= 1 << 20:
+                if decode and feed(msg) == 67 and drain is not None and dec.buffered_bytes >= 1 << 20:
                     drain(_NullSink)
                 continue
-            if cur.wal_end >= target:
+            if conn.wal_end >= target:
                 break
             now = time.monotonic()
             if now - last_ping > 0.2:
-                cur.send_feedback(reply=True)
+                conn.send_status(reply=True)
                 last_ping = now
             select.select([conn], [], [], 0.05)
         else:

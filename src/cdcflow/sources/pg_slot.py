@@ -21,6 +21,7 @@ from cdcflow import db, sqlfiles
 from cdcflow.errors import GapError, SourceConfigError, TransientError
 from cdcflow.positions import format_pg_lsn, parse_pg_lsn
 from cdcflow.sources.base import TableSpec
+from cdcflow.sources.pg_replication import ReplicationConnection, quote_ident
 
 log = logging.getLogger(__name__)
 QUERIES = "source_postgres.sql"
@@ -43,8 +44,6 @@ class SlotManagement:
     slot: str
     publication: str
     _conn: psycopg.Connection | None
-    #: (after, wal_end) of the stream's last idle read (see verify_slot); set by the stream.
-    _quiet: tuple[int, int] | None
 
     if TYPE_CHECKING:  # what the source class that mixes this in provides
 
@@ -149,12 +148,6 @@ class SlotManagement:
                 watermark,
                 state.confirmed_flush,
             )
-        quiet = self._quiet
-        if quiet is not None and quiet[0] <= watermark and state.confirmed_flush is not None:
-            if state.confirmed_flush <= quiet[1]:
-                # psycopg2 confirms a keepalive's position by itself when everything received
-                # was confirmed; this stream saw nothing of ours up to there: no change is lost.
-                return
         if state.confirmed_flush is not None and state.confirmed_flush > watermark + 1:
             raise GapError(
                 f"replication slot {self.slot} starts at {format_pg_lsn(state.confirmed_flush)}, after "
@@ -166,18 +159,13 @@ class SlotManagement:
 
     # -- replication connection -------------------------------------------------
 
-    def _replication_connect(self):
-        import psycopg2
-        import psycopg2.extras
-
+    def _replication_connect(self) -> ReplicationConnection:
         try:
-            return psycopg2.connect(
-                db.with_liveness(self.dsn), connection_factory=psycopg2.extras.LogicalReplicationConnection
-            )
-        except psycopg2.Error as exc:
+            return ReplicationConnection(db.with_liveness(self.dsn))
+        except psycopg.Error as exc:
             raise db.wrap_connect_error("source (replication)", exc) from None
 
-    def create_slot_with_snapshot(self, *, temporary: bool = False) -> tuple[int, str, object]:
+    def create_slot_with_snapshot(self, *, temporary: bool = False) -> tuple[int, str, ReplicationConnection]:
         """Create the slot over the replication protocol, exporting its snapshot.
 
         Returns (consistent point, snapshot name, the replication connection). The
@@ -187,25 +175,18 @@ class SlotManagement:
         ``temporary``: a slot of its own, gone when that connection closes, never streamed
         from (so it holds WAL only while the caller reads): a one-table backfill's split point.
         """
-        import psycopg2
-
         name = f"{self.slot}_backfill_{os.getpid()}"[:63] if temporary else self.slot
         kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
         conn = self._replication_connect()
         try:
-            cur = conn.cursor()
-            cur.execute(f"CREATE_REPLICATION_SLOT {_quote_ident(name)} {kind} pgoutput EXPORT_SNAPSHOT")
-            _, consistent_point, snapshot_name, _ = cur.fetchone()
-        except psycopg2.Error as exc:
+            rows = conn.command(f"CREATE_REPLICATION_SLOT {quote_ident(name)} {kind} pgoutput EXPORT_SNAPSHOT")
+            _, consistent_point, snapshot_name, _ = rows[0]
+        except psycopg.Error as exc:
             conn.close()
             if "already exists" in str(exc):
                 raise TransientError(f"replication slot {name} was created concurrently") from None
             raise db.wrap_db_error(f"creating replication slot {name}", exc) from None
+        assert consistent_point is not None and snapshot_name is not None
         if not temporary:
             log.info("created replication slot %s at %s", name, consistent_point)
         return parse_pg_lsn(consistent_point), snapshot_name, conn
-
-
-def _quote_ident(name: str) -> str:
-    """Quote an identifier for the replication protocol's own grammar (no psycopg.sql there)."""
-    return '"' + name.replace('"', '""') + '"'

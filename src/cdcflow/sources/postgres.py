@@ -1,11 +1,11 @@
 """PostgreSQL source: logical decoding with ``pgoutput`` over the streaming protocol.
 
 One replication slot and one publication carry every captured table. The stream stays
-open across batches (psycopg2's ``LogicalReplicationConnection``; psycopg 3 has no
-replication support). A batch ends at a transaction boundary once ``max_rows`` are
-read or the stream has nothing more buffered. The slot is confirmed (flush feedback)
-only by :meth:`PostgresSource.confirm`, which the ingestion worker calls after the
-serving commit, so the slot never runs ahead of staging.
+open across batches (:mod:`cdcflow.sources.pg_replication`, on libpq). A batch ends at
+a transaction boundary once ``max_rows`` are read or the stream has nothing more
+buffered. The slot is confirmed (flush feedback) only by :meth:`PostgresSource.confirm`,
+which the ingestion worker calls after the serving commit, so the slot never runs ahead
+of staging: no other position is ever sent as the flush position.
 
 Positions: a change's ``lsn`` is its transaction's commit LSN. A watermark ``W`` means
 every change with ``lsn <= W`` is staged; the stream resumes at ``W + 1``, which is also
@@ -24,7 +24,6 @@ import logging
 import select
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import psycopg
 
@@ -34,6 +33,7 @@ from cdcflow.config import Settings
 from cdcflow.errors import SourceConfigError, TransientError
 from cdcflow.positions import format_pg_lsn, parse_pg_lsn
 from cdcflow.sources.base import BatchResult, ChangeSink, Column, SourceFacts, Stream, TableSpec
+from cdcflow.sources.pg_replication import ReplicationConnection
 from cdcflow.sources.pg_slot import SlotManagement, SlotState
 from cdcflow.sources.pgoutput import ACCELERATED, PgOutputDecoder
 
@@ -94,8 +94,7 @@ class PostgresSource(SlotManagement):
         self.slot = slot
         self.publication = publication
         self._conn: psycopg.Connection | None = None
-        self._repl: Any = None  # psycopg2 LogicalReplicationConnection
-        self._cur = None
+        self._repl: ReplicationConnection | None = None
         self._decoder: PgOutputDecoder | None = None
         self._specs: list[TableSpec] | None = None
         self._sink: ChangeSink | None = None
@@ -104,9 +103,6 @@ class PostgresSource(SlotManagement):
         self.floors: dict[str, int] = {}
         self._last_keepalive_request = 0.0
         self._last_idle_advance = 0.0
-        #: (after, wal_end) of the last idle read: the server sent nothing of the
-        #: publication's between the two (see verify_slot).
-        self._quiet: tuple[int, int] | None = None
         self._stream_pos = -1
         self._heard = 0.0
         #: The serving server's ``server_version_num``, told by the ingestion worker: binary
@@ -291,24 +287,15 @@ class PostgresSource(SlotManagement):
         return True, "binary transfer"
 
     def _start_stream(self, after_lsn: int) -> None:
-        import psycopg2
-
         self.verify_slot(after_lsn)
         binary, why = self.binary_transfer()
         options = {"proto_version": "1", "publication_names": self.publication}
         if binary:
             options["binary"] = "true"
         conn = self._replication_connect()
-        cur = conn.cursor()
         try:
-            cur.start_replication(
-                slot_name=self.slot,
-                decode=False,
-                start_lsn=after_lsn + 1,
-                options=options,
-                status_interval=5,
-            )
-        except psycopg2.Error as exc:
+            conn.start(self.slot, after_lsn + 1, options)
+        except psycopg.Error as exc:
             conn.close()
             text = str(exc)
             if "is active for PID" in text:
@@ -320,7 +307,7 @@ class PostgresSource(SlotManagement):
                     f"publication {self.publication} does not exist in the source: run 'cdcflow bootstrap'"
                 ) from None
             raise db.wrap_db_error("starting replication", exc) from None
-        self._repl, self._cur = conn, cur
+        self._repl = conn
         self._heard = time.monotonic()
         specs = {(s.schema, s.name): s for s in self.describe_tables()}
         self._decoder = PgOutputDecoder(specs, self.skip_captures, binary=binary, floors=self.floors)
@@ -342,20 +329,18 @@ class PostgresSource(SlotManagement):
         the result's ``end_lsn`` advances to the server's position so the slot can free
         WAL even if no captured table changes (invariant 7).
         """
-        import psycopg2
-
-        cur, dec = self._begin_batch(after_lsn, sink)
+        repl, dec = self._begin_batch(after_lsn, sink)
         end_lsn, txns = after_lsn, 0
         last_commit_time = first_commit_time = None
         deadline = time.monotonic() + wait_seconds
-        read_message, feed = cur.read_message, dec.feed  # the hot loop: no attribute look-ups
+        read, feed = repl.read, dec.feed  # the hot loop: no attribute look-ups
         backlogged = getattr(sink, "backlogged", _never)
         try:
             while True:
-                msg = read_message()
+                msg = read()
                 if msg is not None:
                     self._heard = time.monotonic()
-                    kind = feed(msg.payload)
+                    kind = feed(msg)
                     if dec.buffered_bytes >= HANDOFF_BYTES:
                         self._drain()  # a big transaction streams on into the sink's COPY chunks
                     if kind == 67 and not dec.skipping:  # 'C'
@@ -376,15 +361,15 @@ class PostgresSource(SlotManagement):
                     # The serving side is still busy with earlier batches: a commit now would
                     # only queue. Read on (a bigger batch, fewer commits) until it is free,
                     # more data comes, or the batch is full.
-                    select.select([self._repl], [], [], BACKLOG_POLL_SECONDS)
+                    select.select([repl], [], [], BACKLOG_POLL_SECONDS)
                     continue
                 else:
-                    idle = self._idle(cur, after_lsn, end_lsn, deadline)
+                    idle = self._idle(repl, end_lsn, deadline)
                     if isinstance(idle, BatchResult):
                         return idle
                     timeout = idle
-                self._wait_for_data(timeout, dec.in_txn)
-        except psycopg2.Error as exc:
+                self._wait_for_data(repl, timeout, dec.in_txn)
+        except psycopg.Error as exc:
             self.close_stream()
             raise db.wrap_db_error("reading the replication stream", exc) from None
         except Exception:
@@ -393,13 +378,13 @@ class PostgresSource(SlotManagement):
         finally:
             self._sink = None
 
-    def _begin_batch(self, after_lsn: int, sink: ChangeSink):
+    def _begin_batch(self, after_lsn: int, sink: ChangeSink) -> tuple[ReplicationConnection, PgOutputDecoder]:
         """The stream open at ``after_lsn`` and its decoder reset for a new batch into ``sink``."""
-        if self._cur is not None and after_lsn != self._stream_pos:
+        if self._repl is not None and after_lsn != self._stream_pos:
             self.close_stream()  # the watermark moved under us (reset, resync): start over there
-        if self._cur is None:
+        if self._repl is None:
             self._start_stream(after_lsn)
-        assert self._cur is not None and self._decoder is not None
+        assert self._repl is not None and self._decoder is not None
         dec = self._decoder
         sink.copy_format = "binary" if self._binary else "text"
         dec.skip_before = after_lsn + 1  # a replayed transaction is dropped, not staged twice
@@ -408,37 +393,31 @@ class PostgresSource(SlotManagement):
         dec.paused = {}
         self._counts: dict[str, int] = {}
         self._sink = sink
-        return self._cur, dec
+        return self._repl, dec
 
-    def _idle(self, cur, after_lsn: int, end_lsn: int, deadline: float) -> BatchResult | float:
+    def _idle(self, repl: ReplicationConnection, end_lsn: int, deadline: float) -> BatchResult | float:
         """Between transactions with nothing read yet: an idle advance or the end of the wait
         (a result), else how long to wait for the stream."""
         now = time.monotonic()
-        advance_due = cur.wal_end - 1 > end_lsn
+        advance_due = repl.wal_end - 1 > end_lsn
         if advance_due and (now - self._last_idle_advance >= IDLE_ADVANCE_SECONDS or now >= deadline):
             # Idle advance: the server has decoded up to wal_end and sent us every
             # transaction whose commit record starts before it.
             self._last_idle_advance = now
-            self._quiet = (after_lsn, cur.wal_end)
-            return self._result(cur.wal_end - 1, 0, None, more=False)
+            return self._result(repl.wal_end - 1, 0, None, more=False)
         if now >= deadline:
             return self._result(end_lsn, 0, None, more=False)
-        # A keepalive request also sends psycopg2's flush position, which it moves to a
-        # keepalive's position by itself once everything received is confirmed: while an
-        # idle advance to such a position is due but not committed, that would put the slot
-        # ahead of the serving watermark, and a crash then would leave a (false) GAP. So no
-        # request until the advance has committed.
-        if now - self._last_keepalive_request >= KEEPALIVE_REQUEST_SECONDS and not advance_due:
-            cur.send_feedback(reply=True)
+        if now - self._last_keepalive_request >= KEEPALIVE_REQUEST_SECONDS:
+            repl.send_status(reply=True)  # the keepalive that answers carries the server's position
             self._last_keepalive_request = now
         timeout = min(deadline - now, KEEPALIVE_REQUEST_SECONDS)
         if advance_due:  # an idle advance is due when the pause ends
             timeout = min(timeout, IDLE_ADVANCE_SECONDS - (now - self._last_idle_advance))
         return timeout
 
-    def _wait_for_data(self, timeout: float, in_txn: bool) -> None:
+    def _wait_for_data(self, repl: ReplicationConnection, timeout: float, in_txn: bool) -> None:
         """Wait up to ``timeout`` for the stream; a stream silent for too long is dead."""
-        if select.select([self._repl], [], [], max(0.0, timeout))[0]:
+        if select.select([repl], [], [], max(0.0, timeout))[0]:
             self._heard = time.monotonic()  # data or a keepalive arrived
         elif not in_txn and time.monotonic() - self._heard > STREAM_SILENCE_SECONDS:
             raise TransientError(
@@ -471,20 +450,17 @@ class PostgresSource(SlotManagement):
 
     def confirm(self, lsn: int) -> None:
         """Tell the slot everything up to ``lsn`` is safely staged (after the serving commit)."""
-        if self._cur is None:
+        if self._repl is None:
             return
-        import psycopg2
-
-        resume = lsn + 1
         try:
-            self._cur.send_feedback(write_lsn=resume, flush_lsn=resume, apply_lsn=resume, force=True)
-        except psycopg2.Error as exc:
+            self._repl.confirm(lsn + 1)
+        except psycopg.Error as exc:
             self.close_stream()
             raise db.wrap_db_error("confirming the slot position", exc) from None
 
     def close_stream(self) -> None:
         db.close_quietly(self._repl)
-        self._repl = self._cur = None
+        self._repl = None
         self._decoder = None
 
     def close(self) -> None:
