@@ -11,6 +11,8 @@ resync.
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -24,6 +26,8 @@ from cdcflow.serving.staging import StagingWriter
 if TYPE_CHECKING:  # the source module imports this one
     from cdcflow.sources.sqlserver import SqlServerSource
 
+log = logging.getLogger(__name__)
+
 
 def stage_snapshot(
     source: SqlServerSource, serving: psycopg.Connection, source_name: str, *, repair: bool = False
@@ -32,6 +36,8 @@ def stage_snapshot(
     Returns the watermark W."""
     (spec,) = source.describe_tables()
     table = spec.staging_table
+    started = time.monotonic()
+    log.info("snapshot of %s: reading the table in one pass (SQL Server snapshots are not chunked)", spec.qualified)
     with db.rolled_back_on_error(serving, f"snapshot of {spec.qualified}"):
         w = source.snapshot_position()
         row = serving.execute(
@@ -45,6 +51,15 @@ def stage_snapshot(
         if repair:
             count += stage_vanished(serving, spec, w, base + count)
         commit_snapshot(serving, source_name, w, {spec.capture: count})
+    took = time.monotonic() - started
+    log.info(
+        "snapshot of %s: %d rows staged at %s in %.1fs (%.0f rows/s)",
+        spec.qualified,
+        count,
+        source.format_position(w),
+        took,
+        count / took if took > 0 else 0.0,
+    )
     return w
 
 
