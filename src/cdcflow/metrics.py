@@ -33,12 +33,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from cdcflow import console, db, sqlfiles
 from cdcflow.config import Settings
-from cdcflow.positions import parse_pg_lsn
 from cdcflow.worker import Observer, Worker
 
 if TYPE_CHECKING:
     from cdcflow.projections.base import CycleResult
-    from cdcflow.sources.base import BatchResult
+    from cdcflow.sources.base import BatchResult, Source
 
 log = logging.getLogger(__name__)
 QUERIES = "metrics.sql"
@@ -190,7 +189,7 @@ class Sampler:
         self.rows_staged: dict[str, int] = {}  # per capture, from the watermarks (every process's)
         self.serving_read_at: float | None = None  # time of the last successful serving sample
         self.on_sample: list[Callable[[], None]] = []  # called after each sample (the console's history)
-        self._source: psycopg.Connection | None = None
+        self._source: Source | None = None  # kept open between samples
         self._serving: psycopg.Connection | None = None
         self._down: set[str] = set()
         self.samples = 0
@@ -204,7 +203,7 @@ class Sampler:
         return conn
 
     def _close(self, which: str) -> None:
-        conn = self._source if which == "source" else self._serving
+        conn: Source | psycopg.Connection | None = self._source if which == "source" else self._serving
         if conn is not None:
             try:
                 conn.close()
@@ -239,28 +238,16 @@ class Sampler:
     # -- sampling ------------------------------------------------------------
 
     def sample_source(self) -> None:
-        source_dsn, _ = self.settings.require_dsns()
-        from cdcflow.sources.mssql_support import is_sqlserver_dsn
+        from cdcflow.sources.engines import open_source
 
         try:
-            if is_sqlserver_dsn(source_dsn):
-                from cdcflow.bootstrap import make_source
-
-                src = make_source(self.settings)
-                try:
-                    self.clock.add(time.time(), int(src.current_lsn()))
-                finally:
-                    src.close()
-            else:
-                if self._source is None or self._source.closed:
-                    self._source = self._connect(source_dsn, "source")
-                at = time.time()
-                q = sqlfiles.query(QUERIES, "source_position")
-                row = self._source.execute(q, {"slot": self.settings.slot}).fetchone()
-                assert row is not None
-                self.clock.add(at, parse_pg_lsn(row[0]))
-                if row[1] is not None:
-                    self.metrics.slot_retained_wal.labels(self.settings.source_name, self.settings.slot).set(row[1])
+            if self._source is None:
+                self._source = open_source(self.settings)
+            at = time.time()
+            position, retained = self._source.sample_position()
+            self.clock.add(at, position)
+            if retained is not None:
+                self.metrics.slot_retained_wal.labels(self.settings.source_name, self.settings.slot).set(retained)
             self._ok("source")
         except Exception as exc:  # any failure: the metric says down, the loop goes on
             self._failed("source", exc)

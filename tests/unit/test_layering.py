@@ -17,6 +17,7 @@ ASKS_ENGINE = [
     (re.compile(r"\bengine\b[\"']?\s*(?:,\s*None\s*\))?\s*[!=]="), "compares an engine name"),
     (re.compile(r"isinstance\([^)]*\b(?:SqlServerSource|PostgresSource)\b"), "tests a source's class"),
     (re.compile(r"hasattr\(\s*(?:self\.)?(?:source|src|one|probe)\b"), "probes a source for an attribute"),
+    (re.compile(r"\bis_sqlserver_dsn\b"), "tests the DSN's engine"),
 ]
 
 
@@ -49,6 +50,7 @@ def test_the_check_sees_each_form(tmp_path):
         'hasattr(self.source, "serving_version")\n'
         'getattr(source, "engine", None) == "postgres"\n'
         "x = settings.engine != 'postgres'\n"
+        "if is_sqlserver_dsn(source_dsn):\n"
     )
     global SOURCES
     saved, SOURCES = SOURCES, pkg / "sources"
@@ -56,5 +58,5 @@ def test_the_check_sees_each_form(tmp_path):
         found = engine_questions(pkg)
     finally:
         SOURCES = saved
-    assert [f.split(":")[1] for f in found] == ["1", "3", "4", "5", "6"]
+    assert [f.split(":")[1] for f in found] == ["1", "3", "4", "5", "6", "7"]
     assert all(f.startswith("cdcflow/a.py:") for f in found)

@@ -91,3 +91,23 @@ def test_resync_prints_a_sqlserver_position(mssql):
         assert cli.cmd_resync(argparse.Namespace(captures=["dbo_orders"]), settings) == 0
     text = out.getvalue()
     assert "streaming from 0x" in text and IN_TEXT.search(text) and not PG_POSITION.search(text), text
+
+
+def test_metrics_sampler_reads_a_sqlserver_position(mssql):
+    """The sampler asks the source for its position through the source protocol, whatever
+    the engine: here the fake's newest LSN, kept open between samples; no slot figure."""
+    from cdcflow.metrics import Metrics, Sampler
+
+    settings, fake = mssql
+    sampler = Sampler(settings, Metrics(), threading.Event(), [])
+    try:
+        sampler.sample_source()
+        first = fake.max_lsn()
+        assert sampler.clock.latest == first > 0
+        assert fake.idle_scan() > first  # the capture job's end-of-scan mark moves max_lsn
+        sampler.sample_source()
+        assert sampler.clock.latest == fake.max_lsn() > first
+        assert sampler.metrics.database_up.labels("source")._value.get() == 1
+        assert sampler.metrics.slot_retained_wal._metrics == {}  # SQL Server has no slot
+    finally:
+        sampler._close("source")

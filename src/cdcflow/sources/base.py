@@ -204,6 +204,11 @@ class Source(Protocol):
         """The source's newest position."""
         ...
 
+    def sample_position(self) -> tuple[int, int | None]:
+        """(newest position, bytes of log the source keeps for cdcflow's stream, None where the
+        engine has no such figure), in one cheap round trip: what the metrics sampler reads."""
+        ...
+
     def status_facts(self) -> SourceFacts: ...
 
     def format_position(self, value: int | None) -> str:

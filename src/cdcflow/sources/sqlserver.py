@@ -257,6 +257,10 @@ class SqlServerSource:
         """The newest LSN harvested by the capture job (any capture instance)."""
         return _lsn(self._run("reading the max LSN", ms.query("max_lsn"))[0][0])
 
+    def sample_position(self) -> tuple[int, int | None]:
+        """The newest LSN; SQL Server keeps its log for CDC without a per-reader figure."""
+        return self.current_lsn(), None
+
     @staticmethod
     def format_position(value: int | None) -> str:
         """``0x`` and the 10-byte LSN in hex, as SQL Server prints it; ``-`` for none."""

@@ -61,6 +61,12 @@ SELECT pg_current_wal_lsn()::text;
 SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
 FROM pg_replication_slots WHERE slot_name = %(slot)s;
 
+-- name: position_and_retained_bytes
+-- The newest WAL position and the WAL our slot keeps on disk (the metrics sampler's read).
+SELECT pg_current_wal_lsn()::text,
+       (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
+        FROM pg_replication_slots WHERE slot_name = %(slot)s);
+
 -- name: terminate_slot_reader
 -- End a leftover walsender still holding our slot (a previous run of ours that died).
 SELECT pg_terminate_backend(active_pid)
