@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,13 +29,16 @@ from starlette.routing import Route
 
 from cdcflow.redact import REDACTOR
 
+if TYPE_CHECKING:
+    from cdcflow.metrics import Telemetry
+
 log = logging.getLogger(__name__)
 
 
-def check(telemetry: Any) -> tuple[bool, str]:
+def check(telemetry: Telemetry) -> tuple[bool, str]:
     """(healthy, reason): workers alive, then projection freshness under the threshold."""
     for w in telemetry.workers:
-        if not getattr(w, "alive", False):
+        if not w.alive:
             return False, f"worker {w.name} is not running"
     limit = telemetry.settings.health_max_freshness_seconds
     sampler = telemetry.sampler
@@ -62,11 +65,11 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(f"not found: try {where}\n", status_code=404)
 
 
-def _console(telemetry: Any) -> Any:
-    return getattr(telemetry, "console", None)
+def _console(telemetry: Telemetry) -> Any:
+    return telemetry.console
 
 
-def build_app(telemetry: Any, stop: threading.Event) -> Starlette:
+def build_app(telemetry: Telemetry, stop: threading.Event) -> Starlette:
     """/metrics and /healthz, and the console's routes when it is on."""
     routes: list[Any] = [Route("/metrics", _metrics, methods=["GET"]), Route("/healthz", _healthz, methods=["GET"])]
     console = _console(telemetry)
@@ -115,7 +118,7 @@ def _what(app: Any) -> str:
     return "the console (/), /metrics and /healthz" if _console(app.state.telemetry) else "/metrics and /healthz"
 
 
-def serve(telemetry: Any, address: str, port: int, stop: threading.Event) -> Listener | None:
+def serve(telemetry: Telemetry, address: str, port: int, stop: threading.Event) -> Listener | None:
     """Bind now; the returned listener's ``thread`` (not started) serves until ``stop``."""
     try:
         family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
@@ -130,8 +133,13 @@ def serve(telemetry: Any, address: str, port: int, stop: threading.Event) -> Lis
             extra={"action": "http_listen"},
         )
         return None
+    try:
+        app = build_app(telemetry, stop)
+    except Exception:
+        sock.close()
+        raise
     config = uvicorn.Config(
-        build_app(telemetry, stop),
+        app,
         log_config=None,  # the process's logging (and its redaction) stays as the CLI set it
         access_log=False,
         lifespan="off",

@@ -70,8 +70,12 @@ class FakeWorker:
 
 def telemetry(workers, fresh: dict[str, float], limit: float = 10.0) -> SimpleNamespace:
     sampler = SimpleNamespace(projection_names=list(fresh), freshness=lambda name: fresh[name])
-    return SimpleNamespace(
-        workers=workers, sampler=sampler, metrics=Metrics(), settings=Settings(health_max_freshness_seconds=limit)
+    return SimpleNamespace(  # what health reads of a Telemetry
+        workers=workers,
+        sampler=sampler,
+        metrics=Metrics(),
+        settings=Settings(health_max_freshness_seconds=limit),
+        console=None,
     )
 
 
