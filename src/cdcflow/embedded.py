@@ -12,10 +12,17 @@ no other live process holds it and this handle started it (or joined the holders
 that had); a server that was already running with nobody holding it (the demo's, kept
 for its printed queries, or one started by hand) is left running. ``stop_data_dir()``
 stops whatever runs on a data dir, without starting anything.
+
+That list is guarded by pgserver's machine-wide lock file. pgserver's own exit hook takes
+it with no deadline, so a process exiting while another holds it (say, one waiting for a
+server that never becomes ready) would hang; cdcflow replaces that hook with its own,
+which waits at most ``LOCK_SECONDS`` and otherwise leaves its pid on the list (a dead
+process's pid counts for nothing: holders are filtered by liveness).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -26,6 +33,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+#: How long cdcflow waits for pgserver's machine-wide lock to update the list of holders.
+LOCK_SECONDS = 15.0
 
 SETTINGS = {
     "wal_level": "logical",
@@ -71,9 +81,10 @@ class EmbeddedPostgres:
         holders = _live(server.global_process_id_list._get())
         # Started here, or shared by live processes that hold it: the last of them stops it.
         self.started = postmaster_pid(self.data_dir) is None or bool(holders - {os.getpid()})
-        server.start()
+        _start(server)
         self._server = server
         self._released = False
+        atexit.register(self._release_at_exit)
         EmbeddedPostgres._handles[self.data_dir] = EmbeddedPostgres._handles.get(self.data_dir, 0) + 1
         self.bin_path = Path(server.bin_path)
         if settings:
@@ -97,7 +108,7 @@ class EmbeddedPostgres:
             log.info("restarting the embedded server for %s", ", ".join(settings))
             self._server._stop()
             self._server._postmaster_info = None
-            self._server.start()
+            _start(self._server)
 
     @property
     def socket_dir(self) -> str:
@@ -135,8 +146,7 @@ class EmbeddedPostgres:
         if left > 0:
             log.info("leaving the embedded server on %s running: another handle of this process uses it", self.data_dir)
             return False
-        with self._server._lock:
-            others = _live(self._server.global_process_id_list.get_and_remove(os.getpid())) - {os.getpid()}
+        others = _live(_leave(self._server)) - {os.getpid()}
         if others:
             log.info("leaving the embedded server on %s running: processes %s use it", self.data_dir, sorted(others))
             return False
@@ -145,6 +155,12 @@ class EmbeddedPostgres:
             return False
         self.stop()
         return True
+
+    def _release_at_exit(self) -> None:
+        """At exit, a handle not released takes this process off the holders (the server runs on)."""
+        if not self._released:
+            self._released = True
+            _leave(self._server)
 
     def __enter__(self) -> EmbeddedPostgres:
         return self
@@ -180,6 +196,29 @@ class EmbeddedPostgres:
         pgserver.PostgresServer._instances.pop(data_dir, None)  # forget the handle: the data is gone
         EmbeddedPostgres._handles.pop(data_dir, None)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _start(server) -> None:
+    """pgserver's start, without its exit hook (see the module's docstring)."""
+    server.start()
+    atexit.unregister(server._cleanup)
+
+
+def _leave(server) -> list[int]:
+    """Take this process off ``server``'s holders; the holders before. Without pgserver's
+    lock within LOCK_SECONDS the list is only read, and this pid stays on it."""
+    if not server._lock.acquire(timeout=LOCK_SECONDS):
+        log.warning(
+            "another process has held pgserver's lock (%s) for %.0fs: leaving this process on the list "
+            "of the embedded server's holders",
+            server.lock_path,
+            LOCK_SECONDS,
+        )
+        return server.global_process_id_list._get()
+    try:
+        return server.global_process_id_list.get_and_remove(os.getpid())
+    finally:
+        server._lock.release()
 
 
 def postmaster_pid(data_dir: Path) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import psycopg
 
@@ -51,5 +52,53 @@ def test_release_stops_a_server_it_started_and_leaves_one_that_ran_before():
         assert not attached.release() and postmaster_pid(data_dir) is not None
         assert EmbeddedPostgres.stop_data_dir(data_dir) and postmaster_pid(data_dir) is None
         assert not EmbeddedPostgres.stop_data_dir(data_dir)
+    finally:
+        EmbeddedPostgres.wipe(data_dir)
+
+
+def test_a_process_exits_while_another_holds_pgservers_lock():
+    """pgserver guards its list of a server's holders with a machine-wide lock file, and its
+    own exit hook waits for that lock with no deadline. cdcflow's hook waits at most
+    LOCK_SECONDS (1 s in the child here), then exits and leaves its pid on the list, where a
+    dead pid counts for nothing. This test process holds the lock while a child that holds
+    a handle exits."""
+    import fasteners
+
+    data_dir = (ROOT / ".cdcflow" / f"test-pg-exit-{os.getpid()}").resolve()
+    try:
+        pg = EmbeddedPostgres(data_dir)
+        script = (
+            "import sys, cdcflow.embedded as e\n"
+            f"handle = e.EmbeddedPostgres({str(data_dir)!r})\n"
+            "e.LOCK_SECONDS = 1.0\n"
+            "print('attached', flush=True)\n"
+            "sys.stdin.readline()\n"
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "attached"
+            lock = fasteners.InterProcessLock(pg._server.lock_path)
+            assert lock.acquire(timeout=30)
+            try:
+                started = time.monotonic()
+                _, err = child.communicate("\n", timeout=60)  # the child exits now
+                took = time.monotonic() - started
+            finally:
+                lock.release()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
+        assert child.returncode == 0, err
+        assert took < 15, f"the child took {took:.1f}s to exit"
+        assert "held pgserver's lock" in err, err
+        assert child.pid in pg._server.global_process_id_list._get()  # left there, and dead
+        assert pg.release() and postmaster_pid(data_dir) is None  # a dead holder holds nothing
     finally:
         EmbeddedPostgres.wipe(data_dir)
