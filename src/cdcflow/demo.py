@@ -92,6 +92,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"stopped the demo's PostgreSQL in {data_dir}" if stopped else f"no PostgreSQL runs in {data_dir}")
         return 0
     console.require_token_if_exposed(settings)  # before anything starts
+    _interrupt_on_ctrl_c()
     if args.reset:
         print(f"wiping {data_dir}", flush=True)
         EmbeddedPostgres.wipe(data_dir)
@@ -102,6 +103,19 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     except BaseException:
         pg.release()  # no queries to run on it: stopped if this demo started it
         raise
+
+
+def _interrupt_on_ctrl_c() -> None:
+    """Until the pipeline runs (it installs its own graceful stop), Ctrl-C stops the demo at
+    once, not after the server start and the bootstrap: nothing the demo starts needs more
+    than what a crash gets (bootstrap and the initial snapshot resume on the next start)."""
+    import signal
+
+    import cdcflow
+
+    if signal.SIGINT in cdcflow.EARLY_SIGNALS:  # pressed while the modules were loading
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _run(args: argparse.Namespace, settings: Settings, pg, data_dir: Path) -> int:

@@ -142,3 +142,25 @@ def test_live_view_under_a_terminal_shows_throughput_and_kpi_rows():
     finally:
         term.kill()
         EmbeddedPostgres.stop_data_dir(data_dir / "pg")  # the demo keeps it up for its queries
+
+
+def test_ctrl_c_while_the_demo_bootstraps_stops_it_at_once():
+    """Ctrl-C before the pipeline runs (here: as bootstrap starts) stops the demo right
+    away with exit code 130, and the server it started is stopped with it."""
+    data_dir = ROOT / ".cdcflow" / "e2e-demo-startup"
+    term = _Terminal(["-m", "cdcflow", "demo", "--reset", "--data-dir", str(data_dir)])
+    try:
+        assert term.read(90, until=lambda out: b"bootstrapping:" in out), term.out.decode(errors="replace")
+        assert term.status is None, term.out.decode(errors="replace")
+        os.kill(term.pid, signal.SIGINT)
+        exited = term.read(30)
+        out = term.out.decode(errors="replace")
+        assert exited, f"the demo did not exit within 30 s of Ctrl-C; its threads:\n{term.stacks()}\n{out[-3000:]}"
+        assert os.waitstatus_to_exitcode(term.status) == 130, out[-3000:]
+        assert "cdcflow: interrupted" in out
+        assert "staged" not in out.split("bootstrapping:", 1)[1]  # stopped before the pipeline ran
+        assert running_postmasters(data_dir) == {}
+    finally:
+        term.kill()
+        EmbeddedPostgres.stop_data_dir(data_dir / "pg")
+        shutil.rmtree(data_dir, ignore_errors=True)
