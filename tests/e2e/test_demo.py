@@ -13,6 +13,7 @@ import sys
 import time
 
 import psycopg
+import pytest
 
 from cdcflow.embedded import EmbeddedPostgres
 from tests.conftest import ROOT
@@ -144,13 +145,14 @@ def test_live_view_under_a_terminal_shows_throughput_and_kpi_rows():
         EmbeddedPostgres.stop_data_dir(data_dir / "pg")  # the demo keeps it up for its queries
 
 
-def test_ctrl_c_while_the_demo_bootstraps_stops_it_at_once():
-    """Ctrl-C before the pipeline runs (here: as bootstrap starts) stops the demo right
-    away with exit code 130, and the server it started is stopped with it."""
+@pytest.mark.parametrize("when", ["starting embedded PostgreSQL", "bootstrapping:"])
+def test_ctrl_c_before_the_pipeline_runs_stops_the_demo_at_once(when):
+    """Ctrl-C before the pipeline runs (as the server starts, as bootstrap starts) stops the
+    demo right away with exit code 130, and the server it was starting is stopped with it."""
     data_dir = ROOT / ".cdcflow" / "e2e-demo-startup"
     term = _Terminal(["-m", "cdcflow", "demo", "--reset", "--data-dir", str(data_dir)])
     try:
-        assert term.read(90, until=lambda out: b"bootstrapping:" in out), term.out.decode(errors="replace")
+        assert term.read(90, until=lambda out: when.encode() in out), term.out.decode(errors="replace")
         assert term.status is None, term.out.decode(errors="replace")
         os.kill(term.pid, signal.SIGINT)
         exited = term.read(30)
@@ -158,7 +160,7 @@ def test_ctrl_c_while_the_demo_bootstraps_stops_it_at_once():
         assert exited, f"the demo did not exit within 30 s of Ctrl-C; its threads:\n{term.stacks()}\n{out[-3000:]}"
         assert os.waitstatus_to_exitcode(term.status) == 130, out[-3000:]
         assert "cdcflow: interrupted" in out
-        assert "staged" not in out.split("bootstrapping:", 1)[1]  # stopped before the pipeline ran
+        assert "staged" not in out.split(when, 1)[1]  # stopped before the pipeline ran
         assert running_postmasters(data_dir) == {}
     finally:
         term.kill()
