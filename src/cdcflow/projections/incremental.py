@@ -35,9 +35,10 @@ from cdcflow.projections import base
 from cdcflow.projections.arrowio import write_arrow
 from cdcflow.projections.closure import Closure, read_delta, state_schema
 from cdcflow.projections.duckplan import DuckQueries, registered
+from cdcflow.projections.pgtables import prefix
 from cdcflow.projections.plan import Plan
 from cdcflow.projections.selfcheck import SelfCheck
-from cdcflow.projections.storage import Layout, prefix
+from cdcflow.projections.storage import Layout
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,6 @@ from cdcflow.projections.pgtables import (
     temp_name,
     value_table,
 )
-from cdcflow.projections.pgtables import prefix as prefix  # re-exported: incremental.py imports it from here
 from cdcflow.projections.plan import Arg, Plan, TableUse
 
 LSN_TYPE = "numeric(25,0)"
