@@ -58,8 +58,7 @@ def wrap_db_error(what: str, exc: Exception) -> CdcflowError:
     if isinstance(exc, CdcflowError):
         return exc
     msg = describe_error(exc)
-    transient_types: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
-    if isinstance(exc, transient_types + (psycopg.errors.AdminShutdown, OSError)):
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.AdminShutdown, OSError)):
         return TransientError(f"{what}: {msg}")
     sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate and (sqlstate.startswith("08") or sqlstate.startswith("57") or sqlstate in ("40001", "40P01", "55006")):

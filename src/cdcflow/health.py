@@ -61,18 +61,14 @@ def _healthz(request: Request) -> Response:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    where = "/ (the console), /metrics or /healthz" if _console(request.app.state.telemetry) else "/metrics or /healthz"
+    where = "/ (the console), /metrics or /healthz" if request.app.state.telemetry.console else "/metrics or /healthz"
     return PlainTextResponse(f"not found: try {where}\n", status_code=404)
-
-
-def _console(telemetry: Telemetry) -> Any:
-    return telemetry.console
 
 
 def build_app(telemetry: Telemetry, stop: threading.Event) -> Starlette:
     """/metrics and /healthz, and the console's routes when it is on."""
     routes: list[Any] = [Route("/metrics", _metrics, methods=["GET"]), Route("/healthz", _healthz, methods=["GET"])]
-    console = _console(telemetry)
+    console = telemetry.console
     if console is not None:
         from cdcflow.console import web
 
@@ -115,7 +111,7 @@ class Listener:
 
 
 def _what(app: Any) -> str:
-    return "the console (/), /metrics and /healthz" if _console(app.state.telemetry) else "/metrics and /healthz"
+    return "the console (/), /metrics and /healthz" if app.state.telemetry.console else "/metrics and /healthz"
 
 
 def serve(telemetry: Telemetry, address: str, port: int, stop: threading.Event) -> Listener | None:

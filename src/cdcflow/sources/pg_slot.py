@@ -116,9 +116,14 @@ class SlotManagement:
             database=database,
         )
 
+    def sample_position(self) -> tuple[int, int | None]:
+        """(newest WAL position, WAL the slot keeps on disk or None without a slot)."""
+        row = self._one("position_and_retained_bytes", {"slot": self.slot})
+        assert row is not None
+        return parse_pg_lsn(row[0]), None if row[1] is None else int(row[1])
+
     def retained_wal_bytes(self) -> int | None:
-        row = self._one("slot_retained_bytes", {"slot": self.slot})
-        return int(row[0]) if row and row[0] is not None else None
+        return self.sample_position()[1]
 
     def drop_slot(self) -> None:
         self._one("terminate_slot_reader", {"slot": self.slot})

@@ -221,11 +221,6 @@ class PostgresSource(SlotManagement):
         assert row is not None
         return parse_pg_lsn(row[0])
 
-    def sample_position(self) -> tuple[int, int | None]:
-        row = self._one("position_and_retained_bytes", {"slot": self.slot})
-        assert row is not None
-        return parse_pg_lsn(row[0]), None if row[1] is None else int(row[1])
-
     @staticmethod
     def format_position(value: int | None) -> str:
         """``16/B374D848``, as PostgreSQL prints an LSN; ``-`` for none."""

@@ -56,11 +56,6 @@ FROM pg_replication_slots WHERE slot_name = %(slot)s;
 -- The newest WAL position.
 SELECT pg_current_wal_lsn()::text;
 
--- name: slot_retained_bytes
--- WAL the slot keeps on disk.
-SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
-FROM pg_replication_slots WHERE slot_name = %(slot)s;
-
 -- name: position_and_retained_bytes
 -- The newest WAL position and the WAL our slot keeps on disk (the metrics sampler's read).
 SELECT pg_current_wal_lsn()::text,
