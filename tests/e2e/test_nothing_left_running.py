@@ -43,10 +43,15 @@ def test_benchmarks_stop_the_embedded_servers_they_started(tmp_path):
     where = _fresh("e2e-bench-servers")
     try:
         _cdcflow("bench", "catchup", "--quick", "--changes", "2000", "--out", str(tmp_path), cwd=where)
-        _cdcflow("bench", "sustained", "--quick", "--rate", "200", "--duration", "2", "--out", str(tmp_path), cwd=where)
-        used = sorted(p.name for p in (where / ".cdcflow").iterdir() if (p / "PG_VERSION").exists())
-        assert used == ["bench-pg", "bench-sustained-pg"]  # both ran on servers of their own
         assert running_postmasters(where) == {}
+        _cdcflow("bench", "sustained", "--quick", "--rate", "200", "--duration", "2", "--out", str(tmp_path), cwd=where)
+        assert running_postmasters(where) == {}
+        _cdcflow("bench", "snapshot", "--quick", "--out", str(tmp_path), cwd=where)
+        assert running_postmasters(where) == {}
+        _cdcflow("bench", "projections", "--quick", "--out", str(tmp_path), cwd=where)
+        assert running_postmasters(where) == {}
+        used = sorted(p.name for p in (where / ".cdcflow").iterdir() if (p / "PG_VERSION").exists())
+        assert used == ["bench-pg", "bench-pg-projections", "bench-sustained-pg"]  # each form started its own
     finally:
         for data_dir in running_postmasters(where).values():
             EmbeddedPostgres.stop_data_dir(data_dir)
